@@ -1,0 +1,1 @@
+"""Protocol definitions shared by the control plane and ztunnel (see api/README.md)."""

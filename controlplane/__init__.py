@@ -1,0 +1,1 @@
+"""The control plane: CA, delta-xDS workload discovery, cluster sources."""

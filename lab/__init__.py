@@ -1,0 +1,1 @@
+"""The lab: a cluster of network namespaces on one machine, and its workload programs."""

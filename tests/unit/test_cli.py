@@ -1,0 +1,77 @@
+"""The root command: help, version, lazy groups, and user errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from ambient import __version__
+from ambient.cli import GROUPS, main, root
+from ambient.errors import UsageError
+from ambient.output import render
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(root, ["--version"])
+    assert result.exit_code == 0
+    assert __version__ in result.output
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_every_group_has_help(group: str) -> None:
+    result = CliRunner().invoke(root, [group, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_root_help_lists_groups() -> None:
+    result = CliRunner().invoke(root, ["--help"])
+    for group in GROUPS:
+        assert group in result.output
+
+
+def test_user_error_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    @root.command("fail-for-test")
+    def _fail() -> None:
+        raise UsageError("the flag --x is wrong", hint="use --y")
+
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(["fail-for-test"])
+    finally:
+        root.commands.pop("fail-for-test")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: the flag --x is wrong" in err
+    assert "hint: use --y" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ambient", "no-such-group"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "No such command" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_render_formats() -> None:
+    rows = [{"name": "a", "ips": ["10.0.0.1", "10.0.0.2"], "labels": {"app": "x"}}, {"name": "bb"}]
+    table = render(rows, "table").splitlines()
+    assert table[0].split() == ["NAME", "IPS", "LABELS"]
+    assert table[1].split() == ["a", "10.0.0.1,10.0.0.2", "app=x"]
+    assert table[2].split() == ["bb", "-", "-"]
+    assert json.loads(render(rows, "json")) == rows
+    assert "- name: a" in render(rows, "yaml")
+    with pytest.raises(ValueError):
+        render(rows, "xml")
+    assert isinstance(root, click.Group)

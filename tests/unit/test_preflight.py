@@ -1,0 +1,34 @@
+"""Preflight checks name what is missing in one sentence."""
+
+from __future__ import annotations
+
+import pytest
+
+from ambient import preflight
+from ambient.errors import PreflightError
+
+
+def test_require_names_the_missing_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(PreflightError) as exc:
+        preflight.require("root", what="ambient lab up")
+    assert "ambient lab up needs root" in str(exc.value)
+    assert exc.value.hint == "run it as root (sudo)"
+
+
+def test_old_kernel_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("platform.release", lambda: "5.4.0-100-generic")
+    check = preflight.check_kernel_version()
+    assert check.status == "FAIL"
+    assert "5.7" in check.fix
+
+
+def test_new_kernel_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("platform.release", lambda: "6.8.0-31-generic")
+    assert preflight.check_kernel_version().status == "PASS"
+
+
+def test_all_checks_return_results() -> None:
+    results = preflight.run_checks()
+    assert [r.name for r in results] == list(preflight.CHECKS)
+    assert all(r.status in {"PASS", "WARN", "FAIL"} for r in results)

@@ -1,0 +1,1 @@
+"""ztunnel: the node-local L4 proxy (HBONE over mTLS, L4 policy, telemetry)."""
