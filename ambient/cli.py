@@ -20,6 +20,7 @@ from ambient.errors import AmbientError
 # command name -> "module:attribute" of a click command or group
 GROUPS: dict[str, str] = {
     "agent": "agent.cli:cli",
+    "bench": "bench.cli:cli",
     "controlplane": "controlplane.cli:cli",
     "demo": "lab.demo_cli:cli",
     "lab": "lab.cli:cli",
