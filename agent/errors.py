@@ -11,3 +11,21 @@ class AgentError(AmbientError):
 
 class KernelHeadersError(AgentError):
     """BCC has no kernel headers to compile our programs with."""
+
+
+class ProgramLoadError(AgentError):
+    """A capture program did not compile, load or pin."""
+
+
+class AttachError(AgentError):
+    """A program, qdisc, rule or route could not be put in place."""
+
+
+class PinnedStateError(AgentError):
+    """Pinned maps are missing, unreadable or of another layout."""
+
+
+class ConfigError(AgentError):
+    """The agent's configuration (flags, settings) is invalid."""
+
+    exit_code = 2

@@ -1,0 +1,128 @@
+"""Compiling and loading the capture programs of ``bpf/`` with BCC.
+
+Each program is one C file per attach point; what they share lives in
+``bpf/include/*.h``. BCC rewrites map method calls (``workloads.lookup(...)``) only in
+the file it compiles, not in included headers, so before compiling we inline our own
+quoted includes into one translation unit (``#line`` markers keep compiler messages
+pointing at the real file and line). System includes (``<uapi/...>``) stay includes.
+
+The maps are declared with ``BPF_TABLE_PINNED`` under ``PIN_DIR``: the first load
+creates and pins them, every later load (the other program, a restarted agent) opens
+the pinned ones, so programs and agents share one set of maps per node.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ProgramLoadError
+from agent.kheaders import configure_bcc_environment
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+# program name -> C file; the function inside has the same name
+PROGRAMS: dict[str, Path] = {
+    "pod_egress": BPF_DIR / "pod_egress.c",
+    "node_ingress": BPF_DIR / "node_ingress.c",
+    "probe": BPF_DIR / "probe.c",  # the toolchain check; captures nothing
+}
+
+
+def inline_local_includes(path: Path, seen: set[Path] | None = None) -> str:
+    """The C source of ``path`` with its quoted includes inlined, once each, recursively."""
+    seen = set() if seen is None else seen
+    out: list[str] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        match = _LOCAL_INCLUDE.match(line)
+        if match is None:
+            out.append(line)
+            continue
+        included = (path.parent / match.group(1)).resolve()
+        if not included.is_file():
+            raise ProgramLoadError(
+                f"{path}:{number}: included file {match.group(1)!r} not found",
+                hint="the bpf/ folder of the installation is incomplete; reinstall",
+            )
+        if included not in seen:
+            seen.add(included)
+            out.append(f'#line 1 "{included}"')
+            out.append(inline_local_includes(included, seen))
+        out.append(f'#line {number + 1} "{path}"')
+    return "\n".join(out) + "\n"
+
+
+def cflags_for(pin_dir: Path | None) -> list[str]:
+    """Compiler flags: where the maps are pinned (a C string literal), when they are."""
+    return [f'-DPIN_DIR="{pin_dir}"'] if pin_dir is not None else []
+
+
+@dataclass
+class LoadedProgram:
+    """A program loaded into the kernel; ``bpf`` keeps BCC's module (and its fds) alive."""
+
+    name: str
+    fd: int
+    bpf: Any
+
+
+def compile_source(
+    path: Path, pin_dir: Path | None, extra_cflags: list[str] | None = None
+) -> Any:
+    """Compiles one C file of ``bpf/`` with BCC, pinned maps (if any) under ``pin_dir``."""
+    configure_bcc_environment()
+    from bcc import BPF
+
+    if pin_dir is not None:
+        pin_dir.mkdir(parents=True, exist_ok=True)
+    text = inline_local_includes(path)
+    try:
+        return BPF(text=text, cflags=[*cflags_for(pin_dir), *(extra_cflags or [])])
+    except Exception as err:
+        raise ProgramLoadError(
+            f"BCC could not compile {path.name}: {err}",
+            hint="the compiler messages above name the line; check kernel headers "
+            "(python -m ambient.buildenv headers) and that maps pinned under "
+            f"{pin_dir} have the layout of bpf/include/maps.h "
+            "(an older layout: run 'ambient agent cleanup')",
+        ) from err
+
+
+def load_program(
+    name: str, pin_dir: Path | None, extra_cflags: list[str] | None = None
+) -> LoadedProgram:
+    """Compiles and loads one program of :data:`PROGRAMS` as a TC (SCHED_CLS) program."""
+    from bcc import BPF
+
+    module = compile_source(PROGRAMS[name], pin_dir, extra_cflags)
+    try:
+        fn = module.load_func(name, BPF.SCHED_CLS)
+    except Exception as err:
+        raise ProgramLoadError(
+            f"the kernel refused program {name}: {err}",
+            hint="the verifier log above says why; the kernel needs TC BPF and "
+            "bpf_sk_assign (Linux 5.7+)",
+        ) from err
+    return LoadedProgram(name=name, fd=int(fn.fd), bpf=module)
+
+
+def pin_program(program: LoadedProgram, pin_dir: Path) -> Path:
+    """Pins ``program`` as ``<pin_dir>/prog_<name>``, replacing an older pin."""
+    from bcc import libbcc
+
+    path = pin_dir / f"prog_{program.name}"
+    if path.exists():
+        path.unlink()
+    rc = libbcc.lib.bpf_obj_pin(program.fd, ctypes.c_char_p(str(path).encode()))
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise ProgramLoadError(
+            f"cannot pin program {program.name} at {path}: {os.strerror(err) or rc}",
+            hint="bpffs must be mounted at /sys/fs/bpf (make setup)",
+        )
+    return path

@@ -1,0 +1,210 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * What both capture programs share: parsing an IPv4 TCP packet, finding a socket of the
+ * node namespace, handing the packet to it (bpf_sk_assign + the local-delivery mark),
+ * failing closed, and counting per pod.
+ */
+#ifndef AMBIENT_CAPTURE_H
+#define AMBIENT_CAPTURE_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/tcp.h>
+
+#include "maps.h"
+#include "decide.h"
+
+struct packet {
+    struct bpf_sock_tuple tuple; /* saddr, daddr, sport, dport: network order */
+    __u16 dport;                 /* host order */
+    __u8 syn;                    /* SYN without ACK: a connection's first packet */
+};
+
+/* Fills pkt from an Ethernet + IPv4 + TCP packet; 0 when the packet is anything else. */
+static __always_inline int parse_tcp4(struct __sk_buff *skb, struct packet *pkt)
+{
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end)
+        return 0;
+    if (eth->h_proto != bpf_htons(ETH_P_IP))
+        return 0;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > data_end)
+        return 0;
+    if (ip->protocol != IPPROTO_TCP || ip->ihl < 5)
+        return 0;
+    if (ip->frag_off & bpf_htons(0x1FFF)) /* a later fragment carries no TCP header */
+        return 0;
+    __u32 ip_len = ip->ihl * 4;
+    if (ip_len > 60)
+        return 0;
+    __u32 needed = sizeof(struct ethhdr) + ip_len + sizeof(struct tcphdr);
+    if (data + needed > data_end) {
+        /* Headers not in the linear part: pull them rather than let a SYN slip past. */
+        if (bpf_skb_pull_data(skb, needed) != 0)
+            return 0;
+        data = (void *)(long)skb->data;
+        data_end = (void *)(long)skb->data_end;
+        eth = data;
+        if ((void *)(eth + 1) > data_end)
+            return 0;
+        ip = (void *)(eth + 1);
+        if ((void *)(ip + 1) > data_end)
+            return 0;
+    }
+    struct tcphdr *tcp = (void *)ip + ip_len;
+    if ((void *)(tcp + 1) > data_end)
+        return 0;
+    pkt->tuple.ipv4.saddr = ip->saddr;
+    pkt->tuple.ipv4.daddr = ip->daddr;
+    pkt->tuple.ipv4.sport = tcp->source;
+    pkt->tuple.ipv4.dport = tcp->dest;
+    pkt->dport = bpf_ntohs(tcp->dest);
+    pkt->syn = tcp->syn && !tcp->ack;
+    return 1;
+}
+
+static __always_inline struct settings *current_settings(void)
+{
+    __u32 zero = 0;
+    struct settings *cfg = settings.lookup(&zero);
+    if (!cfg || !(cfg->flags & SETTINGS_CONFIGURED))
+        return 0;
+    return cfg;
+}
+
+static __always_inline __u32 workload_flags(__u32 ip)
+{
+    struct workload_key key = {.ip = ip};
+    struct workload_value *wl = workloads.lookup(&key);
+    return wl ? wl->flags : 0;
+}
+
+static __always_inline int is_workload(__u32 ip)
+{
+    struct workload_key key = {.ip = ip};
+    return workloads.lookup(&key) != 0;
+}
+
+static __always_inline struct pod_stats *stats_of(__u32 ip)
+{
+    struct workload_key key = {.ip = ip};
+    struct pod_stats *s = stats.lookup(&key);
+    if (s)
+        return s;
+    struct pod_stats zero = {};
+    stats.insert(&key, &zero);
+    return stats.lookup(&key);
+}
+
+#define COUNT(ip, field)                                                                       \
+    do {                                                                                       \
+        struct pod_stats *_s = stats_of(ip);                                                   \
+        if (_s)                                                                                \
+            __sync_fetch_and_add(&_s->field, 1);                                               \
+    } while (0)
+
+static __always_inline struct bpf_sock *lookup_tcp(struct __sk_buff *skb,
+                                                    struct bpf_sock_tuple *tuple)
+{
+    return bpf_skc_lookup_tcp(skb, tuple, sizeof(tuple->ipv4), BPF_F_CURRENT_NETNS, 0);
+}
+
+/*
+ * Step 1 of both programs: a socket of the node namespace owns this exact 4-tuple
+ * (ztunnel's accepted and IP_TRANSPARENT upstream connections, a handshake in progress).
+ * Returns 1 when the packet was assigned, -1 when assigning failed, 0 when no such socket.
+ * A listener is not a match: the lookup falls back to listeners on the destination port,
+ * and a node service listening on that port must not swallow pod traffic.
+ */
+static __always_inline int assign_established(struct __sk_buff *skb, struct packet *pkt)
+{
+    struct bpf_sock *sk = lookup_tcp(skb, &pkt->tuple);
+    if (!sk)
+        return 0;
+    if (sk->state == BPF_TCP_LISTEN) {
+        bpf_sk_release(sk);
+        return 0;
+    }
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    return err == 0 ? 1 : -1;
+}
+
+/* Hands a SYN to the listener on `port` of the node namespace. 0 = assigned, <0 = error. */
+static __always_inline int assign_listener(struct __sk_buff *skb, struct packet *pkt,
+                                           __u16 port, int *missing)
+{
+    struct bpf_sock_tuple tuple = pkt->tuple;
+    tuple.ipv4.dport = bpf_htons(port);
+    struct bpf_sock *sk = lookup_tcp(skb, &tuple);
+    if (!sk) {
+        *missing = 1;
+        return -1;
+    }
+    if (sk->state != BPF_TCP_LISTEN) {
+        bpf_sk_release(sk);
+        *missing = 1;
+        return -1;
+    }
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    return err == 0 ? 0 : -1;
+}
+
+static __always_inline __u16 listener_port(const struct settings *cfg, int verdict)
+{
+    if (verdict == VERDICT_REDIRECT_OUTBOUND)
+        return cfg->outbound_port;
+    if (verdict == VERDICT_REDIRECT_HBONE)
+        return cfg->hbone_port;
+    return cfg->inbound_port;
+}
+
+/*
+ * Carries out a redirect verdict for a SYN, charging the pod `pod_ip`: assigned and
+ * marked, or dropped when the listener is missing (fail closed: never in clear).
+ */
+static __always_inline int redirect_syn(struct __sk_buff *skb, struct packet *pkt,
+                                        const struct settings *cfg, int verdict, __u32 pod_ip)
+{
+    int missing = 0;
+    if (assign_listener(skb, pkt, listener_port(cfg, verdict), &missing) != 0) {
+        if (missing)
+            COUNT(pod_ip, dropped_no_listener);
+        else
+            COUNT(pod_ip, dropped_assign_failed);
+        return TC_ACT_SHOT;
+    }
+    skb->mark = cfg->mark;
+    if (verdict == VERDICT_REDIRECT_OUTBOUND)
+        COUNT(pod_ip, redirected_outbound);
+    else if (verdict == VERDICT_REDIRECT_HBONE)
+        COUNT(pod_ip, redirected_hbone);
+    else
+        COUNT(pod_ip, redirected_inbound);
+    return TC_ACT_OK;
+}
+
+/* Step 1 carried out: assigned and marked, dropped, or -1 when no socket matched. */
+static __always_inline int handle_established(struct __sk_buff *skb, struct packet *pkt,
+                                              const struct settings *cfg, __u32 pod_ip)
+{
+    int found = assign_established(skb, pkt);
+    if (found == 0)
+        return -1;
+    if (found < 0) {
+        COUNT(pod_ip, dropped_assign_failed);
+        return TC_ACT_SHOT;
+    }
+    skb->mark = cfg->mark;
+    COUNT(pod_ip, assigned_established);
+    return TC_ACT_OK;
+}
+
+#endif
