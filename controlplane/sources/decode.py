@@ -100,23 +100,9 @@ Decoder = Callable[[Fields, str, str], ClusterObject | None]
 def decode(raw: Any) -> Decoded:
     """Validates one raw object and turns it into a domain object."""
     out = Decoded()
-    if not isinstance(raw, Mapping):
-        out.problems.append(
-            Problem(
-                "",
-                f"not a Kubernetes object: expected a mapping with apiVersion, kind and "
-                f"metadata, got a {type_name(raw)}",
-            )
-        )
-        return out
-    if "apiVersion" not in raw and "kind" not in raw:
-        out.problems.append(
-            Problem(
-                "",
-                "not a Kubernetes object: no apiVersion and kind (a fragment of one, or "
-                "some other YAML?)",
-            )
-        )
+    not_an_object = _not_an_object(raw)
+    if not_an_object:
+        out.problems.append(Problem("", f"not a Kubernetes object: {not_an_object}"))
         return out
     top = Fields(raw, "", out.problems)
     api_version = top.string("apiVersion", required=True)
@@ -131,10 +117,10 @@ def decode(raw: Any) -> Decoded:
     group, _, version = api_version.rpartition("/")
     spec = _KINDS.get((group, out.kind))
     if spec is None:
-        reason = _IGNORED.get((group, out.kind))
-        if reason is None:
-            reason = f"unknown kind {api_version} {out.kind}; ignored"
+        reason = _IGNORED.get((group, out.kind), f"unknown kind {api_version} {out.kind}; ignored")
         out.problems.append(Problem("kind", reason, Severity.WARNING))
+        if meta is not None and isinstance(meta.data.get("namespace"), str):
+            out.namespace = meta.data["namespace"]
         return out
     versions, decoder, namespaced = spec
     if version not in versions:
@@ -154,6 +140,15 @@ def decode(raw: Any) -> Decoded:
     obj = decoder(top, out.namespace, out.name)
     out.obj = None if out.rejected else obj
     return out
+
+
+def _not_an_object(raw: Any) -> str:
+    """Why ``raw`` cannot be a Kubernetes object at all ('' when it might be one)."""
+    if not isinstance(raw, Mapping):
+        return f"expected a mapping with apiVersion, kind and metadata, got {type_name(raw)}"
+    if "apiVersion" not in raw and "kind" not in raw:
+        return "no apiVersion and kind (a fragment of one, or some other YAML?)"
+    return ""
 
 
 # --- core ---------------------------------------------------------------------------------

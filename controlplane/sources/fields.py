@@ -32,21 +32,21 @@ class Problem:
 
 _TYPE_NAMES: tuple[tuple[type | tuple[type, ...], str], ...] = (
     (type(None), "null"),
-    (bool, "boolean"),
-    (int, "integer"),
-    (float, "number"),
-    (str, "string"),
-    (list, "list"),
-    (Mapping, "mapping"),
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (list, "a list"),
+    (Mapping, "a mapping"),
 )
 
 
 def type_name(value: Any) -> str:
-    """How YAML would call the type of ``value``, for messages."""
+    """How YAML would call the type of ``value``, with its article, for messages."""
     for types, name in _TYPE_NAMES:
         if isinstance(value, types):
             return name
-    return type(value).__name__
+    return f"a {type(value).__name__}"
 
 
 def is_dns1123_subdomain(value: str) -> bool:
@@ -123,7 +123,7 @@ class Fields:
                 self.error(key, "required field is missing")
             return None
         if not isinstance(value, Mapping):
-            self.error(key, f"must be a mapping, not a {type_name(value)}")
+            self.error(key, f"must be a mapping, not {type_name(value)}")
             return None
         return Fields(value, self.at(key), self.problems)
 
@@ -135,7 +135,7 @@ class Fields:
                 self.error(key, "required field is missing")
             return default
         if not isinstance(value, str):
-            self.error(key, f"must be a string, not a {type_name(value)} ({value!r})")
+            self.error(key, f"must be a string, not {type_name(value)} ({value!r})")
             return default
         if required and not value:
             self.error(key, "must not be empty")
@@ -147,7 +147,7 @@ class Fields:
         if value is None:
             return default
         if not isinstance(value, bool):
-            self.error(key, f"must be true or false, not a {type_name(value)} ({value!r})")
+            self.error(key, f"must be true or false, not {type_name(value)} ({value!r})")
             return default
         return value
 
@@ -166,15 +166,17 @@ class Fields:
         if value is None:
             return None
         if not isinstance(value, Mapping):
-            self.error(key, f"must be a mapping of strings, not a {type_name(value)}")
+            self.error(key, f"must be a mapping of strings, not {type_name(value)}")
             return None
         good: dict[str, str] = {}
         for k, v in value.items():
-            if not isinstance(k, str) or not isinstance(v, str):
+            if not isinstance(k, str):
+                self.error(f"{key}.{k}", f"keys must be strings, not {type_name(k)}")
+                continue
+            if not isinstance(v, str):
                 self.error(
                     f"{key}.{k}",
-                    f"must map strings to strings (got {type_name(k)}: {type_name(v)} {v!r}; "
-                    "quote numbers and booleans)",
+                    f"must be a string, not {type_name(v)} ({v!r}); quote numbers and booleans",
                 )
                 continue
             good[k] = v
@@ -189,7 +191,7 @@ class Fields:
                 self.problems.append(
                     Problem(
                         f"{self.at(key)}[{i}]",
-                        f"must be a string, not a {type_name(item)} ({item!r})",
+                        f"must be a string, not {type_name(item)} ({item!r})",
                     )
                 )
                 continue
@@ -202,7 +204,7 @@ class Fields:
         if value is None:
             return []
         if not isinstance(value, list):
-            self.error(key, f"must be a list, not a {type_name(value)}")
+            self.error(key, f"must be a list, not {type_name(value)}")
             return []
         if nonempty and not value:
             self.error(key, "must not be an empty list (leave it out instead)")
@@ -214,7 +216,7 @@ class Fields:
         for i, item in enumerate(self.sequence(key, nonempty=nonempty)):
             path = f"{self.at(key)}[{i}]"
             if not isinstance(item, Mapping):
-                self.problems.append(Problem(path, f"must be a mapping, not a {type_name(item)}"))
+                self.problems.append(Problem(path, f"must be a mapping, not {type_name(item)}"))
                 continue
             out.append(Fields(item, path, self.problems))
         return out

@@ -134,7 +134,7 @@ def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
         ),
         (
             "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {version: 1}}\n",
-            "x.yaml:1: Pod/default/p: metadata.labels.version: must map strings to strings",
+            "x.yaml:1: Pod/default/p: metadata.labels.version: must be a string, not an integer",
         ),
         (
             "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {podIP: 10.1.2}\n",

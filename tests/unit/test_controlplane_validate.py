@@ -1,0 +1,122 @@
+"""`ambient controlplane validate`: every problem named, warnings, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ambient.cli import main, root
+
+GOOD = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-frontend, namespace: demo}
+spec:
+  selector: {matchLabels: {app: backend}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/demo/sa/frontend]}}]
+    to: [{operation: {ports: ["8080"]}}]
+"""
+
+BAD_POLICY = """\
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: demo}
+spec:
+  action: PERMIT
+  rules:
+  - from: [{source: {principals: ["a*b"], ipBlocks: [300.1.1.1/8]}}]
+    to: [{operation: {ports: [http]}}]
+    when: [{key: request.color, values: [red]}]
+"""
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(root, ["controlplane", "validate", *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, result.output
+
+
+def test_valid_files_exit_zero(tmp_path: Path) -> None:
+    (tmp_path / "ok.yaml").write_text(GOOD)
+    code, out = run(str(tmp_path))
+    assert code == 0, out
+    assert "0 error(s), 0 warning(s); valid: 1 namespaces, 1 authorization policies" in out
+
+
+def test_every_problem_is_reported_with_location(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD + "---\n" + BAD_POLICY)
+    code, out = run(str(path))
+    assert code == 1
+    prefix = f"{path}:15: AuthorizationPolicy/demo/broken: "
+    for expected in (
+        "spec.action: 'PERMIT' is not one of ALLOW, DENY, AUDIT, CUSTOM",
+        "spec.rules[0].from[0].source.principals[0]: 'a*b': '*' is allowed only alone",
+        "spec.rules[0].from[0].source.ipBlocks[0]: '300.1.1.1/8' is not an IP address",
+        "spec.rules[0].to[0].operation.ports[0]: must be a port number 1-65535, not 'http'",
+        "spec.rules[0].when[0].key: 'request.color' is not a supported condition key",
+    ):
+        assert prefix + expected in out, out
+
+
+def test_json_output(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(BAD_POLICY)
+    code, out = run("-o", "json", str(tmp_path))
+    rows = json.loads(out)
+    assert code == 1
+    assert {r["field"] for r in rows} >= {"spec.action", "spec.rules[0].when[0].key"}
+    assert all(r["severity"] == "error" and r["line"] == 1 for r in rows)
+
+
+def test_ignored_objects_are_warnings_and_do_not_fail(tmp_path: Path) -> None:
+    (tmp_path / "gw.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\n"
+        "metadata: {name: ingress, namespace: istio-system}\n"
+        "---\napiVersion: v1\nkind: Namespace\n"
+        "metadata: {name: legacy, labels: {istio-injection: enabled}}\n"
+    )
+    code, out = run(str(tmp_path))
+    assert code == 0
+    assert "gw.yaml:1: warning: Gateway/istio-system/ingress: kind: Istio ingress Gateways" in out
+    assert "gw.yaml:5: warning: Namespace/legacy: metadata.labels.istio-injection" in out
+    assert "istio.io/dataplane-mode=ambient" in out
+    code, out = run("--quiet", str(tmp_path))
+    assert (code, out) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8 text"),
+        (b"{{ .Values.image }}\n", "invalid YAML"),
+        (b"replicas: 3\nimage: nginx\n", "not a Kubernetes object: no apiVersion and kind"),
+        (b"just a sentence\n", "not a Kubernetes object: expected a mapping"),
+    ],
+    ids=["binary", "template", "fragment", "scalar"],
+)
+def test_garbage_is_a_clear_error_never_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, expected: str
+) -> None:
+    (tmp_path / "x.yaml").write_bytes(content)
+    with pytest.raises(SystemExit) as exc:
+        main(["controlplane", "validate", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert exc.value.code == 1
+    assert expected in captured.out
+    assert "Traceback" not in captured.out + captured.err
+
+
+def test_missing_and_empty_paths(tmp_path: Path) -> None:
+    code, out = run(str(tmp_path / "missing"), str(tmp_path))
+    assert code == 1
+    assert f"{tmp_path / 'missing'}: does not exist" in out
+    assert f"{tmp_path}: warning: holds no .yaml, .yml or .json files" in out
