@@ -1,10 +1,447 @@
-"""The `ambient lab` commands."""
+"""The `ambient lab` commands: build, inspect, use and remove a lab from a shell.
+
+A lab outlives the command that built it: its state lives under the run folder
+(``/run/ambient/lab/<name>/``), so every command here works from any process, and
+``down`` also after the builder was killed.
+"""
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import click
+
+from ambient.output import emit, output_option
+from ambient.preflight import require
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXEC_TIMEOUT = 600.0
+
+
+def _lab_options(func: F) -> F:
+    func = click.option(
+        "--run-root",
+        type=click.Path(file_okay=False, path_type=Path),
+        default="/run/ambient/lab",
+        show_default=True,
+        envvar="AMBIENT_LAB_RUN_ROOT",
+        help="Folder holding each lab's state, logs and config.",
+    )(func)
+    return click.option(
+        "--name",
+        default=None,
+        help="Lab name (prefix of its namespaces); optional when one lab runs.",
+    )(func)
+
+
+def _resolve_name(name: str | None, run_root: Path) -> str:
+    from lab.cluster import Lab
+    from lab.errors import LabNotFoundError, LabSpecError
+
+    if name is not None:
+        return name
+    labs = Lab.list_labs(run_root)
+    if len(labs) == 1:
+        return labs[0]
+    if not labs:
+        raise LabNotFoundError(
+            f"no lab is running (nothing under {run_root})", hint="start one with 'ambient lab up'"
+        )
+    raise LabSpecError(f"several labs are running: {', '.join(labs)}", hint="say which with --name")
+
+
+def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
+    from lab.errors import LabSpecError
+
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LabSpecError(f"{what} {item!r} is not key=value")
+        out[key] = value
+    return out
 
 
 @click.group(name="lab")
 def cli() -> None:
     """A cluster of network namespaces on this machine."""
+
+
+@cli.command()
+@_lab_options
+@click.option("--nodes", type=int, default=2, show_default=True, help="Number of nodes.")
+@click.option(
+    "--pods-per-node", type=int, default=0, show_default=True, help="Pods to create on each node."
+)
+@click.option("--namespace", default="default", show_default=True, help="Namespace of those pods.")
+@click.option("--no-outside", is_flag=True, help="Do not create the 'outside' host.")
+@click.option("--keep-logs", is_flag=True, help="Keep the logs folder when the lab goes down.")
+@output_option
+def up(
+    *,
+    name: str | None,
+    run_root: Path,
+    nodes: int,
+    pods_per_node: int,
+    namespace: str,
+    no_outside: bool,
+    keep_logs: bool,
+    output: str,
+) -> None:
+    """Build a lab (fabric, nodes, outside, optional pods) and leave it running."""
+    require("root", "netns", what="ambient lab up")
+    from lab.cluster import Lab, LabSpec
+
+    spec = LabSpec(
+        name=name or "lab",
+        nodes=nodes,
+        run_root=run_root,
+        outside=not no_outside,
+        keep_logs=keep_logs,
+    )
+    lab = Lab.create(spec)
+    try:
+        for node in lab.nodes:
+            for i in range(1, pods_per_node + 1):
+                lab.add_pod(f"pod-{node.name}-{i}", namespace=namespace, node=node)
+    except BaseException:
+        lab.destroy()
+        raise
+    _emit_status(lab, output)
+
+
+@cli.command()
+@_lab_options
+@output_option
+def status(name: str | None, run_root: Path, output: str) -> None:
+    """Show the lab's nodes, pods, Services and processes."""
+    from lab.cluster import Lab
+
+    names = [name] if name else Lab.list_labs(run_root)
+    labs = [Lab.attach(n, run_root) for n in names]
+    if output != "table":
+        data: Any = [lab.describe() for lab in labs]
+        emit(data[0] if name else data, output)
+        return
+    rows: list[dict[str, Any]] = []
+    for lab in labs:
+        rows += _status_rows(lab)
+    emit(rows, "table", ["lab", "kind", "name", "namespace", "node", "ip", "netns", "detail"])
+
+
+@cli.command()
+@_lab_options
+@click.option("--keep-logs", is_flag=True, help="Keep the lab's logs folder.")
+@output_option
+def down(name: str | None, run_root: Path, keep_logs: bool, output: str) -> None:
+    """Remove a lab: its processes, namespaces, /etc/netns files and run folder."""
+    require("root", "netns", what="ambient lab down")
+    from lab.cluster import Lab
+    from lab.errors import LabError
+
+    report = Lab.destroy_by_name(
+        _resolve_name(name, run_root), run_root, keep_logs=keep_logs or None
+    )
+    emit(
+        {
+            "lab": report.name,
+            "netns_removed": len(report.netns_removed),
+            "processes_killed": len(report.processes_killed),
+            "etc_netns_removed": len(report.etc_netns_removed),
+            "left_over": list(report.left_over),
+        },
+        output,
+    )
+    if report.left_over:
+        raise LabError(
+            f"lab {report.name!r} was not removed completely: {'; '.join(report.left_over)}",
+            hint="run 'ambient lab down' again; a process that ignores SIGKILL is in D state",
+        )
+
+
+@cli.command(name="exec", context_settings={"ignore_unknown_options": True})
+@_lab_options
+@click.option(
+    "--timeout", type=float, default=EXEC_TIMEOUT, show_default=True, help="Seconds at most."
+)
+@click.argument("target")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(
+    name: str | None, run_root: Path, timeout: float, target: str, command: tuple[str, ...]
+) -> int:
+    """Run COMMAND in TARGET: a pod (name or namespace/name), node<N>, outside or fabric.
+
+    In pods, Services resolve by name (backend, backend.<ns>, ...). 'python' means the
+    lab's interpreter, so 'python -m lab.workloads.client ...' works anywhere.
+    """
+    require("root", "netns", what="ambient lab exec")
+    from lab.cluster import Lab
+    from lab.errors import LabProcessError
+
+    lab = Lab.attach(_resolve_name(name, run_root), run_root)
+    argv, env = lab.command(target, list(command))
+    try:
+        done = subprocess.run(argv, env=env, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise LabProcessError(f"{' '.join(command)!r} in {target} ran over {timeout:.0f}s") from err
+    return done.returncode
+
+
+@cli.command(name="add-pod")
+@_lab_options
+@click.argument("pod")
+@click.option("--namespace", "-n", default="default", show_default=True)
+@click.option("--node", default="node1", show_default=True, help="node<N>")
+@click.option("--label", "-l", "labels", multiple=True, help="key=value (repeatable)")
+@click.option("--service-account", default="default", show_default=True)
+@output_option
+def add_pod(
+    *,
+    name: str | None,
+    run_root: Path,
+    pod: str,
+    namespace: str,
+    node: str,
+    labels: tuple[str, ...],
+    service_account: str,
+    output: str,
+) -> None:
+    """Create a pod (namespace, veth, routes, DNS files, Pod object)."""
+    require("root", "netns", what="ambient lab add-pod")
+    from lab.cluster import Lab
+
+    lab = Lab.attach(_resolve_name(name, run_root), run_root)
+    made = lab.add_pod(
+        pod,
+        namespace=namespace,
+        node=node,
+        labels=_pairs(labels, "label"),
+        service_account=service_account,
+    )
+    emit({"pod": made.key, "node": made.node, "ip": made.ip, "netns": made.netns}, output)
+
+
+@cli.command(name="remove-pod")
+@_lab_options
+@click.argument("pod")
+def remove_pod(name: str | None, run_root: Path, pod: str) -> None:
+    """Delete a pod (its processes, namespace, DNS files and Pod object)."""
+    require("root", "netns", what="ambient lab remove-pod")
+    from lab.cluster import Lab
+
+    Lab.attach(_resolve_name(name, run_root), run_root).remove_pod(pod)
+
+
+@cli.command(name="add-service")
+@_lab_options
+@click.argument("service")
+@click.option("--namespace", "-n", default="default", show_default=True)
+@click.option("--selector", "-s", "selector", multiple=True, required=True, help="key=value")
+@click.option(
+    "--port",
+    "-p",
+    "ports",
+    multiple=True,
+    required=True,
+    help="PORT[:TARGET][/NAME], e.g. 80:8080/http (repeatable)",
+)
+@click.option("--label", "-l", "labels", multiple=True, help="key=value (repeatable)")
+@output_option
+def add_service(
+    *,
+    name: str | None,
+    run_root: Path,
+    service: str,
+    namespace: str,
+    selector: tuple[str, ...],
+    ports: tuple[str, ...],
+    labels: tuple[str, ...],
+    output: str,
+) -> None:
+    """Add a ClusterIP Service: a VIP, a Service object, and names pods resolve."""
+    require("root", what="ambient lab add-service")
+    from lab.cluster import Lab
+
+    lab = Lab.attach(_resolve_name(name, run_root), run_root)
+    svc = lab.add_service(
+        service,
+        namespace=namespace,
+        selector=_pairs(selector, "selector"),
+        ports=[_service_port(p) for p in ports],
+        labels=_pairs(labels, "label"),
+    )
+    emit(
+        {
+            "service": svc.key,
+            "vip": svc.vip,
+            "ports": [f"{p.port}->{p.target_port}" for p in svc.ports],
+        },
+        output,
+    )
+
+
+@cli.command()
+@_lab_options
+@click.argument("kind", type=click.Choice(["namespace", "pod"]))
+@click.argument("target")
+@click.argument("changes", nargs=-1, required=True)
+def label(
+    name: str | None, run_root: Path, kind: str, target: str, changes: tuple[str, ...]
+) -> None:
+    """Change labels of a namespace or pod: key=value sets, key- removes.
+
+    The Namespace or Pod file in the config folder is rewritten (atomically).
+    """
+    require("root", what="ambient lab label")
+    from lab.cluster import Lab
+    from lab.errors import LabSpecError
+
+    lab = Lab.attach(_resolve_name(name, run_root), run_root)
+    change: dict[str, str | None] = {}
+    for item in changes:
+        if item.endswith("-") and "=" not in item:
+            change[item[:-1]] = None
+        elif "=" in item:
+            key, _, value = item.partition("=")
+            change[key] = value
+        else:
+            raise LabSpecError(f"label change {item!r} is neither key=value nor key-")
+    if kind == "namespace":
+        lab.set_namespace_labels(target, change)
+    else:
+        lab.set_pod_labels(target, change)
+
+
+@cli.command()
+@_lab_options
+@click.argument("pod")
+@click.argument("program", type=click.Choice(["http-echo", "tcp-echo", "client"]))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--process-name", default=None, help="Name of the process (and its log file).")
+def start(
+    *,
+    name: str | None,
+    run_root: Path,
+    pod: str,
+    program: str,
+    args: tuple[str, ...],
+    process_name: str | None,
+) -> None:
+    """Start a workload program in a pod; it keeps running after this command."""
+    require("root", "netns", what="ambient lab start")
+    from lab.cluster import Lab
+
+    lab = Lab.attach(_resolve_name(name, run_root), run_root)
+    proc = lab.start_workload(pod, program, list(args), name=process_name)
+    click.echo(f"{proc.name} pid {proc.pid} log {proc.log_path}")
+
+
+@cli.command()
+@_lab_options
+@click.argument("process")
+def stop(name: str | None, run_root: Path, process: str) -> None:
+    """Stop a process the lab started (by its name, as 'status' shows it)."""
+    require("root", what="ambient lab stop")
+    from lab.cluster import Lab
+
+    Lab.attach(_resolve_name(name, run_root), run_root).stop(process)
+
+
+def _service_port(text: str) -> Any:
+    from lab.errors import LabSpecError
+    from lab.model import ServicePort
+
+    spec, _, port_name = text.partition("/")
+    port, _, target = spec.partition(":")
+    try:
+        number = int(port)
+        return ServicePort(port=number, target_port=int(target or number), name=port_name)
+    except ValueError:
+        raise LabSpecError(f"port {text!r} is not PORT[:TARGET][/NAME]") from None
+
+
+def _status_rows(lab: Any) -> list[dict[str, Any]]:
+    data = lab.describe()
+    rows: list[dict[str, Any]] = []
+    base = {"lab": data["name"]}
+    rows.append(
+        {
+            **base,
+            "kind": "fabric",
+            "name": "fabric",
+            "ip": data["fabric"]["ip"],
+            "netns": data["fabric"]["netns"],
+            "detail": data["fabric"]["cidr"],
+        }
+    )
+    rows.append(
+        {
+            **base,
+            "kind": "host",
+            "name": "outside",
+            "ip": data["outside"]["ip"],
+            "netns": data["outside"]["netns"],
+        }
+    )
+    for n in data["nodes"]:
+        rows.append(
+            {
+                **base,
+                "kind": "node",
+                "name": n["name"],
+                "node": n["name"],
+                "ip": n["ip"],
+                "netns": n["netns"],
+                "detail": f"pods {n['pod_cidr']}",
+            }
+        )
+    for p in data["pods"]:
+        rows.append(
+            {
+                **base,
+                "kind": "pod",
+                "name": p["name"],
+                "namespace": p["namespace"],
+                "node": p["node"],
+                "ip": p["ip"],
+                "netns": p["netns"],
+                "detail": p["labels"],
+            }
+        )
+    for s in data["services"]:
+        rows.append(
+            {
+                **base,
+                "kind": "service",
+                "name": s["name"],
+                "namespace": s["namespace"],
+                "ip": s["vip"],
+                "detail": ",".join(s["ports"]),
+            }
+        )
+    for pr in data["processes"]:
+        rows.append(
+            {
+                **base,
+                "kind": "process",
+                "name": pr["name"],
+                "netns": pr["netns"],
+                "detail": f"pid {pr['pid']} {'running' if pr['alive'] else 'exited'}",
+            }
+        )
+    return rows
+
+
+def _emit_status(lab: Any, output: str) -> None:
+    if output == "table":
+        emit(
+            _status_rows(lab),
+            "table",
+            ["lab", "kind", "name", "namespace", "node", "ip", "netns", "detail"],
+        )
+    else:
+        emit(lab.describe(), output)

@@ -569,8 +569,8 @@ class Lab:
         Pods run under ``ip netns exec`` (their hosts/resolv.conf apply); nodes and hosts
         under ``nsenter --net``. ``python`` as the program means the lab's interpreter.
         """
-        netns, enter = self._enter(target)
-        full = [*enter, *self._argv(argv)]
+        netns, _ = self._enter(target)
+        full, full_env = self.command(target, argv, env)
         try:
             done = subprocess.run(
                 full,
@@ -578,7 +578,7 @@ class Lab:
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                env=self._env(env),
+                env=full_env,
                 cwd=REPO_ROOT,
                 check=False,
             )
@@ -592,6 +592,14 @@ class Lab:
                 hint=(done.stderr or done.stdout).strip()[-2000:] or None,
             )
         return done
+
+    def command(
+        self, target: Target, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> tuple[list[str], dict[str, str]]:
+        """The full command line and environment :meth:`exec` would run (for callers that
+        want the output streamed rather than captured, like ``ambient lab exec``)."""
+        _, enter = self._enter(target)
+        return [*enter, *self._argv(argv)], self._env(env)
 
     def spawn(
         self,
