@@ -1,0 +1,1 @@
+"""ztunnel's proxy: HBONE framing, the connection pool, and (later) the listeners."""

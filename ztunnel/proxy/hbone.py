@@ -1,0 +1,623 @@
+"""HBONE as sans-IO: HTTP/2 ``CONNECT`` tunnels on top of ``h2``, no sockets, no clock.
+
+Both peers wrap an ``h2.connection.H2Connection``: the shell feeds received bytes to
+:meth:`receive_data`, acts on the returned events, and writes :meth:`data_to_send`
+to the TLS stream. A tunnel is one HTTP/2 stream:
+
+* the client opens it with ``:method CONNECT``, ``:authority <ip>:<port>`` and the
+  ``forwarded``, ``baggage`` and ``traceparent`` headers (:class:`TunnelRequest`);
+* the server parses and checks the request, answers 400 itself when it is
+  malformed (not CONNECT, bad authority), and otherwise hands the request to the
+  shell, which answers 200 (then bytes flow both ways), 401 or 503;
+* either side half-closes with END_STREAM; errors reset the stream (RST_STREAM)
+  or, for connection-level violations, end the connection (GOAWAY) with the
+  HTTP/2 error code.
+
+Flow control is explicit: received data is returned to the peer's window only when
+the shell calls :meth:`acknowledge` (after writing it upstream), so a slow reader
+stalls only its own stream; outgoing data beyond the peer's window is buffered per
+stream and sent as windows open (:class:`Drained` says a buffer emptied).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from ztunnel.errors import HboneError, HboneStreamError
+
+MiB = 1024 * 1024
+
+# HTTP/2 error codes (RFC 9113 section 7), named once here.
+NO_ERROR = 0x0
+PROTOCOL_ERROR = 0x1
+INTERNAL_ERROR = 0x2
+STREAM_CLOSED = 0x5
+REFUSED_STREAM = 0x7
+CANCEL = 0x8
+CONNECT_ERROR = 0xA
+ENHANCE_YOUR_CALM = 0xB
+
+_HTTP2_MAX_WINDOW = 2**31 - 1
+_HTTP2_DEFAULT_WINDOW = 65_535
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+@dataclass(frozen=True)
+class HboneSettings:
+    """HTTP/2 tuning of an HBONE connection (Istio's values by default)."""
+
+    stream_window: int = 4 * MiB
+    """Initial receive window per stream: what one tunnel may have in flight."""
+    connection_window: int = 16 * MiB
+    """Receive window of the whole connection, shared by its tunnels."""
+    max_frame_size: int = 1 * MiB
+    """Largest DATA frame we accept (and send, when the peer allows it)."""
+    max_concurrent_streams: int = 100
+    """Tunnels the peer may have open at once on this connection."""
+    max_header_list_size: int = 16 * 1024
+    """Largest decoded header block accepted; larger ends the connection."""
+
+    def __post_init__(self) -> None:
+        for name in ("stream_window", "connection_window"):
+            value = getattr(self, name)
+            if not _HTTP2_DEFAULT_WINDOW <= value <= _HTTP2_MAX_WINDOW:
+                raise ValueError(f"{name}={value} is outside 65535..2^31-1")
+        if not 16_384 <= self.max_frame_size <= 16_777_215:
+            raise ValueError(f"max_frame_size={self.max_frame_size} is outside 16384..16777215")
+
+
+@dataclass(frozen=True)
+class Authority:
+    """The ``:authority`` of a CONNECT: the destination ``host:port``."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Authority:
+        """Parse ``ip:port``, ``[ipv6]:port`` or ``hostname:port``; raise ``ValueError``."""
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise ValueError(f"authority {text!r} has no port")
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise ValueError(f"authority {text!r} has an invalid port")
+        if host.startswith("[") and host.endswith("]"):
+            host = str(ipaddress.IPv6Address(host[1:-1]))
+        elif ":" in host or not host:
+            raise ValueError(f"authority {text!r} is not host:port")
+        return cls(host, port)
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        """The host as an IP address, or ``None`` for a host name."""
+        try:
+            return ipaddress.ip_address(self.host)
+        except ValueError:
+            return None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_forwarded(value: str) -> tuple[str | None, str | None]:
+    """``(for, host)`` of the first element of a ``forwarded`` header (RFC 7239)."""
+    first = value.split(",", 1)[0]
+    params: dict[str, str] = {}
+    for pair in first.split(";"):
+        key, sep, raw = pair.strip().partition("=")
+        if sep:
+            params[key.strip().lower()] = raw.strip().strip('"')
+    return params.get("for"), params.get("host")
+
+
+def format_forwarded(for_: str, host: str | None = None) -> str:
+    """A ``forwarded`` value: ``for="<ip:port>"`` plus ``;host=<service>`` if known."""
+    value = f'for="{for_}"'
+    return f"{value};host={host}" if host else value
+
+
+def parse_baggage(value: str) -> dict[str, str]:
+    """W3C baggage to a dict; members without ``=`` and properties are ignored."""
+    out: dict[str, str] = {}
+    for member in value.split(","):
+        entry = member.split(";", 1)[0]
+        key, sep, raw = entry.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = urllib.parse.unquote(raw.strip())
+    return out
+
+
+def format_baggage(items: Mapping[str, str]) -> str:
+    """W3C baggage from a dict, skipping empty values (as Istio does)."""
+    return ",".join(f"{k}={urllib.parse.quote(v, safe='')}" for k, v in items.items() if v)
+
+
+@dataclass(frozen=True)
+class TunnelRequest:
+    """What an HBONE CONNECT asks for."""
+
+    authority: Authority
+    """Where the tunnel goes (``<podIP>:<targetPort>``, or the original VIP:port via a waypoint)."""
+    forwarded_for: str | None = None
+    """The original client ``ip:port`` from ``forwarded: for=``."""
+    forwarded_host: str | None = None
+    """The service hostname from ``forwarded: ...;host=``, if given."""
+    baggage: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Source workload metadata (``k8s.namespace.name``, ``service.name``, ...)."""
+    traceparent: str | None = None
+    """The W3C trace context, ``00-<trace>-<span>-<flags>``."""
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The request's HTTP/2 header list."""
+        out = [(b":method", b"CONNECT"), (b":authority", str(self.authority).encode())]
+        if self.forwarded_for:
+            out.append(
+                (b"forwarded", format_forwarded(self.forwarded_for, self.forwarded_host).encode())
+            )
+        baggage = format_baggage(self.baggage)
+        if baggage:
+            out.append((b"baggage", baggage.encode()))
+        if self.traceparent:
+            out.append((b"traceparent", self.traceparent.encode()))
+        return out
+
+
+# --- events ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TunnelRequested:
+    """Server: a well-formed CONNECT arrived; answer with :meth:`HboneServer.respond`."""
+
+    stream_id: int
+    request: TunnelRequest
+
+
+@dataclass(frozen=True)
+class TunnelRejected:
+    """Server: a request was answered (or refused) by the protocol layer itself."""
+
+    stream_id: int
+    status: int
+    """The HTTP status sent (400), or 0 when the stream was refused with RST_STREAM."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class TunnelResponse:
+    """Client: the server answered a CONNECT; 200 means the tunnel is open."""
+
+    stream_id: int
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def established(self) -> bool:
+        """Whether bytes may now flow (status 2xx)."""
+        return 200 <= self.status < 300
+
+
+@dataclass(frozen=True)
+class DataReceived:
+    """Tunnel bytes from the peer; :meth:`acknowledge` ``flow_controlled_length`` when consumed."""
+
+    stream_id: int
+    data: bytes
+    flow_controlled_length: int
+
+
+@dataclass(frozen=True)
+class PeerHalfClosed:
+    """The peer will send no more on this tunnel (END_STREAM): shut down writing upstream."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True)
+class StreamReset:
+    """The tunnel was reset (by the peer, or by us on an error)."""
+
+    stream_id: int
+    error_code: int
+    remote: bool
+
+
+@dataclass(frozen=True)
+class Drained:
+    """Everything queued for this tunnel was handed to HTTP/2: reading upstream may resume."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True)
+class ConnectionEnded:
+    """The HTTP/2 connection is over (GOAWAY received or sent); close the transport."""
+
+    error_code: int
+    reason: str
+    remote: bool
+
+
+HboneEvent = (
+    TunnelRequested
+    | TunnelRejected
+    | TunnelResponse
+    | DataReceived
+    | PeerHalfClosed
+    | StreamReset
+    | Drained
+    | ConnectionEnded
+)
+
+
+class _HboneConnection:
+    """What both peers share: the h2 connection, flow control and send buffers."""
+
+    def __init__(self, settings: HboneSettings, *, client_side: bool) -> None:
+        self.settings = settings
+        config = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
+        self._h2: Any = h2.connection.H2Connection(config=config)
+        self._pending: dict[int, bytearray] = {}
+        self._end_after_flush: set[int] = set()
+        # Streams we half-closed, until they close fully: sending more is a bug.
+        self._ended_locally: set[int] = set()
+        self.closed = False
+
+    def initiate(self) -> None:
+        """Queue the preface and our SETTINGS, and open the connection window."""
+        codes = h2.settings.SettingCodes
+        # Window, frame and header limits are in force locally from the first byte
+        # (h2's documented way: settings objects built before initiate_connection).
+        self._h2.local_settings = h2.settings.Settings(
+            client=self._h2.config.client_side,
+            initial_values={
+                codes.INITIAL_WINDOW_SIZE: self.settings.stream_window,
+                codes.MAX_FRAME_SIZE: self.settings.max_frame_size,
+                codes.MAX_HEADER_LIST_SIZE: self.settings.max_header_list_size,
+            },
+        )
+        self._h2.max_inbound_frame_size = self.settings.max_frame_size
+        self._h2.decoder.max_header_list_size = self.settings.max_header_list_size
+        self._h2.initiate_connection()
+        # The stream limit is announced but left pending until the peer ACKs it: until
+        # then the server refuses excess streams one by one (RST_STREAM REFUSED_STREAM)
+        # instead of h2 ending the whole connection; after the ACK, exceeding it is a
+        # real protocol violation and h2 answers with GOAWAY.
+        self._h2.update_settings(
+            {codes.MAX_CONCURRENT_STREAMS: self.settings.max_concurrent_streams}
+        )
+        extra = self.settings.connection_window - _HTTP2_DEFAULT_WINDOW
+        if extra > 0:
+            self._h2.increment_flow_control_window(extra)
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the transport now (possibly empty)."""
+        return bytes(self._h2.data_to_send())
+
+    def receive_data(self, data: bytes) -> list[HboneEvent]:
+        """Feed bytes from the transport; return what they meant."""
+        if self.closed:
+            return []
+        try:
+            raw_events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as err:
+            # h2 has queued a GOAWAY with the error's code; the connection is done.
+            self.closed = True
+            return [ConnectionEnded(int(err.error_code), f"protocol error: {err}", remote=False)]
+        events: list[HboneEvent] = []
+        for raw in raw_events:
+            events.extend(self._translate(raw))
+        return events
+
+    def _translate(self, raw: object) -> list[HboneEvent]:
+        events: list[HboneEvent] = []
+        if isinstance(raw, h2.events.DataReceived):
+            # h2 reports END_STREAM as its own StreamEnded event right after; an
+            # empty DATA frame still counts against flow control (padding).
+            if raw.data:
+                events.append(
+                    DataReceived(
+                        int(raw.stream_id), bytes(raw.data), int(raw.flow_controlled_length)
+                    )
+                )
+            elif raw.flow_controlled_length:
+                self.acknowledge(int(raw.stream_id), int(raw.flow_controlled_length))
+        elif isinstance(raw, h2.events.StreamEnded):
+            stream_id = int(raw.stream_id)
+            events.append(PeerHalfClosed(stream_id))
+            self._release_if_closed(stream_id)
+        elif isinstance(raw, h2.events.StreamReset):
+            self._forget(int(raw.stream_id))
+            self._ended_locally.discard(int(raw.stream_id))
+            events.append(
+                StreamReset(int(raw.stream_id), int(raw.error_code or 0), bool(raw.remote_reset))
+            )
+        elif isinstance(raw, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            events.extend(self._flush_all())
+        elif isinstance(raw, h2.events.ConnectionTerminated):
+            self.closed = True
+            detail = bytes(raw.additional_data or b"").decode("utf-8", "replace")
+            reason = f"peer sent GOAWAY {detail}".strip()
+            events.append(ConnectionEnded(int(raw.error_code or 0), reason, remote=True))
+        else:
+            events.extend(self._translate_headers(raw))
+        return events
+
+    def _translate_headers(self, raw: object) -> list[HboneEvent]:
+        """Peer-specific handling of request/response headers; the rest is ignored."""
+        return []
+
+    # --- sending ----------------------------------------------------------
+
+    def send_data(self, stream_id: int, data: bytes) -> None:
+        """Queue tunnel bytes for the peer; they go out as flow-control windows allow."""
+        if stream_id in self._ended_locally:
+            raise HboneStreamError(
+                f"stream {stream_id} is half-closed: no more data may be sent",
+                error_code=STREAM_CLOSED,
+                stream_id=stream_id,
+            )
+        self._pending.setdefault(stream_id, bytearray()).extend(data)
+        self._flush(stream_id)
+
+    def pending(self, stream_id: int) -> int:
+        """Bytes queued for ``stream_id`` but not yet framed (waiting for window)."""
+        return len(self._pending.get(stream_id, b""))
+
+    def end_stream(self, stream_id: int) -> None:
+        """Half-close our side once the queued bytes have gone out."""
+        self._end_after_flush.add(stream_id)
+        self._ended_locally.add(stream_id)
+        self._pending.setdefault(stream_id, bytearray())
+        self._flush(stream_id)
+        self._release_if_closed(stream_id)
+
+    def reset_stream(self, stream_id: int, error_code: int = CANCEL) -> None:
+        """Abort a tunnel with RST_STREAM; queued bytes are dropped."""
+        self._forget(stream_id)
+        self._ended_locally.discard(stream_id)
+        try:
+            self._h2.reset_stream(stream_id, error_code=error_code)
+        except h2.exceptions.StreamClosedError:
+            pass  # already gone: nothing to abort
+        except h2.exceptions.ProtocolError as err:
+            raise HboneStreamError(str(err), error_code=error_code, stream_id=stream_id) from err
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        """The shell consumed ``size`` received bytes: reopen the peer's windows."""
+        if size <= 0:
+            return
+        try:
+            self._h2.acknowledge_received_data(size, stream_id)
+        except h2.exceptions.StreamClosedError:
+            # The stream is gone, but the connection window still counts those bytes.
+            self._h2.increment_flow_control_window(size)
+
+    def close(self, error_code: int = NO_ERROR) -> None:
+        """Send GOAWAY: no new tunnels; the transport may close after flushing."""
+        if not self.closed:
+            self.closed = True
+            self._h2.close_connection(error_code=error_code)
+
+    def open_streams(self) -> int:
+        """Tunnels currently open on this connection (both directions)."""
+        return int(self._h2.open_inbound_streams) + int(self._h2.open_outbound_streams)
+
+    def _forget(self, stream_id: int) -> None:
+        self._pending.pop(stream_id, None)
+        self._end_after_flush.discard(stream_id)
+
+    def _release_if_closed(self, stream_id: int) -> None:
+        """Drop per-stream bookkeeping once h2 considers the stream closed."""
+        stream = self._h2.streams.get(stream_id)
+        if stream is None or stream.closed:
+            self._forget(stream_id)
+            self._ended_locally.discard(stream_id)
+            self._stream_closed(stream_id)
+
+    def _stream_closed(self, stream_id: int) -> None:
+        """Hook for peer-specific cleanup when a stream is fully closed."""
+
+    def _flush_all(self) -> list[HboneEvent]:
+        events: list[HboneEvent] = []
+        for stream_id in list(self._pending):
+            if self._flush(stream_id):
+                events.append(Drained(stream_id))
+        return events
+
+    def _flush(self, stream_id: int) -> bool:
+        """Frame what the windows allow; True when the stream's buffer just emptied."""
+        buffer = self._pending.get(stream_id)
+        if buffer is None:
+            return False
+        had_data = bool(buffer)
+        try:
+            while buffer:
+                window = int(self._h2.local_flow_control_window(stream_id))
+                size = min(window, int(self._h2.max_outbound_frame_size), len(buffer))
+                if size <= 0:
+                    return False
+                self._h2.send_data(stream_id, bytes(buffer[:size]))
+                del buffer[:size]
+            if stream_id in self._end_after_flush:
+                self._h2.end_stream(stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            # The peer reset or closed the stream meanwhile: its bytes have nowhere to go.
+            self._forget(stream_id)
+            return False
+        self._forget(stream_id)
+        return had_data
+
+
+def _headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in raw:
+        key = name.decode("ascii", "replace").lower()
+        text = value.decode("utf-8", "replace")
+        out[key] = f"{out[key]},{text}" if key in out else text
+    return out
+
+
+class HboneServer(_HboneConnection):
+    """The 15008 side of an HBONE connection."""
+
+    def __init__(self, settings: HboneSettings | None = None) -> None:
+        super().__init__(settings or HboneSettings(), client_side=False)
+        self._tunnels: set[int] = set()
+
+    def _translate_headers(self, raw: object) -> list[HboneEvent]:
+        if not isinstance(raw, h2.events.RequestReceived):
+            return []
+        stream_id = int(raw.stream_id)
+        # Our own count, not h2's: ours holds before the peer has ACKed our SETTINGS.
+        if len(self._tunnels) >= self.settings.max_concurrent_streams:
+            self.reset_stream(stream_id, REFUSED_STREAM)
+            return [TunnelRejected(stream_id, 0, "too many concurrent tunnels")]
+        headers = _headers(raw.headers)
+        try:
+            request = self._parse_request(headers, ended=raw.stream_ended is not None)
+        except ValueError as err:
+            self.respond(stream_id, 400, end=True)
+            return [TunnelRejected(stream_id, 400, str(err))]
+        self._tunnels.add(stream_id)
+        return [TunnelRequested(stream_id, request)]
+
+    @staticmethod
+    def _parse_request(headers: Mapping[str, str], *, ended: bool) -> TunnelRequest:
+        method = headers.get(":method", "")
+        if method != "CONNECT":
+            raise ValueError(f"method {method!r} is not CONNECT")
+        if ended:
+            raise ValueError("CONNECT request ended the stream: no tunnel to open")
+        authority = Authority.parse(headers.get(":authority", ""))
+        forwarded_for, forwarded_host = parse_forwarded(headers.get("forwarded", ""))
+        traceparent = headers.get("traceparent")
+        return TunnelRequest(
+            authority=authority,
+            forwarded_for=forwarded_for,
+            forwarded_host=forwarded_host,
+            baggage=parse_baggage(headers.get("baggage", "")),
+            traceparent=traceparent if traceparent and _TRACEPARENT.match(traceparent) else None,
+        )
+
+    def respond(
+        self,
+        stream_id: int,
+        status: int,
+        headers: Iterable[tuple[str, str]] = (),
+        *,
+        end: bool | None = None,
+    ) -> None:
+        """Answer a CONNECT: 200 opens the tunnel; any other status also ends the stream."""
+        if end is None:
+            end = not 200 <= status < 300
+        block = [(b":status", str(status).encode())]
+        block += [(k.lower().encode(), v.encode()) for k, v in headers]
+        try:
+            self._h2.send_headers(stream_id, block, end_stream=end)
+        except h2.exceptions.ProtocolError as err:
+            raise HboneStreamError(
+                f"cannot answer stream {stream_id}: {err}",
+                error_code=INTERNAL_ERROR,
+                stream_id=stream_id,
+            ) from err
+        if end:
+            self._tunnels.discard(stream_id)
+            self._ended_locally.add(stream_id)
+            self._release_if_closed(stream_id)
+
+    def _translate(self, raw: object) -> list[HboneEvent]:
+        events = super()._translate(raw)
+        for event in events:
+            if isinstance(event, StreamReset):
+                self._tunnels.discard(event.stream_id)
+        return events
+
+    def _stream_closed(self, stream_id: int) -> None:
+        self._tunnels.discard(stream_id)
+
+    def reset_stream(self, stream_id: int, error_code: int = CANCEL) -> None:
+        """Abort a tunnel with RST_STREAM."""
+        self._tunnels.discard(stream_id)
+        super().reset_stream(stream_id, error_code)
+
+    @property
+    def tunnels(self) -> int:
+        """Tunnels accepted and not yet closed (counted against the stream limit)."""
+        return len(self._tunnels)
+
+
+class HboneClient(_HboneConnection):
+    """The dialing side of an HBONE connection (one pooled connection)."""
+
+    def __init__(self, settings: HboneSettings | None = None) -> None:
+        super().__init__(settings or HboneSettings(), client_side=True)
+
+    def open_tunnel(self, request: TunnelRequest) -> int:
+        """Send a CONNECT for ``request``; return its stream id (await :class:`TunnelResponse`)."""
+        if self.closed:
+            raise HboneError("the HBONE connection is closed", error_code=NO_ERROR)
+        if self.available_streams() <= 0:
+            raise HboneStreamError(
+                "no stream available on this HBONE connection",
+                error_code=REFUSED_STREAM,
+                hint="the pool opens another connection when one is full",
+            )
+        stream_id = int(self._h2.get_next_available_stream_id())
+        self._h2.send_headers(stream_id, request.headers(), end_stream=False)
+        return stream_id
+
+    def available_streams(self) -> int:
+        """How many more tunnels the peer allows now (its MAX_CONCURRENT_STREAMS)."""
+        allowed = int(self._h2.remote_settings.max_concurrent_streams)
+        return allowed - int(self._h2.open_outbound_streams)
+
+    def _translate_headers(self, raw: object) -> list[HboneEvent]:
+        if not isinstance(raw, h2.events.ResponseReceived):
+            return []
+        headers = _headers(raw.headers)
+        try:
+            status = int(headers.pop(":status", "0"))
+        except ValueError:
+            status = 0
+        return [TunnelResponse(int(raw.stream_id), status, headers)]
+
+
+__all__ = [
+    "CANCEL",
+    "CONNECT_ERROR",
+    "ENHANCE_YOUR_CALM",
+    "PROTOCOL_ERROR",
+    "REFUSED_STREAM",
+    "Authority",
+    "ConnectionEnded",
+    "DataReceived",
+    "Drained",
+    "HboneClient",
+    "HboneEvent",
+    "HboneServer",
+    "HboneSettings",
+    "PeerHalfClosed",
+    "StreamReset",
+    "TunnelRejected",
+    "TunnelRequest",
+    "TunnelRequested",
+    "TunnelResponse",
+    "format_baggage",
+    "parse_baggage",
+    "parse_forwarded",
+]
