@@ -1,0 +1,245 @@
+"""Pod to pod across two lab nodes: direct (no mesh) against a sidecar-style Envoy pair.
+
+Both variants are live at once (the Envoys listen on 127.0.0.1 in the pods, the
+servers on the pod IP), so every probe alternates between them with nothing restarted.
+Later cases (ztunnel) subclass :class:`PodToPod` and add variants through ``paths``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from bench import load
+from bench.case import Case, Measurement, Metric, Probe, RunSettings, Variant, register
+from bench.datapath import LivePath, PathFactory, PodPair, direct, envoy_pair, start_apps
+from bench.errors import BenchError
+from bench.procs import Usage
+
+PROXY_CPU = Metric(
+    "proxy_cpu_s",
+    "s",
+    higher_is_better=False,
+    description="CPU seconds all proxies of the path used during the measurement",
+)
+PROXY_RSS = Metric(
+    "proxy_rss_mb",
+    "MB",
+    higher_is_better=False,
+    description="peak RSS (VmHWM) of the path's proxies, summed, so far in the run",
+)
+LOAD_CPU = Metric(
+    "load_cpu_pct",
+    "%",
+    higher_is_better=False,
+    description="CPU of the load generator as % of one core; near 100 means it was the bound",
+)
+COSTS = (PROXY_CPU, PROXY_RSS, LOAD_CPU)
+THROUGHPUT = Metric(
+    "throughput", "Gbit/s", higher_is_better=True, description="iperf3 bits received per second"
+)
+P50 = Metric("p50", "us", higher_is_better=False, description="median request latency (wrk)")
+P99 = Metric("p99", "us", higher_is_better=False, description="99th percentile latency (wrk)")
+RPS = Metric("rate", "req/s", higher_is_better=True, description="requests completed per second")
+CPS = Metric(
+    "rate",
+    "conn/s",
+    higher_is_better=True,
+    description="new TCP connections per second, one at a time, each with one request",
+)
+
+PROBES = (
+    Probe(
+        "bulk-1",
+        "iperf3, 1 TCP stream client -> server pod for the measurement time; bounded by the "
+        "CPU of the path (kernel copies, proxies' TLS) shared with iperf3 on 2 cores",
+        (THROUGHPUT, *COSTS),
+    ),
+    Probe(
+        "bulk-4",
+        "iperf3, 4 parallel TCP streams; same bounds as bulk-1, more parallelism",
+        (THROUGHPUT, *COSTS),
+    ),
+    Probe(
+        "rr-1",
+        "wrk, 1 thread, 1 keep-alive connection, closed loop of small HTTP/1.1 requests "
+        "to an Envoy direct_response origin: round-trip latency of the path",
+        (P50, P99, RPS, *COSTS),
+    ),
+    Probe(
+        "rr-16",
+        "wrk, 1 thread, 16 keep-alive connections (closed loop): latency under load; "
+        "bounded by the 2 CPUs shared by wrk, origin and proxies",
+        (P50, P99, RPS, *COSTS),
+    ),
+    Probe(
+        "connect",
+        "wrk, 1 connection at a time with 'Connection: close': every request opens a new "
+        "TCP connection (and, through the Envoy pair, a new mTLS session to the peer)",
+        (CPS, *COSTS),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class LoadFigures:
+    """What a probe's load tool measured, before costs are added."""
+
+    metrics: dict[str, float]
+    load_cpu_s: float
+    duration_s: float
+
+
+ProbeRunner = Callable[[LivePath, RunSettings, "PodToPod"], LoadFigures]
+
+
+def _bulk(streams: int) -> ProbeRunner:
+    def run(live: LivePath, settings: RunSettings, case: PodToPod) -> LoadFigures:
+        del case
+        result = load.bulk(
+            live.client_netns,
+            live.bulk.host,
+            live.bulk.port,
+            streams=streams,
+            duration_s=settings.duration_s,
+        )
+        seconds = max(1.0, round(settings.duration_s))
+        return LoadFigures({"throughput": result.gbit_per_s}, result.client_cpu_s, seconds)
+
+    return run
+
+
+def _requests(connections: int, *, new_connection_each: bool) -> ProbeRunner:
+    def run(live: LivePath, settings: RunSettings, case: PodToPod) -> LoadFigures:
+        result = load.requests(
+            live.client_netns,
+            live.http.url,
+            connections=connections,
+            duration_s=settings.duration_s,
+            script=settings.work_dir / "wrk-summary.lua",
+            new_connection_each=new_connection_each,
+        )
+        if result.errors > result.requests // 100:
+            raise BenchError(
+                f"case {case.name}: {result.errors} errors for {result.requests} requests "
+                f"to {live.http.url}",
+                hint="see the proxies' logs in the run's work folder",
+            )
+        if new_connection_each:
+            return LoadFigures({"rate": result.rate}, result.client_cpu_s, result.duration_s)
+        return LoadFigures(
+            {"p50": result.p50_us, "p99": result.p99_us, "rate": result.rate},
+            result.client_cpu_s,
+            result.duration_s,
+        )
+
+    return run
+
+
+RUNNERS: Mapping[str, ProbeRunner] = {
+    "bulk-1": _bulk(1),
+    "bulk-4": _bulk(4),
+    "rr-1": _requests(1, new_connection_each=False),
+    "rr-16": _requests(16, new_connection_each=False),
+    "connect": _requests(1, new_connection_each=True),
+}
+
+
+def cost_metrics(
+    before: list[Usage], after: list[Usage], load_cpu_s: float, duration_s: float
+) -> dict[str, float]:
+    """Proxy CPU during the measurement, peak RSS so far, and the load tool's CPU share."""
+    metrics = {"load_cpu_pct": 100.0 * load_cpu_s / duration_s if duration_s > 0 else 0.0}
+    if after:
+        metrics["proxy_cpu_s"] = sum(a.cpu_s - b.cpu_s for a, b in zip(after, before, strict=True))
+        metrics["proxy_rss_mb"] = sum(a.peak_rss_bytes for a in after) / 1e6
+    return metrics
+
+
+@register
+class PodToPod(Case):
+    """Client pod on node1, server pod on node2: no mesh vs. a sidecar Envoy pair."""
+
+    name = "pod-to-pod"
+    description = (
+        "Bulk throughput (1 and 4 streams), request/response latency at 1 and 16 "
+        "connections, and new connections per second between two pods on different "
+        "lab nodes: direct (no mesh) as the baseline, and through a pair of Envoy 1.40 "
+        "proxies doing an mTLS tunnel (TLS 1.3, SPIFFE identities verified both ways), "
+        "one in each pod, the sidecar-style reference later cases are compared with."
+    )
+    data_path = (
+        "client pod -> veth -> node1 -> fabric bridge -> node2 -> veth -> server pod; "
+        "envoy-mtls adds 127.0.0.1 -> client Envoy at the start and server Envoy -> "
+        "127.0.0.1 at the end, with TLS on the wire between the pods"
+    )
+    variants = (
+        Variant("direct", "client dials the server pod's IP; no proxy", baseline=True),
+        Variant(
+            "envoy-mtls",
+            "client dials its pod's Envoy on 127.0.0.1; mTLS to the server pod's Envoy, "
+            "which forwards to the app on 127.0.0.1 (2 workers each)",
+        ),
+    )
+    probes = PROBES
+    paths: ClassVar[Mapping[str, PathFactory]] = {"direct": direct, "envoy-mtls": envoy_pair()}
+    """How each variant's path is built (subclasses add theirs)."""
+    lab_suffix: ClassVar[str] = "p2p"
+    """Appended to the run's lab prefix to name this case's lab."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, LivePath] = {}
+        self._settings: RunSettings | None = None
+
+    @contextlib.contextmanager
+    def environment(self, settings: RunSettings) -> Iterator[None]:
+        """A 2-node lab, the apps in the server pod, and every variant's path, all live."""
+        from lab import Lab, LabSpec
+
+        name = settings.lab_prefix + self.lab_suffix
+        with Lab.create(LabSpec(name=name, nodes=2, outside=False)) as lab:
+            client = lab.add_pod(
+                "client",
+                namespace="bench",
+                node="node1",
+                labels={"app": "client"},
+                service_account="client",
+            )
+            server = lab.add_pod(
+                "server",
+                namespace="bench",
+                node="node2",
+                labels={"app": "server"},
+                service_account="server",
+            )
+            pair = PodPair(lab, client, server)
+            with contextlib.ExitStack() as stack:
+                for app in start_apps(server, settings.work_dir):
+                    stack.callback(app.stop)
+                for variant in self.variants:
+                    factory = self.paths[variant.name]
+                    self._live[variant.name] = stack.enter_context(factory(pair, settings))
+                self._settings = settings
+                try:
+                    yield
+                finally:
+                    self._live.clear()
+                    self._settings = None
+
+    def measure(self, variant: Variant, probe: Probe, round_index: int) -> Measurement:
+        """Run ``probe``'s load tool through ``variant``'s path; add proxy costs."""
+        del round_index
+        if self._settings is None:
+            raise BenchError(f"case {self.name}: measure() called outside environment()")
+        live = self._live[variant.name]
+        before = [p.usage() for p in live.proxies]
+        figures = RUNNERS[probe.name](live, self._settings, self)
+        for proxy in live.proxies:
+            proxy.check_alive()
+        after = [p.usage() for p in live.proxies]
+        return {
+            **figures.metrics,
+            **cost_metrics(before, after, figures.load_cpu_s, figures.duration_s),
+        }

@@ -1,0 +1,175 @@
+"""Load generators: iperf3 for bulk throughput, wrk for request/response and new connections.
+
+Both are C programs from Debian, far cheaper per byte and per request than the paths
+they measure, so on two cores the figure is bounded by the path (and by sharing the
+CPUs with it), not by a Python loop. Each run is bounded by ``-t``/``-d`` and a hard
+subprocess timeout. The output parsers are pure functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.errors import MeasurementError, ToolError
+from bench.procs import run_in_netns
+
+# Grace on top of the measurement for tool start-up and connection set-up.
+TIMEOUT_SLACK_S = 20.0
+WRK_MARK = "BENCH_WRK "
+WRK_SCRIPT = """\
+-- Written by bench/load.py: print wrk's summary as one JSON line (microseconds).
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '%s{"requests":%d,"duration_us":%d,"connect_errors":%d,"read_errors":%d,' ..
+    '"write_errors":%d,"status_errors":%d,"timeouts":%d,"p50_us":%d,"p90_us":%d,' ..
+    '"p99_us":%d,"p999_us":%d,"mean_us":%.3f,"max_us":%d}\\n',
+    "MARK", summary.requests, summary.duration, e.connect, e.read, e.write, e.status,
+    e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.mean, latency.max))
+end
+""".replace("MARK", WRK_MARK)
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    """What one iperf3 run measured."""
+
+    gbit_per_s: float
+    """Received bits per second at the server, in Gbit/s."""
+    client_cpu_s: float
+    """CPU the iperf3 client used."""
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """What one wrk run measured."""
+
+    requests: int
+    duration_s: float
+    errors: int
+    """Connect, read, write, status and timeout errors together."""
+    p50_us: float
+    p99_us: float
+    mean_us: float
+    client_cpu_s: float
+    """CPU wrk used."""
+
+    @property
+    def rate(self) -> float:
+        """Completed requests per second."""
+        return self.requests / self.duration_s
+
+
+def parse_iperf3(text: str) -> float:
+    """Received bits per second from ``iperf3 -J`` output; raises on an error report."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ToolError(f"iperf3 printed no JSON: {text[:300]!r}") from err
+    if doc.get("error"):
+        raise MeasurementError(f"iperf3 failed: {doc['error']}")
+    try:
+        bps = float(doc["end"]["sum_received"]["bits_per_second"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ToolError(f"iperf3 JSON has no end.sum_received.bits_per_second ({err})") from err
+    if not bps > 0:
+        raise MeasurementError("iperf3 moved no bytes")
+    return bps
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    """The JSON line our wrk script prints, as numbers."""
+    for line in text.splitlines():
+        if line.startswith(WRK_MARK):
+            try:
+                doc = json.loads(line[len(WRK_MARK) :])
+            except json.JSONDecodeError as err:
+                raise ToolError(f"wrk summary line is not JSON: {line!r}") from err
+            return {k: float(v) for k, v in doc.items()}
+    raise ToolError(f"wrk printed no summary line: {text[-400:]!r}")
+
+
+def bulk(netns: str, host: str, port: int, *, streams: int, duration_s: float) -> BulkResult:
+    """An iperf3 upload of ``duration_s`` with ``streams`` parallel TCP streams."""
+    seconds = max(1, math.ceil(duration_s))
+    run = run_in_netns(
+        netns,
+        [
+            "iperf3",
+            "-c",
+            host,
+            "-p",
+            str(port),
+            "-t",
+            str(seconds),
+            "-P",
+            str(streams),
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ],
+        timeout_s=seconds + TIMEOUT_SLACK_S,
+    )
+    bps = parse_iperf3(run.stdout)
+    return BulkResult(gbit_per_s=bps / 1e9, client_cpu_s=run.cpu_s)
+
+
+def requests(
+    netns: str,
+    url: str,
+    *,
+    connections: int,
+    duration_s: float,
+    script: Path,
+    new_connection_each: bool = False,
+) -> RequestResult:
+    """wrk with one thread and ``connections`` keep-alive connections (closed-loop).
+
+    With ``new_connection_each``, every request carries ``Connection: close``, so wrk
+    opens a new TCP connection per request, one at a time when ``connections`` is 1.
+    """
+    if not script.exists():
+        script.write_text(WRK_SCRIPT)
+    seconds = max(1, math.ceil(duration_s))
+    argv = [
+        "wrk",
+        "-t",
+        "1",
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "2s",
+        "-s",
+        str(script),
+    ]
+    if new_connection_each:
+        argv += ["-H", "Connection: close"]
+    run = run_in_netns(netns, [*argv, url], timeout_s=seconds + TIMEOUT_SLACK_S)
+    if run.returncode != 0:
+        output = run.stderr[-400:] or run.stdout[-400:]
+        raise ToolError(f"wrk exited with {run.returncode}: {output}")
+    doc = parse_wrk(run.stdout)
+    errors = int(
+        doc["connect_errors"]
+        + doc["read_errors"]
+        + doc["write_errors"]
+        + doc["status_errors"]
+        + doc["timeouts"]
+    )
+    if doc["requests"] <= 0:
+        raise MeasurementError(f"wrk completed no request to {url} ({errors} errors)")
+    return RequestResult(
+        requests=int(doc["requests"]),
+        duration_s=doc["duration_us"] / 1e6,
+        errors=errors,
+        p50_us=doc["p50_us"],
+        p99_us=doc["p99_us"],
+        mean_us=doc["mean_us"],
+        client_cpu_s=run.cpu_s,
+    )

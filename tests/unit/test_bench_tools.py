@@ -1,0 +1,104 @@
+"""Parsers of the load tools' output and of /proc, and the probes' cost arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import load
+from bench.case import check_case
+from bench.cases.pod_to_pod import PodToPod, cost_metrics
+from bench.errors import MeasurementError, ToolError
+from bench.procs import (
+    Usage,
+    listening_ports,
+    netns_argv,
+    parse_cpu_seconds,
+    parse_peak_rss_bytes,
+)
+
+STAT = (
+    "4242 (envoy (main) x) S 1 4242 4242 0 -1 4194560 5000 0 0 0 "
+    "250 150 0 0 20 0 9 0 12345 300000000 20000 18446744073709551615"
+)
+
+
+def test_cpu_seconds_counts_fields_after_the_command_name() -> None:
+    assert parse_cpu_seconds(STAT, 100) == pytest.approx(4.0)
+
+
+def test_peak_rss_reads_vmhwm() -> None:
+    status = "Name:\tenvoy\nVmPeak:\t  999 kB\nVmHWM:\t   78212 kB\nVmRSS:\t 70000 kB\n"
+    assert parse_peak_rss_bytes(status) == 78212 * 1024
+    with pytest.raises(ValueError, match="VmHWM"):
+        parse_peak_rss_bytes("Name:\tzombie\n")
+
+
+def test_listening_ports_only_listen_state() -> None:
+    text = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+        "   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0\n"
+        "   1: 0100007F:3A98 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0\n"
+        "   2: 0202F40A:1F90 0102F40A:C350 01 00000000:00000000 00:00000000 00000000 0\n"
+    )
+    assert listening_ports(text) == {8080, 15000}
+
+
+def test_netns_argv_execs_in_the_named_namespace() -> None:
+    assert netns_argv("lab-pod", ["iperf3", "-s"]) == [
+        "nsenter",
+        "--net=/run/netns/lab-pod",
+        "--",
+        "iperf3",
+        "-s",
+    ]
+
+
+def test_parse_iperf3_reads_received_rate() -> None:
+    doc = {"end": {"sum_received": {"bits_per_second": 9.7e9}, "sum_sent": {}}}
+    assert load.parse_iperf3(json.dumps(doc)) == 9.7e9
+    with pytest.raises(MeasurementError, match="busy"):
+        load.parse_iperf3(json.dumps({"error": "the server is busy running a test"}))
+    with pytest.raises(ToolError, match="no JSON"):
+        load.parse_iperf3("iperf3: error")
+
+
+def test_parse_wrk_finds_the_summary_line() -> None:
+    text = (
+        "Running 1s test @ http://10.244.2.2:8080/\n  1 threads and 1 connections\n"
+        + load.WRK_MARK
+        + '{"requests":100,"duration_us":1000000,"p50_us":20,"p99_us":40}\n'
+    )
+    assert load.parse_wrk(text) == {
+        "requests": 100.0,
+        "duration_us": 1e6,
+        "p50_us": 20.0,
+        "p99_us": 40.0,
+    }
+    with pytest.raises(ToolError, match="no summary"):
+        load.parse_wrk("Running 1s test\n")
+
+
+def test_wrk_script_prints_marked_json() -> None:
+    assert load.WRK_MARK in load.WRK_SCRIPT
+    assert "latency:percentile(99)" in load.WRK_SCRIPT
+
+
+def test_cost_metrics_add_up_proxies() -> None:
+    before = [Usage(1.0, 10_000_000), Usage(2.0, 20_000_000)]
+    after = [Usage(1.5, 12_000_000), Usage(2.25, 20_000_000)]
+    metrics = cost_metrics(before, after, load_cpu_s=0.5, duration_s=2.0)
+    assert metrics == {
+        "load_cpu_pct": 25.0,
+        "proxy_cpu_s": pytest.approx(0.75),
+        "proxy_rss_mb": 32.0,
+    }
+    assert cost_metrics([], [], load_cpu_s=1.0, duration_s=1.0) == {"load_cpu_pct": 100.0}
+
+
+def test_pod_to_pod_declares_a_consistent_case() -> None:
+    case = PodToPod()
+    check_case(case)
+    assert case.baseline().name == "direct"
+    assert set(case.paths) == {v.name for v in case.variants}
