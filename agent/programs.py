@@ -13,8 +13,6 @@ the pinned ones, so programs and agents share one set of maps per node.
 
 from __future__ import annotations
 
-import ctypes
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,9 +69,7 @@ class LoadedProgram:
     bpf: Any
 
 
-def compile_source(
-    path: Path, pin_dir: Path | None, extra_cflags: list[str] | None = None
-) -> Any:
+def compile_source(path: Path, pin_dir: Path | None, extra_cflags: list[str] | None = None) -> Any:
     """Compiles one C file of ``bpf/`` with BCC, pinned maps (if any) under ``pin_dir``."""
     configure_bcc_environment()
     from bcc import BPF
@@ -109,20 +105,3 @@ def load_program(
             "bpf_sk_assign (Linux 5.7+)",
         ) from err
     return LoadedProgram(name=name, fd=int(fn.fd), bpf=module)
-
-
-def pin_program(program: LoadedProgram, pin_dir: Path) -> Path:
-    """Pins ``program`` as ``<pin_dir>/prog_<name>``, replacing an older pin."""
-    from bcc import libbcc
-
-    path = pin_dir / f"prog_{program.name}"
-    if path.exists():
-        path.unlink()
-    rc = libbcc.lib.bpf_obj_pin(program.fd, ctypes.c_char_p(str(path).encode()))
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise ProgramLoadError(
-            f"cannot pin program {program.name} at {path}: {os.strerror(err) or rc}",
-            hint="bpffs must be mounted at /sys/fs/bpf (make setup)",
-        )
-    return path
