@@ -1,7 +1,8 @@
-"""A throw-away mesh PKI for the Envoy reference: one root, SPIFFE workload certificates.
+"""The Envoy reference's PKI: the mesh's own local CA, its certificates written as files.
 
-Same shape as the mesh's own identities (DESIGN.md section 3): ECDSA P-256, one URI
-SAN ``spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>``, 24 h lifetime.
+Certificates come from :class:`ztunnel.identity.certs.LocalCA`, so the sidecar pair
+presents exactly what ztunnel would: ECDSA P-256, one URI SAN
+``spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>``, 24 h leaves.
 """
 
 from __future__ import annotations
@@ -10,18 +11,15 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from ztunnel.identity.certs import LocalCA
+from ztunnel.identity.spiffe import SpiffeId
 
 TRUST_DOMAIN = "cluster.local"
-LIFETIME = datetime.timedelta(hours=24)
 
 
 def spiffe_id(namespace: str, service_account: str, trust_domain: str = TRUST_DOMAIN) -> str:
     """``spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>``."""
-    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+    return str(SpiffeId(trust_domain, namespace, service_account))
 
 
 @dataclass(frozen=True)
@@ -30,9 +28,9 @@ class WorkloadCert:
 
     spiffe_id: str
     cert_path: Path
-    """PEM chain, leaf first."""
+    """PEM chain, leaf first (the root is not included: peers hold it)."""
     key_path: Path
-    """PEM PKCS#8 private key."""
+    """PEM PKCS#8 private key, readable by root only."""
 
 
 @dataclass(frozen=True)
@@ -44,17 +42,6 @@ class MeshPki:
     """By SPIFFE id."""
 
 
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-
-
 def make_mesh_pki(
     folder: Path,
     identities: list[tuple[str, str]],
@@ -62,88 +49,22 @@ def make_mesh_pki(
     trust_domain: str = TRUST_DOMAIN,
     now: datetime.datetime | None = None,
 ) -> MeshPki:
-    """Write a root and one certificate per (namespace, service account) into ``folder``."""
+    """Write a new root and one certificate per (namespace, service account) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     now = now or datetime.datetime.now(datetime.UTC)
-    not_before = now - datetime.timedelta(minutes=5)  # tolerate small clock steps
-    root_key = ec.generate_private_key(ec.SECP256R1())
-    root_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain)])
-    root = (
-        x509.CertificateBuilder()
-        .subject_name(root_name)
-        .issuer_name(root_name)
-        .public_key(root_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(now + LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False
-        )
-        .sign(root_key, hashes.SHA256())
-    )
+    ca = LocalCA.create(now, trust_domain=trust_domain)
     root_path = folder / "root-cert.pem"
-    root_path.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    root_path.write_bytes(ca.root_pem)
     workloads: dict[str, WorkloadCert] = {}
     for namespace, service_account in identities:
-        uri = spiffe_id(namespace, service_account, trust_domain)
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([]))
-            .issuer_name(root_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(now + LIFETIME)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
-                critical=False,
-            )
-            .sign(root_key, hashes.SHA256())
-        )
+        identity = SpiffeId(trust_domain, namespace, service_account)
+        issued = ca.issue(identity, now)
         stem = f"{namespace}.{service_account}"
         cert_path = folder / f"{stem}-cert.pem"
         key_path = folder / f"{stem}-key.pem"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(key, key_path)
-        workloads[uri] = WorkloadCert(uri, cert_path, key_path)
+        cert_path.write_bytes(b"".join(issued.chain_pem))
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(issued.key_pem)
+        key_path.chmod(0o600)
+        workloads[str(identity)] = WorkloadCert(str(identity), cert_path, key_path)
     return MeshPki(root_path, workloads)

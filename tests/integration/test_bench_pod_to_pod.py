@@ -1,0 +1,66 @@
+"""The benchmark harness end to end: the pod-to-pod case in quick mode, through the lab."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench.config import BenchConfig
+from bench.runner import run_all
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
+
+PREFIX = "bnit"
+
+
+def _lab_namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return [line.split()[0] for line in out.stdout.splitlines() if line.startswith(PREFIX)]
+
+
+def test_quick_run_writes_sane_reports(tmp_path: Path) -> None:
+    config = BenchConfig.from_flags(
+        cases=("pod-to-pod",),
+        rounds=None,
+        duration_s=None,
+        quick=True,
+        results_root=tmp_path,
+        lab_prefix=PREFIX,
+    )
+    try:
+        run, out_dir = run_all(config, "python -m bench --quick --case pod-to-pod")
+    finally:
+        leftovers = _lab_namespaces()
+    assert leftovers == [], f"the case left namespaces behind: {leftovers}"
+    case = run.cases[0]
+    assert case.error is None, case.error
+
+    assert (tmp_path / "latest").resolve() == out_dir.resolve()
+    report = (out_dir / "report.md").read_text()
+    assert "## pod-to-pod" in report and "| bulk-1 | throughput" in report
+    assert (out_dir / "pod-to-pod.png").stat().st_size > 10_000
+
+    doc = json.loads((out_dir / "results.json").read_text())
+    rows = {(r["probe"], r["metric"], r["variant"]): r for r in doc["summaries"]}
+    for probe, metric in [
+        ("bulk-1", "throughput"),
+        ("bulk-4", "throughput"),
+        ("rr-1", "p50"),
+        ("rr-1", "p99"),
+        ("rr-16", "rate"),
+        ("connect", "rate"),
+    ]:
+        direct = rows[(probe, metric, "direct")]
+        envoy = rows[(probe, metric, "envoy-mtls")]
+        assert direct["median"] > 0 and envoy["median"] > 0, (probe, metric)
+        assert envoy["ratio"] == pytest.approx(envoy["median"] / direct["median"])
+        assert direct["ratio"] == 1.0
+    # the direct path has no proxy; the Envoy pair's cost is measured from /proc
+    assert ("bulk-1", "proxy_cpu_s", "direct") not in rows
+    assert rows[("bulk-1", "proxy_cpu_s", "envoy-mtls")]["median"] > 0
+    assert 5 < rows[("bulk-1", "proxy_rss_mb", "envoy-mtls")]["median"] < 2000
+    # a new mTLS session per connection cannot be cheaper than a bare TCP connect
+    assert rows[("connect", "rate", "envoy-mtls")]["ratio"] < 1.0
