@@ -50,7 +50,7 @@ def inline_local_includes(path: Path, seen: set[Path] | None = None) -> str:
         if included not in seen:
             seen.add(included)
             out.append(f'#line 1 "{included}"')
-            out.append(inline_local_includes(included, seen))
+            out.append(inline_local_includes(included, seen).rstrip("\n"))
         out.append(f'#line {number + 1} "{path}"')
     return "\n".join(out) + "\n"
 
