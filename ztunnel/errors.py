@@ -97,3 +97,9 @@ class HboneStreamError(HboneError):
 
 class PoolError(ZtunnelError):
     """The HBONE connection pool was asked something inconsistent (unknown connection)."""
+
+
+class ConfigError(ZtunnelError):
+    """A configuration value (flag or environment) is invalid."""
+
+    exit_code = 2

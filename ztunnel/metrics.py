@@ -1,0 +1,211 @@
+"""Istio's TCP metrics, with Istio's names and label set, so its dashboards work.
+
+Both ends of a tunnel report: the source ztunnel with ``reporter="source"``, the
+destination ztunnel with ``reporter="destination"``. Values nobody knows are
+``unknown``. Each process owns one :class:`prometheus_client.CollectorRegistry`
+(:func:`new_registry`), served on 15020 by the shell via :func:`render`.
+
+Byte directions follow Istio: ``received`` counts bytes from the client towards the
+server (the request direction), ``sent`` bytes from the server back to the client,
+on both reporters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import choose_encoder
+
+from ztunnel.identity.spiffe import SpiffeId
+from ztunnel.state.workload import Service, Workload
+
+UNKNOWN = "unknown"
+
+# response_flags values (Istio ztunnel): why a connection failed, "-" when it did not.
+FLAG_NONE = "-"
+FLAG_DENY = "DENY"
+FLAG_CONNECT = "CONNECT"
+FLAG_TLS_FAILURE = "TLS_FAILURE"
+FLAG_H2_HANDSHAKE_FAILURE = "H2_HANDSHAKE_FAILURE"
+FLAG_NETWORK_POLICY = "NETWORK_POLICY"
+FLAG_IDENTITY_ERROR = "IDENTITY_ERROR"
+
+MUTUAL_TLS = "mutual_tls"
+
+
+@dataclass(frozen=True)
+class ConnectionLabels:
+    """The label set of Istio's TCP metrics, in Istio's order; defaults are ``unknown``.
+
+    The locality labels, which Istio adds only when an endpoint is known, are always
+    present here (as ``unknown`` otherwise) because a Prometheus metric has one
+    fixed label set.
+    """
+
+    reporter: str = UNKNOWN
+    source_workload: str = UNKNOWN
+    source_canonical_service: str = UNKNOWN
+    source_canonical_revision: str = UNKNOWN
+    source_workload_namespace: str = UNKNOWN
+    source_principal: str = UNKNOWN
+    source_app: str = UNKNOWN
+    source_version: str = UNKNOWN
+    source_cluster: str = UNKNOWN
+    destination_service: str = UNKNOWN
+    destination_service_namespace: str = UNKNOWN
+    destination_service_name: str = UNKNOWN
+    destination_workload: str = UNKNOWN
+    destination_canonical_service: str = UNKNOWN
+    destination_canonical_revision: str = UNKNOWN
+    destination_workload_namespace: str = UNKNOWN
+    destination_principal: str = UNKNOWN
+    destination_app: str = UNKNOWN
+    destination_version: str = UNKNOWN
+    destination_cluster: str = UNKNOWN
+    request_protocol: str = "tcp"
+    response_flags: str = FLAG_NONE
+    connection_security_policy: str = UNKNOWN
+    source_region: str = UNKNOWN
+    source_zone: str = UNKNOWN
+    destination_region: str = UNKNOWN
+    destination_zone: str = UNKNOWN
+
+    def with_flag(self, flag: str) -> ConnectionLabels:
+        """The same labels with ``response_flags`` set (a failure's reason)."""
+        return replace(self, response_flags=flag)
+
+
+LABEL_NAMES: tuple[str, ...] = tuple(f.name for f in fields(ConnectionLabels))
+
+
+def _or_unknown(value: str | None) -> str:
+    return value if value else UNKNOWN
+
+
+def _side(prefix: str, workload: Workload | None, identity: SpiffeId | None) -> dict[str, str]:
+    values = {
+        f"{prefix}_principal": _or_unknown(str(identity) if identity else None),
+        f"{prefix}_workload": UNKNOWN,
+        f"{prefix}_canonical_service": UNKNOWN,
+        f"{prefix}_canonical_revision": UNKNOWN,
+        f"{prefix}_workload_namespace": UNKNOWN,
+        f"{prefix}_app": UNKNOWN,
+        f"{prefix}_version": UNKNOWN,
+        f"{prefix}_cluster": UNKNOWN,
+        f"{prefix}_region": UNKNOWN,
+        f"{prefix}_zone": UNKNOWN,
+    }
+    if workload is not None:
+        canonical = workload.canonical_name or workload.workload_name or workload.name
+        revision = workload.canonical_revision or "latest"
+        values.update(
+            {
+                f"{prefix}_workload": _or_unknown(workload.workload_name or workload.name),
+                f"{prefix}_canonical_service": canonical,
+                f"{prefix}_canonical_revision": revision,
+                f"{prefix}_workload_namespace": workload.namespace,
+                f"{prefix}_app": canonical,
+                f"{prefix}_version": revision,
+                f"{prefix}_cluster": _or_unknown(workload.cluster_id),
+                f"{prefix}_region": _or_unknown(workload.locality.region),
+                f"{prefix}_zone": _or_unknown(workload.locality.zone),
+            }
+        )
+    return values
+
+
+def connection_labels(
+    *,
+    reporter: str,
+    source: Workload | None = None,
+    source_identity: SpiffeId | None = None,
+    destination: Workload | None = None,
+    destination_identity: SpiffeId | None = None,
+    service: Service | None = None,
+    mutual_tls: bool = False,
+) -> ConnectionLabels:
+    """The labels of one connection as one reporter sees it.
+
+    ``source_identity`` must come from the verified mTLS peer (destination reporter)
+    or the local workload's certificate (source reporter), never from headers.
+    """
+    if reporter not in ("source", "destination"):
+        raise ValueError(f"reporter must be source or destination, not {reporter!r}")
+    values: dict[str, str] = {"reporter": reporter}
+    values.update(_side("source", source, source_identity))
+    values.update(_side("destination", destination, destination_identity))
+    if service is not None:
+        values["destination_service"] = service.hostname
+        values["destination_service_namespace"] = service.namespace
+        values["destination_service_name"] = service.name
+    values["connection_security_policy"] = MUTUAL_TLS if mutual_tls else UNKNOWN
+    return ConnectionLabels(**values)
+
+
+class TcpMetrics:
+    """Istio's TCP traffic counters, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, LABEL_NAMES, registry=registry)
+
+        self.opened = counter(
+            "istio_tcp_connections_opened_total", "Connections opened through ztunnel."
+        )
+        self.closed = counter(
+            "istio_tcp_connections_closed_total", "Connections closed through ztunnel."
+        )
+        self.received_bytes = counter(
+            "istio_tcp_received_bytes_total", "Bytes from the client towards the server."
+        )
+        self.sent_bytes = counter(
+            "istio_tcp_sent_bytes_total", "Bytes from the server back to the client."
+        )
+        self.failed = counter(
+            "istio_tcp_connections_failed_total", "Connections that failed (response_flags why)."
+        )
+        self.sockets_open = Gauge(
+            "istio_tcp_sockets_open", "Sockets currently open.", ["reporter"], registry=registry
+        )
+
+    def connection_opened(self, labels: ConnectionLabels) -> None:
+        """Count an opened connection."""
+        self.opened.labels(**asdict(labels)).inc()
+
+    def connection_closed(self, labels: ConnectionLabels, *, received: int, sent: int) -> None:
+        """Count a closed connection and the bytes it moved (Istio reports them at close too)."""
+        values = asdict(labels)
+        self.closed.labels(**values).inc()
+        self.add_bytes(labels, received=received, sent=sent)
+
+    def add_bytes(self, labels: ConnectionLabels, *, received: int = 0, sent: int = 0) -> None:
+        """Count bytes moved (may be called while the connection runs)."""
+        values = asdict(labels)
+        if received:
+            self.received_bytes.labels(**values).inc(received)
+        if sent:
+            self.sent_bytes.labels(**values).inc(sent)
+
+    def connection_failed(self, labels: ConnectionLabels, flag: str) -> None:
+        """Count a failed connection with its ``response_flags`` reason."""
+        self.failed.labels(**asdict(labels.with_flag(flag))).inc()
+
+
+def new_registry(istio_version: str = "ambient-node") -> CollectorRegistry:
+    """A fresh registry for one ztunnel process, with ``istio_build``."""
+    registry = CollectorRegistry(auto_describe=True)
+    build = Gauge(
+        "istio_build", "Istio component build info.", ["component", "tag"], registry=registry
+    )
+    build.labels(component="ztunnel", tag=istio_version).set(1)
+    return registry
+
+
+def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The exposition for an HTTP ``Accept`` header: (body, content type).
+
+    OpenMetrics when the scraper asks for it, the Prometheus text format otherwise.
+    """
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
