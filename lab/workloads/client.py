@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import math
 import socket
 import sys
 import threading
@@ -35,8 +36,8 @@ def percentile(values: Sequence[float], pct: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+    rank = math.ceil(pct / 100 * len(ordered))
+    return ordered[max(0, min(len(ordered), rank) - 1)]
 
 
 def http_get(
