@@ -135,6 +135,10 @@ class Pod:
     """Every container port of every container, in order."""
     deleting: bool = False
     """``metadata.deletionTimestamp`` is set: the pod is terminating."""
+    owner_kind: str = ""
+    """Kind of the controlling ``ownerReference`` (ReplicaSet, StatefulSet, Job, ...)."""
+    owner_name: str = ""
+    """Name of the controlling ``ownerReference``."""
 
     @property
     def key(self) -> tuple[str, str]:

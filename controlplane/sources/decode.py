@@ -217,6 +217,7 @@ def _pod(top: Fields, ns: str, name: str) -> Pod:
     if not phase and ip:
         # Folder-written pods often carry only an address; treat them as running.
         phase = "Running"
+    owner = _controller(meta)
     if SIDECAR_STATUS_ANNOTATION in annotations:
         top.warn(
             f"metadata.annotations.{SIDECAR_STATUS_ANNOTATION}",
@@ -239,7 +240,20 @@ def _pod(top: Fields, ns: str, name: str) -> Pod:
         host_network=spec.boolean("hostNetwork"),
         ports=tuple(ports),
         deleting=bool(meta and meta.has("deletionTimestamp")),
+        owner_kind=owner[0],
+        owner_name=owner[1],
     )
+
+
+def _controller(meta: Fields | None) -> tuple[str, str]:
+    """(kind, name) of the controlling owner reference, if any."""
+    if meta is None:
+        return ("", "")
+    for ref in meta.mappings("ownerReferences"):
+        kind, name = ref.string("kind", required=True), ref.string("name", required=True)
+        if ref.boolean("controller"):
+            return (kind, name)
+    return ("", "")
 
 
 def _pod_ip(status: Fields) -> str | None:

@@ -1,0 +1,96 @@
+"""The cluster's state in Istio's workload API: what the control plane sends ztunnel.
+
+:func:`translate` is pure: a :class:`~controlplane.model.ClusterState` and the mesh
+settings in, every ``istio.workload.Address`` and ``istio.security.Authorization``
+resource out, keyed by its xDS resource name. The xDS server diffs successive
+snapshots to send only what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from api.messages import (
+    authorization_resource_name,
+    service_resource_name,
+    workload_resource_name,
+)
+from api.messages import workload as wl
+from controlplane.model import ClusterState, PolicyScope, selector_matches
+from controlplane.workloadapi.authorization import authorization_message
+from controlplane.workloadapi.mesh import MeshConfig
+from controlplane.workloadapi.peerauth import (
+    converted_message,
+    policies_for,
+    static_strict_message,
+    workload_policy_names,
+)
+from controlplane.workloadapi.services import is_served, service_message
+from controlplane.workloadapi.workloads import is_sent, workload_message
+
+__all__ = ["MeshConfig", "Snapshot", "translate"]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every workload-API resource at one moment, by xDS resource name."""
+
+    addresses: Mapping[str, Any] = field(default_factory=dict)
+    """``istio.workload.Address`` by workload uid or ``<ns>/<hostname>``."""
+    authorizations: Mapping[str, Any] = field(default_factory=dict)
+    """``istio.security.Authorization`` by ``<ns>/<name>``."""
+
+
+def translate(state: ClusterState, mesh: MeshConfig | None = None) -> Snapshot:
+    """Builds every resource istiod would send ztunnel for this cluster state."""
+    mesh = mesh or MeshConfig()
+    root = mesh.root_namespace
+    authorizations: dict[str, Any] = {}
+    for policy in state.authorization_policies.values():
+        message = authorization_message(policy, root)
+        if message is not None:
+            authorizations[authorization_resource_name(policy.namespace, policy.name)] = message
+
+    peer = list(state.peer_authentications.values())
+    converted: dict[tuple[str, str], Any] = {}
+    if peer:
+        authorizations[authorization_resource_name(root, "istio_converted_static_strict")] = (
+            static_strict_message(root)
+        )
+    for pa in peer:
+        if pa.scope(root) is not PolicyScope.WORKLOAD or pa.namespace == root:
+            continue
+        inherited = policies_for(pa.namespace, None, peer, root).inherited_mode()
+        message = converted_message(pa, inherited)
+        if message is not None:
+            converted[pa.key] = message
+            authorizations[authorization_resource_name(pa.namespace, message.name)] = message
+
+    addresses: dict[str, Any] = {}
+    services = [s for s in state.services.values() if is_served(s)]
+    for service in services:
+        hostname = mesh.service_hostname(service.namespace, service.name)
+        addresses[service_resource_name(service.namespace, hostname)] = wl.Address(
+            service=service_message(service, mesh)
+        )
+    selector_policies = [
+        p
+        for p in state.authorization_policies.values()
+        if p.selector is not None
+        and authorization_resource_name(p.namespace, p.name) in authorizations
+    ]
+    for pod in state.pods.values():
+        if not is_sent(pod):
+            continue
+        names = [
+            authorization_resource_name(p.namespace, p.name)
+            for p in sorted(selector_policies, key=lambda p: p.key)
+            if p.namespace == pod.namespace and selector_matches(p.selector or {}, pod.labels)
+        ]
+        levels = policies_for(pod.namespace, pod.labels, peer, root)
+        names += workload_policy_names(levels, converted, root)
+        message = workload_message(pod, state.namespace_of(pod), services, names, mesh)
+        addresses[workload_resource_name(message.uid)] = wl.Address(workload=message)
+    return Snapshot(addresses, authorizations)

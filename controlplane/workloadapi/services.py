@@ -1,0 +1,78 @@
+"""Kubernetes Services to ``istio.workload.Service`` messages, and their endpoints.
+
+A service's endpoints are not listed on the service: each selected workload carries
+the service in its ``services`` map with the target ports resolved for that pod
+(named target ports differ per pod), as istiod does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from api.messages import workload as wl
+from controlplane.model import Pod, Service, ServicePort, selector_matches
+from controlplane.workloadapi.mesh import MeshConfig
+
+
+def is_served(service: Service) -> bool:
+    """Whether the service is sent at all (ExternalName services are not)."""
+    return service.type != "ExternalName"
+
+
+def selects(service: Service, pod: Pod) -> bool:
+    """Whether the service's selector picks the pod (an empty selector picks none)."""
+    return (
+        is_served(service)
+        and service.namespace == pod.namespace
+        and bool(service.selector)
+        and selector_matches(service.selector or {}, pod.labels)
+    )
+
+
+def app_protocol(port: ServicePort) -> int:
+    """The ``AppProtocol`` from ``appProtocol`` or the port name's prefix (Istio's rule)."""
+    text = (port.app_protocol or port.name.split("-", 1)[0]).lower()
+    if text in ("kubernetes.io/h2c", "http2", "h2c"):
+        return int(wl.HTTP2)
+    if text in ("http", "http1.1", "kubernetes.io/ws", "kubernetes.io/wss"):
+        return int(wl.HTTP11)
+    if text == "grpc":
+        return int(wl.GRPC)
+    return int(wl.UNKNOWN)
+
+
+def service_message(service: Service, mesh: MeshConfig) -> Any:
+    """The ``istio.workload.Service`` for a Kubernetes Service.
+
+    A numeric target port is sent; a named one is sent as 0, meaning "look it up in
+    the workload's services map".
+    """
+    return wl.Service(
+        name=service.name,
+        namespace=service.namespace,
+        hostname=mesh.service_hostname(service.namespace, service.name),
+        addresses=[
+            wl.NetworkAddress(network=mesh.network, address=ipaddress.ip_address(ip).packed)
+            for ip in service.cluster_ips
+        ],
+        ports=[
+            wl.Port(
+                service_port=p.port,
+                target_port=p.target_port if isinstance(p.target_port, int) else 0,
+                app_protocol=app_protocol(p),
+            )
+            for p in service.ports
+        ],
+    )
+
+
+def workload_ports(service: Service, pod: Pod) -> Any:
+    """The ``PortList`` a pod serves for a service; unresolvable named ports are left out."""
+    ports = []
+    for p in service.ports:
+        target = p.target_port if isinstance(p.target_port, int) else pod.named_port(p.target_port)
+        if target is None:
+            continue
+        ports.append(wl.Port(service_port=p.port, target_port=target, app_protocol=app_protocol(p)))
+    return wl.PortList(ports=ports)
