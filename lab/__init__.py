@@ -10,9 +10,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lab.cluster import Lab, LabSpec, TeardownReport
+    from lab.cluster import Lab, LabSpec
     from lab.model import Host, Node, Pod, Service, ServicePort
     from lab.processes import LabProcess
+    from lab.teardown import TeardownReport
 
 _EXPORTS = {
     "Host": "lab.model",
@@ -23,7 +24,7 @@ _EXPORTS = {
     "Pod": "lab.model",
     "Service": "lab.model",
     "ServicePort": "lab.model",
-    "TeardownReport": "lab.cluster",
+    "TeardownReport": "lab.teardown",
 }
 
 __all__ = [

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lab import network, objects, plan, processes
+from lab import dns, network, objects, plan, processes
 from lab.errors import (
     LabError,
     LabExistsError,
@@ -33,10 +32,9 @@ from lab.errors import (
 from lab.model import Host, LabState, Node, Pod, Service, ServicePort
 from lab.processes import STOP_TIMEOUT, LabProcess
 from lab.state import StateStore
+from lab.teardown import TeardownReport, teardown
 
 DEFAULT_RUN_ROOT = Path("/run/ambient/lab")
-ETC_NETNS = Path("/etc/netns")
-ETC_NETNS_FILES = ("hosts", "resolv.conf")
 EXEC_TIMEOUT = 60.0
 READY_TIMEOUT = 10.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -82,18 +80,6 @@ class LabSpec:
         plan.validate_node_count(self.nodes)
         if self.octet is not None:
             plan.AddressPlan(self.octet)
-
-
-@dataclass(frozen=True)
-class TeardownReport:
-    """What :meth:`Lab.destroy_by_name` removed, and anything it could not."""
-
-    name: str
-    netns_removed: tuple[str, ...] = ()
-    processes_killed: tuple[int, ...] = ()
-    etc_netns_removed: tuple[str, ...] = ()
-    left_over: tuple[str, ...] = field(default=())
-    """Human-readable leftovers (namespaces or pids that would not go)."""
 
 
 class Lab:
@@ -180,7 +166,7 @@ class Lab:
         state: LabState | None = None
         with contextlib.suppress(LabError):
             state = store.load()
-        return _teardown(name, store.run_dir, state, keep_logs)
+        return teardown(name, store.run_dir, state, keep_logs)
 
     def destroy(self) -> TeardownReport:
         """Tears the lab down (idempotent)."""
@@ -188,7 +174,7 @@ class Lab:
             if proc.popen is not None and proc.alive():
                 with contextlib.suppress(LabProcessError):
                     processes.stop(proc)
-        report = _teardown(self.name, self.run_dir, self._state_or_none(), None)
+        report = teardown(self.name, self.run_dir, self._state_or_none(), None)
         self._destroyed = True
         return report
 
@@ -453,7 +439,7 @@ class Lab:
             self._store.save(state)
             try:
                 network.create_netns(pod.netns)
-                _write_etc_netns(pod, state.services.values())
+                dns.write_pod_files(pod, state.services.values())
                 network.attach_pod(
                     node=the_node.netns,
                     pod=pod.netns,
@@ -463,7 +449,7 @@ class Lab:
                     gateway=the_node.pod_gateway,
                 )
             except BaseException:
-                _remove_etc_netns(pod.netns)
+                dns.remove_pod_files(pod.netns)
                 network.delete_netns(pod.netns)
                 state.netns.remove(pod.netns)
                 state.etc_netns.remove(pod.netns)
@@ -499,7 +485,7 @@ class Lab:
                 state.processes.pop(proc.name, None)
             processes.kill_pids(processes.pids_in_netns([gone.netns]))
             network.delete_netns(gone.netns)
-            _remove_etc_netns(gone.netns)
+            dns.remove_pod_files(gone.netns)
             with contextlib.suppress(ValueError):
                 state.netns.remove(gone.netns)
             with contextlib.suppress(ValueError):
@@ -540,7 +526,7 @@ class Lab:
             state.services[key] = svc
             objects.write_object(self.config_dir, objects.service_object(svc))
             for pod in state.pods.values():
-                _write_etc_netns(pod, state.services.values())
+                dns.write_pod_files(pod, state.services.values())
         return svc
 
     def remove_service(self, svc: Service | str, namespace: str = "default") -> None:
@@ -550,7 +536,7 @@ class Lab:
             gone = state.services.pop(key)
             objects.remove_object(self.config_dir, "Service", gone.name, gone.namespace)
             for pod in state.pods.values():
-                _write_etc_netns(pod, state.services.values())
+                dns.write_pod_files(pod, state.services.values())
 
     # ------------------------------------------------------------------ processes
 
@@ -818,88 +804,3 @@ def _listen_port(module: str, args: Sequence[str]) -> int | None:
 
         return tcp_echo.parse_args(list(args)).port
     return None
-
-
-def _write_etc_netns(pod: Pod, services: Any) -> None:
-    """Writes a pod's hosts/resolv.conf in place.
-
-    In place, not by rename: ``ip netns exec`` bind-mounts these very files into running
-    workloads, and a rename would leave them on the old copy.
-    """
-    folder = ETC_NETNS / pod.netns
-    folder.mkdir(parents=True, exist_ok=True)
-    for fname, text in (
-        ("hosts", objects.hosts_file(pod, services)),
-        ("resolv.conf", objects.resolv_conf(pod.namespace)),
-    ):
-        with open(folder / fname, "w") as f:
-            f.write(text)
-
-
-def _remove_etc_netns(netns: str) -> bool:
-    folder = ETC_NETNS / netns
-    if not folder.is_dir():
-        return False
-    for fname in ETC_NETNS_FILES:
-        (folder / fname).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        folder.rmdir()
-    return True
-
-
-def _teardown(
-    name: str, run_dir: Path, state: LabState | None, keep_logs: bool | None
-) -> TeardownReport:
-    """Removes a lab's processes, namespaces, /etc/netns entries and run folder."""
-    prefix = plan.netns_prefix(name)
-    names = {n for n in network.list_netns() if n.startswith(prefix)}
-    etc: set[str] = set()
-    if ETC_NETNS.is_dir():
-        etc = {p.name for p in ETC_NETNS.iterdir() if p.name.startswith(prefix)}
-    if state is not None:
-        names |= {n for n in state.netns if network.netns_exists(n)}
-        etc |= set(state.etc_netns)
-        if keep_logs is None:
-            keep_logs = state.keep_logs
-    victims = processes.pids_in_netns(names)
-    survivors = processes.kill_pids(victims)
-    left: list[str] = [f"pid {pid} in {victims[pid]}" for pid in survivors]
-    removed: list[str] = []
-    # pods first, then nodes and outside, the fabric last: each veth goes with its end
-    for netns in sorted(names, key=_teardown_order):
-        try:
-            network.delete_netns(netns)
-            removed.append(netns)
-        except LabError as err:
-            left.append(str(err))
-    etc_removed = [n for n in sorted(etc) if _remove_etc_netns(n)]
-    if run_dir.is_dir():
-        if keep_logs:
-            for entry in run_dir.iterdir():
-                if entry.name != "logs":
-                    _remove_path(entry)
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
-    return TeardownReport(
-        name=name,
-        netns_removed=tuple(removed),
-        processes_killed=tuple(sorted(victims)),
-        etc_netns_removed=tuple(etc_removed),
-        left_over=tuple(left),
-    )
-
-
-def _teardown_order(netns: str) -> tuple[int, str]:
-    role = netns.split("-", 1)[1] if "-" in netns else netns
-    if role.startswith("pod-"):
-        return (0, netns)
-    if role == "fabric":
-        return (2, netns)
-    return (1, netns)
-
-
-def _remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

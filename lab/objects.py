@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lab.model import Node, Pod, Service
-from lab.plan import CLUSTER_DOMAIN, service_hostnames
 
 CREATED = "2026-01-01T00:00:00Z"
 """Fixed creation timestamp: the objects stay byte-identical when rewritten unchanged."""
@@ -140,26 +139,3 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def hosts_file(pod: Pod, services: Iterable[Service]) -> str:
-    """``/etc/hosts`` for a pod: itself, and every Service by its cluster names."""
-    lines = [
-        "127.0.0.1\tlocalhost",
-        "::1\tlocalhost ip6-localhost ip6-loopback",
-        f"{pod.ip}\t{pod.name} {pod.name}.{pod.namespace}.pod.{CLUSTER_DOMAIN}",
-    ]
-    for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
-        names = service_hostnames(svc.name, svc.namespace, from_namespace=pod.namespace)
-        lines.append(f"{svc.vip}\t{' '.join(names)}")
-    return "\n".join(lines) + "\n"
-
-
-def resolv_conf(namespace: str) -> str:
-    """``/etc/resolv.conf`` for a pod in ``namespace``.
-
-    Names come from the hosts file; the nameserver is the pod's own loopback, where
-    nothing listens, so an unknown name fails at once instead of waiting on a timeout.
-    """
-    search = f"{namespace}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}"
-    return f"search {search}\nnameserver 127.0.0.1\noptions ndots:5 timeout:1 attempts:1\n"

@@ -64,8 +64,25 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _assert_gone(name: str, run_root: Path, pids: list[int]) -> None:
+def _netns_inodes(prefix: str) -> set[int]:
+    return {os.stat(f"/run/netns/{n}").st_ino for n in _netns_with(prefix)}
+
+
+def _processes_in(inodes: set[int]) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.stat(entry / "ns" / "net").st_ino in inodes and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _assert_gone(name: str, run_root: Path, pids: list[int], inodes: set[int]) -> None:
     assert _netns_with(f"{name}-") == []
+    assert _processes_in(inodes) == []
     etc = Path("/etc/netns")
     assert not etc.is_dir() or not [p for p in etc.iterdir() if p.name.startswith(f"{name}-")]
     assert not (run_root / name).exists()
@@ -319,7 +336,11 @@ def test_down_removes_everything_and_leaves_the_root_namespace_alone(tmp_path: P
         pids.append(lab.start_workload(a, "http-echo", ["-listen=:8080"]).pid)
         pids.append(lab.start_workload(b, "tcp-echo", ["--listen", ":9000"]).pid)
         pids.append(lab.spawn_in_node("node1", ["sleep", "60"], name="agent").pid)
+        pins = Path("/sys/fs/bpf/ambient") / lab.nodes[0].id
+        pins.mkdir(parents=True)  # as a node agent would
         assert _root_links() == links_before
+        inodes = _netns_inodes(f"{name}-")
+        assert len(_processes_in(inodes)) >= 3
         down = _ambient(
             "lab", "down", "--name", name, "--run-root", str(tmp_path), "-o", "json", check=False
         )
@@ -330,8 +351,9 @@ def test_down_removes_everything_and_leaves_the_root_namespace_alone(tmp_path: P
         for proc in lab.processes:  # reap our children so they are not zombies
             if proc.popen is not None:
                 proc.popen.wait(5)
-        _assert_gone(name, tmp_path, pids)
+        _assert_gone(name, tmp_path, pids, inodes)
         assert _root_links() == links_before
+        assert not pins.exists()
     finally:
         Lab.destroy_by_name(name, tmp_path)
 
@@ -393,9 +415,10 @@ def test_down_after_the_builder_was_killed(tmp_path: Path) -> None:
         builder.send_signal(signal.SIGKILL)
         builder.wait(10)
         assert len(_netns_with(f"{name}-")) == 6
+        inodes = _netns_inodes(f"{name}-")
         down = _ambient("lab", "down", "--name", name, "--run-root", str(tmp_path), check=False)
         assert down.returncode == 0, down.stderr
-        _assert_gone(name, tmp_path, pids)
+        _assert_gone(name, tmp_path, pids, inodes)
     finally:
         if builder.poll() is None:
             builder.kill()

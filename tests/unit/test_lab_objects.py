@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import objects
+from lab import dns, objects
 from lab.cluster import LabSpec, _merge_labels
 from lab.errors import LabSpecError
 from lab.model import LabState, Node, Pod, ProcessRecord, Service, ServicePort
@@ -123,7 +123,7 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_hosts_file_resolves_services_as_a_cluster_would() -> None:
     other = Service(name="db", namespace="data", vip="10.96.0.12", ports=(ServicePort(5432, 5432),))
-    text = objects.hosts_file(POD, [SVC, other])
+    text = dns.hosts_file(POD, [SVC, other])
     lines = text.splitlines()
     assert "10.96.0.10\tbackend backend.demo backend.demo.svc.cluster.local" in lines
     assert "10.96.0.12\tdb.data db.data.svc.cluster.local" in lines
@@ -132,7 +132,7 @@ def test_hosts_file_resolves_services_as_a_cluster_would() -> None:
 
 
 def test_resolv_conf_searches_the_pods_namespace() -> None:
-    text = objects.resolv_conf("demo")
+    text = dns.resolv_conf("demo")
     assert text.startswith("search demo.svc.cluster.local svc.cluster.local cluster.local\n")
     assert "nameserver 127.0.0.1" in text
 
