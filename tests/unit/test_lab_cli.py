@@ -1,0 +1,126 @@
+"""The `ambient lab` commands that need no root: help, parsing, status from saved state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ambient.cli import root
+from lab import cli as lab_cli
+from lab.errors import LabNotFoundError, LabSpecError
+from lab.model import LabState, Pod, ServicePort
+from lab.state import StateStore
+
+COMMANDS = [
+    "up",
+    "status",
+    "down",
+    "exec",
+    "add-pod",
+    "remove-pod",
+    "add-service",
+    "label",
+    "start",
+    "stop",
+]
+
+
+def _saved_lab(run_root: Path, name: str) -> LabState:
+    run_dir = run_root / name
+    pod = Pod(
+        name="web",
+        namespace="demo",
+        node="node2",
+        netns=f"{name}-pod-web.demo",
+        ip="10.244.2.2",
+        host_ifname="veth0000000000",
+        uid="u-1",
+        service_account="default",
+        labels={"app": "web"},
+    )
+    state = LabState(
+        name=name,
+        octet=7,
+        node_count=2,
+        run_dir=str(run_dir),
+        config_dir=str(run_dir / "config"),
+        namespaces={"demo": {}},
+        pods={pod.key: pod},
+        phase="ready",
+    )
+    StateStore(run_dir).save(state)
+    return state
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_lab_command_has_help(command: str) -> None:
+    result = CliRunner().invoke(root, ["lab", command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--name" in result.output
+
+
+def test_status_with_no_lab_prints_only_the_header(tmp_path: Path) -> None:
+    result = CliRunner().invoke(root, ["lab", "status", "--run-root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.split() == [
+        "LAB",
+        "KIND",
+        "NAME",
+        "NAMESPACE",
+        "NODE",
+        "IP",
+        "NETNS",
+        "DETAIL",
+    ]
+
+
+def test_status_reads_the_saved_state(tmp_path: Path) -> None:
+    _saved_lab(tmp_path, "t1")
+    result = CliRunner().invoke(
+        root, ["lab", "status", "--run-root", str(tmp_path), "--name", "t1", "-o", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["name"] == "t1"
+    assert [n["ip"] for n in data["nodes"]] == ["172.30.7.11", "172.30.7.12"]
+    assert data["pods"][0]["ip"] == "10.244.2.2"
+    table = CliRunner().invoke(root, ["lab", "status", "--run-root", str(tmp_path)])
+    assert "web" in table.output and "10.244.2.2" in table.output
+
+
+def test_lab_name_is_resolved_when_one_lab_runs(tmp_path: Path) -> None:
+    with pytest.raises(LabNotFoundError):
+        lab_cli._resolve_name(None, tmp_path)
+    _saved_lab(tmp_path, "t1")
+    assert lab_cli._resolve_name(None, tmp_path) == "t1"
+    _saved_lab(tmp_path, "t2")
+    with pytest.raises(LabSpecError, match="t1, t2"):
+        lab_cli._resolve_name(None, tmp_path)
+    assert lab_cli._resolve_name("t2", tmp_path) == "t2"
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("80:8080/http", ServicePort(80, 8080, "http")),
+        ("9000", ServicePort(9000, 9000, "")),
+        ("443/https", ServicePort(443, 443, "https")),
+    ],
+)
+def test_service_port_flag(text: str, want: ServicePort) -> None:
+    assert lab_cli._service_port(text) == want
+
+
+@pytest.mark.parametrize("text", ["http", "80:x", ""])
+def test_bad_service_port_flag(text: str) -> None:
+    with pytest.raises(LabSpecError, match="PORT"):
+        lab_cli._service_port(text)
+
+
+def test_key_value_flags() -> None:
+    assert lab_cli._pairs(("app=web", "v="), "label") == {"app": "web", "v": ""}
+    with pytest.raises(LabSpecError, match="key=value"):
+        lab_cli._pairs(("novalue",), "label")
