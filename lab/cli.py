@@ -129,8 +129,8 @@ def status(name: str | None, run_root: Path, output: str) -> None:
         return
     rows: list[dict[str, Any]] = []
     for lab in labs:
-        rows += _status_rows(lab)
-    emit(rows, "table", ["lab", "kind", "name", "namespace", "node", "ip", "netns", "detail"])
+        rows += status_rows(lab.describe())
+    emit(rows, "table", STATUS_COLUMNS)
 
 
 @cli.command()
@@ -364,84 +364,68 @@ def _service_port(text: str) -> Any:
         raise LabSpecError(f"port {text!r} is not PORT[:TARGET][/NAME]") from None
 
 
-def _status_rows(lab: Any) -> list[dict[str, Any]]:
-    data = lab.describe()
+STATUS_COLUMNS = ["lab", "kind", "name", "namespace", "node", "ip", "netns", "detail"]
+
+
+def status_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Flat table rows from :meth:`lab.cluster.Lab.describe`; absent namespaces are flagged."""
+    missing = set(data.get("missing_netns", []))
     rows: list[dict[str, Any]] = []
-    base = {"lab": data["name"]}
-    rows.append(
-        {
-            **base,
-            "kind": "fabric",
-            "name": "fabric",
-            "ip": data["fabric"]["ip"],
-            "netns": data["fabric"]["netns"],
-            "detail": data["fabric"]["cidr"],
-        }
-    )
-    rows.append(
-        {
-            **base,
-            "kind": "host",
-            "name": "outside",
-            "ip": data["outside"]["ip"],
-            "netns": data["outside"]["netns"],
-        }
-    )
-    for n in data["nodes"]:
+
+    def row(kind: str, name: str, netns: str | None = None, **cols: Any) -> None:
+        detail = cols.pop("detail", None)
+        if netns in missing:
+            detail = f"NETNS MISSING {detail or ''}".strip()
         rows.append(
             {
-                **base,
-                "kind": "node",
-                "name": n["name"],
-                "node": n["name"],
-                "ip": n["ip"],
-                "netns": n["netns"],
-                "detail": f"pods {n['pod_cidr']}",
+                "lab": data["name"],
+                "kind": kind,
+                "name": name,
+                "netns": netns,
+                "detail": detail,
+                **cols,
             }
+        )
+
+    fabric = data["fabric"]
+    row("fabric", "fabric", fabric["netns"], ip=fabric["ip"], detail=fabric["cidr"])
+    if data.get("outside"):
+        row("host", "outside", data["outside"]["netns"], ip=data["outside"]["ip"])
+    for n in data["nodes"]:
+        row(
+            "node",
+            n["name"],
+            n["netns"],
+            node=n["name"],
+            ip=n["ip"],
+            detail=f"pods {n['pod_cidr']}",
         )
     for p in data["pods"]:
-        rows.append(
-            {
-                **base,
-                "kind": "pod",
-                "name": p["name"],
-                "namespace": p["namespace"],
-                "node": p["node"],
-                "ip": p["ip"],
-                "netns": p["netns"],
-                "detail": p["labels"],
-            }
+        row(
+            "pod",
+            p["name"],
+            p["netns"],
+            namespace=p["namespace"],
+            node=p["node"],
+            ip=p["ip"],
+            detail=p["labels"],
         )
-    for s in data["services"]:
-        rows.append(
-            {
-                **base,
-                "kind": "service",
-                "name": s["name"],
-                "namespace": s["namespace"],
-                "ip": s["vip"],
-                "detail": ",".join(s["ports"]),
-            }
+    for svc in data["services"]:
+        row(
+            "service",
+            svc["name"],
+            namespace=svc["namespace"],
+            ip=svc["vip"],
+            detail=",".join(svc["ports"]),
         )
     for pr in data["processes"]:
-        rows.append(
-            {
-                **base,
-                "kind": "process",
-                "name": pr["name"],
-                "netns": pr["netns"],
-                "detail": f"pid {pr['pid']} {'running' if pr['alive'] else 'exited'}",
-            }
-        )
+        state = "running" if pr["alive"] else "exited"
+        row("process", pr["name"], pr["netns"], detail=f"pid {pr['pid']} {state}")
     return rows
 
 
 def _emit_status(lab: Any, output: str) -> None:
     if output == "table":
-        emit(
-            _status_rows(lab),
-            "table",
-            ["lab", "kind", "name", "namespace", "node", "ip", "netns", "detail"],
-        )
+        emit(status_rows(lab.describe()), "table", STATUS_COLUMNS)
     else:
         emit(lab.describe(), output)

@@ -116,6 +116,7 @@ class Lab:
             run_dir=str(run_dir),
             config_dir=str(run_dir / "config"),
             keep_logs=spec.keep_logs,
+            has_outside=spec.outside,
         )
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "logs").mkdir(exist_ok=True)
@@ -239,6 +240,11 @@ class Lab:
     @property
     def outside(self) -> Host:
         """The ``outside`` host: on the fabric, in no mesh, routes to every pod CIDR."""
+        if not self._state.has_outside:
+            raise NoSuchObjectError(
+                f"lab {self.name!r} was built without the outside host",
+                hint="build it with LabSpec(outside=True) (the default)",
+            )
         return Host(
             name="outside",
             netns=plan.outside_netns(self.name),
@@ -318,9 +324,11 @@ class Lab:
     def describe(self) -> dict[str, Any]:
         """Everything about the lab as JSON-able data (``ambient lab status -o json``)."""
         self.refresh()
+        present = set(network.list_netns())
         return {
             "name": self.name,
             "phase": self._state.phase,
+            "missing_netns": [n for n in self._state.netns if n not in present],
             "run_dir": str(self.run_dir),
             "config_dir": str(self.config_dir),
             "fabric": {
@@ -328,7 +336,11 @@ class Lab:
                 "ip": self.fabric.ip,
                 "cidr": str(self._plan.fabric_cidr),
             },
-            "outside": {"netns": self.outside.netns, "ip": self.outside.ip},
+            "outside": (
+                {"netns": self.outside.netns, "ip": self.outside.ip}
+                if self._state.has_outside
+                else None
+            ),
             "nodes": [
                 {
                     "name": n.name,

@@ -137,6 +137,8 @@ class LabState:
     run_dir: str
     config_dir: str
     keep_logs: bool = False
+    has_outside: bool = True
+    """Whether the ``outside`` host was built."""
     netns: list[str] = field(default_factory=list)
     etc_netns: list[str] = field(default_factory=list)
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -159,6 +161,7 @@ class LabState:
             "run_dir": self.run_dir,
             "config_dir": self.config_dir,
             "keep_logs": self.keep_logs,
+            "has_outside": self.has_outside,
             "phase": self.phase,
             "netns": list(self.netns),
             "etc_netns": list(self.etc_netns),
@@ -178,6 +181,7 @@ class LabState:
             run_dir=str(data["run_dir"]),
             config_dir=str(data["config_dir"]),
             keep_logs=bool(data.get("keep_logs", False)),
+            has_outside=bool(data.get("has_outside", True)),
             phase=str(data.get("phase", "ready")),
             netns=[str(n) for n in data.get("netns", [])],
             etc_netns=[str(n) for n in data.get("etc_netns", [])],

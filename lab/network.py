@@ -31,8 +31,11 @@ def netns_path(name: str) -> Path:
 
 
 def list_netns() -> list[str]:
-    """Names of all named network namespaces."""
-    return sorted(str(n) for n in netns.listnetns())
+    """Names of all named network namespaces (none when ``/run/netns`` does not exist)."""
+    try:
+        return sorted(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return []
 
 
 def netns_exists(name: str) -> bool:

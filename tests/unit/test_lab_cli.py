@@ -48,6 +48,7 @@ def _saved_lab(run_root: Path, name: str) -> LabState:
         run_dir=str(run_dir),
         config_dir=str(run_dir / "config"),
         namespaces={"demo": {}},
+        netns=[f"{name}-fabric", f"{name}-node1", f"{name}-node2", pod.netns],
         pods={pod.key: pod},
         phase="ready",
     )
@@ -87,8 +88,11 @@ def test_status_reads_the_saved_state(tmp_path: Path) -> None:
     assert data["name"] == "t1"
     assert [n["ip"] for n in data["nodes"]] == ["172.30.7.11", "172.30.7.12"]
     assert data["pods"][0]["ip"] == "10.244.2.2"
+    assert "t1-node1" in data["missing_netns"]  # saved, but never built on this machine
     table = CliRunner().invoke(root, ["lab", "status", "--run-root", str(tmp_path)])
-    assert "web" in table.output and "10.244.2.2" in table.output
+    web = next(line for line in table.output.splitlines() if " web " in line)
+    assert "10.244.2.2" in web
+    assert "NETNS MISSING" in web
 
 
 def test_lab_name_is_resolved_when_one_lab_runs(tmp_path: Path) -> None:
