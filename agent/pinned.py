@@ -68,10 +68,14 @@ def libbpf() -> ctypes.CDLL:
 
 
 def pin_dir_for(node_id: str, root: Path = BPFFS_ROOT) -> Path:
-    """Where a node's programs and maps are pinned."""
-    if not node_id or "/" in node_id or node_id in (".", ".."):
+    """Where a node's programs and maps are pinned.
+
+    bpffs refuses names with a dot (EPERM, even to look one up), and node names are
+    often DNS names, so dots become underscores.
+    """
+    if not node_id or "/" in node_id or set(node_id) <= {"."}:
         raise PinnedStateError(f"invalid node id {node_id!r}", hint="use e.g. <lab>-node1")
-    return root / node_id
+    return root / node_id.replace(".", "_")
 
 
 def obj_get(path: Path) -> int:

@@ -37,3 +37,7 @@ def test_nothing_pinned_is_one_clear_sentence(tmp_path: Path) -> None:
 def test_node_ids_cannot_escape_the_pin_root(bad: str) -> None:
     with pytest.raises(PinnedStateError):
         pin_dir_for(bad)
+
+
+def test_dns_node_names_become_bpffs_safe() -> None:
+    assert pin_dir_for("ip-10-0-0-1.ec2.internal").name == "ip-10-0-0-1_ec2_internal"
