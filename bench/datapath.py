@@ -104,6 +104,27 @@ def start_apps(pod: Pod, work_dir: Path) -> list[NetnsProcess]:
     return [origin, iperf]
 
 
+POD_SYSCTLS = {
+    # wrk and the client Envoy close first, so TIME_WAIT piles up on the client side; a
+    # connect-rate probe would otherwise run out of ephemeral ports and measure the
+    # kernel's port search instead of the path.
+    "net.ipv4.tcp_tw_reuse": "1",
+    "net.ipv4.ip_local_port_range": "20000 65000",  # above every port we listen on
+}
+"""Set in both pods' namespaces (per-namespace sysctls, nothing in the root namespace)."""
+
+
+def tune_pod(pod: Pod) -> None:
+    """Apply :data:`POD_SYSCTLS` inside ``pod``'s network namespace."""
+    argv = ["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in POD_SYSCTLS.items())]
+    run = run_in_netns(pod.netns, argv, timeout_s=10)
+    if run.returncode != 0:
+        raise ToolError(
+            f"cannot set {', '.join(POD_SYSCTLS)} in {pod.netns}: {run.stderr.strip()}",
+            hint="the sysctl tool comes with procps (make setup)",
+        )
+
+
 def check_http(netns: str, endpoint: Endpoint, *, timeout_s: float = 10.0) -> None:
     """Fetch ``endpoint`` from ``netns`` until it answers the origin's body, or fail."""
     probe = (

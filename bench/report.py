@@ -64,7 +64,9 @@ def render_markdown(run: RunResult, command: str, plots: dict[str, str]) -> str:
         f"Command: `{command}`  ",
         f"Started {run.started_at}, finished {run.finished_at}.  ",
         f"Machine: {machine.get('cpu_count')} CPUs ({machine.get('cpu_model')}), "
-        f"kernel {machine.get('kernel')}, Python {machine.get('python')}.  ",
+        f"kernel {machine.get('kernel')}, Python {machine.get('python')}; load average "
+        f"{machine.get('loadavg_before')} before, {machine.get('loadavg_after')} after "
+        "(other work on the machine shares the CPUs and widens the spreads).  ",
         f"Rounds: {settings.get('rounds')}, {settings.get('duration_s')} s per measurement"
         + (" (quick mode: figures are indicative only)" if settings.get("quick") else "")
         + ". Each cell is the median over the rounds, ± half the spread (max-min) "
@@ -114,7 +116,8 @@ def plot_case(case: CaseResult, path: Path) -> bool:
     columns = min(4, len(infos))
     rows = math.ceil(len(infos) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.0 * columns, 3.0 * rows), squeeze=False)
-    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"]
+    palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
+    color_of = {v: palette[i % len(palette)] for i, v in enumerate(case.variants)}
     by_key = {(s.probe, s.metric, s.variant): s for s in summaries}
     for index, info in enumerate(infos):
         ax = axes[index // columns][index % columns]
@@ -127,14 +130,14 @@ def plot_case(case: CaseResult, path: Path) -> bool:
             medians.append(s.summary.median)
             low.append(s.summary.median - s.summary.minimum)
             high.append(s.summary.maximum - s.summary.median)
-        ax.bar(names, medians, yerr=[low, high], capsize=4, color=colors[: len(names)])
+        ax.bar(names, medians, yerr=[low, high], capsize=4, color=[color_of[n] for n in names])
         ax.set_title(f"{info.probe}: {info.name}", fontsize=9)
         ax.set_ylabel(info.unit, fontsize=8)
         ax.tick_params(labelsize=7)
     for index in range(len(infos), rows * columns):
         axes[index // columns][index % columns].axis("off")
     fig.suptitle(f"{case.name} (median of rounds, whiskers min-max)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.97))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True

@@ -107,11 +107,20 @@ def machine_info() -> dict[str, object]:
     except OSError:
         pass
     return {
+        "loadavg_before": loadavg(),
         "cpu_count": os.cpu_count(),
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages (how busy the machine was besides us)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def utc_stamp(now: datetime.datetime) -> str:
@@ -126,6 +135,7 @@ def run_all(config: BenchConfig, command: str) -> tuple[RunResult, Path]:
     """
     failures = load_cases()
     cases = select(config.cases)
+    machine = machine_info()
     started = datetime.datetime.now(datetime.UTC)
     out_dir = config.results_root / utc_stamp(started)
     out_dir.mkdir(parents=True, exist_ok=False)
@@ -151,7 +161,7 @@ def run_all(config: BenchConfig, command: str) -> tuple[RunResult, Path]:
             "cases": [c.name for c in cases],
             "command": command,
         },
-        machine=machine_info(),
+        machine={**machine, "loadavg_after": loadavg()},
         cases=tuple(results),
         import_failures=failures if not config.cases else {},
     )

@@ -14,7 +14,15 @@ from typing import ClassVar
 
 from bench import load
 from bench.case import Case, Measurement, Metric, Probe, RunSettings, Variant, register
-from bench.datapath import LivePath, PathFactory, PodPair, direct, envoy_pair, start_apps
+from bench.datapath import (
+    LivePath,
+    PathFactory,
+    PodPair,
+    direct,
+    envoy_pair,
+    start_apps,
+    tune_pod,
+)
 from bench.errors import BenchError
 from bench.procs import Usage
 
@@ -215,6 +223,8 @@ class PodToPod(Case):
                 service_account="server",
             )
             pair = PodPair(lab, client, server)
+            for pod in (client, server):
+                tune_pod(pod)
             with contextlib.ExitStack() as stack:
                 for app in start_apps(server, settings.work_dir):
                     stack.callback(app.stop)
