@@ -14,5 +14,6 @@ from __future__ import annotations
 
 from controlplane.model import ClusterState, SourceIssue
 from controlplane.sources.folder import FolderSource
+from controlplane.sources.kube import KubernetesSource
 
-__all__ = ["ClusterState", "FolderSource", "SourceIssue"]
+__all__ = ["ClusterState", "FolderSource", "KubernetesSource", "SourceIssue"]
