@@ -382,35 +382,32 @@ def test_listener_gone_fails_closed_and_counts_the_drop(capture: Capture) -> Non
         capture.use_standin("15001=report 15006=report 15008=report")
 
 
+def relabel_and_time(capture: Capture, labels: dict[str, str | None], want: str) -> float:
+    """Seconds from relabelling ``flip`` until pod f's connections are ``want``."""
+    c = capture.pods["c"]
+    watcher = capture.lab.spawn(
+        "f", ["python", "-c", UNTIL_CAPTURED, c.ip, "9000", want, "10"], name=f"watch-{want}"
+    )
+    time.sleep(0.3)
+    changed_at = time.time()
+    capture.lab.set_namespace_labels("flip", labels)
+    wait_for(lambda: watcher.poll() is not None, 15, f"{want} after relabelling")
+    seen = json.loads(watcher.log_path.read_text().strip().splitlines()[-1])
+    assert seen["at"] is not None, f"never {want} after relabelling to {labels}"
+    return float(seen["at"] - changed_at)
+
+
 def test_enrolling_and_unenrolling_at_run_time_within_a_second(capture: Capture) -> None:
     c = capture.pods["c"]
     lab = capture.lab
     # a connection opened before enrollment (direct to c's echo server)...
     keeper_direct = lab.spawn("f", ["python", "-c", KEEPER, c.ip, "9000", "6"], name="keep-1")
     time.sleep(0.5)
-    watcher = lab.spawn(
-        "f", ["python", "-c", UNTIL_CAPTURED, c.ip, "9000", "captured", "10"], name="watch-1"
-    )
-    time.sleep(0.3)
-    labelled_at = time.time()
-    lab.set_namespace_labels("flip", AMBIENT)
-    wait_for(lambda: watcher.poll() is not None, 15, "capture after enrollment")
-    seen = json.loads(watcher.log_path.read_text().strip().splitlines()[-1])
-    assert seen["at"] is not None, "never captured after enrollment"
-    assert seen["at"] - labelled_at < 1.0
+    assert relabel_and_time(capture, dict(AMBIENT), "captured") < 1.0
     # ...keeps flowing; a connection opened while enrolled (to the stand-in) as well
     keeper_captured = lab.spawn("f", ["python", "-c", KEEPER, c.ip, "9000", "4"], name="keep-2")
     time.sleep(0.5)
-    watcher = lab.spawn(
-        "f", ["python", "-c", UNTIL_CAPTURED, c.ip, "9000", "direct", "10"], name="watch-2"
-    )
-    time.sleep(0.3)
-    unlabelled_at = time.time()
-    lab.set_namespace_labels("flip", {"istio.io/dataplane-mode": None})
-    wait_for(lambda: watcher.poll() is not None, 15, "direct again after un-enrollment")
-    seen = json.loads(watcher.log_path.read_text().strip().splitlines()[-1])
-    assert seen["at"] is not None, "still captured after un-enrollment"
-    assert seen["at"] - unlabelled_at < 1.0
+    assert relabel_and_time(capture, {"istio.io/dataplane-mode": None}, "direct") < 1.0
     for keeper in (keeper_direct, keeper_captured):
         wait_for(lambda k=keeper: k.poll() is not None, 20, keeper.name)
         result = json.loads(keeper.log_path.read_text().strip().splitlines()[-1])
