@@ -435,6 +435,13 @@ class SourceIssue:
     message: str
     severity: Severity = Severity.ERROR
 
+    @classmethod
+    def about_file(
+        cls, file: str, message: str, *, line: int = 0, severity: Severity = Severity.ERROR
+    ) -> SourceIssue:
+        """An issue with a whole file, folder or API collection rather than one object."""
+        return cls(file, line, "", "", "", "", message, severity)
+
     @property
     def object_ref(self) -> str:
         """``kind/namespace/name`` (``?`` for a missing name); empty for a whole file."""

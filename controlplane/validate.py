@@ -67,13 +67,4 @@ def summary(state: ClusterState) -> str:
 
 
 def _path_issue(path: Path, what: str, severity: Severity = Severity.ERROR) -> SourceIssue:
-    return SourceIssue(
-        file=str(path),
-        line=0,
-        kind="",
-        namespace="",
-        name="",
-        field="",
-        message=what,
-        severity=severity,
-    )
+    return SourceIssue.about_file(str(path), what, severity=severity)

@@ -100,6 +100,4 @@ def _expand_list(file: str, line: int, data: Any) -> list[Document]:
 
 
 def _fault(file: str, line: int, message: str) -> SourceIssue:
-    return SourceIssue(
-        file=file, line=line, kind="", namespace="", name="", field="", message=message
-    )
+    return SourceIssue.about_file(file, message, line=line)

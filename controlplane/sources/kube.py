@@ -113,15 +113,8 @@ class KindTable:
         """The cluster does not serve this kind (e.g. Istio's CRDs are not installed)."""
         self.objects, self.issues = {}, {}
         self.synced = True
-        self.unavailable = SourceIssue(
-            file=self.kind.path,
-            line=0,
-            kind="",
-            namespace="",
-            name="",
-            field="",
-            message=message,
-            severity=Severity.WARNING,
+        self.unavailable = SourceIssue.about_file(
+            self.kind.path, message, severity=Severity.WARNING
         )
 
     def all_issues(self) -> list[SourceIssue]:
