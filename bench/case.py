@@ -134,6 +134,14 @@ class Case(abc.ABC):
         del variant
         return contextlib.nullcontext()
 
+    def notes(self) -> tuple[str, ...]:
+        """Lines for the report, asked for after the environment is torn down.
+
+        For whole-run figures that are not per-measurement samples (for example each
+        proxy's total CPU seconds and peak RSS over the run).
+        """
+        return ()
+
     @abc.abstractmethod
     def measure(self, variant: Variant, probe: Probe, round_index: int) -> Measurement:
         """Apply ``probe``'s load through ``variant`` once, bounded in time; return metrics."""

@@ -91,8 +91,9 @@ def render_markdown(run: RunResult, command: str, plots: dict[str, str]) -> str:
         out += ["Probes:", ""]
         out += [f"- `{name}`: {text}" for name, text in case.probe_descriptions.items()]
         out.append("")
-        out += [f"- {note}" for note in case.notes]
         if case.notes:
+            out += ["Whole run:", ""]
+            out += [f"- {note}" for note in case.notes]
             out.append("")
     return "\n".join(out).rstrip() + "\n"
 

@@ -82,13 +82,18 @@ def run_case(
     except AmbientError as err:
         log.error("case %s failed: %s", case.name, err)
         message = err.message + (f" (hint: {err.hint})" if err.hint else "")
-        return dataclasses.replace(result, samples=tuple(samples), error=message)
+        return dataclasses.replace(
+            result, samples=tuple(samples), error=message, notes=case.notes()
+        )
     except Exception as err:  # any other failure is a bug in the case; keep going with others
         log.exception("case %s failed unexpectedly", case.name)
         return dataclasses.replace(
-            result, samples=tuple(samples), error=f"{type(err).__name__}: {err}"
+            result,
+            samples=tuple(samples),
+            error=f"{type(err).__name__}: {err}",
+            notes=case.notes(),
         )
-    return dataclasses.replace(result, samples=tuple(samples))
+    return dataclasses.replace(result, samples=tuple(samples), notes=case.notes())
 
 
 def case_work_dir(root: Path, case: Case) -> Path:

@@ -24,7 +24,7 @@ from bench.datapath import (
     tune_pod,
 )
 from bench.errors import BenchError
-from bench.procs import Usage
+from bench.procs import NetnsProcess, Usage
 
 PROXY_CPU = Metric(
     "proxy_cpu_s",
@@ -200,6 +200,7 @@ class PodToPod(Case):
     def __init__(self) -> None:
         self._live: dict[str, LivePath] = {}
         self._settings: RunSettings | None = None
+        self._proxies: dict[str, list[NetnsProcess]] = {}
 
     @contextlib.contextmanager
     def environment(self, settings: RunSettings) -> Iterator[None]:
@@ -230,13 +231,28 @@ class PodToPod(Case):
                     stack.callback(app.stop)
                 for variant in self.variants:
                     factory = self.paths[variant.name]
-                    self._live[variant.name] = stack.enter_context(factory(pair, settings))
+                    live = stack.enter_context(factory(pair, settings))
+                    self._live[variant.name] = live
+                    self._proxies[variant.name] = list(live.proxies)
                 self._settings = settings
                 try:
                     yield
                 finally:
                     self._live.clear()
                     self._settings = None
+
+    def notes(self) -> tuple[str, ...]:
+        """Each proxy's CPU seconds and peak RSS over the whole run (read before it stopped)."""
+        lines = []
+        for variant, proxies in self._proxies.items():
+            for proxy in proxies:
+                usage = proxy.usage()
+                lines.append(
+                    f"`{variant}`: {proxy.name} (pid {proxy.pid}, in {proxy.netns}) used "
+                    f"{usage.cpu_s:.2f} CPU s over the run, peak RSS "
+                    f"{usage.peak_rss_bytes / 1e6:.1f} MB"
+                )
+        return tuple(lines)
 
     def measure(self, variant: Variant, probe: Probe, round_index: int) -> Measurement:
         """Run ``probe``'s load tool through ``variant``'s path; add proxy costs."""

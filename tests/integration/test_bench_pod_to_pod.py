@@ -37,6 +37,7 @@ def test_quick_run_writes_sane_reports(tmp_path: Path) -> None:
     assert leftovers == [], f"the case left namespaces behind: {leftovers}"
     case = run.cases[0]
     assert case.error is None, case.error
+    assert {n.split()[1] for n in case.notes} == {"envoy-client-sidecar", "envoy-server-sidecar"}
 
     assert (tmp_path / "latest").resolve() == out_dir.resolve()
     report = (out_dir / "report.md").read_text()

@@ -192,3 +192,21 @@ def test_config_quick_defaults_and_bounds() -> None:
         BenchConfig(rounds=0)
     with pytest.raises(UsageError):
         BenchConfig(duration_s=3600)
+
+
+def test_list_shows_the_registered_cases() -> None:
+    out = CliRunner().invoke(main, ["--list"])
+    assert out.exit_code == 0, out.output
+    assert "pod-to-pod:" in out.output
+
+
+def test_case_notes_reach_the_result(tmp_path: Path) -> None:
+    class Noted(Arithmetic):
+        def notes(self) -> tuple[str, ...]:
+            return (f"{len(self.calls)} measurements",)
+
+    result = run_case(Noted(), settings(tmp_path, rounds=2))
+    assert result.notes == ("4 measurements",)
+    assert "- 4 measurements" in render_markdown(
+        dataclasses.replace(_run(tmp_path), cases=(result,)), "cmd", {}
+    )
