@@ -424,3 +424,74 @@ def test_down_after_the_builder_was_killed(tmp_path: Path) -> None:
             builder.kill()
             builder.wait(10)
         Lab.destroy_by_name(name, tmp_path)
+
+
+def test_cli_up_status_exec_down(tmp_path: Path) -> None:
+    name = _name()
+    root = str(tmp_path)
+    try:
+        up = _ambient(
+            "lab",
+            "up",
+            "--name",
+            name,
+            "--run-root",
+            root,
+            "--pods-per-node",
+            "1",
+            "--namespace",
+            "demo",
+            "-o",
+            "json",
+            check=True,
+        )
+        built = json.loads(up.stdout)
+        assert [p["name"] for p in built["pods"]] == ["pod-node1-1", "pod-node2-1"]
+        _ambient(
+            "lab",
+            "start",
+            "--name",
+            name,
+            "--run-root",
+            root,
+            "demo/pod-node2-1",
+            "tcp-echo",
+            "--",
+            "--listen",
+            ":9000",
+            check=True,
+        )
+        target = f"{built['pods'][1]['ip']}:9000"
+        bulk = _ambient(
+            "lab",
+            "exec",
+            "--name",
+            name,
+            "--run-root",
+            root,
+            "pod-node1-1",
+            "--",
+            "python",
+            "-m",
+            "lab.workloads.client",
+            "bulk",
+            target,
+            "--bytes",
+            "1000000",
+            "--mode",
+            "echo",
+            check=True,
+        )
+        assert json.loads(bulk.stdout)["match"] is True
+        status = _ambient("lab", "status", "--name", name, "--run-root", root, check=True)
+        assert "pod-node2-1-tcp-echo" in status.stdout and "running" in status.stdout
+        inodes = _netns_inodes(f"{name}-")
+        pid = json.loads(
+            _ambient(
+                "lab", "status", "--name", name, "--run-root", root, "-o", "json", check=True
+            ).stdout
+        )["processes"][0]["pid"]
+        _ambient("lab", "down", "--name", name, "--run-root", root, check=True)
+        _assert_gone(name, tmp_path, [pid], inodes)
+    finally:
+        Lab.destroy_by_name(name, tmp_path)
