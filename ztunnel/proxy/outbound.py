@@ -156,6 +156,7 @@ def _tunnel(
     original: Authority,
     resolved: Upstream,
     rng: random.Random,
+    hbone_port: int,
 ) -> OutboundPlan:
     waypoint = _waypoint_workload(state, resolved, balancer)
     if isinstance(waypoint, Refuse):
@@ -164,7 +165,7 @@ def _tunnel(
         # Through a waypoint the authority keeps the original VIP (or pod IP) and
         # port, so that the waypoint can route it.
         return Tunnel(
-            pool_key=PoolKey(source.identity, waypoint.identity, waypoint.addresses[0], HBONE_PORT),
+            pool_key=PoolKey(source.identity, waypoint.identity, waypoint.addresses[0], hbone_port),
             request=_request(original, source, client, resolved.service, rng),
             expected_identities=frozenset({waypoint.identity}),
             destination=waypoint,
@@ -175,7 +176,7 @@ def _tunnel(
         return PlainTcp(resolved.address, resolved.port, resolved.workload, resolved.service)
     target = resolved.workload
     return Tunnel(
-        pool_key=PoolKey(source.identity, target.identity, resolved.address, HBONE_PORT),
+        pool_key=PoolKey(source.identity, target.identity, resolved.address, hbone_port),
         request=_request(
             Authority(str(resolved.address), resolved.port), source, client, resolved.service, rng
         ),
@@ -196,6 +197,7 @@ def plan_outbound(
     node: str,
     rng: random.Random,
     network: str = "",
+    hbone_port: int = HBONE_PORT,
 ) -> OutboundPlan:
     """Decide where a connection captured from ``source_ip`` to the original destination goes.
 
@@ -224,4 +226,5 @@ def plan_outbound(
         original=original,
         resolved=resolved,
         rng=rng,
+        hbone_port=hbone_port,
     )

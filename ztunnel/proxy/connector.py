@@ -1,0 +1,152 @@
+"""Outbound HBONE: pooled, mutually authenticated HTTP/2 connections, and tunnels on them.
+
+The decisions (which connection, when to dial, when to close) are the pure
+:class:`~ztunnel.proxy.pool.ConnectionPool`; this module dials, runs the channels
+and tells the pool what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ztunnel.errors import HboneError, IdentityError
+from ztunnel.identity.spiffe import SpiffeId
+from ztunnel.identity.store import IdentityStore
+from ztunnel.identity.tls import negotiated_h2, verify_peer
+from ztunnel.proxy.hbone import HboneClient, HboneSettings
+from ztunnel.proxy.hbone_io import HboneChannel, TunnelStream
+from ztunnel.proxy.outbound import Tunnel
+from ztunnel.proxy.pool import ConnectionPool, PoolKey
+from ztunnel.proxy.sockets import SocketFactory
+
+
+class TunnelRefusedError(HboneError):
+    """The peer answered the CONNECT with a non-2xx status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(
+            f"the destination's ztunnel answered {status}",
+            error_code=0,
+            hint="401: denied by policy there; 503: its upstream was unreachable",
+        )
+        self.status = status
+
+
+class HboneConnector:
+    """Opens tunnels over pooled HBONE connections."""
+
+    def __init__(
+        self,
+        identities: IdentityStore,
+        sockets: SocketFactory,
+        pool: ConnectionPool,
+        settings: HboneSettings,
+        *,
+        response_timeout: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.identities = identities
+        self.sockets = sockets
+        self.pool = pool
+        self.settings = settings
+        self.response_timeout = response_timeout
+        self._monotonic = monotonic
+        self._channels: dict[int, asyncio.Future[HboneChannel]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dial(self, key: PoolKey, expected: frozenset[SpiffeId]) -> HboneChannel:
+        context = self.identities.context(key.source, server=False)
+        reader, writer = await self.sockets.connect(key.address, key.port)
+        try:
+            await writer.start_tls(context, ssl_handshake_timeout=self.sockets.connect_timeout)
+            ssl_object = writer.get_extra_info("ssl_object")
+            verify_peer(ssl_object, expected=expected)
+            if not negotiated_h2(ssl_object):
+                raise HboneError("the peer did not negotiate ALPN h2", error_code=0)
+        except BaseException:
+            writer.close()
+            raise
+        return HboneChannel(HboneClient(self.settings), reader, writer)
+
+    async def _run_channel(self, connection_id: int, channel: HboneChannel) -> None:
+        try:
+            await channel.run()
+        finally:
+            self.pool.failed(connection_id)
+            self._channels.pop(connection_id, None)
+
+    def _start_dial(self, connection_id: int, plan: Tunnel) -> None:
+        future: asyncio.Future[HboneChannel] = asyncio.get_running_loop().create_future()
+        self._channels[connection_id] = future
+
+        async def dial() -> None:
+            try:
+                channel = await self._dial(plan.pool_key, plan.expected_identities)
+            except (OSError, ssl.SSLError, IdentityError, HboneError, TimeoutError) as err:
+                self.pool.failed(connection_id)
+                self._channels.pop(connection_id, None)
+                future.set_exception(err)
+                return
+            self.pool.connected(connection_id, self._monotonic())
+            future.set_result(channel)
+            await self._run_channel(connection_id, channel)
+
+        self._spawn(dial())
+
+    async def open(self, plan: Tunnel) -> TunnelStream:
+        """A tunnel for ``plan``, established (200) or an exception saying why not."""
+        checkout = self.pool.checkout(plan.pool_key)
+        if checkout.dial or checkout.connection_id not in self._channels:
+            self._start_dial(checkout.connection_id, plan)
+        try:
+            channel = await self._channels[checkout.connection_id]
+            stream = channel.open_tunnel(plan.request)
+        except BaseException:
+            self.pool.release(checkout.connection_id, self._monotonic())
+            raise
+        self._spawn(self._release_when_closed(checkout.connection_id, stream))
+        try:
+            response = await asyncio.wait_for(stream.response, self.response_timeout)
+        except BaseException:
+            stream.reset()
+            raise
+        if not response.established:
+            stream.reset()
+            raise TunnelRefusedError(response.status)
+        return stream
+
+    async def _release_when_closed(self, connection_id: int, stream: TunnelStream) -> None:
+        await stream.closed.wait()
+        channel = stream.channel
+        channel.streams.pop(stream.stream_id, None)
+        self.pool.release(connection_id, self._monotonic())
+
+    def expire_idle(self) -> int:
+        """Close connections the pool says have been idle too long; how many."""
+        closed = self.pool.expire(self._monotonic())
+        for conn in closed:
+            future = self._channels.pop(conn.id, None)
+            if future is not None and future.done() and not future.exception():
+                future.result().close()
+        return len(closed)
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        for future in list(self._channels.values()):
+            if future.done() and not future.exception():
+                future.result().close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task

@@ -1,0 +1,277 @@
+"""The asyncio shell around an HBONE connection: bytes in and out, tunnels as streams.
+
+:class:`HboneChannel` owns one TLS stream (asyncio reader/writer) and one sans-IO
+core (:class:`~ztunnel.proxy.hbone.HboneServer` or ``HboneClient``); it feeds the
+core what arrives, writes what the core produces, and routes events to
+:class:`TunnelStream` objects that the proxy reads from and writes to like a
+socket. Flow control follows the reader: received bytes are acknowledged to the
+peer only when :meth:`TunnelStream.read` hands them out, and writers wait while
+their stream has more than ``HIGH_WATER`` bytes waiting for window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ztunnel.errors import HboneError, HboneStreamError
+from ztunnel.proxy.hbone import (
+    CANCEL,
+    ConnectionEnded,
+    DataReceived,
+    Drained,
+    HboneClient,
+    HboneEvent,
+    HboneServer,
+    PeerHalfClosed,
+    StreamReset,
+    TunnelRequest,
+    TunnelRequested,
+    TunnelResponse,
+)
+
+HIGH_WATER = 1024 * 1024
+READ_SIZE = 256 * 1024
+
+
+class TunnelStream:
+    """One tunnel on an HBONE connection, read and written like a socket."""
+
+    def __init__(self, channel: HboneChannel, stream_id: int) -> None:
+        self.channel = channel
+        self.stream_id = stream_id
+        self._chunks: collections.deque[tuple[bytes, int]] = collections.deque()
+        self._eof = False
+        self._reset: int | None = None
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.response: asyncio.Future[TunnelResponse] = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.Event()
+        self._ended_locally = False
+
+    # called by the channel
+    def _feed(self, event: HboneEvent) -> None:
+        if isinstance(event, DataReceived):
+            self._chunks.append((event.data, event.flow_controlled_length))
+            self._readable.set()
+        elif isinstance(event, PeerHalfClosed):
+            self._eof = True
+            self._readable.set()
+            self._maybe_closed()
+        elif isinstance(event, StreamReset | ConnectionEnded):
+            self._reset = event.error_code if isinstance(event, StreamReset) else CANCEL
+            self._readable.set()
+            self._writable.set()
+            if not self.response.done():
+                self.response.set_exception(
+                    HboneStreamError("tunnel reset before a response", error_code=self._reset)
+                )
+                # Server-side streams never await a response: do not log it as lost.
+                self.response.exception()
+            self._mark_closed()
+        elif isinstance(event, Drained):
+            self._writable.set()
+        elif isinstance(event, TunnelResponse) and not self.response.done():
+            self.response.set_result(event)
+
+    def _maybe_closed(self) -> None:
+        if self._eof and self._ended_locally:
+            self._mark_closed()
+
+    def _mark_closed(self) -> None:
+        self.closed.set()
+        self.channel.streams.pop(self.stream_id, None)
+
+    async def read(self) -> bytes:
+        """The next chunk from the peer; ``b""`` once the peer half-closed."""
+        while not self._chunks:
+            if self._reset is not None:
+                raise HboneStreamError(
+                    f"tunnel {self.stream_id} was reset",
+                    error_code=self._reset,
+                    stream_id=self.stream_id,
+                )
+            if self._eof:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        data, flow_controlled = self._chunks.popleft()
+        self.channel.core.acknowledge(self.stream_id, flow_controlled)
+        self.channel.flush()
+        return data
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data``; waits while this stream's unsent backlog is above ``HIGH_WATER``."""
+        if self._reset is not None:
+            raise HboneStreamError(
+                f"tunnel {self.stream_id} was reset",
+                error_code=self._reset,
+                stream_id=self.stream_id,
+            )
+        self.channel.core.send_data(self.stream_id, data)
+        await self.channel.drain()
+        if self.channel.core.pending(self.stream_id) > HIGH_WATER:
+            self._writable.clear()
+            await self._writable.wait()
+
+    async def end(self) -> None:
+        """Half-close our direction."""
+        if self._reset is None and not self._ended_locally:
+            self._ended_locally = True
+            self.channel.core.end_stream(self.stream_id)
+            await self.channel.drain()
+            self._maybe_closed()
+
+    def reset(self, error_code: int = CANCEL) -> None:
+        """Abort the tunnel."""
+        if self._reset is None:
+            self._reset = error_code
+            self.channel.core.reset_stream(self.stream_id, error_code)
+            self.channel.flush()
+            self._mark_closed()
+
+
+RequestHandler = Callable[[TunnelStream, TunnelRequest], Coroutine[Any, Any, None]]
+
+
+class HboneChannel:
+    """Drives one HBONE connection over an asyncio stream pair."""
+
+    def __init__(
+        self,
+        core: HboneServer | HboneClient,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.core = core
+        self.reader = reader
+        self.writer = writer
+        self.streams: dict[int, TunnelStream] = {}
+        self.done = asyncio.Event()
+        self.error: ConnectionEnded | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def flush(self) -> None:
+        """Hand the core's pending output to the transport."""
+        data = self.core.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+
+    async def drain(self) -> None:
+        """Flush and wait for the transport's buffer to drain (backpressure)."""
+        self.flush()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+
+    def open_tunnel(self, request: TunnelRequest) -> TunnelStream:
+        """Client side: send a CONNECT; await ``stream.response`` for the answer."""
+        if not isinstance(self.core, HboneClient):
+            raise TypeError("only a client channel opens tunnels")
+        stream_id = self.core.open_tunnel(request)
+        stream = TunnelStream(self, stream_id)
+        self.streams[stream_id] = stream
+        self.flush()
+        return stream
+
+    async def run(self, on_request: RequestHandler | None = None) -> None:
+        """Read until the connection ends; hand each server-side request to ``on_request``."""
+        self.core.initiate()
+        await self.drain()
+        try:
+            while not self.core.closed:
+                data = await self.reader.read(READ_SIZE)
+                if not data:
+                    break
+                for event in self.core.receive_data(data):
+                    self._dispatch(event, on_request)
+                await self.drain()
+        except (ConnectionError, OSError) as err:
+            self.error = ConnectionEnded(CANCEL, f"transport failed: {err}", remote=True)
+        finally:
+            self._finish()
+
+    def _dispatch(self, event: HboneEvent, on_request: RequestHandler | None) -> None:
+        if isinstance(event, TunnelRequested):
+            stream = TunnelStream(self, event.stream_id)
+            self.streams[event.stream_id] = stream
+            if on_request is not None:
+                task = asyncio.create_task(on_request(stream, event.request))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            return
+        if isinstance(event, ConnectionEnded):
+            self.error = event
+            for stream in list(self.streams.values()):
+                stream._feed(event)
+            return
+        if isinstance(
+            event, Drained | DataReceived | PeerHalfClosed | StreamReset | TunnelResponse
+        ):
+            stream_or_none = self.streams.get(event.stream_id)
+            if stream_or_none is not None:
+                stream_or_none._feed(event)
+
+    def _finish(self) -> None:
+        ended = self.error or ConnectionEnded(0, "connection closed", remote=True)
+        for stream in list(self.streams.values()):
+            stream._feed(ended)
+        self.streams.clear()
+        with contextlib.suppress(Exception):
+            self.flush()
+            self.writer.close()
+        self.done.set()
+
+    def close(self) -> None:
+        """Send GOAWAY and close the transport once flushed."""
+        self.core.close()
+        self.flush()
+        self.writer.close()
+
+    @property
+    def available_streams(self) -> int:
+        """Client side: tunnels the peer allows now."""
+        if isinstance(self.core, HboneClient) and not self.core.closed:
+            return self.core.available_streams()
+        return 0
+
+
+async def relay(
+    stream: TunnelStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[int, int]:
+    """Copy both ways between a plain socket and a tunnel, half-closes included.
+
+    Returns ``(bytes into the tunnel, bytes out of the tunnel)``.
+    """
+
+    async def into_tunnel() -> int:
+        total = 0
+        while chunk := await reader.read(READ_SIZE):
+            total += len(chunk)
+            await stream.write(chunk)
+        await stream.end()
+        return total
+
+    async def out_of_tunnel() -> int:
+        total = 0
+        while chunk := await stream.read():
+            total += len(chunk)
+            writer.write(chunk)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        return total
+
+    up = asyncio.create_task(into_tunnel())
+    down = asyncio.create_task(out_of_tunnel())
+    try:
+        sent, received = await asyncio.gather(up, down)
+    except (HboneError, ConnectionError, OSError):
+        up.cancel()
+        down.cancel()
+        stream.reset(CANCEL)
+        raise
+    return sent, received

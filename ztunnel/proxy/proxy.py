@@ -1,0 +1,386 @@
+"""The three proxy listeners' connection handlers: outbound, inbound HBONE, inbound plaintext.
+
+Each handler asks a pure decision function (:mod:`~ztunnel.proxy.outbound`,
+:mod:`~ztunnel.proxy.inbound`) what to do, then moves bytes; it records Istio
+metrics for its reporter and writes exactly one access record per connection,
+in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+
+from ztunnel.config import ZtunnelConfig
+from ztunnel.errors import HboneError, IdentityError
+from ztunnel.identity.spiffe import SpiffeId
+from ztunnel.identity.store import IdentityStore
+from ztunnel.identity.tls import verify_peer
+from ztunnel.metrics import (
+    FLAG_CONNECT,
+    FLAG_TLS_FAILURE,
+    ConnectionLabels,
+    TcpMetrics,
+    connection_labels,
+)
+from ztunnel.proxy import inbound, outbound
+from ztunnel.proxy.connector import HboneConnector, TunnelRefusedError
+from ztunnel.proxy.hbone import CONNECT_ERROR, HboneServer, TunnelRequest
+from ztunnel.proxy.hbone_io import READ_SIZE, HboneChannel, TunnelStream, relay
+from ztunnel.proxy.sockets import SocketFactory
+from ztunnel.state.proxy_state import LoadBalancer, ProxyState
+from ztunnel.state.workload import IPAddress, Service
+
+access_log = logging.getLogger("ztunnel.access")
+
+
+@dataclass
+class AccessRecord:
+    """One connection, as its access-log line will show it."""
+
+    direction: str
+    src: str
+    dst: str
+    src_workload: str = "-"
+    dst_workload: str = "-"
+    src_identity: str = "-"
+    dst_identity: str = "-"
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    result: str = "ok"
+    reason: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    def emit(self, fmt: str) -> None:
+        """Write the record (text ``k=v`` or JSON) to the ``ztunnel.access`` logger."""
+        values = {k: v for k, v in vars(self).items() if k != "started"}
+        values["duration_ms"] = round((time.monotonic() - self.started) * 1000, 3)
+        if fmt == "json":
+            access_log.info(json.dumps(values, sort_keys=True))
+        else:
+            access_log.info(
+                " ".join(f"{k}={v!r}" if k == "reason" else f"{k}={v}" for k, v in values.items())
+            )
+
+
+def _addr(extra: object) -> tuple[IPAddress, int]:
+    assert isinstance(extra, tuple)
+    return ip_address(extra[0]), int(extra[1])
+
+
+async def _splice(
+    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+) -> tuple[int, int]:
+    """Copy both ways between two plain sockets with half-closes; bytes a->b, b->a."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        total = 0
+        while chunk := await reader.read(READ_SIZE):
+            total += len(chunk)
+            writer.write(chunk)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        return total
+
+    forward, backward = await asyncio.gather(pipe(a[0], b[1]), pipe(b[0], a[1]))
+    return forward, backward
+
+
+class Proxy:
+    """Connection handlers sharing the state, identities, pool and metrics of one process."""
+
+    def __init__(
+        self,
+        config: ZtunnelConfig,
+        *,
+        state: Callable[[], ProxyState],
+        identities: IdentityStore,
+        metrics: TcpMetrics,
+        sockets: SocketFactory,
+        connector: HboneConnector,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.identities = identities
+        self.metrics = metrics
+        self.sockets = sockets
+        self.connector = connector
+        self.rng = rng or random.Random()  # noqa: S311 - trace ids and balancing, not secrets
+        self.balancer = LoadBalancer(config.load_balancing, self.rng)
+
+    # --- outbound (15001) -------------------------------------------------
+
+    async def handle_outbound(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A captured outbound connection: its local address is the original destination."""
+        src_ip, src_port = _addr(writer.get_extra_info("peername"))
+        dst_ip, dst_port = _addr(writer.get_extra_info("sockname"))
+        record = AccessRecord("outbound", f"{src_ip}:{src_port}", f"{dst_ip}:{dst_port}")
+        state = self.state()
+        labels: ConnectionLabels | None = None
+        try:
+            plan = outbound.plan_outbound(
+                state,
+                self.balancer,
+                source_ip=src_ip,
+                source_port=src_port,
+                destination_ip=dst_ip,
+                destination_port=dst_port,
+                node=self.config.node_name,
+                rng=self.rng,
+                network=self.config.network,
+                hbone_port=self.config.hbone_port,
+            )
+            source = state.workload_by_ip(src_ip, self.config.network)
+            record.src_workload = source.name if source else "-"
+            if isinstance(plan, outbound.Refuse):
+                record.result, record.reason = plan.flag, plan.reason
+                self.metrics.connection_failed(
+                    connection_labels(reporter="source", source=source), plan.flag
+                )
+                writer.transport.abort()
+                return
+            if isinstance(plan, outbound.PlainTcp):
+                upstream = await self.sockets.connect(plan.address, plan.port)
+                record.dst_workload = plan.workload.name if plan.workload else "-"
+                try:
+                    received, sent = await _splice((reader, writer), upstream)
+                finally:
+                    upstream[1].close()
+                record.bytes_received, record.bytes_sent = received, sent
+                return
+            labels = connection_labels(
+                reporter="source",
+                source=source,
+                source_identity=plan.pool_key.source,
+                destination=plan.destination,
+                destination_identity=plan.pool_key.destination,
+                service=plan.service,
+                mutual_tls=True,
+            )
+            record.src_identity, record.dst_identity = (
+                str(plan.pool_key.source),
+                str(plan.pool_key.destination),
+            )
+            record.dst_workload = plan.destination.name
+            await self._outbound_tunnel(plan, reader, writer, labels, record)
+        except (OSError, TimeoutError, HboneError, IdentityError, ssl.SSLError) as err:
+            flag = _failure_flag(err)
+            record.result, record.reason = flag, str(err)
+            self.metrics.connection_failed(labels or connection_labels(reporter="source"), flag)
+            writer.transport.abort()
+        finally:
+            writer.close()
+            record.emit(self.config.access_log_format)
+
+    async def _outbound_tunnel(
+        self,
+        plan: outbound.Tunnel,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        labels: ConnectionLabels,
+        record: AccessRecord,
+    ) -> None:
+        stream = await self.connector.open(plan)
+        self.metrics.connection_opened(labels)
+        received = sent = 0
+        try:
+            received, sent = await relay(stream, reader, writer)
+        finally:
+            record.bytes_received, record.bytes_sent = received, sent
+            self.metrics.connection_closed(labels, received=received, sent=sent)
+
+    # --- inbound HBONE (15008) --------------------------------------------
+
+    async def handle_hbone(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """An HBONE connection: TLS as the local workload addressed, then tunnels."""
+        peer_ip, peer_port = _addr(writer.get_extra_info("peername"))
+        local_ip, _ = _addr(writer.get_extra_info("sockname"))
+        state = self.state()
+        destination = state.workload_by_ip(local_ip, self.config.network)
+        labels = connection_labels(reporter="destination", destination=destination)
+        try:
+            if destination is None or (
+                self.config.node_name and destination.node != self.config.node_name
+            ):
+                raise IdentityError(
+                    f"{local_ip} is not a workload on this node: no certificate to present"
+                )
+            context = self.identities.context(destination.identity, server=True)
+            await writer.start_tls(context, ssl_handshake_timeout=self.config.connect_timeout)
+            peer = verify_peer(
+                writer.get_extra_info("ssl_object"), trust_domain=self.config.trust_domain
+            )
+        except (OSError, TimeoutError, IdentityError, ssl.SSLError) as err:
+            flag = _failure_flag(err)
+            self.metrics.connection_failed(labels, flag)
+            record = AccessRecord(
+                "inbound-hbone",
+                f"{peer_ip}:{peer_port}",
+                str(local_ip),
+                result=flag,
+                reason=str(err),
+            )
+            record.emit(self.config.access_log_format)
+            writer.transport.abort()
+            return
+        channel = HboneChannel(HboneServer(self.config.hbone), reader, writer)
+
+        async def serve(stream: TunnelStream, request: TunnelRequest) -> None:
+            await self._serve_tunnel(channel, stream, request, peer, peer_ip)
+
+        try:
+            await channel.run(serve)
+        finally:
+            writer.close()
+
+    async def _serve_tunnel(
+        self,
+        channel: HboneChannel,
+        stream: TunnelStream,
+        request: TunnelRequest,
+        peer: SpiffeId,
+        peer_ip: IPAddress,
+    ) -> None:
+        state = self.state()
+        core = channel.core
+        assert isinstance(core, HboneServer)
+        record = AccessRecord(
+            "inbound-hbone", request.forwarded_for or str(peer_ip), str(request.authority)
+        )
+        record.src_identity = str(peer)
+        decision = inbound.decide_hbone(
+            state,
+            request,
+            peer_identity=peer,
+            peer_ip=peer_ip,
+            node=self.config.node_name,
+            network=self.config.network,
+        )
+        try:
+            if isinstance(decision, inbound.Refuse):
+                labels = connection_labels(
+                    reporter="destination", source_identity=peer, mutual_tls=True
+                )
+                self.metrics.connection_failed(labels, decision.flag)
+                record.result, record.reason = decision.flag, decision.reason
+                core.respond(stream.stream_id, decision.status or 400)
+                await channel.drain()
+                return
+            dest = decision.destination
+            record.src_workload = decision.source_workload.name if decision.source_workload else "-"
+            record.dst_workload, record.dst_identity = dest.name, str(dest.identity)
+            labels = connection_labels(
+                reporter="destination",
+                source=decision.source_workload,
+                source_identity=peer,
+                destination=dest,
+                destination_identity=dest.identity,
+                service=_service_for(state, request),
+                mutual_tls=True,
+            )
+            try:
+                upstream = await self.sockets.connect(
+                    decision.upstream_ip, decision.upstream_port, source=decision.source_ip
+                )
+            except (OSError, TimeoutError) as err:
+                self.metrics.connection_failed(labels, FLAG_CONNECT)
+                record.result, record.reason = FLAG_CONNECT, f"upstream connect failed: {err}"
+                core.respond(stream.stream_id, 503)
+                await channel.drain()
+                return
+            core.respond(stream.stream_id, 200)
+            await channel.drain()
+            self.metrics.connection_opened(labels)
+            sent = received = 0
+            try:
+                sent, received = await relay(stream, *upstream)
+            except (HboneError, OSError) as err:
+                record.result, record.reason = "reset", str(err)
+                stream.reset(CONNECT_ERROR)
+            finally:
+                upstream[1].close()
+                record.bytes_sent, record.bytes_received = sent, received
+                self.metrics.connection_closed(labels, received=received, sent=sent)
+        finally:
+            record.emit(self.config.access_log_format)
+
+    # --- inbound plaintext (15006) ----------------------------------------
+
+    async def handle_plaintext(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A captured plaintext connection to a local workload (PeerAuthentication decides)."""
+        src_ip, src_port = _addr(writer.get_extra_info("peername"))
+        dst_ip, dst_port = _addr(writer.get_extra_info("sockname"))
+        record = AccessRecord("inbound-plaintext", f"{src_ip}:{src_port}", f"{dst_ip}:{dst_port}")
+        state = self.state()
+        decision = inbound.decide_plaintext(
+            state,
+            source_ip=src_ip,
+            destination_ip=dst_ip,
+            destination_port=dst_port,
+            node=self.config.node_name,
+            network=self.config.network,
+        )
+        destination = state.workload_by_ip(dst_ip, self.config.network)
+        source = state.workload_by_ip(src_ip, self.config.network)
+        labels = connection_labels(reporter="destination", source=source, destination=destination)
+        try:
+            if isinstance(decision, inbound.Refuse):
+                self.metrics.connection_failed(labels, decision.flag)
+                record.result, record.reason = decision.flag, decision.reason
+                writer.transport.abort()
+                return
+            upstream = await self.sockets.connect(
+                decision.upstream_ip, decision.upstream_port, source=decision.source_ip
+            )
+            self.metrics.connection_opened(labels)
+            received = sent = 0
+            try:
+                received, sent = await _splice((reader, writer), upstream)
+            finally:
+                upstream[1].close()
+                record.bytes_received, record.bytes_sent = received, sent
+                self.metrics.connection_closed(labels, received=received, sent=sent)
+        except (OSError, TimeoutError) as err:
+            self.metrics.connection_failed(labels, FLAG_CONNECT)
+            record.result, record.reason = FLAG_CONNECT, str(err)
+            writer.transport.abort()
+        finally:
+            writer.close()
+            record.emit(self.config.access_log_format)
+
+
+def _service_for(state: ProxyState, request: TunnelRequest) -> Service | None:
+    if not request.forwarded_host:
+        return None
+    for service in state.services.values():
+        if service.hostname == request.forwarded_host:
+            return service
+    return None
+
+
+def _failure_flag(err: BaseException) -> str:
+    if isinstance(err, TunnelRefusedError):
+        return "DENY" if err.status == 401 else FLAG_CONNECT
+    if isinstance(err, IdentityError):
+        return err.response_flag
+    if isinstance(err, ssl.SSLError):
+        return FLAG_TLS_FAILURE
+    if isinstance(err, HboneError):
+        return err.response_flag
+    return FLAG_CONNECT

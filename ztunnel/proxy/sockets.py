@@ -1,0 +1,68 @@
+"""Where ztunnel's sockets come from: one injectable factory, so proxy logic makes none.
+
+In a node namespace the listeners are transparent (``IP_TRANSPARENT``: they accept
+connections addressed to pod IPs) and inbound upstream connections bind the real
+client address so the pod sees its caller. Both need ``CAP_NET_ADMIN``; a factory
+with ``transparent=False`` (tests, unprivileged runs) makes plain sockets instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+
+from ztunnel.state.workload import IPAddress
+
+# From <linux/in.h>; the socket module does not name it on every build.
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+
+
+@dataclass(frozen=True)
+class SocketFactory:
+    """Makes listening and connecting sockets; ``transparent`` needs CAP_NET_ADMIN."""
+
+    transparent: bool = False
+    """Listen for any address and connect from foreign (client) addresses."""
+    connect_timeout: float = 10.0
+    """Seconds an upstream connect may take."""
+
+    def listener(self, host: str, port: int, *, transparent: bool | None = None) -> socket.socket:
+        """A bound, listening TCP socket (reuse-port, so worker processes can share it)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if self.transparent if transparent is None else transparent:
+                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    async def connect(
+        self, address: IPAddress, port: int, *, source: IPAddress | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect to ``address:port``, from ``source`` when transparent (else the node's IP)."""
+        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.transparent and source is not None and source.version == address.version:
+                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                sock.bind((str(source), 0))
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(
+                loop.sock_connect(sock, (str(address), port)), self.connect_timeout
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock)
