@@ -78,7 +78,7 @@ def compile_source(path: Path, pin_dir: Path | None, extra_cflags: list[str] | N
         pin_dir.mkdir(parents=True, exist_ok=True)
     text = inline_local_includes(path)
     try:
-        return BPF(text=text, cflags=[*cflags_for(pin_dir), *(extra_cflags or [])])
+        return BPF(text=text.encode(), cflags=[*cflags_for(pin_dir), *(extra_cflags or [])])
     except Exception as err:
         raise ProgramLoadError(
             f"BCC could not compile {path.name}: {err}",
@@ -97,7 +97,7 @@ def load_program(
 
     module = compile_source(PROGRAMS[name], pin_dir, extra_cflags)
     try:
-        fn = module.load_func(name, BPF.SCHED_CLS)
+        fn = module.load_func(name.encode(), BPF.SCHED_CLS)
     except Exception as err:
         raise ProgramLoadError(
             f"the kernel refused program {name}: {err}",

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The capture decision for a connection's first packet (a SYN without ACK), as a pure
- * function of what the maps say about its ends. agent/decision.py mirrors it and
+ * function of what the maps say about its ends. agent/capture.py mirrors it and
  * tests/unit/test_bpf_decision.py table-tests the mirror; the same table runs against
  * the compiled programs with BPF_PROG_TEST_RUN in tests/integration/test_bpf_decision_run.py.
  */

@@ -75,7 +75,7 @@ def test_bcc_compiles_loads_attaches_and_counts(veth_pair: None) -> None:
     program = load_program("probe", pin_dir=None)
     compile_seconds = time.monotonic() - started
     assert program.fd > 0
-    counters = program.bpf["probe_packets"]
+    counters = program.bpf[b"probe_packets"]
     ipv4 = counters.Key(0)
     assert counters[ipv4].value == 0
 

@@ -1,0 +1,312 @@
+"""The decision table of tests/unit/test_bpf_decision.py, run against the compiled programs.
+
+``BPF_PROG_TEST_RUN`` feeds a crafted SYN to the real pod-egress / node-ingress program
+inside a namespace this test creates (the socket lookups search the namespace of the
+calling thread). A redirect verdict shows by *which* listener the program went for:
+with no listener it drops and counts ``dropped_no_listener``; with only the expected
+listener present it finds it (``bpf_sk_assign`` then refuses outside a real TC ingress,
+counted as ``dropped_assign_failed``, or assigns, counted as ``redirected_*``). A PASS
+verdict returns TC_ACT_OK with every listener present.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import socket
+import struct
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.capture import CaptureSettings, listener_port
+from agent.layout import STATS_FIELDS, Verdict, WorkloadFlags, WorkloadKey, ip_to_u32
+from agent.nodemaps import NodeMaps
+from agent.pinned import remove_pins
+from agent.workloads import LocalWorkload
+from tests.unit.test_bpf_decision import CFG, NODE_INGRESS_TABLE, POD_EGRESS_TABLE
+
+pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(120)]
+
+NS = f"capx-run{os.getpid()}"
+PIN_DIR = Path(f"/sys/fs/bpf/capx-run{os.getpid()}")
+TC_ACT_OK, TC_ACT_SHOT = 0, 2
+BPF_PROG_TEST_RUN = 10
+CLONE_NEWNET = 0x40000000
+SRC_ADDR = "10.244.1.2"
+SYN, ACK = 0x02, 0x10
+
+
+class _TestRunAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def prog_test_run(prog_fd: int, frame: bytes) -> int:
+    """Runs the program once on ``frame``; returns its TC verdict."""
+    data_in = ctypes.create_string_buffer(frame, len(frame))
+    data_out = ctypes.create_string_buffer(len(frame) + 256)
+    attr = _TestRunAttr(
+        prog_fd=prog_fd,
+        data_size_in=len(frame),
+        data_size_out=len(data_out),
+        data_in=ctypes.addressof(data_in),
+        data_out=ctypes.addressof(data_out),
+        repeat=1,
+    )
+    nr = {"x86_64": 321, "aarch64": 280}[platform.machine()]
+    rc = LIBC.syscall(nr, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
+    if rc != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return int(attr.retval)
+
+
+def tcp_frame(src: str, dst: str, sport: int, dport: int, flags: int) -> bytes:
+    """Ethernet + IPv4 + TCP, checksums left zero (the programs do not check them)."""
+    eth = b"\x02" * 6 + b"\x04" * 6 + struct.pack("!H", 0x0800)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        40,
+        1,
+        0x4000,
+        64,
+        socket.IPPROTO_TCP,
+        0,
+        socket.inet_aton(src),
+        socket.inet_aton(dst),
+    )
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
+    return eth + ip + tcp
+
+
+def in_namespace(fn: Callable[[], Any]) -> Any:
+    """Runs ``fn`` on a thread that joined NS (only that thread changes namespace)."""
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        fd = os.open(f"/run/netns/{NS}", os.O_RDONLY)
+        try:
+            if LIBC.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            box["value"] = fn()
+        except BaseException as err:
+            box["error"] = err
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(60)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+class Listeners:
+    """Listening sockets inside NS, opened and closed on demand (from the NS thread)."""
+
+    def __init__(self) -> None:
+        self.socks: list[socket.socket] = []
+
+    def open(self, ports: list[int]) -> None:
+        self.close()
+        for port in ports:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT
+            s.bind(("0.0.0.0", port))
+            s.listen(8)
+            self.socks.append(s)
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+        self.socks = []
+
+
+@pytest.fixture(scope="module")
+def loaded() -> Iterator[dict[str, Any]]:
+    from agent.programs import load_program
+
+    subprocess.run(["ip", "netns", "add", NS], check=True, timeout=10)
+    try:
+        subprocess.run(["ip", "-n", NS, "link", "set", "lo", "up"], check=True, timeout=10)
+        programs = {name: load_program(name, PIN_DIR) for name in ("pod_egress", "node_ingress")}
+        maps = NodeMaps(PIN_DIR)
+        maps.write_settings(CFG)
+        yield {"programs": programs, "maps": maps}
+        maps.close()
+    finally:
+        subprocess.run(["ip", "netns", "del", NS], check=False, timeout=10)
+        remove_pins(PIN_DIR)
+
+
+def set_workload(maps: NodeMaps, ip: str, flags: int) -> None:
+    """Writes (or, for flags 0, removes) a workloads entry."""
+    if flags == 0:
+        maps.workloads.delete(WorkloadKey(ip_to_u32(ip)))
+        return
+    enrolled = bool(flags & WorkloadFlags.ENROLLED)
+    maps.write_workload(LocalWorkload("t", ip.replace(".", "-"), ip, enrolled), 1, "t")
+    if not flags & WorkloadFlags.LOCAL:  # a flag combination the agent never writes
+        from agent.layout import WorkloadValue
+
+        maps.workloads.put(WorkloadKey(ip_to_u32(ip)), WorkloadValue(1, flags, 0, 0))
+
+
+def counters(maps: NodeMaps, ip: str) -> dict[str, int]:
+    value = maps.stats.get(WorkloadKey(ip_to_u32(ip)))
+    return {f: int(getattr(value, f)) if value else 0 for f in STATS_FIELDS}
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
+REDIRECT_FIELD = {
+    Verdict.REDIRECT_OUTBOUND: "redirected_outbound",
+    Verdict.REDIRECT_INBOUND: "redirected_inbound",
+    Verdict.REDIRECT_HBONE: "redirected_hbone",
+}
+ALL_LISTENERS = [CFG.outbound_port, CFG.inbound_port, CFG.hbone_port]
+
+
+def observe(
+    loaded: dict[str, Any], program: str, frame: bytes, charged: str, listen: list[int]
+) -> tuple[int, dict[str, int]]:
+    """Runs ``frame`` with only ``listen`` listening; the verdict and ``charged``'s counters."""
+    maps: NodeMaps = loaded["maps"]
+    fd = loaded["programs"][program].fd
+    listeners = Listeners()
+
+    def run() -> tuple[int, dict[str, int]]:
+        listeners.open(listen)
+        try:
+            before = counters(maps, charged)
+            verdict = prog_test_run(fd, frame)
+            return verdict, delta(before, counters(maps, charged))
+        finally:
+            listeners.close()
+
+    return in_namespace(run)  # type: ignore[no-any-return]
+
+
+def check_row(
+    loaded: dict[str, Any], program: str, frame: bytes, *, src: str, dst: str, verdict: Verdict
+) -> None:
+    if verdict is Verdict.PASS:
+        retval, changed = observe(loaded, program, frame, dst, ALL_LISTENERS)
+        assert retval == TC_ACT_OK
+        assert not {k for k in changed if k.startswith(("dropped", "redirected"))}
+        return
+    charged = src if verdict is Verdict.REDIRECT_OUTBOUND else dst
+    retval, changed = observe(loaded, program, frame, charged, [])
+    assert (retval, changed) == (TC_ACT_SHOT, {"dropped_no_listener": 1})
+    port = listener_port(CaptureSettings(), verdict)
+    assert port is not None
+    retval, changed = observe(loaded, program, frame, charged, [port])
+    assert changed in ({"dropped_assign_failed": 1}, {REDIRECT_FIELD[verdict]: 1}), changed
+
+
+@pytest.mark.parametrize(("src", "dst", "daddr", "dport", "verdict"), POD_EGRESS_TABLE)
+def test_pod_egress_program_decides_as_the_table(
+    loaded: dict[str, Any], *, src: int, dst: int, daddr: str, dport: int, verdict: Verdict
+) -> None:
+    maps: NodeMaps = loaded["maps"]
+    set_workload(maps, SRC_ADDR, src)
+    set_workload(maps, daddr, dst)
+    try:
+        frame = tcp_frame(SRC_ADDR, daddr, 40000, dport, SYN)
+        check_row(loaded, "pod_egress", frame, src=SRC_ADDR, dst=daddr, verdict=verdict)
+    finally:
+        set_workload(maps, SRC_ADDR, 0)
+        set_workload(maps, daddr, 0)
+
+
+@pytest.mark.parametrize(("dst", "dport", "verdict"), NODE_INGRESS_TABLE)
+def test_node_ingress_program_decides_as_the_table(
+    loaded: dict[str, Any], dst: int, dport: int, verdict: Verdict
+) -> None:
+    maps: NodeMaps = loaded["maps"]
+    daddr = "10.244.1.3"
+    set_workload(maps, daddr, dst)
+    try:
+        frame = tcp_frame("10.244.2.2", daddr, 40000, dport, SYN)
+        check_row(loaded, "node_ingress", frame, src="10.244.2.2", dst=daddr, verdict=verdict)
+    finally:
+        set_workload(maps, daddr, 0)
+
+
+def test_non_syn_without_a_socket_passes_and_a_listener_is_no_match(
+    loaded: dict[str, Any],
+) -> None:
+    """A connection opened before enrollment keeps flowing, even past a node listener."""
+    maps: NodeMaps = loaded["maps"]
+    enrolled = int(WorkloadFlags.ENROLLED | WorkloadFlags.LOCAL)
+    set_workload(maps, SRC_ADDR, enrolled)
+    try:
+        frame = tcp_frame(SRC_ADDR, "10.244.2.2", 40000, 8080, ACK)
+        retval, changed = observe(loaded, "pod_egress", frame, SRC_ADDR, [8080, *ALL_LISTENERS])
+        assert (retval, changed) == (TC_ACT_OK, {"passed": 1})
+    finally:
+        set_workload(maps, SRC_ADDR, 0)
+
+
+def test_established_socket_is_matched_first(loaded: dict[str, Any]) -> None:
+    """A reply to a node-namespace socket goes to that socket, before any decision."""
+    maps: NodeMaps = loaded["maps"]
+    plain = int(WorkloadFlags.LOCAL)
+    set_workload(maps, "10.244.1.9", plain)
+    fd = loaded["programs"]["pod_egress"].fd
+
+    def run() -> tuple[int, dict[str, int]]:
+        for addr in ("10.244.1.9/32", "10.244.2.2/32"):
+            subprocess.run(["ip", "-n", NS, "addr", "replace", addr, "dev", "lo"], check=True)
+        server = socket.socket()
+        server.bind(("10.244.1.9", 8080))
+        server.listen(1)
+        client = socket.socket()  # stands for ztunnel's connection on behalf of a peer
+        client.bind(("10.244.2.2", 0))
+        client.settimeout(5)
+        client.connect(("10.244.1.9", 8080))
+        try:
+            cport = client.getsockname()[1]
+            before = counters(maps, "10.244.1.9")
+            reply = tcp_frame("10.244.1.9", "10.244.2.2", 8080, cport, ACK)
+            verdict = prog_test_run(fd, reply)
+            return verdict, delta(before, counters(maps, "10.244.1.9"))
+        finally:
+            client.close()
+            server.close()
+
+    try:
+        verdict, changed = in_namespace(run)
+        # found the socket: assigned, or refused outside a real TC ingress (then dropped)
+        assert changed in ({"assigned_established": 1}, {"dropped_assign_failed": 1}), changed
+        assert verdict == (TC_ACT_OK if "assigned_established" in changed else TC_ACT_SHOT)
+    finally:
+        set_workload(maps, "10.244.1.9", 0)
