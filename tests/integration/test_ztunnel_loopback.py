@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import random
 import socket
+import ssl
 
 import pytest
 import yaml
@@ -19,7 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ztunnel.config import ZtunnelConfig
 from ztunnel.identity.certs import LocalCA
+from ztunnel.identity.spiffe import SpiffeId
 from ztunnel.identity.store import IdentityStore, local_issuer
+from ztunnel.identity.tls import client_context
 from ztunnel.metrics import TcpMetrics, new_registry, render
 from ztunnel.proxy.connector import HboneConnector
 from ztunnel.proxy.hbone import HboneSettings
@@ -95,58 +98,67 @@ async def talk(source: str, port: int, payload: bytes) -> bytes:
     return bytes(received)
 
 
-async def scenario(caplog: pytest.LogCaptureFixture) -> None:
-    factory = SocketFactory(transparent=False, connect_timeout=5.0)
-    hbone_sock = factory.listener(SERVER, 0)
-    outbound_sock = factory.listener(VIP, 0)
-    hbone_port = hbone_sock.getsockname()[1]
-    vip_port = outbound_sock.getsockname()[1]
-    echo_server = await asyncio.start_server(echo, SERVER, 0)
-    echo_port = echo_server.sockets[0].getsockname()[1]
+class Mesh:
+    """Two loopback "pods" with a ztunnel's listeners in front of them."""
 
-    state = parse_state(yaml.safe_load(state_yaml(echo_port, vip_port))).to_proxy_state()
-    config = ZtunnelConfig(
-        node_name="n1", hbone_port=hbone_port, workers=1, access_log_format="json"
-    )
-    ca = LocalCA.create(dt.datetime.now(dt.UTC))
-    identities = IdentityStore(ca.root_pem, local_issuer(ca))
-    identities.track(w.identity for w in state.workloads.values())
-    await identities.refresh_due()
-    assert identities.ready()
-    registry = new_registry()
-    metrics = TcpMetrics(registry)
-    connector = HboneConnector(
-        identities, factory, ConnectionPool(max_streams=100), HboneSettings()
-    )
-    proxy = Proxy(
-        config,
-        state=lambda: state,
-        identities=identities,
-        metrics=metrics,
-        sockets=factory,
-        connector=connector,
-        rng=random.Random(1),
-    )
-    hbone_server = await asyncio.start_server(proxy.handle_hbone, sock=hbone_sock)
-    outbound_server = await asyncio.start_server(proxy.handle_outbound, sock=outbound_sock)
-    try:
+    async def __aenter__(self) -> Mesh:
+        factory = SocketFactory(transparent=False, connect_timeout=5.0)
+        hbone_sock = factory.listener(SERVER, 0)
+        outbound_sock = factory.listener(VIP, 0)
+        self.hbone_port = hbone_sock.getsockname()[1]
+        self.vip_port = outbound_sock.getsockname()[1]
+        self.echo_server = await asyncio.start_server(echo, SERVER, 0)
+        echo_port = self.echo_server.sockets[0].getsockname()[1]
+        self.state = parse_state(
+            yaml.safe_load(state_yaml(echo_port, self.vip_port))
+        ).to_proxy_state()
+        config = ZtunnelConfig(
+            node_name="n1", hbone_port=self.hbone_port, workers=1, access_log_format="json"
+        )
+        self.ca = LocalCA.create(dt.datetime.now(dt.UTC))
+        self.identities = IdentityStore(self.ca.root_pem, local_issuer(self.ca))
+        self.identities.track(w.identity for w in self.state.workloads.values())
+        await self.identities.refresh_due()
+        assert self.identities.ready()
+        self.registry = new_registry()
+        self.connector = HboneConnector(
+            self.identities, factory, ConnectionPool(max_streams=100), HboneSettings()
+        )
+        proxy = Proxy(
+            config,
+            state=lambda: self.state,
+            identities=self.identities,
+            metrics=TcpMetrics(self.registry),
+            sockets=factory,
+            connector=self.connector,
+            rng=random.Random(1),
+        )
+        self.hbone_server = await asyncio.start_server(proxy.handle_hbone, sock=hbone_sock)
+        self.outbound_server = await asyncio.start_server(proxy.handle_outbound, sock=outbound_sock)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.outbound_server.close()
+        self.hbone_server.close()
+        self.echo_server.close()
+        await self.connector.close()
+
+
+async def scenario(caplog: pytest.LogCaptureFixture) -> None:
+    async with Mesh() as mesh:
+        vip_port = mesh.vip_port
         payload = random.Random(2).randbytes(3 * 1024 * 1024)
         assert await talk(CLIENT, vip_port, payload) == payload
         # Ten more, concurrently, share the one pooled HBONE connection.
         small = [bytes([i]) * 10_000 for i in range(10)]
         answers = await asyncio.gather(*(talk(CLIENT, vip_port, p) for p in small))
         assert answers == small
-        assert len(connector.pool) == 1
+        assert len(mesh.connector.pool) == 1
         # "other" is not allowed by policy: the destination answers 401 and the
         # source ztunnel resets the client's connection.
         assert await talk(OTHER, vip_port, b"let me in") == b""
         await asyncio.sleep(0.1)
-    finally:
-        outbound_server.close()
-        hbone_server.close()
-        echo_server.close()
-        await connector.close()
-
+    registry = mesh.registry
     opened = counter(registry, "istio_tcp_connections_opened_total")
     assert opened == {"source/-": 11.0, "destination/-": 11.0}
     received = counter(registry, "istio_tcp_received_bytes_total")
@@ -162,3 +174,43 @@ async def scenario(caplog: pytest.LogCaptureFixture) -> None:
 def test_outbound_to_inbound_over_hbone_on_loopback(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="ztunnel.access")
     asyncio.run(asyncio.wait_for(scenario(caplog), 60))
+
+
+async def handshake_with(mesh: Mesh, context: ssl.SSLContext) -> bool:
+    """Connect to the HBONE listener with ``context``; whether TLS completed and h2 works."""
+    try:
+        reader, writer = await asyncio.open_connection(
+            SERVER, mesh.hbone_port, ssl=context, server_hostname=None, ssl_handshake_timeout=5
+        )
+    except (ssl.SSLError, ConnectionError):
+        return False
+    try:
+        # TLS 1.3: a refused client certificate shows up on the first read.
+        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(100), 5)
+        return bool(data)
+    except (ssl.SSLError, ConnectionError):
+        return False
+    finally:
+        writer.close()
+
+
+async def bad_peers() -> None:
+    async with Mesh() as mesh:
+        now = dt.datetime.now(dt.UTC)
+        client_id = SpiffeId("cluster.local", "demo", "client")
+        good = client_context(mesh.ca.issue(client_id, now), mesh.ca.root_pem)
+        assert await handshake_with(mesh, good)
+        stranger = LocalCA.create(now)
+        foreign_root = client_context(stranger.issue(client_id, now), mesh.ca.root_pem)
+        assert not await handshake_with(mesh, foreign_root)
+        other_domain = SpiffeId("evil.example", "demo", "client")
+        wrong_td = client_context(mesh.ca.issue(other_domain, now), mesh.ca.root_pem)
+        assert not await handshake_with(mesh, wrong_td)
+        await asyncio.sleep(0.1)
+    failed = counter(mesh.registry, "istio_tcp_connections_failed_total")
+    assert failed == {"destination/TLS_FAILURE": 1.0, "destination/IDENTITY_ERROR": 1.0}
+
+
+def test_foreign_root_and_trust_domain_are_refused_and_counted() -> None:
+    asyncio.run(asyncio.wait_for(bad_peers(), 60))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from ztunnel.errors import HboneError, HboneStreamError
@@ -255,18 +255,8 @@ async def relay(
         await stream.end()
         return total
 
-    async def out_of_tunnel() -> int:
-        total = 0
-        while chunk := await stream.read():
-            total += len(chunk)
-            writer.write(chunk)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-        return total
-
     up = asyncio.create_task(into_tunnel())
-    down = asyncio.create_task(out_of_tunnel())
+    down = asyncio.create_task(copy_to_socket(stream.read, writer))
     try:
         sent, received = await asyncio.gather(up, down)
     except (HboneError, ConnectionError, OSError):
@@ -275,3 +265,30 @@ async def relay(
         stream.reset(CANCEL)
         raise
     return sent, received
+
+
+async def copy_to_socket(read: Callable[[], Awaitable[bytes]], writer: asyncio.StreamWriter) -> int:
+    """Write what ``read`` yields to ``writer`` until it yields ``b""``, then half-close."""
+    total = 0
+    while chunk := await read():
+        total += len(chunk)
+        writer.write(chunk)
+        await writer.drain()
+    if writer.can_write_eof():
+        writer.write_eof()
+    return total
+
+
+async def splice(
+    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+) -> tuple[int, int]:
+    """Copy both ways between two plain sockets, half-closes included; bytes a->b, b->a."""
+
+    def reading(reader: asyncio.StreamReader) -> Callable[[], Awaitable[bytes]]:
+        return lambda: reader.read(READ_SIZE)
+
+    forward, backward = await asyncio.gather(
+        copy_to_socket(reading(a[0]), b[1]), copy_to_socket(reading(b[0]), a[1])
+    )
+    return forward, backward

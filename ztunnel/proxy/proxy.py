@@ -33,7 +33,7 @@ from ztunnel.metrics import (
 from ztunnel.proxy import inbound, outbound
 from ztunnel.proxy.connector import HboneConnector, TunnelRefusedError
 from ztunnel.proxy.hbone import CONNECT_ERROR, HboneServer, TunnelRequest
-from ztunnel.proxy.hbone_io import READ_SIZE, HboneChannel, TunnelStream, relay
+from ztunnel.proxy.hbone_io import HboneChannel, TunnelStream, relay, splice
 from ztunnel.proxy.sockets import SocketFactory
 from ztunnel.state.proxy_state import LoadBalancer, ProxyState
 from ztunnel.state.workload import IPAddress, Service
@@ -73,26 +73,6 @@ class AccessRecord:
 def _addr(extra: object) -> tuple[IPAddress, int]:
     assert isinstance(extra, tuple)
     return ip_address(extra[0]), int(extra[1])
-
-
-async def _splice(
-    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-) -> tuple[int, int]:
-    """Copy both ways between two plain sockets with half-closes; bytes a->b, b->a."""
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-        total = 0
-        while chunk := await reader.read(READ_SIZE):
-            total += len(chunk)
-            writer.write(chunk)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-        return total
-
-    forward, backward = await asyncio.gather(pipe(a[0], b[1]), pipe(b[0], a[1]))
-    return forward, backward
 
 
 class Proxy:
@@ -155,7 +135,7 @@ class Proxy:
                 upstream = await self.sockets.connect(plan.address, plan.port)
                 record.dst_workload = plan.workload.name if plan.workload else "-"
                 try:
-                    received, sent = await _splice((reader, writer), upstream)
+                    received, sent = await splice((reader, writer), upstream)
                 finally:
                     upstream[1].close()
                 record.bytes_received, record.bytes_sent = received, sent
@@ -351,7 +331,7 @@ class Proxy:
             self.metrics.connection_opened(labels)
             received = sent = 0
             try:
-                received, sent = await _splice((reader, writer), upstream)
+                received, sent = await splice((reader, writer), upstream)
             finally:
                 upstream[1].close()
                 record.bytes_received, record.bytes_sent = received, sent
