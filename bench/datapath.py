@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ class LivePath:
     """The iperf3 server, as reached through this path."""
     proxies: Sequence[NetnsProcess] = ()
     """Processes whose CPU and peak RSS are this path's cost."""
+    summary: Callable[[], list[str]] = lambda: []
+    """Whole-run facts the path can tell while still up (e.g. TLS handshake counts)."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,41 @@ def check_http(netns: str, endpoint: Endpoint, *, timeout_s: float = 10.0) -> No
     )
 
 
+def parse_envoy_stats(text: str) -> dict[str, int]:
+    """Counters and gauges of Envoy's admin ``/stats`` text output (``name: value``)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and value.strip().isdigit():
+            out[name.strip()] = int(value)
+    return out
+
+
+def envoy_stats(netns: str, admin_port: int, name_filter: str) -> dict[str, int]:
+    """Envoy's stats matching the regex ``name_filter``, read from its admin in ``netns``."""
+    url = f"http://127.0.0.1:{admin_port}/stats?filter={urllib.parse.quote(name_filter)}"
+    code = (
+        "import urllib.request\n"
+        f"print(urllib.request.urlopen({url!r}, timeout=5).read().decode())\n"
+    )
+    run = run_in_netns(netns, [sys.executable, "-c", code], timeout_s=15)
+    if run.returncode != 0:
+        raise ToolError(f"cannot read Envoy stats in {netns}: {run.stderr.strip()[-300:]}")
+    return parse_envoy_stats(run.stdout)
+
+
+def handshake_summary(netns: str, admin_port: int) -> list[str]:
+    """One line: the client sidecar's upstream TLS handshakes and how many were resumed."""
+    stats = envoy_stats(netns, admin_port, r"^cluster\.outbound-.*\.ssl\.")
+    handshakes = sum(v for k, v in stats.items() if k.endswith(".ssl.handshake"))
+    resumed = sum(v for k, v in stats.items() if k.endswith(".ssl.session_reused"))
+    errors = sum(v for k, v in stats.items() if k.endswith(".ssl.connection_error"))
+    return [
+        f"client sidecar: {handshakes} upstream TLS handshakes ({resumed} resumed "
+        f"sessions, {errors} connection errors)"
+    ]
+
+
 @contextlib.contextmanager
 def direct(pair: PodPair, settings: RunSettings) -> Iterator[LivePath]:
     """No mesh: the client dials the server pod's IP; packets cross both nodes' veths."""
@@ -228,6 +266,7 @@ def envoy_pair(options: EnvoyPairSettings | None = None) -> PathFactory:
                 http=Endpoint("127.0.0.1", opts.http_tunnel.client_port),
                 bulk=Endpoint("127.0.0.1", opts.bulk_tunnel.client_port),
                 proxies=tuple(proxies),
+                summary=lambda: handshake_summary(client.netns, bootstrap.ADMIN_PORT),
             )
             # the whole chain, mTLS verified both ways, must work before anything is timed
             check_http(live.client_netns, live.http)

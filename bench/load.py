@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from bench.procs import run_in_netns
 
 # Grace on top of the measurement for tool start-up and connection set-up.
 TIMEOUT_SLACK_S = 20.0
+BUSY_RETRY_S = 0.5
 WRK_MARK = "BENCH_WRK "
 WRK_SCRIPT = """\
 -- Written by bench/load.py: print wrk's summary as one JSON line (microseconds).
@@ -94,28 +96,37 @@ def parse_wrk(text: str) -> dict[str, float]:
 
 
 def bulk(netns: str, host: str, port: int, *, streams: int, duration_s: float) -> BulkResult:
-    """An iperf3 upload of ``duration_s`` with ``streams`` parallel TCP streams."""
+    """An iperf3 upload of ``duration_s`` with ``streams`` parallel TCP streams.
+
+    iperf3's server takes one test at a time and may still be closing the previous one,
+    so a "busy" answer is retried once after a short pause.
+    """
     seconds = max(1, math.ceil(duration_s))
-    run = run_in_netns(
-        netns,
-        [
-            "iperf3",
-            "-c",
-            host,
-            "-p",
-            str(port),
-            "-t",
-            str(seconds),
-            "-P",
-            str(streams),
-            "-J",
-            "--connect-timeout",
-            "3000",
-        ],
-        timeout_s=seconds + TIMEOUT_SLACK_S,
-    )
-    bps = parse_iperf3(run.stdout)
-    return BulkResult(gbit_per_s=bps / 1e9, client_cpu_s=run.cpu_s)
+    argv = [
+        "iperf3",
+        "-c",
+        host,
+        "-p",
+        str(port),
+        "-t",
+        str(seconds),
+        "-P",
+        str(streams),
+        "-J",
+        "--connect-timeout",
+        "3000",
+    ]
+    for attempt in range(2):
+        run = run_in_netns(netns, argv, timeout_s=seconds + TIMEOUT_SLACK_S)
+        try:
+            bps = parse_iperf3(run.stdout)
+        except MeasurementError as err:
+            if attempt == 0 and "busy" in err.message:
+                time.sleep(BUSY_RETRY_S)
+                continue
+            raise
+        return BulkResult(gbit_per_s=bps / 1e9, client_cpu_s=run.cpu_s)
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def requests(

@@ -201,6 +201,7 @@ class PodToPod(Case):
         self._live: dict[str, LivePath] = {}
         self._settings: RunSettings | None = None
         self._proxies: dict[str, list[NetnsProcess]] = {}
+        self._path_notes: list[str] = []
 
     @contextlib.contextmanager
     def environment(self, settings: RunSettings) -> Iterator[None]:
@@ -238,8 +239,17 @@ class PodToPod(Case):
                 try:
                     yield
                 finally:
+                    self._collect_path_notes()
                     self._live.clear()
                     self._settings = None
+
+    def _collect_path_notes(self) -> None:
+        """Ask every live path for its whole-run facts before it is torn down."""
+        for name, live in self._live.items():
+            try:
+                self._path_notes += [f"`{name}`: {line}" for line in live.summary()]
+            except BenchError as err:
+                self._path_notes.append(f"`{name}`: no summary ({err.message})")
 
     def notes(self) -> tuple[str, ...]:
         """Each proxy's CPU seconds and peak RSS over the whole run (read before it stopped)."""
@@ -252,7 +262,7 @@ class PodToPod(Case):
                     f"{usage.cpu_s:.2f} CPU s over the run, peak RSS "
                     f"{usage.peak_rss_bytes / 1e6:.1f} MB"
                 )
-        return tuple(lines)
+        return (*lines, *self._path_notes)
 
     def measure(self, variant: Variant, probe: Probe, round_index: int) -> Measurement:
         """Run ``probe``'s load tool through ``variant``'s path; add proxy costs."""

@@ -37,7 +37,10 @@ def test_quick_run_writes_sane_reports(tmp_path: Path) -> None:
     assert leftovers == [], f"the case left namespaces behind: {leftovers}"
     case = run.cases[0]
     assert case.error is None, case.error
-    assert {n.split()[1] for n in case.notes} == {"envoy-client-sidecar", "envoy-server-sidecar"}
+    proxies = {n.split()[1] for n in case.notes if "CPU s" in n}
+    assert proxies == {"envoy-client-sidecar", "envoy-server-sidecar"}
+    handshakes = next(n for n in case.notes if "TLS handshakes" in n)
+    assert int(handshakes.split("client sidecar: ")[1].split()[0]) > 10, handshakes
 
     assert (tmp_path / "latest").resolve() == out_dir.resolve()
     report = (out_dir / "report.md").read_text()

@@ -9,6 +9,7 @@ import pytest
 from bench import load
 from bench.case import check_case
 from bench.cases.pod_to_pod import PodToPod, cost_metrics
+from bench.datapath import parse_envoy_stats
 from bench.errors import MeasurementError, ToolError
 from bench.procs import (
     Usage,
@@ -102,3 +103,17 @@ def test_pod_to_pod_declares_a_consistent_case() -> None:
     check_case(case)
     assert case.baseline().name == "direct"
     assert set(case.paths) == {v.name for v in case.variants}
+
+
+def test_parse_envoy_stats_reads_counters() -> None:
+    text = (
+        "cluster.outbound-http.ssl.handshake: 1393\n"
+        "cluster.outbound-http.ssl.session_reused: 1391\n"
+        "cluster.outbound-http.ssl.ciphers.TLS_AES_128_GCM_SHA256: 2\n"
+        "server.hot_restart_epoch: No recorded values\n"
+    )
+    assert parse_envoy_stats(text) == {
+        "cluster.outbound-http.ssl.handshake": 1393,
+        "cluster.outbound-http.ssl.session_reused": 1391,
+        "cluster.outbound-http.ssl.ciphers.TLS_AES_128_GCM_SHA256": 2,
+    }
