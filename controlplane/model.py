@@ -10,7 +10,7 @@ validated ``spec`` as a deep-frozen mapping.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,6 +44,17 @@ class FrozenMap(Mapping[K, V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def get(self, key: K, default: Any = None) -> Any:  # type: ignore[override]
+        """``dict.get``, without the generic Mapping machinery (hot in selector matching)."""
+        return self._data.get(key, default)
+
+    def items(self) -> ItemsView[K, V]:
+        """``dict.items`` of the underlying data (a read-only view)."""
+        return self._data.items()
 
     def __hash__(self) -> int:
         if self._hash is None:
@@ -82,7 +93,8 @@ EMPTY: FrozenMap[str, str] = FrozenMap()
 
 def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     """Kubernetes ``matchLabels`` semantics: every selector pair is present in labels."""
-    return all(labels.get(k) == v for k, v in selector.items())
+    get = labels.get
+    return all(get(k) == v for k, v in selector.items())
 
 
 # --- core Kubernetes objects -------------------------------------------------------------

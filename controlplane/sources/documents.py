@@ -7,6 +7,7 @@ the documents before the fault and one :class:`~controlplane.model.SourceIssue`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,14 +81,14 @@ def config_files(root: Path) -> Iterator[Path]:
     if root.is_file():
         yield root
         return
-    found = [
-        p
-        for p in root.rglob("*")
-        if p.suffix in SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and p.is_file()
-    ]
-    yield from sorted(found)
+    found: list[str] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [
+            os.path.join(folder, f) for f in files if not f.startswith(".") and f.endswith(SUFFIXES)
+        ]
+    for path in sorted(found):
+        yield Path(path)
 
 
 def _expand_list(file: str, line: int, data: Any) -> list[Document]:

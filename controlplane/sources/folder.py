@@ -108,6 +108,7 @@ class FolderSource:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._cache: dict[Path, _Cached] = {}
+        self._state: ClusterState | None = None
 
     def load(self) -> ClusterState:
         """The current state of the folder."""
@@ -126,8 +127,13 @@ class FolderSource:
         cache: dict[Path, _Cached] = {}
         for path in files:
             cache[path] = self._read(path)
+        unchanged = cache.keys() == self._cache.keys() and all(
+            cache[p] is self._cache[p] for p in cache
+        )
+        if not unchanged or self._state is None:
+            self._state = merge_files(c.result for c in cache.values())
         self._cache = cache
-        return merge_files(c.result for c in cache.values())
+        return self._state
 
     def _read(self, path: Path) -> _Cached:
         try:

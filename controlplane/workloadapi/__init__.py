@@ -27,7 +27,7 @@ from controlplane.workloadapi.peerauth import (
     static_strict_message,
     workload_policy_names,
 )
-from controlplane.workloadapi.services import is_served, service_message
+from controlplane.workloadapi.services import ServiceIndex, is_served, service_message
 from controlplane.workloadapi.workloads import is_sent, workload_message
 
 __all__ = ["MeshConfig", "Snapshot", "translate"]
@@ -75,22 +75,27 @@ def translate(state: ClusterState, mesh: MeshConfig | None = None) -> Snapshot:
         addresses[service_resource_name(service.namespace, hostname)] = wl.Address(
             service=service_message(service, mesh)
         )
-    selector_policies = [
-        p
-        for p in state.authorization_policies.values()
-        if p.selector is not None
-        and authorization_resource_name(p.namespace, p.name) in authorizations
-    ]
+    index = ServiceIndex(services)
+    selector_policies = sorted(
+        (
+            p
+            for p in state.authorization_policies.values()
+            if p.selector is not None
+            and authorization_resource_name(p.namespace, p.name) in authorizations
+        ),
+        key=lambda p: p.key,
+    )
     for pod in state.pods.values():
         if not is_sent(pod):
             continue
         names = [
             authorization_resource_name(p.namespace, p.name)
-            for p in sorted(selector_policies, key=lambda p: p.key)
+            for p in selector_policies
             if p.namespace == pod.namespace and selector_matches(p.selector or {}, pod.labels)
         ]
         levels = policies_for(pod.namespace, pod.labels, peer, root)
         names += workload_policy_names(levels, converted, root)
-        message = workload_message(pod, state.namespace_of(pod), services, names, mesh)
+        selecting = index.selecting(pod)
+        message = workload_message(pod, state.namespace_of(pod), selecting, names, mesh)
         addresses[workload_resource_name(message.uid)] = wl.Address(workload=message)
     return Snapshot(addresses, authorizations)

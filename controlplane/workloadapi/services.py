@@ -8,6 +8,7 @@ the service in its ``services`` map with the target ports resolved for that pod
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from typing import Any
 
 from api.messages import workload as wl
@@ -20,14 +21,29 @@ def is_served(service: Service) -> bool:
     return service.type != "ExternalName"
 
 
-def selects(service: Service, pod: Pod) -> bool:
-    """Whether the service's selector picks the pod (an empty selector picks none)."""
-    return (
-        is_served(service)
-        and service.namespace == pod.namespace
-        and bool(service.selector)
-        and selector_matches(service.selector or {}, pod.labels)
-    )
+class ServiceIndex:
+    """Finds the services selecting a pod without testing every service of the cluster.
+
+    Services are filed under their namespace and one of their selector pairs; a pod
+    only tests the services filed under one of its own labels.
+    """
+
+    def __init__(self, services: Iterable[Service]) -> None:
+        self._by_pair: dict[tuple[str, str, str], list[Service]] = {}
+        for service in services:
+            if is_served(service) and service.selector:
+                key, value = min(service.selector.items())
+                self._by_pair.setdefault((service.namespace, key, value), []).append(service)
+
+    def selecting(self, pod: Pod) -> list[Service]:
+        """The services whose selector picks ``pod``, in name order."""
+        found = [
+            service
+            for key, value in pod.labels.items()
+            for service in self._by_pair.get((pod.namespace, key, value), ())
+            if selector_matches(service.selector or {}, pod.labels)
+        ]
+        return sorted(found, key=lambda s: s.name)
 
 
 def app_protocol(port: ServicePort) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 from api.messages import workload as wl
 from controlplane.model import Namespace, Pod, Service, is_enrolled
 from controlplane.workloadapi.mesh import MeshConfig
-from controlplane.workloadapi.services import selects, workload_ports
+from controlplane.workloadapi.services import workload_ports
 
 _CRONJOB_JOB = re.compile(r"^(.+)-\d{8,10}$")
 
@@ -58,15 +58,14 @@ def workload_message(
 ) -> Any:
     """The ``istio.workload.Workload`` for a pod.
 
-    ``services`` are all services of the cluster (those selecting the pod enter its
-    services map); ``policies`` are the ``<ns>/<name>`` of the selector-bound
-    authorizations that apply to it.
+    ``services`` are the services selecting the pod (they enter its services map);
+    ``policies`` are the ``<ns>/<name>`` of the selector-bound authorizations and
+    peer-authentication policies that apply to it.
     """
     addresses = pod.ips or ((pod.ip,) if pod.ip else ())
     service_map = {
         f"{s.namespace}/{mesh.service_hostname(s.namespace, s.name)}": workload_ports(s, pod)
         for s in services
-        if selects(s, pod)
     }
     healthy = pod.ready and not pod.deleting
     return wl.Workload(
