@@ -170,12 +170,16 @@ class Lab:
         return teardown(name, store.run_dir, state, keep_logs)
 
     def destroy(self) -> TeardownReport:
-        """Tears the lab down (idempotent)."""
+        """Tears the lab down (idempotent).
+
+        Every process in the lab's namespaces is signalled at once (not one by one), then
+        the children this process started are reaped so none is left a zombie.
+        """
+        report = teardown(self.name, self.run_dir, self._state_or_none(), None)
         for proc in self._procs.values():
-            if proc.popen is not None and proc.alive():
+            if proc.popen is not None:
                 with contextlib.suppress(LabProcessError):
                     processes.stop(proc)
-        report = teardown(self.name, self.run_dir, self._state_or_none(), None)
         self._destroyed = True
         return report
 
@@ -255,16 +259,19 @@ class Lab:
     @property
     def pods(self) -> list[Pod]:
         """Every pod, in creation order."""
+        self.refresh()
         return list(self._state.pods.values())
 
     @property
     def services(self) -> list[Service]:
         """Every Service."""
+        self.refresh()
         return list(self._state.services.values())
 
     @property
     def namespaces(self) -> dict[str, dict[str, str]]:
         """Kubernetes namespaces and their labels."""
+        self.refresh()
         return {k: dict(v) for k, v in self._state.namespaces.items()}
 
     @property
@@ -319,7 +326,9 @@ class Lab:
         if self._store.exists():
             self._state = self._store.load()
             for rec in self._state.processes.values():
-                self._procs.setdefault(rec.name, LabProcess.from_record(rec))
+                known = self._procs.get(rec.name)
+                if known is None or (known.pid != rec.pid and known.popen is None):
+                    self._procs[rec.name] = LabProcess.from_record(rec)
 
     def describe(self) -> dict[str, Any]:
         """Everything about the lab as JSON-able data (``ambient lab status -o json``)."""
@@ -465,6 +474,7 @@ class Lab:
                 network.delete_netns(pod.netns)
                 state.netns.remove(pod.netns)
                 state.etc_netns.remove(pod.netns)
+                self._store.save(state)
                 raise
             state.pods[key] = pod
             objects.write_object(

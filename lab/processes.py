@@ -150,7 +150,9 @@ def wait_listening(proc: LabProcess, port: int, timeout: float) -> None:
     """Waits until ``proc``'s namespace has a TCP socket listening on ``port``.
 
     Reads ``/proc/<pid>/net/tcp{,6}``, which shows the sockets of that process's network
-    namespace; only trusted once the process is inside the lab namespace.
+    namespace (only trusted once the process is inside the lab namespace), and accepts
+    only a listening socket the process itself holds, so a server that fails because
+    another one already has the port is not taken for ready.
     """
     want = netns_inode(proc.netns)
     deadline = time.monotonic() + timeout
@@ -232,6 +234,8 @@ def _pid_netns(pid: int) -> tuple[int, int] | None:
 
 
 def _listening(pid: int, port: int) -> bool:
+    """Whether ``pid`` itself holds a socket listening on ``port`` (not just anyone)."""
+    inodes: set[str] = set()
     for table in ("tcp", "tcp6"):
         try:
             lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
@@ -239,8 +243,21 @@ def _listening(pid: int, port: int) -> bool:
             continue
         for line in lines:
             cols = line.split()
-            if len(cols) > 3 and cols[3] == _TCP_LISTEN and int(cols[1].split(":")[1], 16) == port:
+            if len(cols) > 9 and cols[3] == _TCP_LISTEN and int(cols[1].split(":")[1], 16) == port:
+                inodes.add(cols[9])
+    if not inodes:
+        return False
+    wanted = {f"socket:[{ino}]" for ino in inodes}
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) in wanted:
                 return True
+        except OSError:
+            continue
     return False
 
 

@@ -127,8 +127,7 @@ async def serve(config: EchoConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     config = parse_args(sys.argv[1:] if argv is None else argv)
-    run(serve(config))
-    return 0
+    return run(serve(config), "http_echo")
 
 
 if __name__ == "__main__":

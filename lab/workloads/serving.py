@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -41,11 +42,16 @@ def peer_of(writer: asyncio.StreamWriter) -> str:
     return f"{peer[0]}:{peer[1]}" if peer else "unknown"
 
 
-def run(main: Coroutine[Any, Any, None]) -> None:
-    """Runs ``main`` on uvloop when it is installed, else on the default loop."""
+def run(main: Coroutine[Any, Any, None], prog: str) -> int:
+    """Runs ``main`` (on uvloop when installed); a socket error is one line, exit code 1."""
     try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(main)
+        else:
+            uvloop.run(main)
+    except OSError as err:
+        print(f"{prog}: {err}", file=sys.stderr, flush=True)
+        return 1
+    return 0

@@ -85,8 +85,7 @@ async def serve(config: TcpEchoConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     config = parse_args(sys.argv[1:] if argv is None else argv)
-    run(serve(config))
-    return 0
+    return run(serve(config), "tcp_echo")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from lab import Lab, LabSpec, ServicePort
+from lab.errors import LabExistsError, LabProcessError, NoSuchObjectError
 from lab.model import Pod
 
 pytestmark = pytest.mark.root
@@ -258,6 +259,19 @@ def test_objects_follow_the_cluster(cluster: Lab) -> None:
     ns = yaml.safe_load((config / "namespace.demo.yaml").read_text())
     assert "istio.io/dataplane-mode" not in ns["metadata"]["labels"]
     cluster.set_namespace_labels("demo", {"istio.io/dataplane-mode": "ambient"})
+
+
+def test_failures_are_bounded_and_explained(cluster: Lab) -> None:
+    with pytest.raises(LabProcessError, match="did not finish within"):
+        cluster.exec("node1-p1", ["sleep", "10"], timeout=0.5)
+    with pytest.raises(LabProcessError, match="exited with code") as err:
+        cluster.start_workload("node1-p1", "http-echo", ["-listen=:8080"])  # port taken
+    assert "address already in use" in (err.value.hint or "").lower()
+    assert "Traceback" not in (err.value.hint or "")
+    with pytest.raises(NoSuchObjectError):
+        cluster.pod("nope")
+    with pytest.raises(LabExistsError):
+        cluster.add_pod("node1-p1", namespace="demo")
 
 
 def test_remove_pod_removes_its_namespace_process_and_file(cluster: Lab) -> None:
