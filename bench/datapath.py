@@ -23,7 +23,7 @@ from bench.case import RunSettings
 from bench.envoy import bootstrap, pki
 from bench.envoy.proxy import DEFAULT_CONCURRENCY, start_envoy
 from bench.errors import ToolError
-from bench.procs import NetnsProcess, run_in_netns
+from bench.procs import NetnsProcess, ProxyProcess, run_in_netns
 
 if TYPE_CHECKING:
     from lab import Lab
@@ -59,7 +59,7 @@ class LivePath:
     """The origin, as reached through this path."""
     bulk: Endpoint
     """The iperf3 server, as reached through this path."""
-    proxies: Sequence[NetnsProcess] = ()
+    proxies: Sequence[ProxyProcess] = ()
     """Processes whose CPU and peak RSS are this path's cost."""
     summary: Callable[[], list[str]] = lambda: []
     """Whole-run facts the path can tell while still up (e.g. TLS handshake counts)."""

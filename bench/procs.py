@@ -14,10 +14,11 @@ import resource
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from bench.errors import ToolError
 
@@ -30,16 +31,71 @@ def netns_argv(netns: str, argv: Sequence[str]) -> list[str]:
     return ["nsenter", f"--net={NETNS_DIR / netns}", "--", *argv]
 
 
-def parse_cpu_seconds(stat_text: str, clock_ticks: int) -> float:
-    """utime + stime of ``/proc/<pid>/stat``, in seconds.
+def parse_cpu_seconds(stat_text: str, clock_ticks: int, *, with_children: bool = False) -> float:
+    """utime + stime of ``/proc/<pid>/stat``, in seconds (plus cutime + cstime, the
+    waited-for children's, when ``with_children``).
 
     The command name (field 2) may hold spaces and parentheses, so fields are counted
     from the last ``)``.
     """
     rest = stat_text[stat_text.rindex(")") + 2 :].split()
-    # rest[0] is field 3 (state); utime and stime are fields 14 and 15.
-    utime, stime = int(rest[11]), int(rest[12])
-    return (utime + stime) / clock_ticks
+    # rest[0] is field 3 (state); utime, stime, cutime, cstime are fields 14 to 17.
+    ticks = int(rest[11]) + int(rest[12])
+    if with_children:
+        ticks += int(rest[13]) + int(rest[14])
+    return ticks / clock_ticks
+
+
+def parse_ppid(stat_text: str) -> int:
+    """The parent PID (field 4) of ``/proc/<pid>/stat``."""
+    return int(stat_text[stat_text.rindex(")") + 2 :].split()[1])
+
+
+def descendants(root: int, parents: Mapping[int, int]) -> list[int]:
+    """``root`` and every process below it, given each PID's parent PID."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:  # the process went away between listing and reading
+        return None
+
+
+def tree_usage(root: int) -> Usage | None:
+    """CPU seconds and peak RSS of ``root`` and its descendants (multi-process proxies).
+
+    ``None`` when ``root`` is gone. CPU of children that already exited and were
+    waited for is included through the parent's cutime/cstime.
+    """
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            text = _read(f"/proc/{entry.name}/stat")
+            if text is not None:
+                with contextlib.suppress(ValueError, IndexError):
+                    parents[int(entry.name)] = parse_ppid(text)
+    if root not in parents:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu, rss = 0.0, 0
+    for pid in descendants(root, parents):
+        stat, status = _read(f"/proc/{pid}/stat"), _read(f"/proc/{pid}/status")
+        if stat is None or status is None:
+            continue
+        with contextlib.suppress(ValueError, IndexError):
+            cpu += parse_cpu_seconds(stat, ticks, with_children=True)
+            rss += parse_peak_rss_bytes(status)
+    return Usage(cpu, rss)
 
 
 def parse_peak_rss_bytes(status_text: str) -> int:
@@ -69,6 +125,54 @@ class Usage:
 
     cpu_s: float
     peak_rss_bytes: int
+
+
+class ProxyProcess(Protocol):
+    """What a data path's cost accounting needs of a proxy process."""
+
+    name: str
+    netns: str
+
+    @property
+    def pid(self) -> int:
+        """Its PID (the root of its process tree)."""
+        ...
+
+    def usage(self) -> Usage:
+        """CPU seconds and peak RSS of it and its children so far."""
+        ...
+
+    def check_alive(self) -> None:
+        """Raise :class:`ToolError` if it has exited."""
+        ...
+
+
+class WatchedProcess:
+    """A proxy started by someone else (e.g. ``Lab.spawn_in_node``), watched by PID."""
+
+    def __init__(self, name: str, netns: str, pid: int) -> None:
+        self.name = name
+        self.netns = netns
+        self._pid = pid
+        self._last_usage = Usage(0.0, 0)
+
+    @property
+    def pid(self) -> int:
+        """The watched PID."""
+        return self._pid
+
+    def usage(self) -> Usage:
+        """CPU and peak RSS of the process tree (the last values read, once it is gone)."""
+        current = tree_usage(self._pid)
+        if current is not None:
+            self._last_usage = current
+        return self._last_usage
+
+    def check_alive(self) -> None:
+        """Raise :class:`ToolError` if the PID is gone (or a zombie)."""
+        stat = _read(f"/proc/{self._pid}/stat")
+        if stat is None or stat[stat.rindex(")") + 2 :].startswith("Z"):
+            raise ToolError(f"{self.name} (pid {self._pid}, in {self.netns}) has exited")
 
 
 class NetnsProcess:
@@ -131,14 +235,11 @@ class NetnsProcess:
             return "(no log)"
 
     def usage(self) -> Usage:
-        """CPU seconds and peak RSS so far (the last values read, once it has exited)."""
+        """CPU seconds and peak RSS of its process tree so far (last values once gone)."""
         if self.alive():
-            with contextlib.suppress(OSError, ValueError):
-                ticks = os.sysconf("SC_CLK_TCK")
-                self._last_usage = Usage(
-                    parse_cpu_seconds(Path(f"/proc/{self.pid}/stat").read_text(), ticks),
-                    parse_peak_rss_bytes(Path(f"/proc/{self.pid}/status").read_text()),
-                )
+            current = tree_usage(self.pid)
+            if current is not None:
+                self._last_usage = current
         return self._last_usage
 
     def listening(self) -> set[int]:

@@ -24,7 +24,7 @@ from bench.datapath import (
     tune_pod,
 )
 from bench.errors import BenchError
-from bench.procs import NetnsProcess, Usage
+from bench.procs import ProxyProcess, Usage
 
 PROXY_CPU = Metric(
     "proxy_cpu_s",
@@ -200,7 +200,7 @@ class PodToPod(Case):
     def __init__(self) -> None:
         self._live: dict[str, LivePath] = {}
         self._settings: RunSettings | None = None
-        self._proxies: dict[str, list[NetnsProcess]] = {}
+        self._proxies: dict[str, list[ProxyProcess]] = {}
         self._path_notes: list[str] = []
 
     @contextlib.contextmanager

@@ -13,10 +13,13 @@ from bench.datapath import parse_envoy_stats
 from bench.errors import MeasurementError, ToolError
 from bench.procs import (
     Usage,
+    WatchedProcess,
+    descendants,
     listening_ports,
     netns_argv,
     parse_cpu_seconds,
     parse_peak_rss_bytes,
+    parse_ppid,
 )
 
 STAT = (
@@ -117,3 +120,28 @@ def test_parse_envoy_stats_reads_counters() -> None:
         "cluster.outbound-http.ssl.session_reused": 1391,
         "cluster.outbound-http.ssl.ciphers.TLS_AES_128_GCM_SHA256": 2,
     }
+
+
+def test_parent_and_children_fields() -> None:
+    assert parse_ppid(STAT) == 1
+    # cutime 0 and cstime 0 in STAT: children add nothing
+    assert parse_cpu_seconds(STAT, 100, with_children=True) == pytest.approx(4.0)
+
+
+def test_descendants_walk_the_tree() -> None:
+    parents = {10: 1, 11: 10, 12: 10, 13: 11, 20: 1}
+    assert sorted(descendants(10, parents)) == [10, 11, 12, 13]
+    assert descendants(20, parents) == [20]
+
+
+def test_watched_process_reads_our_own_tree() -> None:
+    import os
+
+    me = WatchedProcess("pytest", "root", os.getpid())
+    me.check_alive()
+    usage = me.usage()
+    assert usage.cpu_s > 0 and usage.peak_rss_bytes > 1_000_000
+    gone = WatchedProcess("gone", "x", 2**22 + 7)
+    with pytest.raises(ToolError, match="has exited"):
+        gone.check_alive()
+    assert gone.usage() == Usage(0.0, 0)
