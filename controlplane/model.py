@@ -339,6 +339,16 @@ class Condition:
     not_values: tuple[str, ...] = ()
 
 
+L4_CONDITION_KEYS = (
+    "source.ip",
+    "source.namespace",
+    "source.principal",
+    "destination.ip",
+    "destination.port",
+)
+"""``when`` keys ztunnel can evaluate; every other key needs a waypoint."""
+
+
 @dataclass(frozen=True)
 class Rule:
     """One ``rules[]`` entry: every present part must match."""
@@ -349,6 +359,25 @@ class Rule:
     """``to[]``: any of them (empty = any operation)."""
     conditions: tuple[Condition, ...] = ()
     """``when[]``: all of them."""
+
+    def l7_attributes(self) -> list[str]:
+        """Names of the attributes this rule uses that only a waypoint can see."""
+        found: list[str] = []
+        for op in self.operations:
+            for name in ("hosts", "not_hosts", "methods", "not_methods", "paths", "not_paths"):
+                if getattr(op, name) and name not in found:
+                    found.append(name)
+        for src in self.sources:
+            for name in (
+                "request_principals",
+                "not_request_principals",
+                "remote_ip_blocks",
+                "not_remote_ip_blocks",
+            ):
+                if getattr(src, name) and name not in found:
+                    found.append(name)
+        found += [c.key for c in self.conditions if c.key not in L4_CONDITION_KEYS]
+        return found
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from controlplane.model import (
     DATAPLANE_MODE_LABEL,
+    DEFAULT_ROOT_NAMESPACE,
     EMPTY,
     SIDECAR_STATUS_ANNOTATION,
     AuthorizationAction,
@@ -114,7 +115,7 @@ def decode(raw: Any) -> Decoded:
             meta.error("name", f"{out.name!r} is not a valid name (lower-case DNS-1123 subdomain)")
     if not api_version or not out.kind:
         return out
-    group, _, version = api_version.rpartition("/")
+    group = api_version.rpartition("/")[0]
     spec = _KINDS.get((group, out.kind))
     if spec is None:
         reason = _IGNORED.get((group, out.kind), f"unknown kind {api_version} {out.kind}; ignored")
@@ -122,7 +123,20 @@ def decode(raw: Any) -> Decoded:
         if meta is not None and isinstance(meta.data.get("namespace"), str):
             out.namespace = meta.data["namespace"]
         return out
+    _decode_known(out, top, meta, api_version, spec)
+    return out
+
+
+def _decode_known(
+    out: Decoded,
+    top: Fields,
+    meta: Fields | None,
+    api_version: str,
+    spec: tuple[tuple[str, ...], Decoder, bool],
+) -> None:
+    """The part of :func:`decode` for kinds we read: version, namespace, the decoder."""
     versions, decoder, namespaced = spec
+    group, _, version = api_version.rpartition("/")
     if version not in versions:
         top.error(
             "apiVersion",
@@ -130,7 +144,7 @@ def decode(raw: Any) -> Decoded:
             f"(use {' or '.join(f'{group}/{v}'.lstrip('/') for v in versions)})",
         )
     if meta is None:
-        return out
+        return
     if namespaced:
         out.namespace = meta.string("namespace") or "default"
         if not is_dns1123_label(out.namespace):
@@ -138,8 +152,11 @@ def decode(raw: Any) -> Decoded:
     elif meta.has("namespace"):
         meta.warn("namespace", f"{out.kind} is not namespaced; metadata.namespace is ignored")
     obj = decoder(top, out.namespace, out.name)
-    out.obj = None if out.rejected else obj
-    return out
+    if out.rejected:
+        # What would be ignored in an object that is rejected anyway is only noise.
+        out.problems = [p for p in out.problems if p.severity is Severity.ERROR]
+    else:
+        out.obj = obj
 
 
 def _not_an_object(raw: Any) -> str:
@@ -418,6 +435,12 @@ def _peer_authentication(top: Fields, ns: str, name: str) -> PeerAuthentication:
                 continue
             if port is not None:
                 port_modes[port] = _mtls_mode(entry)
+    if selector is not None and ns == DEFAULT_ROOT_NAMESPACE:
+        spec.warn(
+            "selector",
+            f"a selector policy in the root namespace ({ns}) is ignored, as in Istio; "
+            "put it in the workloads' namespace",
+        )
     return PeerAuthentication(
         namespace=ns, name=name, selector=selector, mode=mode, port_level_mtls=FrozenMap(port_modes)
     )
@@ -501,6 +524,9 @@ def _authorization_policy(top: Fields, ns: str, name: str) -> AuthorizationPolic
     if target_refs:
         spec.warn("targetRefs", "policies bound by targetRef apply at waypoints, not in ztunnel")
     rules = tuple(_rule(r) for r in spec.mappings("rules"))
+    if action in (AuthorizationAction.ALLOW, AuthorizationAction.DENY) and not target_refs:
+        for i, rule in enumerate(rules):
+            _warn_l7(spec, i, rule, action)
     dry_run = annotations.get(DRY_RUN_ANNOTATION, "false").lower() == "true"
     return AuthorizationPolicy(
         namespace=ns,
@@ -512,6 +538,18 @@ def _authorization_policy(top: Fields, ns: str, name: str) -> AuthorizationPolic
         provider=provider,
         dry_run=dry_run,
     )
+
+
+def _warn_l7(spec: Fields, index: int, rule: Rule, action: AuthorizationAction) -> None:
+    """Says what ztunnel makes of a rule that needs L7 attributes."""
+    l7 = rule.l7_attributes()
+    if not l7:
+        return
+    uses = f"uses L7 attributes ({', '.join(l7)}) that ztunnel cannot see"
+    if action is AuthorizationAction.ALLOW:
+        spec.warn(f"rules[{index}]", f"{uses}: ztunnel drops this rule (it allows nothing)")
+    else:
+        spec.warn(f"rules[{index}]", f"{uses}: ztunnel enforces its L4 part only (denies more)")
 
 
 def _target_refs(spec: Fields) -> tuple[TargetRef, ...]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from api.messages import security as sec
 from controlplane.model import (
+    L4_CONDITION_KEYS,
     AuthorizationAction,
     AuthorizationPolicy,
     Condition,
@@ -28,15 +29,6 @@ from controlplane.model import (
     Rule,
     Source,
 )
-
-L4_CONDITION_KEYS = (
-    "source.ip",
-    "source.namespace",
-    "source.principal",
-    "destination.ip",
-    "destination.port",
-)
-"""``when`` keys ztunnel can evaluate; every other key needs a waypoint."""
 
 _SCOPES = {
     PolicyScope.MESH: "GLOBAL",
@@ -165,7 +157,7 @@ _CONDITION_FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 
 def _condition_match(condition: Condition, deny: bool) -> Any | None:
-    if condition.key not in _CONDITION_FIELDS:
+    if condition.key not in L4_CONDITION_KEYS:
         if not deny:
             raise _L7Only
         return None

@@ -120,3 +120,43 @@ def test_missing_and_empty_paths(tmp_path: Path) -> None:
     assert code == 1
     assert f"{tmp_path / 'missing'}: does not exist" in out
     assert f"{tmp_path}: warning: holds no .yaml, .yml or .json files" in out
+
+
+def test_what_ztunnel_ignores_in_policies_is_explained(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(
+        """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: l7, namespace: demo}
+spec:
+  rules:
+  - to: [{operation: {methods: [GET]}}]
+  - when: [{key: "request.headers[x-a]", values: [b]}]
+  - from: [{source: {namespaces: [demo]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-l7, namespace: demo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin], ports: ["80"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: root-selector, namespace: istio-system}
+spec: {selector: {matchLabels: {app: x}}, mtls: {mode: STRICT}}
+"""
+    )
+    code, out = run(str(tmp_path))
+    assert code == 0, out
+    for expected in (
+        "p.yaml:1: warning: AuthorizationPolicy/demo/l7: spec.rules[0]: uses L7 attributes "
+        "(methods) that ztunnel cannot see: ztunnel drops this rule (it allows nothing)",
+        "AuthorizationPolicy/demo/l7: spec.rules[1]: uses L7 attributes (request.headers[x-a])",
+        "p.yaml:10: warning: AuthorizationPolicy/demo/deny-l7: spec.rules[0]: uses L7 attributes "
+        "(paths) that ztunnel cannot see: ztunnel enforces its L4 part only (denies more)",
+        "p.yaml:17: warning: PeerAuthentication/istio-system/root-selector: spec.selector: "
+        "a selector policy in the root namespace (istio-system) is ignored",
+    ):
+        assert expected in out, out
+    assert "spec.rules[2]" not in out
