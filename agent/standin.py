@@ -9,7 +9,10 @@ ztunnel's listeners do), so the capture programs can hand it pod traffic. Per po
 - ``relay``: connects to the original destination *from the client's address*
   (``IP_TRANSPARENT`` bind, as ztunnel does toward a local pod) and copies bytes both
   ways; the replies of that upstream connection only reach it through the programs'
-  established-socket match.
+  established-socket match. With ``--no-spoof`` it connects from the node's address.
+- ``relay-nat``: the same relay for connections redirected by iptables ``REDIRECT``
+  (the original destination comes from ``SO_ORIGINAL_DST``; it never spoofs), the
+  baseline the capture benchmark compares eBPF capture with.
 
 Every accepted connection is logged as one JSON line on stdout. It is no proxy: no
 mTLS, no policy. It exists so capture can be tested and measured on its own.
@@ -19,12 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import socket
 import sys
 from collections.abc import Sequence
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+SO_ORIGINAL_DST = 80
+MODES = ("report", "relay", "relay-nat")
 CHUNK = 256 * 1024
 CONNECT_TIMEOUT = 5.0
 
@@ -70,21 +76,35 @@ async def _report(
     return {**line, "mode": "report", "bytes": echoed}
 
 
+def original_dst_nat(sock: socket.socket) -> tuple[str, int]:
+    """The destination before iptables REDIRECT rewrote it (``SO_ORIGINAL_DST``)."""
+    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port = int.from_bytes(raw[2:4], "big")
+    return socket.inet_ntoa(raw[4:8]), port
+
+
 async def _relay(
-    port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    port: int,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    spoof: bool = True,
+    nat: bool = False,
 ) -> dict[str, object]:
-    local = writer.get_extra_info("sockname")
+    sock = writer.get_extra_info("socket")
+    local = original_dst_nat(sock) if nat else writer.get_extra_info("sockname")
     peer = writer.get_extra_info("peername")
     record: dict[str, object] = {
         "listener": port,
         "original_dst": f"{local[0]}:{local[1]}",
         "peer": f"{peer[0]}:{peer[1]}",
-        "mode": "relay",
+        "mode": "relay-nat" if nat else "relay",
     }
     upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    upstream.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
     upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    upstream.bind((peer[0], 0))
+    if spoof and not nat:
+        upstream.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        upstream.bind((peer[0], 0))
     upstream.setblocking(False)
     loop = asyncio.get_running_loop()
     try:
@@ -101,9 +121,13 @@ async def _relay(
     return record
 
 
-async def serve(modes: dict[int, str]) -> None:
+async def serve(modes: dict[int, str], *, spoof: bool = True, quiet: bool = False) -> None:
     """Listens on every port of ``modes`` until cancelled."""
-    handlers = {"report": _report, "relay": _relay}
+    handlers = {
+        "report": _report,
+        "relay": functools.partial(_relay, spoof=spoof),
+        "relay-nat": functools.partial(_relay, nat=True),
+    }
     servers = []
     for port, mode in modes.items():
         handler = handlers[mode]
@@ -121,7 +145,8 @@ async def serve(modes: dict[int, str]) -> None:
                 record = {"listener": port, "error": str(err)}
             finally:
                 writer.close()
-            print(json.dumps(record), flush=True)
+            if not quiet:
+                print(json.dumps(record), flush=True)
 
         servers.append(await asyncio.start_server(on_client, sock=transparent_listener(port)))
     print(json.dumps({"listening": sorted(modes)}), flush=True)
@@ -134,8 +159,8 @@ def parse_modes(specs: Sequence[str]) -> dict[int, str]:
     for spec in specs:
         port, _, mode = spec.partition("=")
         mode = mode or "report"
-        if mode not in ("report", "relay"):
-            raise SystemExit(f"unknown mode {mode!r} in {spec!r} (report or relay)")
+        if mode not in MODES:
+            raise SystemExit(f"unknown mode {mode!r} in {spec!r} ({', '.join(MODES)})")
         modes[int(port)] = mode
     return modes
 
@@ -143,11 +168,15 @@ def parse_modes(specs: Sequence[str]) -> dict[int, str]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of the stand-in."""
     parser = argparse.ArgumentParser(prog="python -m agent.standin", description=__doc__)
-    parser.add_argument("--port", action="append", default=[], help="PORT[=report|relay]")
+    parser.add_argument(
+        "--port", action="append", default=[], help="PORT[=" + "|".join(MODES) + "]"
+    )
+    parser.add_argument("--no-spoof", action="store_true", help="relay from the node's address")
+    parser.add_argument("--quiet", action="store_true", help="no record per connection")
     args = parser.parse_args(argv)
     modes = parse_modes(args.port or ["15001=report", "15006=report", "15008=report"])
     try:
-        asyncio.run(serve(modes))
+        asyncio.run(serve(modes, spoof=not args.no_spoof, quiet=args.quiet))
     except KeyboardInterrupt:
         sys.exit(0)
 

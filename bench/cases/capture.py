@@ -65,7 +65,11 @@ def _iptables(netns: str, *rule: str) -> None:
     if tool is None:
         raise BenchError("iptables is missing", hint="apt-get install iptables")
     done = subprocess.run(
-        ["ip", "netns", "exec", netns, tool, *rule], capture_output=True, text=True, timeout=20
+        ["ip", "netns", "exec", netns, tool, *rule],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
     )
     if done.returncode != 0:
         raise BenchError(f"iptables {' '.join(rule)} in {netns}: {done.stderr.strip()}")
@@ -103,10 +107,9 @@ def iptables_redirect(pair: PodPair, settings: RunSettings) -> Iterator[LivePath
 @contextlib.contextmanager
 def ebpf_capture(pair: PodPair, settings: RunSettings) -> Iterator[LivePath]:
     """An enrolled pod, the node agent (only this pod in its view), the relay on 15001."""
-    from lab import objects
-
     from agent.daemon import cleanup
     from agent.pinned import BPFFS_ROOT, remove_pins
+    from lab import objects
 
     lab = pair.lab
     lab.add_namespace("mesh", labels=AMBIENT)
@@ -176,10 +179,9 @@ def _wait_workload(agent: NetnsProcess, pin_dir: Path, ip: str, timeout_s: float
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         agent.check_alive()
-        with contextlib.suppress(AgentError):
-            with NodeMaps(pin_dir) as maps:
-                if any(r["pod_ip"] == ip and r["enrolled"] for r in maps.workload_rows()):
-                    return
+        with contextlib.suppress(AgentError), NodeMaps(pin_dir) as maps:
+            if any(r["pod_ip"] == ip and r["enrolled"] for r in maps.workload_rows()):
+                return
         time.sleep(0.1)
     raise BenchError(f"the agent did not enroll {ip} within {timeout_s:.0f} s: {agent.log_tail()}")
 
@@ -219,7 +221,8 @@ class Capture(PodToPod):
         "node1 namespace) -> new connection from node1's address -> fabric -> node2 -> "
         "server pod (Envoy origin on 8080); direct skips the relay"
     )
-    variants = (
+    # PodToPod's attributes are inferred as fixed-length tuples; ours differ in length.
+    variants = (  # type: ignore[assignment]
         Variant(
             "iptables-redirect",
             "nat PREROUTING REDIRECT on the client's veth to the relay (SO_ORIGINAL_DST)",
@@ -232,7 +235,7 @@ class Capture(PodToPod):
         ),
         Variant("direct", "no capture, no relay"),
     )
-    probes = _probes("rr-1", "rr-16", "connect")
+    probes = _probes("rr-1", "rr-16", "connect")  # type: ignore[assignment]
     paths: ClassVar[Mapping[str, PathFactory]] = {
         "iptables-redirect": iptables_redirect,
         "ebpf": ebpf_capture,
