@@ -26,6 +26,7 @@ GROUPS: dict[str, str] = {
     "lab": "lab.cli:cli",
     "maps": "agent.maps_cli:cli",
     "ztunnel": "ztunnel.cli:cli",
+    "ztunnel-config": "ztunnel.cli:config_cli",
 }
 
 

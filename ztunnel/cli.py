@@ -1,10 +1,159 @@
-"""The `ambient ztunnel` commands."""
+"""The `ambient ztunnel` commands, and `ambient ztunnel-config` (reads /config_dump)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
 import click
+
+from ambient.output import emit, output_option
 
 
 @click.group(name="ztunnel")
 def cli() -> None:
     """ztunnel, the node-local L4 proxy."""
+
+
+@cli.command("run")
+@click.option(
+    "--node", "node_name", default="", help="Node this ztunnel serves (empty: all workloads)."
+)
+@click.option(
+    "--state-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Local mode: workloads, services, policies (YAML).",
+)
+@click.option(
+    "--ca-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Local mode: the local CA's key and root (created if missing).",
+)
+@click.option("--trust-domain", default="cluster.local", show_default=True)
+@click.option(
+    "--transparent/--no-transparent",
+    default=True,
+    show_default=True,
+    help="Transparent listeners and source-preserving upstreams (root).",
+)
+@click.option(
+    "--proxy-address",
+    default="0.0.0.0",
+    show_default=True,
+    help="Bind address of proxy, metrics and readiness listeners.",
+)
+@click.option("--hbone-port", default=15008, show_default=True, type=int)
+@click.option("--outbound-port", default=15001, show_default=True, type=int)
+@click.option("--inbound-plaintext-port", default=15006, show_default=True, type=int)
+@click.option("--metrics-port", default=15020, show_default=True, type=int)
+@click.option("--readiness-port", default=15021, show_default=True, type=int)
+@click.option("--admin-port", default=15000, show_default=True, type=int)
+@click.option("--pool-max-streams", default=100, show_default=True, type=int)
+@click.option(
+    "--access-log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["error", "warn", "info", "debug", "trace", "off"]),
+    default="info",
+    show_default=True,
+)
+def run_cmd(**flags: Any) -> None:
+    """Run ztunnel in the current network namespace until /quitquitquit (then drain)."""
+    from ztunnel.app import run
+    from ztunnel.config import ZtunnelConfig
+
+    if flags["transparent"] and os.geteuid() != 0:
+        from ambient.preflight import require
+
+        require("root", what="ambient ztunnel run --transparent")
+    config = ZtunnelConfig(workers=1, **flags)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run(config))
+
+
+SECTIONS = {
+    "workloads": (
+        "workloads",
+        ["namespace", "name", "workloadIps", "node", "protocol", "serviceAccount", "status"],
+    ),
+    "services": ("services", ["namespace", "name", "vips", "ports", "endpoints", "waypoint"]),
+    "policies": ("policies", ["namespace", "name", "scope", "action", "rules", "dryRun"]),
+    "certificates": (
+        "certificates",
+        ["identity", "state", "serial", "validFrom", "expirationTime"],
+    ),
+}
+
+
+def _fetch(admin_url: str) -> dict[str, Any]:
+    from ztunnel.errors import ZtunnelError
+
+    url = admin_url.rstrip("/") + "/config_dump"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - a local admin URL
+            data = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise ZtunnelError(
+            f"cannot read {url}: {err}",
+            hint="is ztunnel running in this network namespace? Its admin is on 127.0.0.1:15000",
+        ) from err
+    assert isinstance(data, dict)
+    return data
+
+
+def _rows(section: str, dump: dict[str, Any]) -> list[dict[str, Any]]:
+    key, columns = SECTIONS[section]
+    rows = []
+    for item in dump.get(key, []):
+        row = dict(item)
+        if section == "certificates":
+            chain = row.get("certChain") or [{}]
+            row.update(
+                {
+                    "serial": chain[-1].get("serialNumber"),
+                    "validFrom": chain[-1].get("validFrom"),
+                    "expirationTime": chain[-1].get("expirationTime"),
+                }
+            )
+        if section == "services":
+            row["endpoints"] = len(row.get("endpoints", {}))
+        if section == "policies":
+            row["rules"] = len(row.get("rules", []))
+        rows.append({c: row.get(c) for c in columns})
+    return rows
+
+
+@click.command(name="ztunnel-config")
+@click.argument("section", type=click.Choice([*SECTIONS, "all"]))
+@click.option(
+    "--admin-url",
+    default="http://127.0.0.1:15000",
+    show_default=True,
+    help="ztunnel's admin endpoint.",
+)
+@output_option
+def config_cli(section: str, admin_url: str, output: str) -> None:
+    """Show what a ztunnel knows, like istioctl ztunnel-config.
+
+    SECTION is workloads, services, policies, certificates or all.
+    """
+    dump = _fetch(admin_url)
+    if section == "all":
+        if output == "table":
+            for name in SECTIONS:
+                click.echo(f"# {name}")
+                emit(_rows(name, dump), output, SECTIONS[name][1])
+            return
+        emit(dump, output)
+        return
+    if output == "table":
+        emit(_rows(section, dump), output, SECTIONS[section][1])
+    else:
+        emit(dump.get(SECTIONS[section][0], []), output)

@@ -50,6 +50,10 @@ class ZtunnelConfig:
     """Admin: ``/config_dump``, ``/logging``, ``/quitquitquit``."""
     admin_address: str = "127.0.0.1"
     """Admin listens on localhost only."""
+    proxy_address: str = "0.0.0.0"
+    """Address the proxy, metrics and readiness listeners bind (all, in the node namespace)."""
+    transparent: bool = True
+    """Transparent listeners and source-preserving upstream sockets (needs CAP_NET_ADMIN)."""
 
     state_file: Path | None = None
     """Local mode: workloads, services and policies from this YAML file instead of xDS."""

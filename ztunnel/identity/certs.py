@@ -212,6 +212,26 @@ class LocalCA:
         )
         return cls(key, root)
 
+    @classmethod
+    def from_pem(cls, key_pem: bytes, root_pem: bytes) -> LocalCA:
+        """A CA from its saved key and root certificate; checks they belong together."""
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+            root = x509.load_pem_x509_certificate(root_pem)
+        except (ValueError, TypeError) as err:
+            raise CertificateError(f"unparsable CA key or root certificate: {err}") from err
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != root.public_key():
+            raise CertificateError(
+                "the CA key does not belong to the CA root certificate",
+                hint="keep ca-key.pem and root-cert.pem from the same CA together",
+            )
+        return cls(key, root)
+
+    @property
+    def key_pem(self) -> bytes:
+        """The CA's private key, PEM (to persist the CA; keep it 0600)."""
+        return key_to_pem(self._key)
+
     @property
     def root_pem(self) -> bytes:
         """The root certificate, PEM (what every peer trusts)."""

@@ -1,0 +1,121 @@
+"""A whole ztunnel process on loopback (no root): readiness, metrics, admin, reload, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from ztunnel.app import Ztunnel
+from ztunnel.cli import config_cli
+from ztunnel.config import ZtunnelConfig
+
+STATE = """
+workloads:
+- {name: backend-1, namespace: demo, serviceAccount: backend, workloadIps: [127.0.0.3],
+   protocol: HBONE, node: n1}
+- {name: elsewhere, namespace: demo, serviceAccount: remote, workloadIps: [127.0.0.9],
+   protocol: HBONE, node: n2}
+"""
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def http(url: str, method: str = "GET") -> tuple[int, str]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+async def scenario(tmp_path: Path) -> None:
+    state_file = tmp_path / "state.yaml"
+    state_file.write_text(STATE)
+    ports = free_ports(6)
+    config = ZtunnelConfig(
+        node_name="n1",
+        state_file=state_file,
+        ca_dir=tmp_path / "ca",
+        transparent=False,
+        proxy_address="127.0.0.1",
+        outbound_port=ports[0],
+        inbound_plaintext_port=ports[1],
+        hbone_port=ports[2],
+        metrics_port=ports[3],
+        readiness_port=ports[4],
+        admin_port=ports[5],
+        workers=1,
+        drain_timeout=1.0,
+    )
+    ztunnel = Ztunnel(config)
+    await ztunnel.start()
+    try:
+        base = f"http://127.0.0.1:{ports[5]}"
+        assert await asyncio.to_thread(http, f"http://127.0.0.1:{ports[4]}/healthz/ready") == (
+            200,
+            "ready\n",
+        )
+        status, metrics = await asyncio.to_thread(
+            http, f"http://127.0.0.1:{ports[3]}/stats/prometheus"
+        )
+        assert status == 200 and 'istio_build{component="ztunnel"' in metrics
+        status, body = await asyncio.to_thread(http, f"{base}/config_dump")
+        dump = json.loads(body)
+        assert [w["name"] for w in dump["workloads"]] == ["backend-1", "elsewhere"]
+        # Only the local workload's identity gets a certificate.
+        (cert,) = dump["certificates"]
+        assert cert["identity"] == "spiffe://cluster.local/ns/demo/sa/backend"
+        assert cert["state"] == "Available" and cert["certChain"][0]["serialNumber"]
+        assert (tmp_path / "ca" / "ca-key.pem").stat().st_mode & 0o777 == 0o600
+
+        runner = CliRunner()
+        result = await asyncio.to_thread(
+            runner.invoke, config_cli, ["workloads", "--admin-url", base]
+        )
+        assert result.exit_code == 0, result.output
+        assert "backend-1" in result.output and "127.0.0.3" in result.output
+        result = await asyncio.to_thread(
+            runner.invoke, config_cli, ["certificates", "--admin-url", base, "-o", "json"]
+        )
+        assert json.loads(result.output)[0]["state"] == "Available"
+
+        # A broken state file keeps the last good state; a fixed one is taken.
+        state_file.write_text("workloads: [{name: x}]\n")
+        os.utime(state_file, (1, 1))
+        assert not ztunnel.reload_state()
+        assert len(ztunnel.state.workloads) == 2
+        state_file.write_text(STATE.split("- {name: elsewhere", maxsplit=1)[0])
+        os.utime(state_file, (2, 2))
+        assert ztunnel.reload_state() and len(ztunnel.state.workloads) == 1
+
+        assert (await asyncio.to_thread(http, f"{base}/logging?level=debug", "POST"))[0] == 200
+        assert (await asyncio.to_thread(http, f"{base}/logging"))[0] == 405
+        assert (await asyncio.to_thread(http, f"{base}/nothing"))[0] == 404
+        assert await asyncio.to_thread(http, f"{base}/quitquitquit", "POST") == (200, "draining\n")
+        await asyncio.wait_for(ztunnel.wait(), 5)
+        assert not ztunnel.ready()
+    finally:
+        await ztunnel.stop()
+    # Drained: the proxy listeners no longer accept.
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", ports[2])) != 0
+
+
+def test_ztunnel_process_on_loopback(tmp_path: Path) -> None:
+    asyncio.run(asyncio.wait_for(scenario(tmp_path), 60))

@@ -1,0 +1,329 @@
+"""One ztunnel process: state, identities, the proxy listeners, admin, metrics, readiness.
+
+This is the asyncio shell that wires the pure parts together. Local mode: the mesh
+state comes from ``config.state_file`` (re-read when it changes; a bad file is
+logged and the last good state stays in force) and certificates from a local CA
+kept in ``config.ca_dir``. The control-plane issue replaces both with xDS and the
+CA client behind the same :class:`~ztunnel.state.proxy_state.ProxyState` and
+:class:`~ztunnel.identity.store.IdentityStore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import random
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from ztunnel.admin import Request, Response, config_dump, serve_http
+from ztunnel.config import ZtunnelConfig
+from ztunnel.errors import StateFileError, ZtunnelError
+from ztunnel.identity.certs import LocalCA
+from ztunnel.identity.store import IdentityStore, Issuer, local_issuer, utc_now
+from ztunnel.metrics import TcpMetrics, new_registry, render
+from ztunnel.proxy.connector import HboneConnector
+from ztunnel.proxy.pool import ConnectionPool
+from ztunnel.proxy.proxy import Proxy
+from ztunnel.proxy.sockets import SocketFactory
+from ztunnel.state.local_file import load_state_file
+from ztunnel.state.proxy_state import ProxyState
+
+log = logging.getLogger("ztunnel")
+
+StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
+
+LOG_LEVELS = {
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": logging.DEBUG,
+    "off": logging.CRITICAL + 10,
+}
+
+
+def load_or_create_ca(directory: Path | None, trust_domain: str, now: dt.datetime) -> LocalCA:
+    """The local CA kept in ``directory`` (created on first use), or an ephemeral one."""
+    if directory is None:
+        return LocalCA.create(now, trust_domain=trust_domain)
+    key_path, root_path = directory / "ca-key.pem", directory / "root-cert.pem"
+    if key_path.exists() and root_path.exists():
+        return LocalCA.from_pem(key_path.read_bytes(), root_path.read_bytes())
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = LocalCA.create(now, trust_domain=trust_domain)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(ca.key_pem)
+    root_path.write_bytes(ca.root_pem)
+    return ca
+
+
+class Ztunnel:
+    """A running ztunnel: call :meth:`start`, then :meth:`wait`, and :meth:`stop` to drain."""
+
+    def __init__(
+        self,
+        config: ZtunnelConfig,
+        *,
+        sockets: SocketFactory | None = None,
+        issuer: Issuer | None = None,
+        roots_pem: bytes | None = None,
+    ) -> None:
+        self.config = config
+        self.sockets = sockets or SocketFactory(
+            transparent=config.transparent, connect_timeout=config.connect_timeout
+        )
+        if issuer is None or roots_pem is None:
+            ca = load_or_create_ca(config.ca_dir, config.trust_domain, utc_now())
+            issuer, roots_pem = local_issuer(ca, ttl=config.certificate_ttl), ca.root_pem
+        self.identities = IdentityStore(roots_pem, issuer)
+        self.registry = new_registry()
+        self.metrics = TcpMetrics(self.registry)
+        self.state = ProxyState()
+        self.state_loaded = False
+        self._state_mtime: float | None = None
+        self.connector = HboneConnector(
+            self.identities,
+            self.sockets,
+            ConnectionPool(config.pool_max_streams, config.pool_idle_timeout),
+            config.hbone,
+            response_timeout=config.connect_timeout,
+        )
+        self.proxy = Proxy(
+            config,
+            state=lambda: self.state,
+            identities=self.identities,
+            metrics=self.metrics,
+            sockets=self.sockets,
+            connector=self.connector,
+            rng=random.Random(),  # noqa: S311 - balancing and trace ids, not secrets
+        )
+        self._servers: list[asyncio.Server] = []
+        self._admin_servers: list[asyncio.Server] = []
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self.stopping = asyncio.Event()
+        logging.getLogger("ztunnel").setLevel(LOG_LEVELS[config.log_level])
+
+    # --- state --------------------------------------------------------------
+
+    def reload_state(self) -> bool:
+        """Re-read the state file if it changed; True when a new state took effect."""
+        path = self.config.state_file
+        if path is None:
+            self.state_loaded = True
+            return False
+        try:
+            mtime = path.stat().st_mtime
+        except OSError as err:
+            log.error("state file %s: %s", path, err)
+            return False
+        if mtime == self._state_mtime:
+            return False
+        self._state_mtime = mtime
+        try:
+            loaded = load_state_file(path)
+        except StateFileError as err:
+            log.error(
+                "%s (keeping the last good state)%s", err, f"; hint: {err.hint}" if err.hint else ""
+            )
+            return False
+        self.state = loaded.to_proxy_state()
+        self.state_loaded = True
+        self.identities.track(
+            w.identity
+            for w in self.state.workloads.values()
+            if not self.config.node_name or w.node == self.config.node_name
+        )
+        log.info(
+            "state: %d workloads, %d services, %d policies",
+            len(self.state.workloads),
+            len(self.state.services),
+            len(self.state.policies),
+        )
+        return True
+
+    async def _watch_state(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.reload_state()
+
+    async def _expire_pool(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.config.pool_idle_timeout))
+            self.connector.expire_idle()
+
+    # --- readiness and admin ----------------------------------------------
+
+    def ready(self) -> bool:
+        """Ready when the state and every local identity's certificate are loaded."""
+        return self.state_loaded and self.identities.ready() and not self.stopping.is_set()
+
+    async def _readiness(self, request: Request) -> Response:
+        if request.path != "/healthz/ready":
+            return Response(404, b"not found\n")
+        return Response(200, b"ready\n") if self.ready() else Response(503, b"not ready\n")
+
+    async def _metrics(self, request: Request) -> Response:
+        if request.path not in ("/metrics", "/stats/prometheus"):
+            return Response(404, b"not found\n")
+        body, content_type = render(self.registry, request.headers.get("accept"))
+        return Response(200, body, content_type)
+
+    async def _admin(self, request: Request) -> Response:
+        if request.path == "/config_dump":
+            return Response.json(
+                config_dump(self.state, self.identities.dump(), self.config.describe())
+            )
+        if request.path == "/logging":
+            return self._logging(request)
+        if request.path == "/quitquitquit":
+            if request.method != "POST":
+                return Response(405, b"use POST\n")
+            self.stopping.set()
+            return Response(200, b"draining\n")
+        return Response(404, b"not found\n")
+
+    def _logging(self, request: Request) -> Response:
+        if request.method != "POST":
+            return Response(405, b"use POST\n")
+        logger = logging.getLogger("ztunnel")
+        if "reset" in request.query:
+            logger.setLevel(LOG_LEVELS[self.config.log_level])
+        elif "level" in request.query:
+            level = request.query["level"][0].rsplit(":", 1)[-1]
+            if level not in LOG_LEVELS:
+                return Response(400, f"unknown level {level!r}\n".encode())
+            logger.setLevel(LOG_LEVELS[level])
+        name = logging.getLevelName(logger.getEffectiveLevel()).lower()
+        return Response(200, f"current log level is {name}\n".encode())
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def _tracked(self, handler: StreamHandler) -> StreamHandler:
+        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._connections.add(task)
+            try:
+                await handler(reader, writer)
+            finally:
+                self._connections.discard(task)
+
+        return run
+
+    async def _listen(
+        self,
+        host: str,
+        port: int,
+        handler: StreamHandler,
+        *,
+        transparent: bool,
+        admin: bool = False,
+    ) -> None:
+        sock = self.sockets.listener(host, port, transparent=transparent)
+        server = await asyncio.start_server(handler, sock=sock)
+        (self._admin_servers if admin else self._servers).append(server)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def start(self) -> None:
+        """Load state, get certificates, open every listener."""
+        if self.config.state_file is not None:
+            self.reload_state()
+            if not self.state_loaded:
+                raise ZtunnelError(
+                    f"cannot load the state file {self.config.state_file}",
+                    hint="see the error above; ztunnel needs one good state to start",
+                )
+        else:
+            self.state_loaded = True
+        await self.identities.refresh_due()
+        cfg = self.config
+        proxy_host, transparent = cfg.proxy_address, cfg.transparent
+        await self._listen(
+            proxy_host,
+            cfg.outbound_port,
+            self._tracked(self.proxy.handle_outbound),
+            transparent=transparent,
+        )
+        await self._listen(
+            proxy_host,
+            cfg.inbound_plaintext_port,
+            self._tracked(self.proxy.handle_plaintext),
+            transparent=transparent,
+        )
+        await self._listen(
+            proxy_host,
+            cfg.hbone_port,
+            self._tracked(self.proxy.handle_hbone),
+            transparent=transparent,
+        )
+        await self._listen(
+            proxy_host, cfg.metrics_port, serve_http(self._metrics), transparent=False, admin=True
+        )
+        await self._listen(
+            proxy_host,
+            cfg.readiness_port,
+            serve_http(self._readiness),
+            transparent=False,
+            admin=True,
+        )
+        await self._listen(
+            cfg.admin_address,
+            cfg.admin_port,
+            serve_http(self._admin),
+            transparent=False,
+            admin=True,
+        )
+        self._spawn(self.identities.run())
+        self._spawn(self._expire_pool())
+        if cfg.state_file is not None:
+            self._spawn(self._watch_state())
+        log.info(
+            "ztunnel listening: outbound %d, plaintext %d, hbone %d",
+            cfg.outbound_port,
+            cfg.inbound_plaintext_port,
+            cfg.hbone_port,
+        )
+
+    async def wait(self) -> None:
+        """Until ``/quitquitquit`` (or :meth:`stop`) asks to stop."""
+        await self.stopping.wait()
+
+    async def stop(self) -> None:
+        """Drain: stop accepting, let connections finish up to ``drain_timeout``, then close."""
+        self.stopping.set()
+        for server in self._servers:
+            server.close()
+        if self._connections:
+            _, pending = await asyncio.wait(
+                set(self._connections), timeout=self.config.drain_timeout
+            )
+            for task in pending:
+                task.cancel()
+        await self.connector.close()
+        for server in self._admin_servers:
+            server.close()
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def run(config: ZtunnelConfig) -> None:
+    """Run a ztunnel until ``/quitquitquit`` or cancellation, then drain."""
+    ztunnel = Ztunnel(config)
+    await ztunnel.start()
+    try:
+        await ztunnel.wait()
+    finally:
+        await ztunnel.stop()
