@@ -9,7 +9,9 @@ A checkout that has not run ``make setup`` gets one clear error instead of an
 
 from __future__ import annotations
 
+import base64
 import importlib
+import ipaddress
 from types import ModuleType
 from typing import Any
 
@@ -54,3 +56,28 @@ def service_resource_name(namespace: str, hostname: str) -> str:
 def authorization_resource_name(namespace: str, name: str) -> str:
     """The xDS name of an Authorization resource: ``<namespace>/<name>``."""
     return f"{namespace}/{name}"
+
+
+_ADDRESS_FIELDS = frozenset({"address", "addresses"})
+
+
+def to_readable_dict(message: Any) -> dict[str, Any]:
+    """A message as JSON-ready data (camelCase keys), with raw addresses as IP text."""
+    from google.protobuf import json_format
+
+    data: dict[str, Any] = json_format.MessageToDict(message)
+    result = _readable(data, "")
+    assert isinstance(result, dict)
+    return result
+
+
+def _readable(value: Any, key: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _readable(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_readable(v, key) for v in value]
+    if key in _ADDRESS_FIELDS and isinstance(value, str):
+        raw = base64.b64decode(value)
+        if len(raw) in (4, 16):
+            return str(ipaddress.ip_address(raw))
+    return value

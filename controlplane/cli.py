@@ -39,3 +39,57 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], output: str, quiet: bo
     else:
         emit([issue_row(i) for i in issues], output)
     ctx.exit(1 if state.errors else 0)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--cluster-id", default="Kubernetes", show_default=True, help="Istio CLUSTER_ID.")
+@click.option("--trust-domain", default="cluster.local", show_default=True)
+@click.option("--domain-suffix", default="cluster.local", show_default=True)
+@click.option("--root-namespace", default="istio-system", show_default=True)
+@output_option
+def resources(
+    paths: tuple[Path, ...],
+    *,
+    cluster_id: str,
+    trust_domain: str,
+    domain_suffix: str,
+    root_namespace: str,
+    output: str,
+) -> None:
+    """Show the workload-API resources ztunnel would receive for these files or folders.
+
+    Rejected objects are left out (run `validate` to see why); the table lists one
+    resource a line, `-o json|yaml` prints the messages themselves.
+    """
+    from api.messages import to_readable_dict
+    from controlplane.validate import validate_paths
+    from controlplane.workloadapi import MeshConfig, translate
+    from controlplane.workloadapi.summary import resource_rows
+
+    state = validate_paths(paths)
+    if state.errors:
+        click.echo(
+            f"note: {len(state.errors)} object(s) rejected and left out; "
+            "see 'ambient controlplane validate'",
+            err=True,
+        )
+    mesh = MeshConfig(
+        cluster_id=cluster_id,
+        trust_domain=trust_domain,
+        domain_suffix=domain_suffix,
+        root_namespace=root_namespace,
+    )
+    snapshot = translate(state, mesh)
+    if output == "table":
+        emit(resource_rows(snapshot), output, columns=["type", "name", "summary"])
+        return
+    emit(
+        {
+            "addresses": {k: to_readable_dict(v) for k, v in sorted(snapshot.addresses.items())},
+            "authorizations": {
+                k: to_readable_dict(v) for k, v in sorted(snapshot.authorizations.items())
+            },
+        },
+        output,
+    )

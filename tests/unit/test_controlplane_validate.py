@@ -160,3 +160,66 @@ spec: {selector: {matchLabels: {app: x}}, mtls: {mode: STRICT}}
     ):
         assert expected in out, out
     assert "spec.rules[2]" not in out
+
+
+CLUSTER = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: be, namespace: demo, labels: {app: be}}
+spec: {nodeName: node1, containers: [{name: a, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.244.1.5}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: be, namespace: demo}
+spec: {clusterIP: 10.96.0.3, selector: {app: be}, ports: [{name: http, port: 80, targetPort: http}]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: broken, namespace: demo}
+status: {podIP: 999.1.1.1}
+"""
+
+
+def test_resources_command_shows_what_ztunnel_would_get(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(CLUSTER)
+    result = CliRunner().invoke(
+        root, ["controlplane", "resources", "--cluster-id", "lab", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("note: 1 object(s) rejected")
+    assert lines[2].split() == [
+        "service",
+        "demo/be.demo.svc.cluster.local",
+        "10.96.0.3",
+        "ports=80->named",
+    ]
+    assert lines[3].split()[:6] == [
+        "workload",
+        "lab//Pod/demo/be",
+        "10.244.1.5",
+        "HBONE",
+        "node=node1",
+        "sa=default",
+    ]
+    static = "istio-system/istio_converted_static_strict"
+    assert lines[4].split() == ["authorization", static, "WORKLOAD_SELECTOR", "DENY", "rules=1"]
+
+    result = CliRunner().invoke(root, ["controlplane", "resources", "-o", "json", str(tmp_path)])
+    data = json.loads(result.output.split("\n", 1)[1])
+    wl = data["addresses"]["Kubernetes//Pod/demo/be"]["workload"]
+    assert wl["addresses"] == ["10.244.1.5"]
+    assert wl["services"]["demo/be.demo.svc.cluster.local"]["ports"] == [
+        {"servicePort": 80, "targetPort": 8080, "appProtocol": "HTTP11"}
+    ]
+    assert list(data["authorizations"]) == ["istio-system/istio_converted_static_strict"]
