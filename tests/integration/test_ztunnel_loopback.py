@@ -214,3 +214,50 @@ async def bad_peers() -> None:
 
 def test_foreign_root_and_trust_domain_are_refused_and_counted() -> None:
     asyncio.run(asyncio.wait_for(bad_peers(), 60))
+
+
+async def hostile(mesh: Mesh, rng: random.Random, kind: int, good: ssl.SSLContext) -> None:
+    """One hostile connection to 15008: garbage, a truncated TLS record, or bad HTTP/2."""
+    if kind == 1:
+        reader, writer = await asyncio.open_connection(
+            SERVER, mesh.hbone_port, ssl=good, server_hostname=None, ssl_handshake_timeout=5
+        )
+        junk = rng.randbytes(rng.randint(1, 400))
+        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + junk[: rng.randint(0, len(junk))])
+    else:
+        reader, writer = await asyncio.open_connection(SERVER, mesh.hbone_port)
+        if kind == 0:
+            writer.write(rng.randbytes(rng.randint(1, 2000)))
+        else:  # a TLS handshake record header promising more than is sent
+            writer.write(b"\x16\x03\x01\x02\x00" + rng.randbytes(rng.randint(0, 100)))
+    try:
+        await asyncio.wait_for(reader.read(65536), 0.2)
+    except (TimeoutError, ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
+
+
+async def fuzz() -> None:
+    async with Mesh() as mesh:
+        rng = random.Random(7)
+        now = dt.datetime.now(dt.UTC)
+        good = client_context(
+            mesh.ca.issue(SpiffeId("cluster.local", "demo", "client"), now), mesh.ca.root_pem
+        )
+        # A tunnel that lives through the whole fuzz run must be unaffected by it.
+        long_lived = asyncio.create_task(talk(CLIENT, mesh.vip_port, b"x" * 5_000_000))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 4.0
+        count = 0
+        while loop.time() < deadline and count < 150:
+            await asyncio.gather(*(hostile(mesh, rng, (count + i) % 3, good) for i in range(5)))
+            count += 5
+        assert await long_lived == b"x" * 5_000_000
+        payload = rng.randbytes(100_000)
+        assert await talk(CLIENT, mesh.vip_port, payload) == payload
+        assert count >= 30
+
+
+def test_hostile_input_on_15008_leaves_other_connections_alone() -> None:
+    asyncio.run(asyncio.wait_for(fuzz(), 60))
