@@ -667,7 +667,8 @@ class Lab:
 
         ``program`` is ``http-echo``, ``tcp-echo`` or ``client`` (``_`` works too). For the
         servers, the call returns once the port they listen on accepts (``wait_port``
-        overrides the port read from their arguments).
+        overrides the port read from their arguments). ``http-echo`` without a text
+        answers ``Hello from <pod name>``.
         """
         module = program.replace("-", "_")
         if module not in WORKLOADS:
@@ -675,6 +676,9 @@ class Lab:
                 f"unknown workload {program!r}", hint="use one of: " + ", ".join(WORKLOADS)
             )
         the_pod = self.pod(pod)
+        args = list(args)
+        if module == "http_echo" and not any(a.lstrip("-").startswith("text") for a in args):
+            args.insert(0, f"--text=Hello from {the_pod.name}")
         proc_name = name or self._free_name(f"{the_pod.name}-{module.replace('_', '-')}")
         proc = self.spawn(
             the_pod, ["python", "-m", f"lab.workloads.{module}", *args], name=proc_name

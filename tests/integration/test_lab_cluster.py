@@ -118,9 +118,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                         labels={"app": "echo"},
                         service_account="echo",
                     )
-                    lab.start_workload(
-                        pod, "http-echo", [f"-text=Hello from {pod.name}", "-listen=:8080"]
-                    )
+                    # no text given: the lab makes it "Hello from <pod name>"
+                    lab.start_workload(pod, "http-echo", ["-listen=:8080"])
             lab.add_service(
                 "echo",
                 namespace="demo",
