@@ -4,6 +4,7 @@ identity, verified against the mesh root, over TLS 1.3."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def test_server_sidecar_admits_only_the_client_identity(tmp_path: Path) -> None:
     settings = RunSettings(
         rounds=1, duration_s=1.0, quick=True, work_dir=tmp_path, lab_prefix="bnmt"
     )
-    with Lab.create(LabSpec(name="bnmtls", nodes=2, outside=False)) as lab:
+    name = f"bm{os.getpid() % 10000}tls"  # unique per process: suites may run concurrently
+    with Lab.create(LabSpec(name=name, nodes=2, outside=False)) as lab:
         client = lab.add_pod("client", namespace="bench", node="node1", service_account="client")
         server = lab.add_pod("server", namespace="bench", node="node2", service_account="server")
         with contextlib.ExitStack() as stack:

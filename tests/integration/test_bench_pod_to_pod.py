@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -13,12 +14,13 @@ from bench.runner import run_all
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
-PREFIX = "bnit"
+# unique per process: another checkout's test suite may run the same test at once
+PREFIX = f"bt{os.getpid() % 10000}"
 
 
 def _lab_namespaces() -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    return [line.split()[0] for line in out.stdout.splitlines() if line.startswith(PREFIX)]
+    return [line.split()[0] for line in out.stdout.splitlines() if line.startswith(f"{PREFIX}p2p-")]
 
 
 def test_quick_run_writes_sane_reports(tmp_path: Path) -> None:
