@@ -183,7 +183,7 @@ class PodToPod(Case):
         "envoy-mtls adds 127.0.0.1 -> client Envoy at the start and server Envoy -> "
         "127.0.0.1 at the end, with TLS on the wire between the pods"
     )
-    variants = (
+    variants: ClassVar[tuple[Variant, ...]] = (
         Variant("direct", "client dials the server pod's IP; no proxy", baseline=True),
         Variant(
             "envoy-mtls",
@@ -191,7 +191,7 @@ class PodToPod(Case):
             "which forwards to the app on 127.0.0.1 (2 workers each)",
         ),
     )
-    probes = PROBES
+    probes: ClassVar[tuple[Probe, ...]] = PROBES
     paths: ClassVar[Mapping[str, PathFactory]] = {"direct": direct, "envoy-mtls": envoy_pair()}
     """How each variant's path is built (subclasses add theirs)."""
     lab_suffix: ClassVar[str] = "p2p"
