@@ -314,6 +314,23 @@ class Source:
     not_ip_blocks: tuple[str, ...] = ()
     remote_ip_blocks: tuple[str, ...] = ()
     not_remote_ip_blocks: tuple[str, ...] = ()
+    trust_domains: tuple[str, ...] = ()
+    not_trust_domains: tuple[str, ...] = ()
+
+    def has_l4_fields(self) -> bool:
+        """Whether any field ztunnel can evaluate is set."""
+        return any(
+            (
+                self.principals,
+                self.not_principals,
+                self.namespaces,
+                self.not_namespaces,
+                self.service_accounts,
+                self.not_service_accounts,
+                self.ip_blocks,
+                self.not_ip_blocks,
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -338,6 +355,16 @@ class Condition:
     values: tuple[str, ...] = ()
     not_values: tuple[str, ...] = ()
 
+
+L7_SOURCE_FIELDS = (
+    "request_principals",
+    "not_request_principals",
+    "remote_ip_blocks",
+    "not_remote_ip_blocks",
+    "trust_domains",
+    "not_trust_domains",
+)
+"""``from.source`` fields ztunnel cannot evaluate (istiod reports them as unsupported)."""
 
 L4_CONDITION_KEYS = (
     "source.ip",
@@ -368,16 +395,24 @@ class Rule:
                 if getattr(op, name) and name not in found:
                     found.append(name)
         for src in self.sources:
-            for name in (
-                "request_principals",
-                "not_request_principals",
-                "remote_ip_blocks",
-                "not_remote_ip_blocks",
-            ):
+            for name in L7_SOURCE_FIELDS:
                 if getattr(src, name) and name not in found:
                     found.append(name)
         found += [c.key for c in self.conditions if c.key not in L4_CONDITION_KEYS]
         return found
+
+    def matches_anything_at_l4(self) -> bool:
+        """Whether the rule, with its L7 parts left out, can still match at ztunnel.
+
+        Left out, an L7-only entry becomes an empty match, which ztunnel skips: a
+        ``to`` or ``from`` list of only such entries, or any L7 condition, makes the
+        whole rule match nothing.
+        """
+        if self.operations and not any(op.ports or op.not_ports for op in self.operations):
+            return False
+        if self.sources and not any(src.has_l4_fields() for src in self.sources):
+            return False
+        return all(c.key in L4_CONDITION_KEYS for c in self.conditions)
 
 
 @dataclass(frozen=True)

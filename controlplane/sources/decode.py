@@ -402,8 +402,9 @@ def _selector(spec: Fields) -> FrozenMap[str, str] | None:
     selector.reject_unknown({"matchLabels"})
     labels = selector.str_map("matchLabels")
     if not labels:
-        selector.error(
-            "matchLabels", "must name at least one label (leave the selector out to select all)"
+        spec.warn(
+            "selector",
+            "an empty selector selects the whole namespace, as if it were left out",
         )
         return None
     return labels
@@ -471,6 +472,8 @@ _SOURCE_FIELDS = {
     "notIpBlocks": "not_ip_blocks",
     "remoteIpBlocks": "remote_ip_blocks",
     "notRemoteIpBlocks": "not_remote_ip_blocks",
+    "trustDomains": "trust_domains",
+    "notTrustDomains": "not_trust_domains",
 }
 _OPERATION_FIELDS = {
     "hosts": "hosts",
@@ -548,8 +551,14 @@ def _warn_l7(spec: Fields, index: int, rule: Rule, action: AuthorizationAction) 
     uses = f"uses L7 attributes ({', '.join(l7)}) that ztunnel cannot see"
     if action is AuthorizationAction.ALLOW:
         spec.warn(f"rules[{index}]", f"{uses}: ztunnel drops this rule (it allows nothing)")
-    else:
+    elif rule.matches_anything_at_l4():
         spec.warn(f"rules[{index}]", f"{uses}: ztunnel enforces its L4 part only (denies more)")
+    else:
+        spec.warn(
+            f"rules[{index}]",
+            f"{uses}: without them the rule matches nothing, so it has no effect in "
+            "ztunnel; enforce it with a waypoint",
+        )
 
 
 def _target_refs(spec: Fields) -> tuple[TargetRef, ...]:
@@ -605,6 +614,12 @@ def _source(source: Fields) -> Source:
                 _check_service_account(source, path, value)
             else:
                 _check_wildcard(source, path, value)
+                if "principals" in attr and value.startswith("spiffe://"):
+                    source.warn(
+                        path,
+                        f"{value!r} never matches: principals are written without "
+                        "'spiffe://' (<trust-domain>/ns/<namespace>/sa/<account>)",
+                    )
     if not any(values.values()):
         source.error(None, "must not be empty (name at least one field)")
     if (values["principals"] or values["not_principals"]) and (

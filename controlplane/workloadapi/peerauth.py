@@ -82,45 +82,64 @@ def _is_strict(mode: MtlsMode) -> bool:
 
 
 def converted_message(pa: PeerAuthentication, inherited: MtlsMode) -> Any | None:
-    """The DENY authorization for a selector policy whose ports differ, or None.
+    """The DENY authorization for a selector policy with port-level modes, or None.
 
-    None means the policy is expressed by the static strict policy (or by nothing).
+    Laid out as istiod does: one rule per STRICT port under a non-STRICT workload
+    (deny plaintext to that port), and one rule whose clauses deny plaintext except to
+    the PERMISSIVE/DISABLE ports under a STRICT one. None means the static strict
+    policy (or nothing) expresses the policy. ``inherited`` is the namespace/mesh mode.
     """
-    if pa.selector is None:
+    if pa.selector is None or not pa.port_level_mtls:
         return None
-    top = pa.mode if pa.mode is not MtlsMode.UNSET else inherited
-    port_modes = {
-        port: mode for port, mode in pa.port_level_mtls.items() if mode is not MtlsMode.UNSET
-    }
-    strict_ports = sorted(p for p, m in port_modes.items() if _is_strict(m))
-    loose_ports = sorted(p for p, m in port_modes.items() if not _is_strict(m))
-    no_principal = [sec.StringMatch(presence={})]
-    if _is_strict(top):
-        if not loose_ports:
-            return None
-        match = sec.Match(not_principals=no_principal, not_destination_ports=loose_ports)
-    else:
-        if not strict_ports:
-            return None
-        match = sec.Match(not_principals=no_principal, destination_ports=strict_ports)
+    inherited_strict = _is_strict(inherited)
+    top_strict = _is_strict(pa.mode) or (pa.mode is MtlsMode.UNSET and inherited_strict)
+    rules: list[Any] = []
+    clauses: list[Any] = []
+    if _is_strict(pa.mode):
+        clauses.append(_clause(not_principals=_no_principal()))
+    found_loose = False
+    for port, mode in sorted(pa.port_level_mtls.items()):
+        if _is_strict(mode) and not top_strict:
+            clause = _clause(not_principals=_no_principal(), destination_ports=[port])
+            rules.append(sec.Rule(clauses=[clause]))
+        elif mode in (MtlsMode.PERMISSIVE, MtlsMode.DISABLE) and top_strict:
+            found_loose = True
+            clauses.append(_clause(not_destination_ports=[port]))
+    if _is_strict(pa.mode) and not found_loose:
+        return None
+    if found_loose and not _is_strict(pa.mode):
+        # Strictness inherited from the namespace or mesh is merged in, so that the
+        # workload can list this policy instead of the static strict one.
+        clauses.append(_clause(not_principals=_no_principal()))
+    if clauses:
+        rules.append(sec.Rule(clauses=clauses))
+    if not rules:
+        return None
     return sec.Authorization(
         name=CONVERTED_PREFIX + pa.name,
         namespace=pa.namespace,
         scope=sec.WORKLOAD_SELECTOR,
         action=sec.DENY,
-        rules=[sec.Rule(clauses=[sec.Clause(matches=[match])])],
+        rules=rules,
     )
+
+
+def _no_principal() -> list[Any]:
+    return [sec.StringMatch(presence={})]
+
+
+def _clause(**match: Any) -> Any:
+    return sec.Clause(matches=[sec.Match(**match)])
 
 
 def static_strict_message(root_namespace: str) -> Any:
     """The shared policy that refuses plaintext to STRICT workloads."""
-    match = sec.Match(not_principals=[sec.StringMatch(presence={})])
     return sec.Authorization(
         name=STATIC_STRICT_NAME,
         namespace=root_namespace,
         scope=sec.WORKLOAD_SELECTOR,
         action=sec.DENY,
-        rules=[sec.Rule(clauses=[sec.Clause(matches=[match])])],
+        rules=[sec.Rule(clauses=[_clause(not_principals=_no_principal())])],
     )
 
 

@@ -84,11 +84,14 @@ def service_message(service: Service, mesh: MeshConfig) -> Any:
 
 
 def workload_ports(service: Service, pod: Pod) -> Any:
-    """The ``PortList`` a pod serves for a service; unresolvable named ports are left out."""
+    """The ``PortList`` a pod serves for a service; unresolvable named ports are left out.
+
+    As in istiod, the protocol is on the service's ports only.
+    """
     ports = []
     for p in service.ports:
         target = p.target_port if isinstance(p.target_port, int) else pod.named_port(p.target_port)
         if target is None:
             continue
-        ports.append(wl.Port(service_port=p.port, target_port=target, app_protocol=app_protocol(p)))
+        ports.append(wl.Port(service_port=p.port, target_port=target))
     return wl.PortList(ports=ports)

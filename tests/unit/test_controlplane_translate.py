@@ -111,7 +111,7 @@ def test_enrolled_pod_becomes_an_hbone_workload(tmp_path: Path) -> None:
         "services": {
             "demo/backend.demo.svc.cluster.local": {
                 "ports": [
-                    {"service_port": 80, "target_port": 8080, "app_protocol": "HTTP11"},
+                    {"service_port": 80, "target_port": 8080},
                     {"service_port": 9000, "target_port": 9000},
                 ]
             }
@@ -305,7 +305,7 @@ AP_CASES: list[tuple[str, str, dict[str, Any] | None]] = [
                 {"matches": [{
                     "principals": [
                         {"exact": "cluster.local/ns/demo/sa/frontend"},
-                        {"exact": "cluster.local/ns/x/sa/y"},
+                        {"exact": "spiffe://cluster.local/ns/x/sa/y"},
                         {"prefix": "cluster.local/ns/ops/"},
                         {"suffix": "/sa/admin"},
                         {"presence": {}},
@@ -408,7 +408,12 @@ AP_CASES: list[tuple[str, str, dict[str, Any] | None]] = [
                     {"matches": [{"destination_ports": [8080]}]},
                     {"matches": [{"namespaces": [{"exact": "legacy"}]}]},
                 ]},
-                {"clauses": [{"matches": [{"principals": [{"suffix": "/sa/intruder"}]}]}]},
+                # L7-only parts become empty matches, which ztunnel skips: no effect.
+                {"clauses": [
+                    {"matches": [{}]},
+                    {"matches": [{"principals": [{"suffix": "/sa/intruder"}]}]},
+                    {"matches": [{}]},
+                ]},
             ],
         },
     ),
@@ -531,22 +536,35 @@ def test_static_strict_policy_message(tmp_path: Path) -> None:
     assert as_dict(snap.authorizations[STATIC]) == STATIC_DICT
 
 
+NO_PRINCIPAL: dict[str, Any] = {"not_principals": [{"presence": {}}]}
+
+
 @pytest.mark.parametrize(
-    ("spec", "match"),
+    ("policies", "rules"),
     [
-        (f"{{{BACKEND}, mtls: {{mode: STRICT}}, portLevelMtls: {{8080: {{mode: PERMISSIVE}}, 8443: {{mode: DISABLE}}}}}}",
-         {"not_principals": [{"presence": {}}], "not_destination_ports": [8080, 8443]}),
-        (f"{{{BACKEND}, mtls: {{mode: PERMISSIVE}}, portLevelMtls: {{9000: {{mode: STRICT}}, 8080: {{mode: DISABLE}}}}}}",
-         {"not_principals": [{"presence": {}}], "destination_ports": [9000]}),
+        (peer("be", f"{{{BACKEND}, mtls: {{mode: STRICT}}, portLevelMtls: {{8443: {{mode: DISABLE}}, 8080: {{mode: PERMISSIVE}}}}}}"),
+         [{"clauses": [{"matches": [NO_PRINCIPAL]},
+                       {"matches": [{"not_destination_ports": [8080]}]},
+                       {"matches": [{"not_destination_ports": [8443]}]}]}]),
+        (peer("be", f"{{{BACKEND}, mtls: {{mode: PERMISSIVE}}, portLevelMtls: {{9000: {{mode: STRICT}}, 9001: {{mode: STRICT}}, 8080: {{mode: DISABLE}}}}}}"),
+         [{"clauses": [{"matches": [{**NO_PRINCIPAL, "destination_ports": [9000]}]}]},
+          {"clauses": [{"matches": [{**NO_PRINCIPAL, "destination_ports": [9001]}]}]}]),
+        (MESH_STRICT + peer("be", f"{{{BACKEND}, portLevelMtls: {{8080: {{mode: DISABLE}}, 9000: {{mode: STRICT}}}}}}"),
+         [{"clauses": [{"matches": [{"not_destination_ports": [8080]}]},
+                       {"matches": [NO_PRINCIPAL]}]}]),
+        (MESH_STRICT + peer("be", f"{{{BACKEND}, mtls: {{mode: PERMISSIVE}}, portLevelMtls: {{9000: {{mode: STRICT}}}}}}"),
+         [{"clauses": [{"matches": [{**NO_PRINCIPAL, "destination_ports": [9000]}]}]}]),
     ],
-    ids=["strict-with-exceptions", "permissive-with-strict-port"],
+    ids=["strict-with-exceptions", "permissive-with-strict-ports", "unset-under-strict-mesh",
+         "permissive-under-strict-mesh"],
 )  # fmt: skip
-def test_converted_port_level_policy(tmp_path: Path, spec: str, match: dict[str, Any]) -> None:
-    snap = snapshot(tmp_path, peer("be", spec))
+def test_converted_port_level_policy(tmp_path: Path, policies: str, rules: list[Any]) -> None:
+    snap = snapshot(tmp_path, policies)
     assert as_dict(snap.authorizations["demo/converted_peer_authentication_be"]) == {
         "name": "converted_peer_authentication_be",
         "namespace": "demo",
         "scope": "WORKLOAD_SELECTOR",
         "action": "DENY",
-        "rules": [{"clauses": [{"matches": [match]}]}],
+        "rules": rules,
     }
+    assert policies_of(snap, "demo", "backend-v1") == ["demo/converted_peer_authentication_be"]

@@ -139,7 +139,10 @@ kind: AuthorizationPolicy
 metadata: {name: deny-l7, namespace: demo}
 spec:
   action: DENY
-  rules: [{to: [{operation: {paths: [/admin], ports: ["80"]}}]}]
+  rules:
+  - to: [{operation: {paths: [/admin], ports: ["80"]}}]
+    from: [{source: {principals: ["spiffe://td/ns/a/sa/b"]}}]
+  - to: [{operation: {methods: [PUT]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -155,7 +158,10 @@ spec: {selector: {matchLabels: {app: x}}, mtls: {mode: STRICT}}
         "AuthorizationPolicy/demo/l7: spec.rules[1]: uses L7 attributes (request.headers[x-a])",
         "p.yaml:10: warning: AuthorizationPolicy/demo/deny-l7: spec.rules[0]: uses L7 attributes "
         "(paths) that ztunnel cannot see: ztunnel enforces its L4 part only (denies more)",
-        "p.yaml:17: warning: PeerAuthentication/istio-system/root-selector: spec.selector: "
+        "p.yaml:10: warning: AuthorizationPolicy/demo/deny-l7: spec.rules[1]: uses L7 attributes "
+        "(methods) that ztunnel cannot see: without them the rule matches nothing",
+        "spec.rules[0].from[0].source.principals[0]: 'spiffe://td/ns/a/sa/b' never matches",
+        "p.yaml:20: warning: PeerAuthentication/istio-system/root-selector: spec.selector: "
         "a selector policy in the root namespace (istio-system) is ignored",
     ):
         assert expected in out, out
@@ -220,6 +226,6 @@ def test_resources_command_shows_what_ztunnel_would_get(tmp_path: Path) -> None:
     wl = data["addresses"]["Kubernetes//Pod/demo/be"]["workload"]
     assert wl["addresses"] == ["10.244.1.5"]
     assert wl["services"]["demo/be.demo.svc.cluster.local"]["ports"] == [
-        {"servicePort": 80, "targetPort": 8080, "appProtocol": "HTTP11"}
+        {"servicePort": 80, "targetPort": 8080}
     ]
     assert list(data["authorizations"]) == ["istio-system/istio_converted_static_strict"]

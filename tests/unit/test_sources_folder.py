@@ -250,8 +250,13 @@ def test_bad_objects_are_skipped_and_the_rest_loads(tmp_path: Path) -> None:
             "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
             "workload controllers are not expanded into pods here; write Pod objects",
         ),
+        (
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\n"
+            "spec: {selector: {matchLabels: {}}, mtls: {mode: STRICT}}\n",
+            "spec.selector: an empty selector selects the whole namespace",
+        ),
     ],
-    ids=["ingress-gateway", "unknown-kind", "injection-label", "deployment"],
+    ids=["ingress-gateway", "unknown-kind", "injection-label", "deployment", "empty-selector"],
 )
 def test_ignored_things_are_warnings(tmp_path: Path, text: str, expected: str) -> None:
     write(tmp_path, "x.yaml", text)
