@@ -117,3 +117,41 @@ def cleanup_cmd(node_id: str, netns: str | None, allow_host_namespace: bool, out
         report = cleanup(pin_dir, None, None)
         report["note"] = f"namespace {netns} is gone; its attachments went with it"
     emit(report, output)
+
+
+@cli.command("check")
+@output_option
+def check(output: str) -> None:
+    """Say what this node's kernel offers the agent: BPF, bpffs, BCC, and our programs.
+
+    Compiles and loads both capture programs (the verifier's verdict) with their maps
+    pinned under a throw-away folder; attaches nothing.
+    """
+    import os
+
+    from ambient.preflight import run_checks
+
+    rows = [
+        {"check": c.name, "status": c.status, "detail": c.detail, "fix": c.fix or None}
+        for c in run_checks(["root", "kernel", "bpf", "bpffs", "bcc"])
+    ]
+    if all(r["status"] != "FAIL" for r in rows):
+        from agent.errors import AgentError
+        from agent.pinned import BPFFS_ROOT, remove_pins
+        from agent.programs import load_program
+
+        scratch = BPFFS_ROOT.parent / f"ambient-check-{os.getpid()}"
+        try:
+            for name in ("pod_egress", "node_ingress"):
+                try:
+                    load_program(name, scratch)
+                    rows.append({"check": name, "status": "PASS", "detail": "compiles, loads"})
+                except AgentError as err:
+                    rows.append(
+                        {"check": name, "status": "FAIL", "detail": err.message, "fix": err.hint}
+                    )
+        finally:
+            remove_pins(scratch)
+    emit(rows, output)
+    if any(r["status"] == "FAIL" for r in rows):
+        raise SystemExit(1)
