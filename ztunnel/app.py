@@ -18,7 +18,7 @@ import os
 import random
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 from ztunnel.admin import Request, Response, config_dump, serve_http
 from ztunnel.config import ZtunnelConfig
@@ -29,11 +29,13 @@ from ztunnel.metrics import TcpMetrics, new_registry, render
 from ztunnel.proxy.connector import HboneConnector
 from ztunnel.proxy.pool import ConnectionPool
 from ztunnel.proxy.proxy import Proxy
-from ztunnel.proxy.sockets import SocketFactory
+from ztunnel.proxy.sockets import SocketFactory, accept_loop
 from ztunnel.state.local_file import load_state_file
 from ztunnel.state.proxy_state import ProxyState
 
 log = logging.getLogger("ztunnel")
+
+P = ParamSpec("P")
 
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
 
@@ -104,6 +106,7 @@ class Ztunnel:
             rng=random.Random(),  # noqa: S311 - balancing and trace ids, not secrets
         )
         self._servers: list[asyncio.Server] = []
+        self._acceptors: list[asyncio.Task[None]] = []
         self._admin_servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[Any]] = set()
         self._background: set[asyncio.Task[Any]] = set()
@@ -205,13 +208,17 @@ class Ztunnel:
 
     # --- lifecycle ----------------------------------------------------------
 
-    def _tracked(self, handler: StreamHandler) -> StreamHandler:
-        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _tracked(
+        self, handler: Callable[P, Coroutine[Any, Any, None]]
+    ) -> Callable[P, Coroutine[Any, Any, None]]:
+        """Wrap a connection handler so that draining can wait for it."""
+
+        async def run(*args: P.args, **kwargs: P.kwargs) -> None:
             task = asyncio.current_task()
             assert task is not None
             self._connections.add(task)
             try:
-                await handler(reader, writer)
+                await handler(*args, **kwargs)
             finally:
                 self._connections.discard(task)
 
@@ -261,11 +268,11 @@ class Ztunnel:
             self._tracked(self.proxy.handle_plaintext),
             transparent=transparent,
         )
-        await self._listen(
-            proxy_host,
-            cfg.hbone_port,
-            self._tracked(self.proxy.handle_hbone),
-            transparent=transparent,
+        # HBONE picks its TLS context per connection (by the pod address reached), so it
+        # takes raw accepted sockets rather than asyncio's ready-made streams.
+        hbone = self.sockets.listener(proxy_host, cfg.hbone_port, transparent=transparent)
+        self._acceptors.append(
+            asyncio.create_task(accept_loop(hbone, self._tracked(self.proxy.handle_hbone)))
         )
         await self._listen(
             proxy_host, cfg.metrics_port, serve_http(self._metrics), transparent=False, admin=True
@@ -304,6 +311,10 @@ class Ztunnel:
         self.stopping.set()
         for server in self._servers:
             server.close()
+        for acceptor in self._acceptors:
+            acceptor.cancel()
+            with contextlib.suppress(BaseException):
+                await acceptor
         if self._connections:
             _, pending = await asyncio.wait(
                 set(self._connections), timeout=self.config.drain_timeout

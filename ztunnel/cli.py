@@ -74,8 +74,14 @@ def run_cmd(**flags: Any) -> None:
 
         require("root", what="ambient ztunnel run --transparent")
     config = ZtunnelConfig(workers=1, **flags)
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional: the standard loop works, only slower
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(config))
+        runner(run(config))
 
 
 SECTIONS = {

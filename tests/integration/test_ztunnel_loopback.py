@@ -28,7 +28,7 @@ from ztunnel.proxy.connector import HboneConnector
 from ztunnel.proxy.hbone import HboneSettings
 from ztunnel.proxy.pool import ConnectionPool
 from ztunnel.proxy.proxy import Proxy
-from ztunnel.proxy.sockets import SocketFactory
+from ztunnel.proxy.sockets import SocketFactory, accept_loop
 from ztunnel.state.local_file import parse_state
 
 CLIENT, SERVER, VIP, OTHER = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
@@ -133,13 +133,13 @@ class Mesh:
             connector=self.connector,
             rng=random.Random(1),
         )
-        self.hbone_server = await asyncio.start_server(proxy.handle_hbone, sock=hbone_sock)
+        self.hbone_server = asyncio.create_task(accept_loop(hbone_sock, proxy.handle_hbone))
         self.outbound_server = await asyncio.start_server(proxy.handle_outbound, sock=outbound_sock)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.outbound_server.close()
-        self.hbone_server.close()
+        self.hbone_server.cancel()
         self.echo_server.close()
         await self.connector.close()
 

@@ -66,9 +66,8 @@ class HboneConnector:
 
     async def _dial(self, key: PoolKey, expected: frozenset[SpiffeId]) -> HboneChannel:
         context = self.identities.context(key.source, server=False)
-        reader, writer = await self.sockets.connect(key.address, key.port)
+        reader, writer = await self.sockets.connect(key.address, key.port, tls=context)
         try:
-            await writer.start_tls(context, ssl_handshake_timeout=self.sockets.connect_timeout)
             ssl_object = writer.get_extra_info("ssl_object")
             verify_peer(ssl_object, expected=expected)
             if not negotiated_h2(ssl_object):

@@ -34,6 +34,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 
 from ztunnel.errors import HboneError, HboneStreamError
 
@@ -48,6 +49,17 @@ REFUSED_STREAM = 0x7
 CANCEL = 0x8
 CONNECT_ERROR = 0xA
 ENHANCE_YOUR_CALM = 0xB
+
+
+def _data_frame_summary(frame: hyperframe.frame.DataFrame) -> str:
+    return f"<{len(frame.data)} bytes>"
+
+
+# h2 formats repr(frame) for a trace log on every received frame, even with logging
+# off, and hyperframe's DataFrame repr copies and hex-encodes the whole payload: at
+# 1 MiB frames that was a third of ztunnel's CPU in bulk transfers. A constant-time
+# summary keeps the (never printed) trace line cheap.
+hyperframe.frame.DataFrame._body_repr = _data_frame_summary  # type: ignore[method-assign,assignment]
 
 _HTTP2_MAX_WINDOW = 2**31 - 1
 _HTTP2_DEFAULT_WINDOW = 65_535

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -183,12 +184,11 @@ class Proxy:
 
     # --- inbound HBONE (15008) --------------------------------------------
 
-    async def handle_hbone(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """An HBONE connection: TLS as the local workload addressed, then tunnels."""
-        peer_ip, peer_port = _addr(writer.get_extra_info("peername"))
-        local_ip, _ = _addr(writer.get_extra_info("sockname"))
+    async def handle_hbone(self, conn: socket.socket) -> None:
+        """An accepted HBONE connection: TLS as the local workload addressed, then tunnels."""
+        peer_ip, peer_port = _addr(conn.getpeername())
+        local_ip, _ = _addr(conn.getsockname())
+        src, dst = f"{peer_ip}:{peer_port}", str(local_ip)
         state = self.state()
         destination = state.workload_by_ip(local_ip, self.config.network)
         labels = connection_labels(reporter="destination", destination=destination)
@@ -200,21 +200,17 @@ class Proxy:
                     f"{local_ip} is not a workload on this node: no certificate to present"
                 )
             context = self.identities.context(destination.identity, server=True)
-            await writer.start_tls(context, ssl_handshake_timeout=self.config.connect_timeout)
+            reader, writer = await self.sockets.accept_tls(conn, context)
+        except (OSError, TimeoutError, IdentityError, ssl.SSLError) as err:
+            self._hbone_failed(labels, err, src, dst)
+            conn.close()
+            return
+        try:
             peer = verify_peer(
                 writer.get_extra_info("ssl_object"), trust_domain=self.config.trust_domain
             )
-        except (OSError, TimeoutError, IdentityError, ssl.SSLError) as err:
-            flag = _failure_flag(err)
-            self.metrics.connection_failed(labels, flag)
-            record = AccessRecord(
-                "inbound-hbone",
-                f"{peer_ip}:{peer_port}",
-                str(local_ip),
-                result=flag,
-                reason=str(err),
-            )
-            record.emit(self.config.access_log_format)
+        except IdentityError as err:
+            self._hbone_failed(labels, err, src, dst)
             writer.transport.abort()
             return
         channel = HboneChannel(HboneServer(self.config.hbone), reader, writer)
@@ -226,6 +222,15 @@ class Proxy:
             await channel.run(serve)
         finally:
             writer.close()
+
+    def _hbone_failed(
+        self, labels: ConnectionLabels, err: BaseException, src: str, dst: str
+    ) -> None:
+        flag = _failure_flag(err)
+        self.metrics.connection_failed(labels, flag)
+        reason = str(err) or type(err).__name__
+        record = AccessRecord("inbound-hbone", src, dst, result=flag, reason=reason)
+        record.emit(self.config.access_log_format)
 
     async def _serve_tunnel(
         self,

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from ztunnel.state.workload import IPAddress
 
@@ -46,9 +49,18 @@ class SocketFactory:
         return sock
 
     async def connect(
-        self, address: IPAddress, port: int, *, source: IPAddress | None = None
+        self,
+        address: IPAddress,
+        port: int,
+        *,
+        source: IPAddress | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Connect to ``address:port``, from ``source`` when transparent (else the node's IP)."""
+        """Connect to ``address:port``, from ``source`` when transparent (else the node's IP).
+
+        With ``tls``, the TLS handshake completes before this returns (no SNI: peers are
+        identified by SPIFFE URI, checked after the handshake).
+        """
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -65,4 +77,43 @@ class SocketFactory:
         except BaseException:
             sock.close()
             raise
-        return await asyncio.open_connection(sock=sock)
+        if tls is None:
+            return await asyncio.open_connection(sock=sock)
+        return await asyncio.open_connection(
+            sock=sock, ssl=tls, server_hostname="", ssl_handshake_timeout=self.connect_timeout
+        )
+
+    async def accept_tls(
+        self, conn: socket.socket, tls: ssl.SSLContext
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Run the server side of a TLS handshake on an accepted socket; streams once done.
+
+        The context is chosen per connection (by the address the client reached), which
+        is why the listener does not own one; the handshake starts before any byte is
+        read into a plain stream, so nothing of the ClientHello can be lost.
+        """
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2**20)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol, conn, ssl=tls, ssl_handshake_timeout=self.connect_timeout
+        )
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+AcceptedHandler = Callable[[socket.socket], Coroutine[Any, Any, None]]
+
+
+async def accept_loop(listener: socket.socket, handler: AcceptedHandler) -> None:
+    """Accept connections forever, handing each raw socket to ``handler`` in its own task."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            conn.setblocking(False)
+            task = asyncio.create_task(handler(conn))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        listener.close()
