@@ -208,6 +208,14 @@ class Service:
     """``spec.clusterIPs`` (or ``clusterIP``); empty for a headless service."""
     type: str = "ClusterIP"
     ports: tuple[ServicePort, ...] = ()
+    ip_families: tuple[str, ...] = ()
+    """``spec.ipFamilies`` (IPv4, IPv6)."""
+    traffic_distribution: str = ""
+    """``spec.trafficDistribution`` (or Istio's traffic-distribution annotation)."""
+    internal_traffic_policy: str = ""
+    """``spec.internalTrafficPolicy``: ``Local`` keeps traffic on the client's node."""
+    publish_not_ready_addresses: bool = False
+    """``spec.publishNotReadyAddresses``: unready endpoints take traffic too."""
 
     @property
     def key(self) -> tuple[str, str]:

@@ -55,6 +55,7 @@ from controlplane.sources.fields import (
 SECURITY_VERSIONS = ("v1", "v1beta1")
 NETWORKING_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 DRY_RUN_ANNOTATION = "istio.io/dry-run"
+TRAFFIC_DISTRIBUTION_ANNOTATION = "networking.istio.io/traffic-distribution"
 INJECTION_LABEL = "istio-injection"
 
 
@@ -311,6 +312,13 @@ def _service(top: Fields, ns: str, name: str) -> Service:
     ports = tuple(_service_ports(spec))
     if not ports and svc_type != "ExternalName":
         spec.warn("ports", "the service has no ports; it carries no traffic")
+    ip_families = spec.str_list("ipFamilies")
+    for i, family in enumerate(ip_families):
+        if family not in ("IPv4", "IPv6"):
+            spec.error(f"ipFamilies[{i}]", f"{family!r} is not IPv4 or IPv6")
+    policy = spec.string("internalTrafficPolicy")
+    if policy and policy not in ("Cluster", "Local"):
+        spec.error("internalTrafficPolicy", "must be Cluster or Local")
     return Service(
         namespace=ns,
         name=name,
@@ -320,6 +328,11 @@ def _service(top: Fields, ns: str, name: str) -> Service:
         cluster_ips=cluster_ips,
         type=svc_type,
         ports=ports,
+        ip_families=ip_families,
+        traffic_distribution=spec.string("trafficDistribution")
+        or annotations.get(TRAFFIC_DISTRIBUTION_ANNOTATION, ""),
+        internal_traffic_policy=policy,
+        publish_not_ready_addresses=spec.boolean("publishNotReadyAddresses"),
     )
 
 

@@ -48,6 +48,8 @@ class ServiceIndex:
 
 def app_protocol(port: ServicePort) -> int:
     """The ``AppProtocol`` from ``appProtocol`` or the port name's prefix (Istio's rule)."""
+    if port.protocol != "TCP":
+        return int(wl.UNKNOWN)
     text = (port.app_protocol or port.name.split("-", 1)[0]).lower()
     if text in ("kubernetes.io/h2c", "http2", "h2c"):
         return int(wl.HTTP2)
@@ -64,7 +66,15 @@ def service_message(service: Service, mesh: MeshConfig) -> Any:
     A numeric target port is sent; a named one is sent as 0, meaning "look it up in
     the workload's services map".
     """
+    families = set(service.ip_families)
+    ip_families = {
+        frozenset({"IPv4"}): wl.IPV4_ONLY,
+        frozenset({"IPv6"}): wl.IPV6_ONLY,
+        frozenset({"IPv4", "IPv6"}): wl.DUAL,
+    }.get(frozenset(families), wl.AUTOMATIC)
     return wl.Service(
+        load_balancing=load_balancing(service),
+        ip_families=ip_families,
         name=service.name,
         namespace=service.namespace,
         hostname=mesh.service_hostname(service.namespace, service.name),
@@ -81,6 +91,29 @@ def service_message(service: Service, mesh: MeshConfig) -> Any:
             for p in service.ports
         ],
     )
+
+
+def load_balancing(service: Service) -> Any | None:
+    """Locality preferences from traffic distribution and the internal traffic policy."""
+    lb = None
+    if service.traffic_distribution.lower() == "preferclose":
+        lb = wl.LoadBalancing(
+            routing_preference=[
+                wl.LoadBalancing.NETWORK,
+                wl.LoadBalancing.REGION,
+                wl.LoadBalancing.ZONE,
+                wl.LoadBalancing.SUBZONE,
+            ],
+            mode=wl.LoadBalancing.FAILOVER,
+        )
+    if service.internal_traffic_policy == "Local":
+        lb = wl.LoadBalancing(
+            routing_preference=[wl.LoadBalancing.NODE], mode=wl.LoadBalancing.STRICT
+        )
+    if service.publish_not_ready_addresses:
+        lb = lb or wl.LoadBalancing()
+        lb.health_policy = wl.LoadBalancing.ALLOW_ALL
+    return lb
 
 
 def workload_ports(service: Service, pod: Pod) -> Any:

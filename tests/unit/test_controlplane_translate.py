@@ -274,6 +274,46 @@ def test_service_variants(tmp_path: Path) -> None:
     assert list(wl_of(snap, "demo", "frontend").services) == []
 
 
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("trafficDistribution: PreferClose",
+         {"load_balancing": {"routing_preference": ["NETWORK", "REGION", "ZONE", "SUBZONE"], "mode": "FAILOVER"}}),
+        ("internalTrafficPolicy: Local",
+         {"load_balancing": {"routing_preference": ["NODE"], "mode": "STRICT"}}),
+        ("publishNotReadyAddresses: true", {"load_balancing": {"health_policy": "ALLOW_ALL"}}),
+        ("ipFamilies: [IPv4, IPv6]", {"ip_families": "DUAL"}),
+        ("ipFamilies: [IPv6]", {"ip_families": "IPV6_ONLY"}),
+    ],
+    ids=["prefer-close", "node-local", "publish-not-ready", "dual-stack", "ipv6-only"],
+)  # fmt: skip
+def test_service_traffic_settings(tmp_path: Path, spec: str, expected: dict[str, Any]) -> None:
+    extra = f"""\
+apiVersion: v1
+kind: Service
+metadata: {{name: tuned, namespace: demo}}
+spec:
+  clusterIP: 10.96.0.20
+  ports: [{{name: dns, port: 53, protocol: UDP}}]
+  {spec}
+"""
+    got = as_dict(snapshot(tmp_path, extra).addresses["demo/tuned.demo.svc.cluster.local"].service)
+    assert got["ports"] == [{"service_port": 53, "target_port": 53}]
+    assert {k: got[k] for k in expected} == expected
+    assert not set(got) - {"name", "namespace", "hostname", "addresses", "ports", *expected}
+
+
+def test_traffic_distribution_annotation(tmp_path: Path) -> None:
+    extra = """\
+apiVersion: v1
+kind: Service
+metadata: {name: tuned, namespace: demo, annotations: {networking.istio.io/traffic-distribution: PreferClose}}
+spec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}
+"""
+    svc = snapshot(tmp_path, extra).addresses["demo/tuned.demo.svc.cluster.local"].service
+    assert svc.load_balancing.mode == workload.LoadBalancing.FAILOVER
+
+
 # --- authorization policies ----------------------------------------------------------------
 
 
