@@ -24,7 +24,7 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], output: str, quiet: bo
 
     Prints every problem as `file:line: kind/namespace/name: field: what is wrong`,
     warns about objects that are accepted but ignored, and exits 1 when any object
-    would be rejected.
+    would be rejected. A PATH of `-` reads standard input.
     """
     from controlplane.validate import issue_row, summary, validate_paths
 

@@ -6,19 +6,27 @@ errors for objects that would be rejected, warnings for objects accepted but ign
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from controlplane.model import ClusterState, Severity, SourceIssue
-from controlplane.sources.documents import config_files, read_file
+from controlplane.sources.documents import config_files, parse_text, read_file
 from controlplane.sources.folder import FileResult, decode_file, merge_files
 
 
-def validate_paths(paths: Iterable[Path]) -> ClusterState:
-    """The state the given files and folders describe, with every problem found."""
+def validate_paths(paths: Iterable[Path], stdin: TextIO | None = None) -> ClusterState:
+    """The state the given files and folders describe, with every problem found.
+
+    A path of ``-`` stands for ``stdin`` (for ``kubectl get -o yaml | ...``).
+    """
     results: list[FileResult] = []
     for root in paths:
+        if str(root) == "-":
+            text = (stdin or sys.stdin).read()
+            results.append(decode_file("<stdin>", parse_text(text, "<stdin>"), {}))
+            continue
         if not root.exists():
             results.append(FileResult(str(root), issues=(_path_issue(root, "does not exist"),)))
             continue

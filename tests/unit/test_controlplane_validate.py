@@ -229,3 +229,9 @@ def test_resources_command_shows_what_ztunnel_would_get(tmp_path: Path) -> None:
         {"servicePort": 80, "targetPort": 8080}
     ]
     assert list(data["authorizations"]) == ["istio-system/istio_converted_static_strict"]
+
+
+def test_standard_input(tmp_path: Path) -> None:
+    result = CliRunner().invoke(root, ["controlplane", "validate", "-"], input=BAD_POLICY)
+    assert result.exit_code == 1
+    assert "<stdin>:1: AuthorizationPolicy/demo/broken: spec.action" in result.output
