@@ -103,3 +103,13 @@ class ConfigError(ZtunnelError):
     """A configuration value (flag or environment) is invalid."""
 
     exit_code = 2
+
+
+class XdsResourceError(ZtunnelError):
+    """A workload-API resource cannot be used; the xDS client NACKs it with this message."""
+
+    def __init__(self, message: str, *, resource: str, field: str | None = None) -> None:
+        where = f"resource {resource!r}" + (f" field {field!r}" if field else "")
+        super().__init__(f"{where}: {message}", hint="the control plane sent an invalid resource")
+        self.resource = resource
+        self.field = field

@@ -1,0 +1,1 @@
+"""The xDS edge: Istio's workload API messages become ztunnel's domain types here."""
