@@ -56,7 +56,7 @@ def objects(draw: st.DrawFn) -> Any:
     return obj
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.one_of(objects(), values))
 def test_decode_never_raises(raw: Any) -> None:
     result = decode(raw)
@@ -65,7 +65,7 @@ def test_decode_never_raises(raw: Any) -> None:
         assert str(issue)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.text(alphabet=st.sampled_from(list("abc:-[]{}'\"#&*!|>%@`\n\t 0123456789.")), max_size=80)
 )
