@@ -22,7 +22,7 @@ from typing import Any, ParamSpec
 
 from ztunnel.admin import Request, Response, config_dump, serve_http
 from ztunnel.config import ZtunnelConfig
-from ztunnel.errors import StateFileError, ZtunnelError
+from ztunnel.errors import StateFileError, XdsResourceError, ZtunnelError
 from ztunnel.identity.certs import LocalCA
 from ztunnel.identity.store import IdentityStore, Issuer, local_issuer, utc_now
 from ztunnel.metrics import TcpMetrics, new_registry, render
@@ -136,20 +136,46 @@ class Ztunnel:
                 "%s (keeping the last good state)%s", err, f"; hint: {err.hint}" if err.hint else ""
             )
             return False
-        self.state = loaded.to_proxy_state()
+        self.apply_state(loaded.to_proxy_state())
+        return True
+
+    def apply_state(self, state: ProxyState) -> None:
+        """Put a new snapshot in force and follow its local identities."""
+        self.state = state
         self.state_loaded = True
         self.identities.track(
             w.identity
-            for w in self.state.workloads.values()
+            for w in state.workloads.values()
             if not self.config.node_name or w.node == self.config.node_name
         )
         log.info(
             "state: %d workloads, %d services, %d policies",
-            len(self.state.workloads),
-            len(self.state.services),
-            len(self.state.policies),
+            len(state.workloads),
+            len(state.services),
+            len(state.policies),
         )
+
+    def apply_cluster(self, cluster: Any) -> bool:
+        """Local mode from cluster YAML: translate as istiod would, then as xDS would arrive."""
+        from controlplane.workloadapi import translate
+        from ztunnel.xds.translate import state_from_snapshot
+
+        for issue in getattr(cluster, "errors", ()):
+            log.warning("cluster source: %s", issue)
+        try:
+            snapshot = translate(cluster)
+            state = state_from_snapshot(snapshot.addresses, snapshot.authorizations)
+        except XdsResourceError as err:
+            log.error("%s (keeping the last good state)", err)
+            return False
+        self.apply_state(state)
         return True
+
+    async def _watch_cluster(self, folder: Path) -> None:
+        from controlplane.sources import FolderSource
+
+        async for cluster in FolderSource(folder).watch(interval=0.5):
+            self.apply_cluster(cluster)
 
     async def _watch_state(self) -> None:
         while True:
@@ -244,7 +270,15 @@ class Ztunnel:
 
     async def start(self) -> None:
         """Load state, get certificates, open every listener."""
-        if self.config.state_file is not None:
+        if self.config.cluster_folder is not None:
+            from controlplane.sources import FolderSource
+
+            if not self.apply_cluster(FolderSource(self.config.cluster_folder).load()):
+                raise ZtunnelError(
+                    f"cannot translate the cluster in {self.config.cluster_folder}",
+                    hint="see the error above",
+                )
+        elif self.config.state_file is not None:
             self.reload_state()
             if not self.state_loaded:
                 raise ZtunnelError(
@@ -295,6 +329,8 @@ class Ztunnel:
         self._spawn(self._expire_pool())
         if cfg.state_file is not None:
             self._spawn(self._watch_state())
+        if cfg.cluster_folder is not None:
+            self._spawn(self._watch_cluster(cfg.cluster_folder))
         log.info(
             "ztunnel listening: outbound %d, plaintext %d, hbone %d",
             cfg.outbound_port,

@@ -31,6 +31,11 @@ def cli() -> None:
     help="Local mode: workloads, services, policies (YAML).",
 )
 @click.option(
+    "--cluster-folder",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Local mode: a folder of Kubernetes/Istio YAML, translated as istiod would.",
+)
+@click.option(
     "--ca-dir",
     type=click.Path(path_type=Path, file_okay=False),
     help="Local mode: the local CA's key and root (created if missing).",

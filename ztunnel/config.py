@@ -57,6 +57,8 @@ class ZtunnelConfig:
 
     state_file: Path | None = None
     """Local mode: workloads, services and policies from this YAML file instead of xDS."""
+    cluster_folder: Path | None = None
+    """Local mode: Kubernetes/Istio YAML (pods, services, policies) translated as istiod would."""
     ca_dir: Path | None = None
     """Local mode: the local CA's root key and certificate (created if missing)."""
     certificate_ttl: dt.timedelta = dt.timedelta(hours=24)
@@ -96,6 +98,10 @@ class ZtunnelConfig:
             raise ConfigError("pool_max_streams and workers must be at least 1")
         if self.pool_idle_timeout <= 0 or self.connect_timeout <= 0 or self.drain_timeout < 0:
             raise ConfigError("timeouts must be positive")
+        if self.state_file is not None and self.cluster_folder is not None:
+            raise ConfigError(
+                "state_file and cluster_folder are exclusive", hint="give one source of state"
+            )
         if self.access_log_format not in ("text", "json"):
             raise ConfigError(
                 f"access_log_format={self.access_log_format!r}", hint="use text or json"

@@ -119,3 +119,69 @@ async def scenario(tmp_path: Path) -> None:
 
 def test_ztunnel_process_on_loopback(tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(scenario(tmp_path), 60))
+
+
+CLUSTER = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend-v1, namespace: demo, labels: {app: backend}}
+spec: {nodeName: n1, serviceAccountName: backend}
+status: {podIP: 127.0.0.3, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: frontend, namespace: demo, labels: {app: frontend}}
+spec: {nodeName: n2, serviceAccountName: frontend}
+status: {podIP: 127.0.0.7, conditions: [{type: Ready, status: "True"}]}
+"""
+
+
+async def cluster_scenario(tmp_path: Path) -> None:
+    folder = tmp_path / "cluster"
+    folder.mkdir()
+    (folder / "pods.yaml").write_text(CLUSTER)
+    ports = free_ports(6)
+    config = ZtunnelConfig(
+        node_name="n1",
+        cluster_folder=folder,
+        transparent=False,
+        proxy_address="127.0.0.1",
+        outbound_port=ports[0],
+        inbound_plaintext_port=ports[1],
+        hbone_port=ports[2],
+        metrics_port=ports[3],
+        readiness_port=ports[4],
+        admin_port=ports[5],
+        workers=1,
+    )
+    ztunnel = Ztunnel(config)
+    await ztunnel.start()
+    try:
+        status, body = await asyncio.to_thread(http, f"http://127.0.0.1:{ports[5]}/config_dump")
+        assert status == 200
+        dump = json.loads(body)
+        assert sorted(w["name"] for w in dump["workloads"]) == ["backend-v1", "frontend"]
+        assert all(w["protocol"] == "HBONE" for w in dump["workloads"])
+        assert [c["identity"] for c in dump["certificates"]] == [
+            "spiffe://cluster.local/ns/demo/sa/backend"
+        ]
+        # A new pod in the folder shows up without a restart.
+        pod = CLUSTER.split("---\n")[1]
+        (folder / "more.yaml").write_text(
+            pod.replace("backend-v1", "backend-v2").replace("127.0.0.3", "127.0.0.4")
+        )
+        for _ in range(50):
+            if len(ztunnel.state.workloads) == 3:
+                break
+            await asyncio.sleep(0.1)
+        assert ztunnel.state.workload_by_ip("127.0.0.4") is not None
+    finally:
+        await ztunnel.stop()
+
+
+def test_ztunnel_from_a_cluster_folder(tmp_path: Path) -> None:
+    asyncio.run(asyncio.wait_for(cluster_scenario(tmp_path), 60))
