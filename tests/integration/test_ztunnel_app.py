@@ -9,6 +9,7 @@ import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner
 
@@ -35,6 +36,23 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def loopback_config(ports: list[int], **extra: Any) -> ZtunnelConfig:
+    """A non-transparent ztunnel of node n1 on 127.0.0.1 with the given listener ports."""
+    return ZtunnelConfig(
+        node_name="n1",
+        transparent=False,
+        proxy_address="127.0.0.1",
+        outbound_port=ports[0],
+        inbound_plaintext_port=ports[1],
+        hbone_port=ports[2],
+        metrics_port=ports[3],
+        readiness_port=ports[4],
+        admin_port=ports[5],
+        workers=1,
+        **extra,
+    )
+
+
 def http(url: str, method: str = "GET") -> tuple[int, str]:
     request = urllib.request.Request(url, method=method)
     try:
@@ -48,20 +66,8 @@ async def scenario(tmp_path: Path) -> None:
     state_file = tmp_path / "state.yaml"
     state_file.write_text(STATE)
     ports = free_ports(6)
-    config = ZtunnelConfig(
-        node_name="n1",
-        state_file=state_file,
-        ca_dir=tmp_path / "ca",
-        transparent=False,
-        proxy_address="127.0.0.1",
-        outbound_port=ports[0],
-        inbound_plaintext_port=ports[1],
-        hbone_port=ports[2],
-        metrics_port=ports[3],
-        readiness_port=ports[4],
-        admin_port=ports[5],
-        workers=1,
-        drain_timeout=1.0,
+    config = loopback_config(
+        ports, state_file=state_file, ca_dir=tmp_path / "ca", drain_timeout=1.0
     )
     ztunnel = Ztunnel(config)
     await ztunnel.start()
@@ -145,19 +151,7 @@ async def cluster_scenario(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "pods.yaml").write_text(CLUSTER)
     ports = free_ports(6)
-    config = ZtunnelConfig(
-        node_name="n1",
-        cluster_folder=folder,
-        transparent=False,
-        proxy_address="127.0.0.1",
-        outbound_port=ports[0],
-        inbound_plaintext_port=ports[1],
-        hbone_port=ports[2],
-        metrics_port=ports[3],
-        readiness_port=ports[4],
-        admin_port=ports[5],
-        workers=1,
-    )
+    config = loopback_config(ports, cluster_folder=folder)
     ztunnel = Ztunnel(config)
     await ztunnel.start()
     try:
