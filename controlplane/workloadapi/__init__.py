@@ -2,17 +2,19 @@
 
 :func:`translate` is pure: a :class:`~controlplane.model.ClusterState` and the mesh
 settings in, every ``istio.workload.Address`` and ``istio.security.Authorization``
-resource out, keyed by its xDS resource name. The xDS server diffs successive
-snapshots to send only what changed.
+resource out, keyed by its xDS resource name. :meth:`Snapshot.versions` and
+:func:`diff` give what a delta push must carry between two snapshots.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from api.messages import (
+    ADDRESS_TYPE_URL,
     authorization_resource_name,
     service_resource_name,
     workload_resource_name,
@@ -30,7 +32,7 @@ from controlplane.workloadapi.peerauth import (
 from controlplane.workloadapi.services import ServiceIndex, is_served, service_message
 from controlplane.workloadapi.workloads import is_sent, workload_message
 
-__all__ = ["MeshConfig", "Snapshot", "translate"]
+__all__ = ["Change", "MeshConfig", "Snapshot", "diff", "resource_version", "translate"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,36 @@ class Snapshot:
     """``istio.workload.Address`` by workload uid or ``<ns>/<hostname>``."""
     authorizations: Mapping[str, Any] = field(default_factory=dict)
     """``istio.security.Authorization`` by ``<ns>/<name>``."""
+
+    def versions(self, type_url: str) -> dict[str, str]:
+        """Resource name -> version (a digest of the message's deterministic encoding).
+
+        Equal content gives equal versions across runs and processes, so a client's
+        ``initial_resource_versions`` after a reconnect can be compared directly.
+        """
+        resources = self.addresses if type_url == ADDRESS_TYPE_URL else self.authorizations
+        return {name: resource_version(msg) for name, msg in resources.items()}
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a delta push of one type carries: resources to send and names removed."""
+
+    updated: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+def resource_version(message: Any) -> str:
+    """A short, stable digest of a message's deterministic serialization."""
+    data: bytes = message.SerializeToString(deterministic=True)
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def diff(old: Mapping[str, str], new: Mapping[str, str]) -> Change:
+    """Names whose version is new or changed, and names that are gone (both sorted)."""
+    updated = tuple(sorted(n for n, v in new.items() if old.get(n) != v))
+    removed = tuple(sorted(n for n in old if n not in new))
+    return Change(updated, removed)
 
 
 def translate(state: ClusterState, mesh: MeshConfig | None = None) -> Snapshot:

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from api.messages import security, workload
+from api.messages import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, security, workload
 from controlplane.sources import FolderSource
-from controlplane.workloadapi import MeshConfig, Snapshot, translate
+from controlplane.workloadapi import MeshConfig, Snapshot, diff, translate
 
 BASE = """\
 apiVersion: v1
@@ -608,3 +608,21 @@ def test_converted_port_level_policy(tmp_path: Path, policies: str, rules: list[
         "rules": rules,
     }
     assert policies_of(snap, "demo", "backend-v1") == ["demo/converted_peer_authentication_be"]
+
+
+def test_versions_are_stable_and_diff_names_changes(tmp_path: Path) -> None:
+    first = snapshot(tmp_path)
+    again = snapshot(tmp_path)
+    assert first.versions(ADDRESS_TYPE_URL) == again.versions(ADDRESS_TYPE_URL)
+    assert diff(first.versions(ADDRESS_TYPE_URL), again.versions(ADDRESS_TYPE_URL)).updated == ()
+
+    changed = snapshot(tmp_path, pod_yaml("new-pod") + "---\n" + policy("p", "rules: [{}]\n"))
+    change = diff(first.versions(ADDRESS_TYPE_URL), changed.versions(ADDRESS_TYPE_URL))
+    # The new pod is selected by the backend service, whose own message is unchanged.
+    assert change.updated == ("Kubernetes//Pod/demo/new-pod",)
+    assert change.removed == ()
+    auth = diff(first.versions(AUTHORIZATION_TYPE_URL), changed.versions(AUTHORIZATION_TYPE_URL))
+    assert auth.updated == ("demo/p",)
+
+    back = diff(changed.versions(ADDRESS_TYPE_URL), first.versions(ADDRESS_TYPE_URL))
+    assert (back.updated, back.removed) == ((), ("Kubernetes//Pod/demo/new-pod",))
