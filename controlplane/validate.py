@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from controlplane.model import ClusterState, Severity, SourceIssue
+from controlplane.analyze import analyze
+from controlplane.model import DEFAULT_ROOT_NAMESPACE, ClusterState, Severity, SourceIssue
 from controlplane.sources.documents import config_files, parse_text, read_file
 from controlplane.sources.folder import FileResult, decode_file, merge_files
 
 
-def validate_paths(paths: Iterable[Path], stdin: TextIO | None = None) -> ClusterState:
+def validate_paths(
+    paths: Iterable[Path],
+    stdin: TextIO | None = None,
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+) -> ClusterState:
     """The state the given files and folders describe, with every problem found.
 
-    A path of ``-`` stands for ``stdin`` (for ``kubectl get -o yaml | ...``).
+    A path of ``-`` stands for ``stdin`` (for ``kubectl get -o yaml | ...``). Besides
+    each object's own problems, warnings say how the objects fit together.
     """
     results: list[FileResult] = []
     for root in paths:
@@ -41,7 +48,14 @@ def validate_paths(paths: Iterable[Path], stdin: TextIO | None = None) -> Cluste
             results.append(FileResult(str(root), issues=(issue,)))
         for path in files:
             results.append(decode_file(str(path), read_file(path), {}))
-    return merge_files(results)
+    state = merge_files(results)
+    origins = {
+        key: (result.file, result.lines.get(key, 0))
+        for result in reversed(results)
+        for key in result.objects
+    }
+    extra = analyze(state, origins, root_namespace)
+    return replace(state, warnings=(*state.warnings, *extra))
 
 
 def issue_row(issue: SourceIssue) -> dict[str, Any]:

@@ -28,6 +28,8 @@ class FileResult:
     file: str
     objects: Mapping[ObjectKey, ClusterObject] = field(default_factory=dict)
     issues: tuple[SourceIssue, ...] = ()
+    lines: Mapping[ObjectKey, int] = field(default_factory=dict)
+    """Line of each object's document in this version of the file (0: kept from before)."""
 
 
 def decode_file(
@@ -39,6 +41,7 @@ def decode_file(
     that were not read again stay in force too: a half-saved file removes nothing.
     """
     objects: dict[ObjectKey, ClusterObject] = {}
+    lines: dict[ObjectKey, int] = {}
     issues: list[SourceIssue] = []
     for doc in content.documents:
         result = decode(doc.data)
@@ -49,6 +52,7 @@ def decode_file(
                 issues.append(_duplicate(doc.file, doc.line, key, "earlier in this file"))
                 continue
             objects[key] = result.obj
+            lines[key] = doc.line
             issues += result.issues(doc.file, doc.line)
             continue
         kept = result.rejected and key in previous and key not in objects
@@ -59,7 +63,7 @@ def decode_file(
         issues.append(content.fault)
         for key, obj in previous.items():
             objects.setdefault(key, obj)
-    return FileResult(file, objects, tuple(issues))
+    return FileResult(file, objects, tuple(issues), lines)
 
 
 def merge_files(results: Iterable[FileResult]) -> ClusterState:

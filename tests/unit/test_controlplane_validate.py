@@ -15,6 +15,11 @@ apiVersion: v1
 kind: Namespace
 metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
 ---
+apiVersion: v1
+kind: Pod
+metadata: {name: backend, namespace: demo, labels: {app: backend}}
+status: {podIP: 10.244.1.5}
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: allow-frontend, namespace: demo}
@@ -49,7 +54,7 @@ def test_valid_files_exit_zero(tmp_path: Path) -> None:
     (tmp_path / "ok.yaml").write_text(GOOD)
     code, out = run(str(tmp_path))
     assert code == 0, out
-    assert "0 error(s), 0 warning(s); valid: 1 namespaces, 1 authorization policies" in out
+    assert "0 error(s), 0 warning(s); valid: 1 namespaces, 1 pods, 1 authorization policies" in out
 
 
 def test_every_problem_is_reported_with_location(tmp_path: Path) -> None:
@@ -57,7 +62,7 @@ def test_every_problem_is_reported_with_location(tmp_path: Path) -> None:
     path.write_text(GOOD + "---\n" + BAD_POLICY)
     code, out = run(str(path))
     assert code == 1
-    prefix = f"{path}:15: AuthorizationPolicy/demo/broken: "
+    prefix = f"{path}:20: AuthorizationPolicy/demo/broken: "
     for expected in (
         "spec.action: 'PERMIT' is not one of ALLOW, DENY, AUDIT, CUSTOM",
         "spec.rules[0].from[0].source.principals[0]: 'a*b': '*' is allowed only alone",
@@ -235,3 +240,54 @@ def test_standard_input(tmp_path: Path) -> None:
     result = CliRunner().invoke(root, ["controlplane", "validate", "-"], input=BAD_POLICY)
     assert result.exit_code == 1
     assert "<stdin>:1: AuthorizationPolicy/demo/broken: spec.action" in result.output
+
+
+ODD = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.244.1.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: shop, labels: {app: web}}
+status: {podIP: 10.244.1.6}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: http}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: typo, namespace: shop}
+spec: {selector: {matchLabels: {app: wbe}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: a-first, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: b-second, namespace: shop}
+spec: {mtls: {mode: PERMISSIVE}}
+"""
+
+
+def test_cross_object_analysis(tmp_path: Path) -> None:
+    (tmp_path / "odd.yaml").write_text(ODD)
+    code, out = run(str(tmp_path))
+    assert code == 0, out
+    for expected in (
+        "odd.yaml:12: warning: Service/shop/web: spec.ports[0].targetPort: no container port "
+        "named 'http' in pod(s) b; those pods get no traffic on this port",
+        "odd.yaml:17: warning: AuthorizationPolicy/shop/typo: spec.selector: selects no pod "
+        "in namespace shop (app=wbe)",
+        "odd.yaml:27: warning: PeerAuthentication/shop/b-second: another namespace-wide "
+        "PeerAuthentication exists in shop; only one applies (here a-first",
+        "odd.yaml:1: warning: Pod/shop/a: metadata.namespace: no Namespace object 'shop' here; "
+        "its pods (2) are enrolled only by their own istio.io/dataplane-mode label",
+    ):
+        assert expected in out, out

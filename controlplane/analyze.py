@@ -1,0 +1,123 @@
+"""Checks across objects, as ``istioctl analyze`` does: each object valid, the whole odd.
+
+Pure: a :class:`~controlplane.model.ClusterState` and where each object was written
+in; warnings out. Used by ``ambient controlplane validate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from controlplane.model import (
+    ClusterObject,
+    ClusterState,
+    Pod,
+    PolicyScope,
+    Severity,
+    SourceIssue,
+    selector_matches,
+)
+from controlplane.sources.state import ObjectKey, object_key
+
+Origins = Mapping[ObjectKey, tuple[str, int]]
+"""Object -> (file, line) it was read from."""
+
+
+def analyze(state: ClusterState, origins: Origins, root_namespace: str) -> list[SourceIssue]:
+    """Warnings about how the objects fit together."""
+    warn = _Reporter(origins)
+    pods_by_ns: dict[str, list[Pod]] = {}
+    for pod in state.pods.values():
+        pods_by_ns.setdefault(pod.namespace, []).append(pod)
+    _named_target_ports(state, pods_by_ns, warn)
+    _selectors_matching_nothing(state, pods_by_ns, warn)
+    _competing_peer_authentications(state, root_namespace, warn)
+    _pods_without_namespace(state, pods_by_ns, warn)
+    return warn.issues
+
+
+class _Reporter:
+    def __init__(self, origins: Origins) -> None:
+        self.origins = origins
+        self.issues: list[SourceIssue] = []
+
+    def __call__(self, obj: ClusterObject, field: str, message: str) -> None:
+        key = object_key(obj)
+        file, line = self.origins.get(key, ("", 0))
+        kind, namespace, name = key
+        self.issues.append(
+            SourceIssue(file, line, kind, namespace, name, field, message, Severity.WARNING)
+        )
+
+
+Warn = Callable[[ClusterObject, str, str], None]
+
+
+def _selected(selector: Mapping[str, str], pods: Iterable[Pod]) -> list[Pod]:
+    return [p for p in pods if selector_matches(selector, p.labels)]
+
+
+def _named_target_ports(state: ClusterState, pods_by_ns: dict[str, list[Pod]], warn: Warn) -> None:
+    for svc in state.services.values():
+        if not svc.selector:
+            continue
+        selected = _selected(svc.selector, pods_by_ns.get(svc.namespace, ()))
+        for i, port in enumerate(svc.ports):
+            target = port.target_port
+            if not selected or not isinstance(target, str):
+                continue
+            missing = sorted(p.name for p in selected if p.named_port(target) is None)
+            if missing:
+                warn(
+                    svc,
+                    f"spec.ports[{i}].targetPort",
+                    f"no container port named {target!r} in pod(s) {', '.join(missing)}; "
+                    "those pods get no traffic on this port",
+                )
+
+
+def _selectors_matching_nothing(
+    state: ClusterState, pods_by_ns: dict[str, list[Pod]], warn: Warn
+) -> None:
+    policies: list[ClusterObject] = [
+        *state.authorization_policies.values(),
+        *state.peer_authentications.values(),
+    ]
+    for policy in policies:
+        selector = getattr(policy, "selector", None)
+        namespace = getattr(policy, "namespace", "")
+        if selector and not _selected(selector, pods_by_ns.get(namespace, ())):
+            labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+            warn(policy, "spec.selector", f"selects no pod in namespace {namespace} ({labels})")
+
+
+def _competing_peer_authentications(state: ClusterState, root: str, warn: Warn) -> None:
+    by_level: dict[tuple[str, PolicyScope], list[ClusterObject]] = {}
+    for pa in sorted(state.peer_authentications.values(), key=lambda p: p.key):
+        scope = pa.scope(root)
+        if scope is not PolicyScope.WORKLOAD:
+            by_level.setdefault((pa.namespace, scope), []).append(pa)
+    for (namespace, scope), policies in by_level.items():
+        for extra in policies[1:]:
+            warn(
+                extra,
+                "",
+                f"another {scope.value}-wide PeerAuthentication exists in {namespace}; only "
+                f"one applies (here {getattr(policies[0], 'name', '')}, first by name; "
+                "Istio takes the oldest)",
+            )
+
+
+def _pods_without_namespace(
+    state: ClusterState, pods_by_ns: dict[str, list[Pod]], warn: Warn
+) -> None:
+    for namespace, pods in sorted(pods_by_ns.items()):
+        if namespace in state.namespaces:
+            continue
+        first = sorted(pods, key=lambda p: p.name)[0]
+        warn(
+            first,
+            "metadata.namespace",
+            f"no Namespace object {namespace!r} here; its pods ({len(pods)}) are enrolled "
+            "only by their own istio.io/dataplane-mode label",
+        )
