@@ -135,13 +135,10 @@ def _requests(connections: int, *, new_connection_each: bool) -> ProbeRunner:
                 f"to {live.http.url}",
                 hint="see the proxies' logs in the run's work folder",
             )
-        if new_connection_each:
-            return LoadFigures({"rate": result.rate}, result.client_cpu_s, result.duration_s)
-        return LoadFigures(
-            {"p50": result.p50_us, "p99": result.p99_us, "rate": result.rate},
-            result.client_cpu_s,
-            result.duration_s,
-        )
+        figures = {"rate": result.rate}
+        if not new_connection_each and result.latency_valid:
+            figures |= {"p50": result.p50_us, "p99": result.p99_us}
+        return LoadFigures(figures, result.client_cpu_s, result.duration_s)
 
     return run
 

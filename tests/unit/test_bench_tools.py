@@ -145,3 +145,13 @@ def test_watched_process_reads_our_own_tree() -> None:
     with pytest.raises(ToolError, match="has exited"):
         gone.check_alive()
     assert gone.usage() == Usage(0.0, 0)
+
+
+def test_latency_consistency_follows_littles_law() -> None:
+    # 1 connection, 1 s: 10,000 requests can average at most ~100 us
+    assert load.latency_consistent(mean_us=95.0, requests=10_000, connections=1, duration_us=1e6)
+    assert not load.latency_consistent(
+        mean_us=1191.0, requests=10_476, connections=1, duration_us=1_006_867
+    )
+    # 16 connections share the bound
+    assert load.latency_consistent(mean_us=370.0, requests=42_750, connections=16, duration_us=1e6)
