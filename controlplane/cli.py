@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ambient.errors import UsageError
 from ambient.output import emit, output_option
 
 
@@ -42,7 +43,15 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], output: str, quiet: bo
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--kubernetes",
+    "from_kubernetes",
+    is_flag=True,
+    help="Read the cluster through the Kubernetes API instead of files.",
+)
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="With --kubernetes.")
+@click.option("--context", "kube_context", help="Kubeconfig context, with --kubernetes.")
 @click.option("--cluster-id", default="Kubernetes", show_default=True, help="Istio CLUSTER_ID.")
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option("--domain-suffix", default="cluster.local", show_default=True)
@@ -51,6 +60,9 @@ def validate(ctx: click.Context, paths: tuple[Path, ...], output: str, quiet: bo
 def resources(
     paths: tuple[Path, ...],
     *,
+    from_kubernetes: bool,
+    kubeconfig: str | None,
+    kube_context: str | None,
     cluster_id: str,
     trust_domain: str,
     domain_suffix: str,
@@ -60,14 +72,25 @@ def resources(
     """Show the workload-API resources ztunnel would receive for these files or folders.
 
     Rejected objects are left out (run `validate` to see why); the table lists one
-    resource a line, `-o json|yaml` prints the messages themselves.
+    resource a line, `-o json|yaml` prints the messages themselves. With --kubernetes
+    the objects come from the cluster (in-cluster configuration, or a kubeconfig).
     """
     from api.messages import to_readable_dict
     from controlplane.validate import validate_paths
     from controlplane.workloadapi import MeshConfig, translate
     from controlplane.workloadapi.summary import resource_rows
 
-    state = validate_paths(paths)
+    if from_kubernetes == bool(paths):
+        raise UsageError(
+            "give either files/folders or --kubernetes",
+            hint="ambient controlplane resources config/  or  ... resources --kubernetes",
+        )
+    if from_kubernetes:
+        from controlplane.sources import KubernetesSource
+
+        state = KubernetesSource(kubeconfig=kubeconfig, context=kube_context).load()
+    else:
+        state = validate_paths(paths)
     if state.errors:
         click.echo(
             f"note: {len(state.errors)} object(s) rejected and left out; "

@@ -197,22 +197,30 @@ class KubernetesSource:
     # --- the client ---------------------------------------------------------------------
 
     def _client(self) -> Any:
+        """The API client: given, in-cluster, or from a kubeconfig (never global state)."""
         if self._api_client is None:
             from kubernetes import client, config
 
-            try:
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
-            except config.ConfigException:
+            if self._kubeconfig is None and self._context is None:
+                in_cluster = client.Configuration()
                 try:
-                    config.load_kube_config(  # type: ignore[no-untyped-call]
-                        config_file=self._kubeconfig, context=self._context
+                    config.load_incluster_config(  # type: ignore[no-untyped-call]
+                        client_configuration=in_cluster
                     )
-                except (config.ConfigException, OSError) as err:
-                    raise KubernetesSourceError(
-                        f"no Kubernetes configuration: not in a cluster, and {err}",
-                        hint="run inside a pod with a service account, or pass a kubeconfig",
-                    ) from err
-            self._api_client = client.ApiClient()
+                    self._api_client = client.ApiClient(in_cluster)
+                    return self._api_client
+                except config.ConfigException:
+                    pass  # not in a pod: try the kubeconfig
+            try:
+                self._api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
+                    config_file=self._kubeconfig, context=self._context, persist_config=False
+                )
+            except (config.ConfigException, OSError) as err:
+                raise KubernetesSourceError(
+                    f"no usable Kubernetes configuration: {err}",
+                    hint="run inside a pod with a service account, or pass --kubeconfig "
+                    "(and --context) naming a cluster you can reach",
+                ) from err
         return self._api_client
 
     def _lister(self, kind: ResourceKind) -> Callable[..., Any]:

@@ -374,3 +374,65 @@ def test_kind_table_keeps_last_good_version_and_applies_deletes() -> None:
     assert sorted(table.objects) == [("demo", "a")]
     table.replace([pod("c", "20")], "20")
     assert sorted(table.objects) == [("demo", "c")]
+
+
+# --- configuration from a kubeconfig, through the CLI -------------------------------------
+
+
+def test_resources_command_reads_the_cluster_through_a_kubeconfig(
+    serve: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from ambient.cli import root
+
+    fixture, api = serve(
+        {
+            ("/api/v1/namespaces", "list"): [NS_LIST],
+            ("/api/v1/pods", "list"): [pod_list("200", pod("a", "150"))],
+            ("/api/v1/services", "list"): [
+                Json({"kind": "ServiceList", "metadata": {"resourceVersion": "5"}, "items": []})
+            ],
+            ("/api/v1/serviceaccounts", "list"): [
+                Json(
+                    {
+                        "kind": "ServiceAccountList",
+                        "metadata": {"resourceVersion": "5"},
+                        "items": [],
+                    }
+                )
+            ],
+        }
+    )
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        f"""\
+apiVersion: v1
+kind: Config
+clusters: [{{name: fx, cluster: {{server: "{api.configuration.host}"}}}}]
+users: [{{name: u, user: {{token: not-a-secret}}}}]
+contexts: [{{name: fx, context: {{cluster: fx, user: u}}}}]
+current-context: fx
+"""
+    )
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    result = CliRunner().invoke(
+        root, ["controlplane", "resources", "--kubernetes", "--kubeconfig", str(kubeconfig)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Kubernetes//Pod/demo/a" in result.output
+    assert "HBONE" in result.output
+    assert fixture.lists("/api/v1/pods") == 1
+
+
+def test_missing_kubeconfig_is_a_clear_error(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ambient.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["controlplane", "resources", "--kubernetes", "--kubeconfig", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1
+    assert "error: no usable Kubernetes configuration" in err
+    assert "hint:" in err and "Traceback" not in err
