@@ -10,7 +10,8 @@
  *  2. a SYN to an enrolled pod: to the HBONE port (15008) -> ztunnel's HBONE listener;
  *     to an inbound-excluded port -> pass; any other port -> the inbound plaintext
  *     listener (15006);
- *  3. the listener needed is missing -> drop and count (fail closed);
+ *  3. the listener needed is missing -> answer the SYN with a reset (refused, never
+ *     passed on in clear) and count (fail closed);
  *  4. anything else passes untouched (traffic to the node itself, to pods that are
  *     not enrolled, connections opened before enrollment).
  * Every assigned packet carries settings.mark (see pod_egress.c).

@@ -11,7 +11,8 @@
  *     outbound listener (15001);
  *  3. a SYN from any other pod to an enrolled pod of this node -> the inbound plaintext
  *     listener (15006), or the HBONE listener (15008) for the HBONE port;
- *  4. the listener needed is missing -> drop and count (fail closed);
+ *  4. the listener needed is missing -> answer the SYN with a reset (refused, never
+ *     passed on in clear) and count (fail closed);
  *  5. anything else passes untouched: a non-SYN packet with no socket (connections
  *     opened before the pod was enrolled keep flowing), other protocols, IPv6.
  * Every assigned packet carries settings.mark, which the agent's fwmark rule routes to

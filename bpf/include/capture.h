@@ -21,6 +21,7 @@ struct packet {
     struct bpf_sock_tuple tuple; /* saddr, daddr, sport, dport: network order */
     __u16 dport;                 /* host order */
     __u8 syn;                    /* SYN without ACK: a connection's first packet */
+    __u8 ip_len;                 /* IPv4 header length in bytes */
 };
 
 /* Fills pkt from an Ethernet + IPv4 + TCP packet; 0 when the packet is anything else. */
@@ -66,6 +67,7 @@ static __always_inline int parse_tcp4(struct __sk_buff *skb, struct packet *pkt)
     pkt->tuple.ipv4.dport = tcp->dest;
     pkt->dport = bpf_ntohs(tcp->dest);
     pkt->syn = tcp->syn && !tcp->ack;
+    pkt->ip_len = ip_len;
     return 1;
 }
 
@@ -167,18 +169,66 @@ static __always_inline __u16 listener_port(const struct settings *cfg, int verdi
 }
 
 /*
+ * Fail closed for a SYN whose listener is missing: it never reaches its destination.
+ * It is turned, in place, into the RST|ACK its destination would send for a closed
+ * port and sent back out of the interface it came in on, so the client is refused at
+ * once (as when iptables redirects to a port nobody listens on) instead of retrying
+ * into a timeout. Swapping addresses and ports leaves both checksums as they are; the
+ * changed TCP words are patched into the TCP checksum. Any failure drops the SYN.
+ */
+static __always_inline int reset_syn(struct __sk_buff *skb, struct packet *pkt)
+{
+    __u32 tcp_off = sizeof(struct ethhdr) + pkt->ip_len;
+    __u32 csum_off = tcp_off + offsetof(struct tcphdr, check);
+    __be32 seq, old_ack, new_seq = 0, new_ack;
+    __be16 old_flags, new_flags, old_window, new_window = 0;
+    if (bpf_skb_load_bytes(skb, tcp_off + 4, &seq, 4) ||
+        bpf_skb_load_bytes(skb, tcp_off + 8, &old_ack, 4) ||
+        bpf_skb_load_bytes(skb, tcp_off + 12, &old_flags, 2) ||
+        bpf_skb_load_bytes(skb, tcp_off + 14, &old_window, 2))
+        return TC_ACT_SHOT;
+    new_ack = bpf_htonl(bpf_ntohl(seq) + 1);
+    /* keep the data offset (high nibble of byte 12), flags byte 13 = RST|ACK */
+    new_flags = (old_flags & bpf_htons(0xF000)) | bpf_htons(0x0014);
+    if (bpf_l4_csum_replace(skb, csum_off, seq, new_seq, 4) ||
+        bpf_l4_csum_replace(skb, csum_off, old_ack, new_ack, 4) ||
+        bpf_l4_csum_replace(skb, csum_off, old_flags, new_flags, 2) ||
+        bpf_l4_csum_replace(skb, csum_off, old_window, new_window, 2))
+        return TC_ACT_SHOT;
+    __be32 saddr = pkt->tuple.ipv4.saddr, daddr = pkt->tuple.ipv4.daddr;
+    __be16 sport = pkt->tuple.ipv4.sport, dport = pkt->tuple.ipv4.dport;
+    __u8 macs[12];
+    if (bpf_skb_load_bytes(skb, 0, macs, 12))
+        return TC_ACT_SHOT;
+    if (bpf_skb_store_bytes(skb, 0, macs + 6, 6, 0) ||
+        bpf_skb_store_bytes(skb, 6, macs, 6, 0) ||
+        bpf_skb_store_bytes(skb, sizeof(struct ethhdr) + offsetof(struct iphdr, saddr), &daddr, 4, 0) ||
+        bpf_skb_store_bytes(skb, sizeof(struct ethhdr) + offsetof(struct iphdr, daddr), &saddr, 4, 0) ||
+        bpf_skb_store_bytes(skb, tcp_off, &dport, 2, 0) ||
+        bpf_skb_store_bytes(skb, tcp_off + 2, &sport, 2, 0) ||
+        bpf_skb_store_bytes(skb, tcp_off + 4, &new_seq, 4, 0) ||
+        bpf_skb_store_bytes(skb, tcp_off + 8, &new_ack, 4, 0) ||
+        bpf_skb_store_bytes(skb, tcp_off + 12, &new_flags, 2, 0) ||
+        bpf_skb_store_bytes(skb, tcp_off + 14, &new_window, 2, 0))
+        return TC_ACT_SHOT;
+    return bpf_redirect(skb->ifindex, 0);
+}
+
+/*
  * Carries out a redirect verdict for a SYN, charging the pod `pod_ip`: assigned and
- * marked, or dropped when the listener is missing (fail closed: never in clear).
+ * marked; refused with a reset when the listener is missing; dropped when the kernel
+ * refuses the assignment. Never passed on in clear.
  */
 static __always_inline int redirect_syn(struct __sk_buff *skb, struct packet *pkt,
                                         const struct settings *cfg, int verdict, __u32 pod_ip)
 {
     int missing = 0;
     if (assign_listener(skb, pkt, listener_port(cfg, verdict), &missing) != 0) {
-        if (missing)
+        if (missing) {
             COUNT(pod_ip, dropped_no_listener);
-        else
-            COUNT(pod_ip, dropped_assign_failed);
+            return reset_syn(skb, pkt);
+        }
+        COUNT(pod_ip, dropped_assign_failed);
         return TC_ACT_SHOT;
     }
     skb->mark = cfg->mark;

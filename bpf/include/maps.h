@@ -61,7 +61,7 @@ struct pod_stats {
     __u64 redirected_inbound;   /* connections assigned to the inbound plaintext listener */
     __u64 redirected_hbone;     /* connections assigned to the HBONE listener */
     __u64 assigned_established; /* packets assigned to an existing node-namespace socket */
-    __u64 dropped_no_listener;  /* SYNs dropped because the needed listener was missing */
+    __u64 dropped_no_listener;  /* SYNs refused/dropped: the needed listener was missing */
     __u64 dropped_assign_failed;/* packets dropped because bpf_sk_assign refused */
     __u64 passed;               /* TCP packets of this pod left untouched */
 };

@@ -364,16 +364,17 @@ def test_replies_to_spoofed_upstream_connections_come_back_same_and_other_node(
         capture.use_standin("15001=report 15006=report 15008=report")
 
 
-def test_listener_gone_fails_closed_and_counts_the_drop(capture: Capture) -> None:
+def test_listener_gone_refuses_and_counts(capture: Capture) -> None:
     a, c = capture.pods["a"], capture.pods["c"]
     sink_log = next(p for p in capture.lab.processes if "tcp-echo" in p.name and ":9001" in p.argv)
     conns_before = sink_log.log_path.read_text().count("conn from")
-    drops_before = capture.maps("stats", "node1", "--pod-ip", a.ip)[0]["dropped_no_listener"]
+    rows = capture.maps("stats", "node1", "--pod-ip", a.ip)
+    drops_before = rows[0]["dropped_no_listener"] if rows else 0
     capture.stop_standin()
     try:
         done = capture.lab.exec("a", ["python", "-c", FIRST_LINE, c.ip, "9001", "2"], timeout=15)
         assert done.returncode != 0
-        assert "timed out" in done.stderr or "TimeoutError" in done.stderr
+        assert "ConnectionRefusedError" in done.stderr, done.stderr[-500:]
         stats = capture.maps("stats", "node1", "--pod-ip", a.ip)
         assert stats[0]["dropped_no_listener"] > drops_before
         time.sleep(0.5)

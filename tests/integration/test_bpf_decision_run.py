@@ -3,7 +3,8 @@
 ``BPF_PROG_TEST_RUN`` feeds a crafted SYN to the real pod-egress / node-ingress program
 inside a namespace this test creates (the socket lookups search the namespace of the
 calling thread). A redirect verdict shows by *which* listener the program went for:
-with no listener it drops and counts ``dropped_no_listener``; with only the expected
+with no listener it counts ``dropped_no_listener`` and refuses (the SYN turned into a
+reset, sent back where it came from); with only the expected
 listener present it finds it (``bpf_sk_assign`` then refuses outside a real TC ingress,
 counted as ``dropped_assign_failed``, or assigns, counted as ``redirected_*``). A PASS
 verdict returns TC_ACT_OK with every listener present.
@@ -35,7 +36,7 @@ pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(120)]
 
 NS = f"capx-run{os.getpid()}"
 PIN_DIR = Path(f"/sys/fs/bpf/capx-run{os.getpid()}")
-TC_ACT_OK, TC_ACT_SHOT = 0, 2
+TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 BPF_PROG_TEST_RUN = 10
 CLONE_NEWNET = 0x40000000
 SRC_ADDR = "10.244.1.2"
@@ -67,6 +68,11 @@ LIBC = ctypes.CDLL(None, use_errno=True)
 
 def prog_test_run(prog_fd: int, frame: bytes) -> int:
     """Runs the program once on ``frame``; returns its TC verdict."""
+    return prog_test_run_out(prog_fd, frame)[0]
+
+
+def prog_test_run_out(prog_fd: int, frame: bytes) -> tuple[int, bytes]:
+    """Runs the program once on ``frame``; returns its TC verdict and the packet after."""
     data_in = ctypes.create_string_buffer(frame, len(frame))
     data_out = ctypes.create_string_buffer(len(frame) + 256)
     attr = _TestRunAttr(
@@ -81,26 +87,35 @@ def prog_test_run(prog_fd: int, frame: bytes) -> int:
     rc = LIBC.syscall(nr, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
     if rc != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-    return int(attr.retval)
+    return int(attr.retval), data_out.raw[: attr.data_size_out]
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def tcp_checksum_ok(frame: bytes) -> bool:
+    """Whether the TCP checksum of an Ethernet + IPv4 (20 bytes) + TCP frame verifies."""
+    ip, tcp = frame[14:34], frame[34:]
+    pseudo = ip[12:20] + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+    return checksum(pseudo + tcp) == 0
 
 
 def tcp_frame(src: str, dst: str, sport: int, dport: int, flags: int) -> bytes:
-    """Ethernet + IPv4 + TCP, checksums left zero (the programs do not check them)."""
+    """Ethernet + IPv4 + TCP with valid checksums."""
     eth = b"\x02" * 6 + b"\x04" * 6 + struct.pack("!H", 0x0800)
-    ip = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        40,
-        1,
-        0x4000,
-        64,
-        socket.IPPROTO_TCP,
-        0,
-        socket.inet_aton(src),
-        socket.inet_aton(dst),
-    )
+    saddr, daddr = socket.inet_aton(src), socket.inet_aton(dst)
+    head = struct.pack("!BBHHHBB", 0x45, 0, 40, 1, 0x4000, 64, socket.IPPROTO_TCP)
+    ip = head + struct.pack("!H", checksum(head + b"\0\0" + saddr + daddr)) + saddr + daddr
     tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
+    pseudo = saddr + daddr + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
     return eth + ip + tcp
 
 
@@ -224,8 +239,9 @@ def check_row(
         assert not {k for k in changed if k.startswith(("dropped", "redirected"))}
         return
     charged = src if verdict is Verdict.REDIRECT_OUTBOUND else dst
+    # no listener: refused (answered with a reset), counted
     retval, changed = observe(loaded, program, frame, charged, [])
-    assert (retval, changed) == (TC_ACT_SHOT, {"dropped_no_listener": 1})
+    assert (retval, changed) == (TC_ACT_REDIRECT, {"dropped_no_listener": 1})
     port = listener_port(CaptureSettings(), verdict)
     assert port is not None
     retval, changed = observe(loaded, program, frame, charged, [port])
@@ -310,3 +326,28 @@ def test_established_socket_is_matched_first(loaded: dict[str, Any]) -> None:
         assert verdict == (TC_ACT_OK if "assigned_established" in changed else TC_ACT_SHOT)
     finally:
         set_workload(maps, "10.244.1.9", 0)
+
+
+def test_missing_listener_answers_the_syn_with_a_reset(loaded: dict[str, Any]) -> None:
+    """Refused, not silently dropped: RST|ACK from the destination, acking the SYN."""
+    maps: NodeMaps = loaded["maps"]
+    enrolled = int(WorkloadFlags.ENROLLED | WorkloadFlags.LOCAL)
+    set_workload(maps, SRC_ADDR, enrolled)
+    fd = loaded["programs"]["pod_egress"].fd
+    syn = tcp_frame(SRC_ADDR, "10.244.2.2", 40000, 8080, SYN)
+    try:
+        retval, out = in_namespace(lambda: prog_test_run_out(fd, syn))
+    finally:
+        set_workload(maps, SRC_ADDR, 0)
+    assert retval == TC_ACT_REDIRECT
+    assert out[0:6] == syn[6:12] and out[6:12] == syn[0:6]  # back where it came from
+    src, dst = socket.inet_ntoa(out[26:30]), socket.inet_ntoa(out[30:34])
+    assert (src, dst) == ("10.244.2.2", SRC_ADDR)
+    sport, dport, seq, ack, offset, flags, window = struct.unpack("!HHIIBBH", out[34:50])
+    assert (sport, dport) == (8080, 40000)
+    assert (seq, ack) == (0, 2)  # the SYN's seq was 1
+    assert flags == 0x14  # RST|ACK
+    assert offset == 5 << 4 and window == 0
+    assert out[14:26] == syn[14:26]  # IP header otherwise unchanged
+    assert checksum(out[14:34]) == 0
+    assert tcp_checksum_ok(syn) and tcp_checksum_ok(out)
