@@ -9,6 +9,7 @@ reads files, re-reads only those that changed, and polls for changes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from controlplane.model import ClusterObject, ClusterState, SourceIssue
 from controlplane.sources.decode import decode
 from controlplane.sources.documents import FileContent, config_files, read_file
 from controlplane.sources.state import ObjectKey, assemble, object_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -156,10 +159,19 @@ class FolderSource:
         """Yields the state now, then again whenever objects or issues change.
 
         Polls every ``interval`` seconds; files are stat'ed, and read only when changed.
+        If the folder vanishes after the first state, the last state stays in force and
+        polling goes on until it is back (a missing folder at the start is an error).
         """
         last: ClusterState | None = None
         while True:
-            state = await asyncio.to_thread(self.load) if _large(self._cache) else self.load()
+            try:
+                state = await asyncio.to_thread(self.load) if _large(self._cache) else self.load()
+            except FolderSourceError as err:
+                if last is None:
+                    raise
+                log.warning("%s; keeping the last state", err)
+                await asyncio.sleep(interval)
+                continue
             if last is None or not _same(state, last):
                 last = state
                 yield state

@@ -371,3 +371,35 @@ def test_peer_authentication_decoding(tmp_path: Path) -> None:
     assert pa.mode is MtlsMode.STRICT and pa.selector == {"app": "backend"}
     assert dict(pa.port_level_mtls) == {8080: MtlsMode.PERMISSIVE, 9090: MtlsMode.DISABLE}
     assert all(w.severity is Severity.WARNING for w in state.warnings)
+
+
+def test_watch_keeps_the_last_state_while_the_folder_is_gone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "cfg"
+    write(folder, "ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: one}\n")
+
+    def restore() -> None:
+        (tmp_path / "away").rename(folder)
+        write(folder, "more.yaml", NS_TWO)
+
+    async def scenario() -> list[set[str]]:
+        seen: list[set[str]] = []
+        async for state in FolderSource(folder).watch(interval=0.02):
+            seen.append(set(state.namespaces))
+            if len(seen) == 1:
+                folder.rename(tmp_path / "away")  # polls now find nothing for a while
+                asyncio.get_running_loop().call_later(0.3, restore)
+            else:
+                break
+        return seen
+
+    assert asyncio.run(asyncio.wait_for(scenario(), timeout=10)) == [{"one"}, {"one", "two"}]
+    assert "does not exist; keeping the last state" in caplog.text
+
+    async def first_of_missing() -> None:
+        async for _ in FolderSource(tmp_path / "never").watch():
+            break
+
+    with pytest.raises(FolderSourceError):
+        asyncio.run(first_of_missing())
