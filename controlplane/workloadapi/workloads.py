@@ -14,6 +14,20 @@ from controlplane.workloadapi.services import workload_ports
 
 _CRONJOB_JOB = re.compile(r"^(.+)-\d{8,10}$")
 
+REDIRECTION_ANNOTATION = "ambient.istio.io/redirection"
+"""Set to ``enabled`` by Istio's CNI on pods it redirected: HBONE regardless of labels."""
+TUNNEL_LABELS = ("networking.istio.io/tunnel", "networking.agentgateway.io/tunnel")
+"""Comma-separated tunnel protocols a workload terminates itself (``http``: HBONE)."""
+
+
+def tunnel(pod: Pod, namespace: Namespace | None) -> tuple[int, bool]:
+    """(``tunnel_protocol``, ``native_tunnel``) of a pod, as istiod decides them."""
+    native = any("http" in pod.labels.get(label, "").split(",") for label in TUNNEL_LABELS)
+    redirected = pod.annotations.get(REDIRECTION_ANNOTATION) == "enabled"
+    if native or redirected or is_enrolled(pod, namespace):
+        return int(wl.HBONE), native
+    return int(wl.NONE), False
+
 
 def is_sent(pod: Pod) -> bool:
     """Whether a pod becomes a workload: it has an address and has not terminated."""
@@ -68,13 +82,15 @@ def workload_message(
         for s in services
     }
     healthy = pod.ready and not pod.deleting
+    protocol, native = tunnel(pod, namespace)
     return wl.Workload(
         uid=mesh.workload_uid(pod.namespace, pod.name),
         name=pod.name,
         namespace=pod.namespace,
         addresses=[ipaddress.ip_address(a).packed for a in addresses],
         network=mesh.network,
-        tunnel_protocol=wl.HBONE if is_enrolled(pod, namespace) else wl.NONE,
+        tunnel_protocol=protocol,
+        native_tunnel=native,
         trust_domain=mesh.sent_trust_domain,
         service_account=pod.service_account,
         node=pod.node_name,

@@ -173,11 +173,15 @@ def pod_yaml(
          {"workload_name": "nightly"}),
         (pod_yaml("no-http-port", ports="[]"),
          {"services": {"demo/backend.demo.svc.cluster.local": [(9000, 9000)]}}),
+        (pod_yaml("istio-cni", namespace="legacy", meta="  annotations: {ambient.istio.io/redirection: enabled}\n"),
+         {"tunnel_protocol": 1, "native_tunnel": False}),
+        (pod_yaml("native", namespace="legacy", labels="{networking.istio.io/tunnel: 'h3,http'}"),
+         {"tunnel_protocol": 1, "native_tunnel": True}),
     ],
     ids=[
         "opted-out", "namespace-not-enrolled", "pod-label-enrolls", "not-ready",
         "no-conditions", "terminating", "dual-stack", "deployment-name", "k8s-labels",
-        "cronjob-name", "named-port-unresolved",
+        "cronjob-name", "named-port-unresolved", "istio-cni-redirected", "native-tunnel",
     ],
 )  # fmt: skip
 def test_pod_cases(tmp_path: Path, pod: str, expected: dict[str, Any]) -> None:
