@@ -17,11 +17,14 @@ import ipaddress
 import socket
 import struct
 from enum import IntEnum, IntFlag
+from typing import Any
 
 MAX_WORKLOADS = 4096
 MAX_EXCLUDED_PORTS = 16
 MAX_EXCLUDED_CIDRS = 16
 MAX_ATTACHMENTS = 4096
+VERDICT_MAX = 8
+DROP_MAX = 8
 
 
 class Verdict(IntEnum):
@@ -133,11 +136,13 @@ class AttachmentValue(ctypes.Structure):
 
 
 # pinned map name -> (key type, value type)
-MAPS: dict[str, tuple[type[ctypes.Structure] | type[ctypes.c_uint32], type[ctypes.Structure]]] = {
+MAPS: dict[str, tuple[type[ctypes._SimpleCData[int]] | type[ctypes.Structure], type[Any]]] = {
     "workloads": (WorkloadKey, WorkloadValue),
     "settings": (ctypes.c_uint32, Settings),
     "stats": (WorkloadKey, PodStats),
     "attachments": (ctypes.c_uint32, AttachmentValue),
+    "verdicts": (ctypes.c_uint32, ctypes.c_uint64),  # Verdict -> packets
+    "drops": (ctypes.c_uint32, ctypes.c_uint64),  # Drop -> packets
 }
 
 

@@ -73,6 +73,15 @@ def stats(node_id: str, pod_ip: str | None, namespace: str | None, output: str) 
         emit(filter_rows(maps.stats_rows(), pod_ip, namespace), output)
 
 
+@cli.command("verdicts")
+@_node_option
+@output_option
+def verdicts(node_id: str, output: str) -> None:
+    """Node-wide TCP packets by verdict, and fail-closed packets by reason (codes.h)."""
+    with _open(node_id) as maps:
+        emit(maps.verdict_rows(), output)
+
+
 @cli.command("settings")
 @_node_option
 @output_option

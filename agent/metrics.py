@@ -85,6 +85,21 @@ class MapsCollector(Collector):
             passed.add_metric(base, row["passed"])
         yield from (redirected, dropped, assigned, passed)
 
+        by_verdict = CounterMetricFamily(
+            "ambient_agent_verdicts",
+            "TCP packets the capture programs decided about, by verdict.",
+            labels=["node", "verdict"],
+        )
+        by_reason = CounterMetricFamily(
+            "ambient_agent_fail_closed",
+            "Packets refused or dropped to fail closed, by reason.",
+            labels=["node", "reason"],
+        )
+        for row in self.maps.verdict_rows():
+            family = by_verdict if row["kind"] == "verdict" else by_reason
+            family.add_metric([self.node, row["name"]], row["packets"])
+        yield from (by_verdict, by_reason)
+
 
 class AgentMetrics:
     """The registry of one agent process."""

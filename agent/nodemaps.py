@@ -13,6 +13,8 @@ from agent.layout import (
     STATS_FIELDS,
     AttachKind,
     AttachmentValue,
+    Drop,
+    Verdict,
     WorkloadFlags,
     WorkloadKey,
     WorkloadValue,
@@ -22,7 +24,7 @@ from agent.layout import (
 from agent.pinned import PinnedMap, program_info
 from agent.workloads import LocalWorkload
 
-MAP_NAMES = ("workloads", "settings", "stats", "attachments")
+MAP_NAMES = ("workloads", "settings", "stats", "attachments", "verdicts", "drops")
 PROGRAM_NAMES = ("pod_egress", "node_ingress")
 
 
@@ -54,10 +56,19 @@ class NodeMaps:
         self.settings = PinnedMap.open(pin_dir, "settings")
         self.stats = PinnedMap.open(pin_dir, "stats")
         self.attachments = PinnedMap.open(pin_dir, "attachments")
+        self.verdicts = PinnedMap.open(pin_dir, "verdicts")
+        self.drops = PinnedMap.open(pin_dir, "drops")
 
     def close(self) -> None:
         """Closes every map fd (the pins stay)."""
-        for m in (self.workloads, self.settings, self.stats, self.attachments):
+        for m in (
+            self.workloads,
+            self.settings,
+            self.stats,
+            self.attachments,
+            self.verdicts,
+            self.drops,
+        ):
             m.close()
 
     def __enter__(self) -> NodeMaps:
@@ -184,6 +195,24 @@ class NodeMaps:
             row.update({f: int(getattr(value, f)) for f in STATS_FIELDS})
             rows.append(row)
         return sorted(rows, key=lambda r: _ip_sort(r["pod_ip"]))
+
+    def verdict_rows(self) -> list[dict[str, Any]]:
+        """Node-wide packets by verdict, then fail-closed packets by reason."""
+        rows: list[dict[str, Any]] = []
+        for table, codes, kind in ((self.verdicts, Verdict, "verdict"), (self.drops, Drop, "drop")):
+            for code in codes:
+                if kind == "drop" and code == Drop.NONE:
+                    continue
+                value = table.get(ctypes.c_uint32(int(code)))
+                rows.append(
+                    {
+                        "kind": kind,
+                        "code": int(code),
+                        "name": code.name.lower(),
+                        "packets": int(value.value) if value is not None else 0,
+                    }
+                )
+        return rows
 
     def program_rows(self) -> list[dict[str, Any]]:
         """Pinned programs and where the agent attached them."""

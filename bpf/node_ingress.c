@@ -42,6 +42,7 @@ int node_ingress(struct __sk_buff *skb)
         if (verdict != VERDICT_PASS)
             return redirect_syn(skb, &pkt, cfg, verdict, dst);
     }
+    count_verdict(VERDICT_PASS);
     COUNT(dst, passed);
     return TC_ACT_OK;
 }

@@ -43,6 +43,7 @@ int pod_egress(struct __sk_buff *skb)
         if (verdict != VERDICT_PASS)
             return redirect_syn(skb, &pkt, cfg, verdict, dst);
     }
+    count_verdict(VERDICT_PASS);
     if (is_workload(src))
         COUNT(src, passed);
     return TC_ACT_OK;

@@ -111,6 +111,31 @@ static __always_inline struct pod_stats *stats_of(__u32 ip)
             __sync_fetch_and_add(&_s->field, 1);                                               \
     } while (0)
 
+/* Node-wide tallies by code: every TCP packet's verdict, every fail-closed reason. */
+static __always_inline void count_verdict(__u32 verdict)
+{
+    __u64 *n = verdicts.lookup(&verdict);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+static __always_inline void count_drop(__u32 reason)
+{
+    __u64 *n = drops.lookup(&reason);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    count_verdict(VERDICT_DROP);
+}
+
+static __always_inline __u32 missing_listener_reason(int verdict)
+{
+    if (verdict == VERDICT_REDIRECT_OUTBOUND)
+        return DROP_NO_OUTBOUND_LISTENER;
+    if (verdict == VERDICT_REDIRECT_HBONE)
+        return DROP_NO_HBONE_LISTENER;
+    return DROP_NO_INBOUND_LISTENER;
+}
+
 static __always_inline struct bpf_sock *lookup_tcp(struct __sk_buff *skb,
                                                     struct bpf_sock_tuple *tuple)
 {
@@ -226,12 +251,15 @@ static __always_inline int redirect_syn(struct __sk_buff *skb, struct packet *pk
     if (assign_listener(skb, pkt, listener_port(cfg, verdict), &missing) != 0) {
         if (missing) {
             COUNT(pod_ip, dropped_no_listener);
+            count_drop(missing_listener_reason(verdict));
             return reset_syn(skb, pkt);
         }
         COUNT(pod_ip, dropped_assign_failed);
+        count_drop(DROP_ASSIGN_FAILED);
         return TC_ACT_SHOT;
     }
     skb->mark = cfg->mark;
+    count_verdict(verdict);
     if (verdict == VERDICT_REDIRECT_OUTBOUND)
         COUNT(pod_ip, redirected_outbound);
     else if (verdict == VERDICT_REDIRECT_HBONE)
@@ -250,9 +278,11 @@ static __always_inline int handle_established(struct __sk_buff *skb, struct pack
         return -1;
     if (found < 0) {
         COUNT(pod_ip, dropped_assign_failed);
+        count_drop(DROP_ASSIGN_FAILED);
         return TC_ACT_SHOT;
     }
     skb->mark = cfg->mark;
+    count_verdict(VERDICT_ASSIGN_ESTABLISHED);
     COUNT(pod_ip, assigned_established);
     return TC_ACT_OK;
 }

@@ -16,6 +16,7 @@
 #define VERDICT_REDIRECT_INBOUND 3  /* plaintext SYN to an enrolled pod -> inbound listener */
 #define VERDICT_REDIRECT_HBONE 4    /* SYN to an enrolled pod's HBONE port -> HBONE listener */
 #define VERDICT_DROP 5              /* fail closed; the reason is one of DROP_* */
+#define VERDICT_MAX 8               /* size of the verdicts map (room to grow) */
 
 /* Why a packet was dropped (fail closed). */
 #define DROP_NONE 0
@@ -23,6 +24,7 @@
 #define DROP_NO_INBOUND_LISTENER 2  /* ztunnel's inbound plaintext listener (15006) is not there */
 #define DROP_NO_HBONE_LISTENER 3    /* ztunnel's HBONE listener (15008) is not there */
 #define DROP_ASSIGN_FAILED 4        /* bpf_sk_assign refused the socket it found */
+#define DROP_MAX 8                  /* size of the drops map (room to grow) */
 
 /* Bits of workload_value.flags. */
 #define WORKLOAD_ENROLLED 1 /* in the mesh: its traffic goes through ztunnel */

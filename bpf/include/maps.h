@@ -81,5 +81,8 @@ BPF_TABLE_PINNED("hash", struct workload_key, struct pod_stats, stats,
                  MAX_WORKLOADS + 1, PIN_DIR "/stats");
 BPF_TABLE_PINNED("hash", __u32, struct attachment_value, attachments, MAX_ATTACHMENTS,
                  PIN_DIR "/attachments");
+/* verdicts: VERDICT_* -> packets so decided; drops: DROP_* -> packets failed closed. */
+BPF_TABLE_PINNED("array", __u32, __u64, verdicts, VERDICT_MAX, PIN_DIR "/verdicts");
+BPF_TABLE_PINNED("array", __u32, __u64, drops, DROP_MAX, PIN_DIR "/drops");
 
 #endif

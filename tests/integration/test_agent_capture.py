@@ -481,7 +481,11 @@ def test_maps_cli_json_matches_the_lab(capture: Capture) -> None:
     assert stats[pods["a"].ip]["redirected_outbound"] >= 2
     assert stats[pods["b"].ip]["redirected_inbound"] >= 1
     assert stats[pods["a"].ip]["redirected_hbone"] >= 1
-    # yaml and table render the same rows
+    verdicts = {(r["kind"], r["name"]): r["packets"] for r in capture.maps("verdicts", "node1")}
+    assert verdicts[("verdict", "redirect_outbound")] >= 2
+    assert verdicts[("verdict", "assign_established")] > 0
+    assert verdicts[("drop", "no_outbound_listener")] >= 1  # the listener-gone test
+    # the table renders the same rows
     done = subprocess.run(
         [*AMBIENT_CLI, "maps", "workloads", "--node-id", capture.lab.node("node1").id],
         capture_output=True,
@@ -505,3 +509,5 @@ def test_agent_metrics_on_localhost(capture: Capture) -> None:
     assert "ambient_agent_redirected_connections_total" in text
     assert "ambient_agent_dropped_packets_total" in text
     assert "ambient_agent_attach_failures_total" in text
+    assert 'ambient_agent_verdicts_total{node="node1",verdict="redirect_outbound"}' in text
+    assert 'ambient_agent_fail_closed_total{node="node1",reason="no_hbone_listener"}' in text

@@ -202,6 +202,17 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before[k] for k in after if after[k] != before[k]}
 
 
+MISSING = {
+    Verdict.REDIRECT_OUTBOUND: "no_outbound_listener",
+    Verdict.REDIRECT_INBOUND: "no_inbound_listener",
+    Verdict.REDIRECT_HBONE: "no_hbone_listener",
+}
+
+
+def drop_reasons(maps: NodeMaps) -> dict[str, int]:
+    return {r["name"]: r["packets"] for r in maps.verdict_rows() if r["kind"] == "drop"}
+
+
 REDIRECT_FIELD = {
     Verdict.REDIRECT_OUTBOUND: "redirected_outbound",
     Verdict.REDIRECT_INBOUND: "redirected_inbound",
@@ -239,9 +250,11 @@ def check_row(
         assert not {k for k in changed if k.startswith(("dropped", "redirected"))}
         return
     charged = src if verdict is Verdict.REDIRECT_OUTBOUND else dst
-    # no listener: refused (answered with a reset), counted
+    # no listener: refused (answered with a reset), counted per pod and by reason
+    reasons_before = drop_reasons(loaded["maps"])
     retval, changed = observe(loaded, program, frame, charged, [])
     assert (retval, changed) == (TC_ACT_REDIRECT, {"dropped_no_listener": 1})
+    assert delta(reasons_before, drop_reasons(loaded["maps"])) == {MISSING[verdict]: 1}
     port = listener_port(CaptureSettings(), verdict)
     assert port is not None
     retval, changed = observe(loaded, program, frame, charged, [port])

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from agent.layout import (
+    DROP_MAX,
     MAX_ATTACHMENTS,
     MAX_EXCLUDED_CIDRS,
     MAX_EXCLUDED_PORTS,
     MAX_WORKLOADS,
+    VERDICT_MAX,
     AttachKind,
     AttachmentValue,
     Drop,
@@ -47,13 +49,19 @@ def defines(header: str) -> dict[str, int]:
     ],
 )
 def test_every_code_of_codes_h_is_mirrored_with_its_number(prefix: str, enum: type) -> None:
-    in_c = {k[len(prefix) :]: v for k, v in defines("codes.h").items() if k.startswith(prefix)}
+    in_c = {
+        k[len(prefix) :]: v
+        for k, v in defines("codes.h").items()
+        if k.startswith(prefix) and not k.endswith("_MAX")
+    }
     in_py = {member.name: int(member.value) for member in enum}  # type: ignore[attr-defined]
     assert in_c, f"no {prefix}* codes found in codes.h"
     assert in_py == in_c
 
 
 def test_map_limits_match_maps_h() -> None:
+    assert defines("codes.h")["VERDICT_MAX"] == VERDICT_MAX > max(Verdict)
+    assert defines("codes.h")["DROP_MAX"] == DROP_MAX > max(Drop)
     limits = defines("maps.h")
     assert limits["MAX_WORKLOADS"] == MAX_WORKLOADS
     assert limits["MAX_EXCLUDED_PORTS"] == MAX_EXCLUDED_PORTS
