@@ -20,6 +20,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 # Packages whose files we use; each line: package name. Keep sorted.
 packages=(
+  curl
   ethtool
   iperf3
   iproute2

@@ -351,6 +351,78 @@ def stop(name: str | None, run_root: Path, process: str) -> None:
     Lab.attach(_resolve_name(name, run_root), run_root).stop(process)
 
 
+def _manifest_options(func: F) -> F:
+    func = click.option("--dry-run", is_flag=True, help="Check and plan only; change nothing.")(
+        func
+    )
+    func = click.option(
+        "--namespace", "-n", default=None, help="Namespace of objects that name none."
+    )(func)
+    return click.option(
+        "--filename",
+        "-f",
+        "files",
+        multiple=True,
+        required=True,
+        type=click.Path(path_type=Path),
+        help="A YAML file or a folder of them (repeatable).",
+    )(func)
+
+
+@cli.command()
+@_lab_options
+@_manifest_options
+@output_option
+def apply(
+    *,
+    name: str | None,
+    run_root: Path,
+    files: tuple[Path, ...],
+    namespace: str | None,
+    dry_run: bool,
+    output: str,
+) -> None:
+    """Apply Kubernetes and Istio manifests, as 'kubectl apply -f' would.
+
+    Namespaces, ServiceAccounts, Pods, Deployments (replicas spread over the nodes),
+    Services, and Istio and Gateway API objects (written to the config folder). Images
+    the lab stands in for: hashicorp/http-echo, curlimages/curl, busybox/alpine with
+    sleep, pause. Every document is checked before anything changes.
+    """
+    require("root", "netns", what="ambient lab apply")
+    from lab.cluster import Lab
+    from lab.manifests.apply import apply_manifests
+
+    lab = Lab.attach(_resolve_name(name, run_root), run_root)
+    result = apply_manifests(lab, list(files), namespace=namespace, dry_run=dry_run)
+    for warning in result.warnings:
+        click.echo(str(warning), err=True)
+    emit(result.rows(), output, ["object", "result", "detail"])
+
+
+@cli.command()
+@_lab_options
+@_manifest_options
+@output_option
+def delete(
+    *,
+    name: str | None,
+    run_root: Path,
+    files: tuple[Path, ...],
+    namespace: str | None,
+    dry_run: bool,
+    output: str,
+) -> None:
+    """Delete what manifests name, as 'kubectl delete -f' would (a Namespace with its objects)."""
+    require("root", "netns", what="ambient lab delete")
+    from lab.cluster import Lab
+    from lab.manifests.apply import delete_manifests
+
+    lab = Lab.attach(_resolve_name(name, run_root), run_root)
+    result = delete_manifests(lab, list(files), namespace=namespace, dry_run=dry_run)
+    emit(result.rows(), output, ["object", "result", "detail"])
+
+
 def _service_port(text: str) -> Any:
     from lab.errors import LabSpecError
     from lab.model import ServicePort

@@ -419,6 +419,23 @@ class Lab:
             objects.write_object(self.config_dir, objects.namespace_object(name, merged))
         return dict(merged)
 
+    def remove_namespace(self, name: str) -> None:
+        """Deletes a Kubernetes namespace with its pods, Services and ServiceAccount files."""
+        if name == "default":
+            raise LabSpecError(
+                "the namespace 'default' cannot be deleted", hint="delete its objects"
+            )
+        for pod in [p for p in self.pods if p.namespace == name]:
+            self.remove_pod(pod)
+        for svc in [s for s in self.services if s.namespace == name]:
+            self.remove_service(svc)
+        with self._mutate() as state:
+            if state.namespaces.pop(name, None) is None:
+                raise NoSuchObjectError(f"lab {self.name!r} has no namespace {name!r}")
+            objects.remove_object(self.config_dir, "Namespace", name)
+            for path in self.config_dir.glob(f"serviceaccount.{name}.*.yaml"):
+                path.unlink(missing_ok=True)
+
     def add_pod(
         self,
         name: str,
