@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import wrkstats
 from bench.errors import MeasurementError, ToolError
 from bench.procs import run_in_netns
 
@@ -35,8 +36,9 @@ done = function(summary, latency, requests)
     "MARK", summary.requests, summary.duration, e.connect, e.read, e.write, e.status,
     e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency:percentile(99.9), latency.mean, latency.max))
+HIST
 end
-""".replace("MARK", WRK_MARK)
+""".replace("MARK", WRK_MARK).replace("HIST\n", wrkstats.HIST_LUA)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class RequestResult:
     client_cpu_s: float
     """CPU wrk used."""
     latency_valid: bool = True
-    """False when wrk's latency histogram contradicts its own request count."""
+    """False when the measured latencies could not be recovered (p50/p99/mean are NaN)."""
 
     @property
     def rate(self) -> float:
@@ -77,10 +79,43 @@ def latency_consistent(
     """Little's law as a sanity check of a closed-loop run.
 
     With ``connections`` requests in flight at most, the latencies of all ``requests``
-    cannot add up to more than ``connections * duration``. wrk has been seen (on a busy
-    machine) to report a mean far above that; such latency figures are not kept.
+    cannot add up to more than ``connections * duration``. wrk's own corrected figures
+    break it on a busy machine (see :mod:`bench.wrkstats`); ours must not.
     """
     return mean_us * requests <= slack * connections * duration_us
+
+
+def measured_latencies(
+    text: str, doc: dict[str, float], connections: int
+) -> tuple[float, float, float] | None:
+    """p50, p99 and mean (us) of the latencies wrk measured, before its correction.
+
+    None when the histogram is missing, does not invert, or fails the checks: its
+    count must equal the completed requests, and Little's law must hold.
+    """
+    corrected = wrkstats.parse_histogram(text)
+    if not corrected:
+        return None
+    requests = int(doc["requests"])
+    expected = wrkstats.expected_interval(int(doc["duration_us"]), requests, connections)
+    try:
+        real = wrkstats.undo_correction(corrected, expected)
+    except ValueError as err:
+        log.warning("wrk histogram: %s", err)
+        return None
+    if sum(real.values()) != requests:
+        log.warning("wrk histogram holds %d samples for %d requests", sum(real.values()), requests)
+        return None
+    mean = wrkstats.hist_mean(real)
+    if not latency_consistent(
+        mean_us=mean, requests=requests, connections=connections, duration_us=doc["duration_us"]
+    ):
+        return None
+    return (
+        float(wrkstats.hist_percentile(real, 50)),
+        float(wrkstats.hist_percentile(real, 99)),
+        mean,
+    )
 
 
 def parse_iperf3(text: str) -> float:
@@ -178,28 +213,16 @@ def requests(
     ]
     if new_connection_each:
         argv += ["-H", "Connection: close"]
-    for attempt in range(2):
-        run = run_in_netns(netns, [*argv, url], timeout_s=seconds + TIMEOUT_SLACK_S)
-        if run.returncode != 0:
-            output = run.stderr[-400:] or run.stdout[-400:]
-            raise ToolError(f"wrk exited with {run.returncode}: {output}")
-        doc = parse_wrk(run.stdout)
-        valid = latency_consistent(
-            mean_us=doc["mean_us"],
-            requests=doc["requests"],
-            connections=connections,
-            duration_us=doc["duration_us"],
-        )
-        if valid:
-            break
+    run = run_in_netns(netns, [*argv, url], timeout_s=seconds + TIMEOUT_SLACK_S)
+    if run.returncode != 0:
+        output = run.stderr[-400:] or run.stdout[-400:]
+        raise ToolError(f"wrk exited with {run.returncode}: {output}")
+    doc = parse_wrk(run.stdout)
+    measured = measured_latencies(run.stdout, doc, connections)
+    if measured is None:
         log.warning(
-            "wrk's latencies (mean %.0f us over %d requests) do not fit its %.2f s run "
-            "with %d connection(s)%s",
-            doc["mean_us"],
-            doc["requests"],
-            doc["duration_us"] / 1e6,
-            connections,
-            "; measuring again" if attempt == 0 else "; latency figures dropped",
+            "wrk's latency histogram for %s could not be recovered; latency figures dropped",
+            url,
         )
     errors = int(
         doc["connect_errors"]
@@ -210,13 +233,14 @@ def requests(
     )
     if doc["requests"] <= 0:
         raise MeasurementError(f"wrk completed no request to {url} ({errors} errors)")
+    p50, p99, mean = measured if measured is not None else (math.nan, math.nan, math.nan)
     return RequestResult(
         requests=int(doc["requests"]),
         duration_s=doc["duration_us"] / 1e6,
         errors=errors,
-        p50_us=doc["p50_us"],
-        p99_us=doc["p99_us"],
-        mean_us=doc["mean_us"],
+        p50_us=p50,
+        p99_us=p99,
+        mean_us=mean,
         client_cpu_s=run.cpu_s,
-        latency_valid=valid,
+        latency_valid=measured is not None,
     )
