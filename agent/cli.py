@@ -23,10 +23,12 @@ def cli() -> None:
 )
 @click.option(
     "--config-dir",
-    required=True,
+    default=None,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Folder of Namespace/Pod YAML (the lab's config folder).",
 )
+@click.option("--kubernetes", is_flag=True, help="Read pods from the Kubernetes API instead.")
+@click.option("--kubeconfig", default=None, help="Kubeconfig (default: in-cluster config).")
 @click.option("--uplink", default=None, help="Interface toward other nodes (default route's).")
 @click.option("--metrics-port", default=15029, show_default=True, help="0 disables.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
@@ -44,7 +46,9 @@ def run(  # click passes every flag by name
     *,
     node_name: str,
     node_id: str | None,
-    config_dir: Path,
+    config_dir: Path | None,
+    kubernetes: bool,
+    kubeconfig: str | None,
     uplink: str | None,
     metrics_port: int,
     metrics_host: str,
@@ -73,6 +77,8 @@ def run(  # click passes every flag by name
         node_name=node_name,
         node_id=node_id or node_name,
         config_dir=config_dir,
+        kubernetes=kubernetes,
+        kubeconfig=kubeconfig,
         uplink=uplink,
         capture=capture,
         metrics_host=metrics_host,
@@ -84,7 +90,7 @@ def run(  # click passes every flag by name
 
 
 @cli.command("cleanup")
-@click.option("--node-id", required=True, help="The id the agent ran with.")
+@click.option("--node-id", "--node", "node_id", required=True, help="The id the agent ran with.")
 @click.option(
     "--netns",
     default=None,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from agent.attach import LocalDelivery
 from agent.capture import CaptureSettings
+from agent.errors import ConfigError
 from agent.pinned import BPFFS_ROOT, pin_dir_for
 
 DEFAULT_METRICS_PORT = 15029
@@ -23,8 +24,13 @@ class AgentConfig:
     node_id: str
     """Host-unique id of the node; programs and maps are pinned under
     ``<bpffs_root>/<node_id>/`` (two lab nodes on one host never share pins)."""
-    config_dir: Path
-    """The folder of Namespace/Pod YAML the cluster source reads (the lab writes it)."""
+    config_dir: Path | None
+    """The folder of Namespace/Pod YAML the cluster source reads (the lab writes it);
+    None: the Kubernetes API (``kubernetes`` must then be True)."""
+    kubernetes: bool = False
+    """Read pods and namespaces from the Kubernetes API instead of a folder."""
+    kubeconfig: str | None = None
+    """Kubeconfig for the API (None: in-cluster configuration, then the default file)."""
     uplink: str | None = None
     """The node's interface toward other nodes; None: the default route's interface."""
     bpffs_root: Path = BPFFS_ROOT
@@ -49,6 +55,13 @@ class AgentConfig:
     allow_host_namespace: bool = False
     """Allow running in the host's (PID 1's) network namespace, as on a real node. Off
     by default so that a lab or test mistake never touches the machine's own network."""
+
+    def __post_init__(self) -> None:
+        if (self.config_dir is None) == (not self.kubernetes):
+            raise ConfigError(
+                "the agent needs exactly one cluster source",
+                hint="pass --config-dir DIR (a folder of YAML) or --kubernetes",
+            )
 
     @property
     def pin_dir(self) -> Path:

@@ -180,9 +180,7 @@ class Agent:
         this thread with no loop running; the source's async watch runs on a thread of
         its own and hands each new state over a queue.
         """
-        from controlplane.sources import FolderSource
-
-        source = FolderSource(Path(self.config.config_dir))
+        source = open_source(self.config)
         last = source.load()
         self.apply(last)
         states: queue.Queue[ClusterState | BaseException] = queue.Queue()
@@ -209,6 +207,21 @@ class Agent:
                 raise AgentError(f"the cluster source stopped: {item}") from item
             last = item
             self.apply(last)
+
+
+def open_source(config: AgentConfig) -> Any:
+    """The cluster source the config names: the YAML folder, or the Kubernetes API."""
+    if config.config_dir is not None:
+        from controlplane.sources import FolderSource
+
+        return FolderSource(Path(config.config_dir))
+    from controlplane.sources.kube import KubernetesSource, ResourceKind
+
+    kinds = (
+        ResourceKind("Namespace", "", "v1", "namespaces"),
+        ResourceKind("Pod", "", "v1", "pods"),
+    )
+    return KubernetesSource(kubeconfig=config.kubeconfig, kinds=kinds)
 
 
 def run_agent(config: AgentConfig) -> None:

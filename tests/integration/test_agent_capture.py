@@ -451,6 +451,10 @@ def test_agent_kill_9_and_restart_during_a_30s_transfer(capture: Capture) -> Non
 
 def test_maps_cli_json_matches_the_lab(capture: Capture) -> None:
     pods = capture.pods
+    # traffic of each kind, so the counters below do not depend on other tests
+    capture.report("a", pods["b"].ip, 8080)
+    capture.report("d", pods["b"].ip, 8080)
+    capture.report("node2", pods["a"].ip, 15008)
     rows = capture.maps("workloads", "node1")
     assert {r["pod_ip"]: (r["namespace"], r["pod"], r["enrolled"], r["ifname"]) for r in rows} == {
         pods[p].ip: (pods[p].namespace, p, pods[p].namespace == "mesh", pods[p].host_ifname)
@@ -478,13 +482,15 @@ def test_maps_cli_json_matches_the_lab(capture: Capture) -> None:
     }
     assert all(r["prog_id"] for r in programs)
     stats = {r["pod_ip"]: r for r in capture.maps("stats", "node1")}
-    assert stats[pods["a"].ip]["redirected_outbound"] >= 2
+    assert stats[pods["a"].ip]["redirected_outbound"] >= 1
     assert stats[pods["b"].ip]["redirected_inbound"] >= 1
     assert stats[pods["a"].ip]["redirected_hbone"] >= 1
     verdicts = {(r["kind"], r["name"]): r["packets"] for r in capture.maps("verdicts", "node1")}
-    assert verdicts[("verdict", "redirect_outbound")] >= 2
+    assert verdicts[("verdict", "redirect_outbound")] >= 1
+    assert verdicts[("verdict", "redirect_inbound")] >= 1
+    assert verdicts[("verdict", "redirect_hbone")] >= 1
     assert verdicts[("verdict", "assign_established")] > 0
-    assert verdicts[("drop", "no_outbound_listener")] >= 1  # the listener-gone test
+    assert ("drop", "no_outbound_listener") in verdicts
     # the table renders the same rows
     done = subprocess.run(
         [*AMBIENT_CLI, "maps", "workloads", "--node-id", capture.lab.node("node1").id],
