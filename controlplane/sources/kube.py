@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 HTTP_GONE = 410
 HTTP_NOT_FOUND = 404
+HTTP_DENIED = (401, 403)
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,13 @@ class Backoff:
         while True:
             yield delay
             delay = min(delay * self.factor, self.maximum)
+
+
+def _denied(kind: ResourceKind, status: int, reason: str) -> str:
+    return (
+        f"the API refuses to list {kind.api_version} {kind.plural} (HTTP {status} {reason}); "
+        "grant list and watch on it (retrying)"
+    )
 
 
 def _api_error(err: Exception) -> tuple[int, str]:
@@ -402,6 +410,9 @@ class _KindWatcher(threading.Thread):
                     continue
                 if status == HTTP_NOT_FOUND and not version:
                     self.post("unavailable", KubernetesSource._not_served(self.kind))
+                elif status in HTTP_DENIED and not version:
+                    # Do not hold every other kind back: report, and keep asking.
+                    self.post("unavailable", _denied(self.kind, status, reason))
                 else:
                     log.warning("watch of %s failed: HTTP %s %s", self.kind.plural, status, reason)
             except Exception as err:  # any transport failure means: reconnect

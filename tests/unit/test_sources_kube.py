@@ -329,6 +329,29 @@ def test_watch_follows_events_relists_on_410_and_reconnects(serve: Any) -> None:
     assert len(versions) >= 4, "the dropped connection was retried"
 
 
+def test_a_forbidden_kind_does_not_hold_the_others_back(serve: Any) -> None:
+    _, api = serve(
+        {
+            ("/api/v1/namespaces", "list"): [NS_LIST],
+            ("/api/v1/namespaces", "watch"): [Stream([], hold=5.0)],
+            ("/api/v1/pods", "list"): [Json(status_body(403, "Forbidden", "no"), 403)],
+        }
+    )
+    source = KubernetesSource(api, kinds=(NAMESPACES, PODS), backoff=Backoff(0.05, 0.1))
+
+    async def first() -> Any:
+        async for state in source.watch(interval=0.0):
+            return state
+        return None
+
+    state = asyncio.run(asyncio.wait_for(first(), timeout=10))
+    assert set(state.namespaces) == {"demo"}
+    assert [w.message for w in state.warnings] == [
+        "the API refuses to list v1 pods (HTTP 403 Forbidden); grant list and watch on it "
+        "(retrying)"
+    ]
+
+
 def test_watch_stops_cleanly_when_the_consumer_leaves(serve: Any) -> None:
     _, api = serve(
         {
