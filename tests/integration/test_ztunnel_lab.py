@@ -1,8 +1,10 @@
 """ztunnel in a two-node lab with the real capture programs: HBONE between nodes.
 
-    node1: client (demo, enrolled), outsider (plain, not enrolled)
-    node2: backend (demo, enrolled; http-echo :8080 that reports the caller's address)
-    Service demo/backend 80 -> 8080; PeerAuthentication STRICT mesh-wide
+    node1: client, neighbor (http-echo :8080), intruder (all demo, enrolled);
+           outsider (plain, not enrolled)
+    node2: backend (demo; http-echo :8080 reporting the caller, tcp sink :9001, echo :9002)
+    Service demo/backend 80 -> 8080; PeerAuthentication STRICT mesh-wide;
+    backend ALLOWs only the client's principal on 8080/9001/9002, and DENYs 9002
 
 Each node runs the agent (capture) and `ambient ztunnel run --cluster-folder` (its
 state translated from the lab's cluster YAML as istiod would, certificates from one
@@ -76,6 +78,25 @@ apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: istio-system}
 spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: backend-allow, namespace: demo}
+spec:
+  selector: {matchLabels: {app: backend}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/demo/sa/client]}}]
+    to: [{operation: {ports: ["8080", "9001", "9002"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: backend-deny-9002, namespace: demo}
+spec:
+  selector: {matchLabels: {app: backend}}
+  action: DENY
+  rules:
+  - to: [{operation: {ports: ["9002"]}}]
 """
 
 
@@ -84,6 +105,7 @@ class Mesh:
     lab: Any
     pods: dict[str, Any]
     ztunnels: dict[str, Any]
+    ca_dir: Path
 
     def get(self, pod: str, host: str, port: int) -> str:
         done = self.lab.exec(
@@ -105,6 +127,19 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def start_ztunnel(lab: Any, node: Any, ca_dir: Path) -> Any:
+    """`ambient ztunnel run` in ``node``'s namespace, state from the lab's cluster folder."""
+    argv = ["python", "-m", "ambient", "ztunnel", "run", "--node", node.name]
+    argv += ["--cluster-folder", str(lab.config_dir), "--ca-dir", str(ca_dir)]
+    argv += ["--access-log-format", "json"]
+    return lab.spawn_in_node(node, argv, name=f"ztunnel-{node.name}-{time.monotonic_ns()}")
+
+
+def wait_ready(mesh: Mesh, node: str) -> None:
+    url = "http://127.0.0.1:15021/healthz/ready"
+    wait_for(lambda: mesh.fetch(node, url).startswith("200"), 60, f"ztunnel on {node}")
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     from pyroute2 import IPRoute
@@ -124,6 +159,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                     "client", namespace="demo", node="node1", service_account="client"
                 ),
                 "outsider": lab.add_pod("outsider", namespace="plain", node="node1"),
+                "neighbor": lab.add_pod(
+                    "neighbor", namespace="demo", node="node1", service_account="neighbor"
+                ),
+                "intruder": lab.add_pod(
+                    "intruder", namespace="demo", node="node1", service_account="intruder"
+                ),
                 "backend": lab.add_pod(
                     "backend",
                     namespace="demo",
@@ -143,6 +184,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 "backend", "http-echo", ["--text", "Hello from backend", "--listen", ":8080"]
             )
             lab.start_workload("backend", "tcp-echo", ["--listen", ":9001", "--mode", "sink"])
+            lab.start_workload("backend", "tcp-echo", ["--listen", ":9002"])
+            lab.start_workload("neighbor", "http-echo", ["--listen", ":8080"])
             ztunnels = {}
             for node in lab.nodes:
                 lab.spawn_in_node(
@@ -164,34 +207,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                     ],
                     name=f"agent-{node.name}",
                 )
-                ztunnels[node.name] = lab.spawn_in_node(
-                    node,
-                    [
-                        "python",
-                        "-m",
-                        "ambient",
-                        "ztunnel",
-                        "run",
-                        "--node",
-                        node.name,
-                        "--cluster-folder",
-                        str(lab.config_dir),
-                        "--ca-dir",
-                        str(ca_dir),
-                        "--access-log-format",
-                        "json",
-                    ],
-                    name=f"ztunnel-{node.name}",
-                )
-            result = Mesh(lab, pods, ztunnels)
+                ztunnels[node.name] = start_ztunnel(lab, node, ca_dir)
+            result = Mesh(lab, pods, ztunnels, ca_dir)
             for node in lab.nodes:
-                wait_for(
-                    lambda n=node.name: result.fetch(
-                        n, "http://127.0.0.1:15021/healthz/ready"
-                    ).startswith("200"),
-                    60,
-                    f"ztunnel on {node.name} to be ready",
-                )
+                wait_ready(result, node.name)
             yield result
         finally:
             for proc in list(lab.processes):
@@ -274,3 +293,43 @@ def test_both_reporters_count_the_same_connection_and_bytes(mesh: Mesh) -> None:
         "spiffe://cluster.local/ns/demo/sa/backend"
     ]
     assert dump["certificates"][0]["state"] == "Available"
+
+
+def test_same_node_call_goes_through_the_local_ztunnel(mesh: Mesh) -> None:
+    answer = mesh.get("client", mesh.pods["neighbor"].ip, 8080)
+    assert "Hello from neighbor" in answer, answer
+    assert f"client: {mesh.pods['client'].ip}:" in answer
+    log = mesh.ztunnels["node1"].log_path.read_text()
+    assert '"dst_workload": "neighbor"' in log
+
+
+def test_allow_and_deny_policies_per_principal_and_port(mesh: Mesh) -> None:
+    vip = mesh.lab.service("backend", namespace="demo").vip
+    assert "Hello from backend" in mesh.get("client", vip, 80)
+    assert mesh.get("intruder", vip, 80).startswith("ERROR")
+    echoed = mesh.lab.exec(
+        mesh.pods["client"],
+        [
+            "python",
+            "-c",
+            "import socket,sys; s=socket.create_connection((sys.argv[1], 9002), 5);"
+            "s.settimeout(5); s.sendall(b'ping'); print(s.recv(10))",
+            mesh.pods["backend"].ip,
+        ],
+        timeout=20,
+    )
+    assert "ping" not in echoed.stdout
+    log = mesh.ztunnels["node2"].log_path.read_text()
+    assert "denied by DENY policy demo/backend-deny-9002" in log
+    assert "no ALLOW policy matched" in log and "sa/intruder" in log
+
+
+def test_ztunnel_down_fails_closed_and_restart_resumes(mesh: Mesh) -> None:
+    vip = mesh.lab.service("backend", namespace="demo").vip
+    mesh.lab.stop(mesh.ztunnels["node1"])
+    answer = mesh.get("client", vip, 80)
+    assert answer.startswith("ERROR") and "Hello" not in answer
+    node1 = mesh.lab.node("node1")
+    mesh.ztunnels["node1"] = start_ztunnel(mesh.lab, node1, mesh.ca_dir)
+    wait_ready(mesh, "node1")
+    assert "Hello from backend" in mesh.get("client", vip, 80)

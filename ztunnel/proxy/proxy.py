@@ -9,6 +9,7 @@ in a ``finally``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -155,7 +156,12 @@ class Proxy:
                 str(plan.pool_key.destination),
             )
             record.dst_workload = plan.destination.name
-            await self._outbound_tunnel(plan, reader, writer, labels, record)
+            if self._is_local(plan):
+                await self._outbound_same_node(
+                    plan, (src_ip, src_port), (reader, writer), labels, record
+                )
+            else:
+                await self._outbound_tunnel(plan, reader, writer, labels, record)
         except (OSError, TimeoutError, HboneError, IdentityError, ssl.SSLError) as err:
             flag = _failure_flag(err)
             record.result, record.reason = flag, str(err)
@@ -181,6 +187,54 @@ class Proxy:
         finally:
             record.bytes_received, record.bytes_sent = received, sent
             self.metrics.connection_closed(labels, received=received, sent=sent)
+
+    def _is_local(self, plan: outbound.Tunnel) -> bool:
+        """Whether the tunnel would end at this very ztunnel (a pod of this node)."""
+        return bool(self.config.node_name) and plan.destination.node == self.config.node_name
+
+    async def _outbound_same_node(
+        self,
+        plan: outbound.Tunnel,
+        client: tuple[IPAddress, int],
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        labels: ConnectionLabels,
+        record: AccessRecord,
+    ) -> None:
+        """A destination on this node: the inbound half runs here, in-process.
+
+        A SYN from the node to a local pod's 15008 would go straight into the pod (no
+        capture sees it), so the tunnel is not dialed: the same inbound decision as an
+        HBONE peer would get is taken with the source workload's identity (this process
+        holds its certificate), and both reporters are counted, as two ztunnels would.
+        """
+        decision = inbound.decide_hbone(
+            self.state(),
+            plan.request,
+            peer_identity=plan.pool_key.source,
+            peer_ip=client[0],
+            node=self.config.node_name,
+            network=self.config.network,
+        )
+        dest_labels = dataclasses.replace(labels, reporter="destination")
+        if isinstance(decision, inbound.Refuse):
+            record.result, record.reason = decision.flag, decision.reason
+            self.metrics.connection_failed(dest_labels, decision.flag)
+            self.metrics.connection_failed(labels, decision.flag)
+            conn[1].transport.abort()
+            return
+        upstream = await self.sockets.connect(
+            decision.upstream_ip, decision.upstream_port, source=decision.source_ip
+        )
+        self.metrics.connection_opened(labels)
+        self.metrics.connection_opened(dest_labels)
+        received = sent = 0
+        try:
+            received, sent = await splice(conn, upstream)
+        finally:
+            upstream[1].close()
+            record.bytes_received, record.bytes_sent = received, sent
+            for side in (labels, dest_labels):
+                self.metrics.connection_closed(side, received=received, sent=sent)
 
     # --- inbound HBONE (15008) --------------------------------------------
 
