@@ -112,8 +112,10 @@ class Mesh:
         self.state = parse_state(
             yaml.safe_load(state_yaml(echo_port, self.vip_port))
         ).to_proxy_state()
+        # No node name: this one process plays both ztunnels, so the same-node short cut
+        # (which would skip HBONE) must not apply.
         config = ZtunnelConfig(
-            node_name="n1", hbone_port=self.hbone_port, workers=1, access_log_format="json"
+            node_name="", hbone_port=self.hbone_port, workers=1, access_log_format="json"
         )
         self.ca = LocalCA.create(dt.datetime.now(dt.UTC))
         self.identities = IdentityStore(self.ca.root_pem, local_issuer(self.ca))
