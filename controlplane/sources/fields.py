@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.model import FrozenMap, Severity
+from controlplane.model import EMPTY, FrozenMap, Severity
 
 _DNS1123_LABEL_RE = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_SUBDOMAIN = re.compile(rf"^{_DNS1123_LABEL_RE}(\.{_DNS1123_LABEL_RE})*$")
@@ -233,3 +233,10 @@ def check_port(value: Any, path: str, problems: list[Problem]) -> int | None:
         problems.append(Problem(path, f"must be a port number 1-65535, not {value!r}"))
         return None
     return number
+
+
+def labels_of(meta: Fields | None) -> tuple[FrozenMap[str, str], FrozenMap[str, str]]:
+    """``metadata.labels`` and ``metadata.annotations`` (empty when absent)."""
+    if meta is None:
+        return EMPTY, EMPTY
+    return meta.str_map("labels") or EMPTY, meta.str_map("annotations") or EMPTY
