@@ -95,6 +95,10 @@ def measured_latencies(
     """
     corrected = wrkstats.parse_histogram(text)
     if not corrected:
+        log.warning(
+            "wrk printed no histogram (max latency %.0f us: too wide a span to export)",
+            doc.get("max_us", math.nan),
+        )
         return None
     requests = int(doc["requests"])
     expected = wrkstats.expected_interval(int(doc["duration_us"]), requests, connections)
@@ -110,6 +114,7 @@ def measured_latencies(
     if not latency_consistent(
         mean_us=mean, requests=requests, connections=connections, duration_us=doc["duration_us"]
     ):
+        log.warning("wrk histogram: mean %.0f us breaks Little's law", mean)
         return None
     return (
         float(wrkstats.hist_percentile(real, 50)),

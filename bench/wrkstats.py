@@ -17,8 +17,9 @@ import math
 from collections.abc import Mapping
 
 HIST_MARK = "BENCH_WRK_HIST "
-MAX_EXPORT_WORK = 300_000_000
-"""Bound on distinct values x value span for the Lua export (wrk scans per lookup)."""
+MAX_EXPORT_WORK = 3_000_000_000
+"""Bound on distinct values x value span for the Lua export: wrk scans the span for
+every lookup, so this caps the export at a few seconds of CPU after the measurement."""
 
 HIST_LUA = """\
   -- the histogram as value:count pairs (skipped when wrk's lookups would be too slow)
