@@ -11,14 +11,15 @@ is collected before anything is applied. Pure apart from reading the files.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from controlplane.model import EMPTY, FrozenMap, Severity, SourceIssue, deep_freeze
-from controlplane.sources.decode import INJECTION_LABEL, decode
-from controlplane.sources.documents import Document, config_files, read_file
+from controlplane.sources.decode import decode
+from controlplane.sources.documents import Document, config_files, parse_text, read_file
 from controlplane.sources.fields import Fields, Problem
 from lab.manifests import images
 from lab.manifests.errors import ManifestError
@@ -36,6 +37,8 @@ from lab.manifests.model import (
 )
 
 AMBIENT_LABEL = "istio.io/dataplane-mode=ambient"
+INJECTION_LABEL = "istio-injection"
+"""Sidecar mode's enrollment label (``enabled``), which this mesh does not use."""
 
 CORE_KINDS = ("Namespace", "ServiceAccount", "Pod", "Service")
 CONFIG_KINDS: dict[tuple[str, str], tuple[str, ...]] = {
@@ -75,12 +78,18 @@ class Parsed:
 def load(paths: Sequence[Path], *, namespace: str | None = None) -> Parsed:
     """Reads files and folders (sorted, recursively) and parses every document in them.
 
-    ``namespace`` is ``kubectl apply -n``: objects without one get it, objects naming
-    another are an error. Never raises for bad content; see :meth:`Parsed.check`.
+    ``-`` reads standard input. ``namespace`` is ``kubectl apply -n``: objects without
+    one get it, objects naming another are an error. Never raises for bad content; see
+    :meth:`Parsed.check`.
     """
     docs: list[Document] = []
     faults: list[SourceIssue] = []
     for path in paths:
+        if str(path) == "-":
+            content = parse_text(sys.stdin.read(), "<stdin>")
+            docs += content.documents
+            faults += [content.fault] if content.fault is not None else []
+            continue
         if not path.exists():
             faults.append(SourceIssue.about_file(str(path), "no such file or folder"))
             continue

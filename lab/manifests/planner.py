@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from controlplane.model import EMPTY, FrozenMap, SourceIssue, selector_matches
+from controlplane.sources.fields import is_dns1123_label
 from lab.manifests.errors import ManifestError
 from lab.manifests.images import Program
 from lab.manifests.model import (
@@ -313,6 +314,7 @@ class _Planner:
         for pod in view.pods.values():
             self.load[pod.node] = self.load.get(pod.node, 0) + 1
         self.namespaces = set(view.namespaces)
+        self.vips = {key: svc.vip for key, svc in view.services.items()}
 
     def problem(self, manifest: Manifest, field_path: str, message: str) -> None:
         self.problems.append(
@@ -365,6 +367,15 @@ class _Planner:
         if m.template.node and m.template.node not in self.view.nodes:
             where = "spec.nodeName" if m.kind == "Pod" else "spec.template.spec.nodeName"
             self.problem(m, where, f"the lab has no node {m.template.node!r} ({_list(self)})")
+            return
+        longest = m.name if m.kind == "Pod" else f"{m.replica_set}-{'x' * 5}"
+        if not is_dns1123_label(longest):
+            self.problem(
+                m,
+                "metadata.name",
+                f"pod name {longest!r} would not be a DNS label (at most 63 characters; "
+                "a Deployment's pods add 17)",
+            )
             return
         fingerprint = workload_fingerprint(m)
         before = self.record.get(m.ref)
@@ -439,6 +450,15 @@ class _Planner:
         if ports is None:
             return
         key = f"{m.namespace}/{m.name}"
+        if not is_dns1123_label(m.name):
+            self.problem(m, "metadata.name", "a Service name must be a DNS label (no dots)")
+            return
+        if m.vip:
+            users = [k for k, v in self.vips.items() if v == m.vip and k != key]
+            if users:
+                self.problem(m, "spec.clusterIP", f"{m.vip} is taken by Service {users[0]}")
+                return
+            self.vips[key] = m.vip
         current = self.view.services.get(key)
         self.record[m.ref] = Applied(labels=m.labels)
         if current is None:
@@ -590,6 +610,22 @@ def plan_delete(manifests: Sequence[Manifest], view: LabView, record: Record) ->
     outcomes: list[Outcome] = []
     kept = dict(record)
     gone_namespaces = {m.name for m in manifests if isinstance(m, NamespaceManifest)}
+    if "default" in gone_namespaces:
+        (m,) = [m for m in manifests if m.ref == "Namespace/default"]
+        raise ManifestError(
+            [
+                SourceIssue(
+                    m.origin.file,
+                    m.origin.line,
+                    m.kind,
+                    "",
+                    m.name,
+                    "metadata.name",
+                    "the namespace 'default' cannot be deleted",
+                )
+            ],
+            hint="delete the objects in it instead",
+        )
     for m in reversed(in_apply_order(manifests)):
         applied = kept.pop(m.ref, None)
         found: list[Action] = []

@@ -190,6 +190,10 @@ def test_a_bad_file_changes_nothing(lab: Lab, tmp_path: Path) -> None:
 
 
 def test_tutorial_comes_up_unchanged_with_the_injection_warning(lab: Lab) -> None:
+    before = snapshot(lab)
+    planned = rows(ambient(lab, "apply", "--dry-run", "-f", str(TUTORIAL), "-o", "json"))
+    assert set(planned.values()) == {"created"}
+    assert snapshot(lab) == before
     done = ambient(lab, "apply", "-f", str(TUTORIAL), "-o", "json")
     results = rows(done)
     assert set(results.values()) == {"created"}

@@ -589,3 +589,43 @@ def test_deployment_replicas_are_recognised_by_name_and_label() -> None:
 def test_record_applied_defaults() -> None:
     assert Applied.from_json({}) == Applied()
     assert yaml.safe_load(planner.object_text({"a": {"b": 1}})) == {"a": {"b": 1}}
+
+
+def test_plan_time_checks_refuse_what_the_lab_would_fail_on_midway() -> None:
+    long_name = shop().replace(
+        "name: web\n  namespace: shop", f"name: {'w' * 50}\n  namespace: shop"
+    )
+    with pytest.raises(ManifestError) as caught:
+        planner.plan_apply(parsed(long_name).check().manifests, EMPTY_LAB, {})
+    assert "metadata.name: pod name" in str(caught.value)
+    taken = LabView(
+        nodes=NODES,
+        namespaces={"default": {}, "shop": {}},
+        services={"default/other": ServiceView("default", "other", "10.96.0.20")},
+    )
+    fixed = shop().replace(
+        "selector: {app: web}\n  ports", "selector: {app: web}\n  clusterIP: 10.96.0.20\n  ports"
+    )
+    with pytest.raises(ManifestError) as caught:
+        planner.plan_apply(parsed(fixed).check().manifests, taken, {})
+    assert "spec.clusterIP: 10.96.0.20 is taken by Service default/other" in str(caught.value)
+    default = parsed("apiVersion: v1\nkind: Namespace\nmetadata: {name: default}\n").check()
+    with pytest.raises(ManifestError, match="'default' cannot be deleted"):
+        planner.plan_delete(default.manifests, EMPTY_LAB, {})
+
+
+def test_standard_input_is_read_for_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(NAMESPACE.format(labels="{a: b}")))
+    got = parse.load([Path("-")]).check()
+    assert [m.ref for m in got.manifests] == ["Namespace/shop"]
+    assert got.manifests[0].origin.file == "<stdin>"
+
+
+def test_missing_paths_are_errors(tmp_path: Path) -> None:
+    got = parse.load([tmp_path / "nope.yaml", tmp_path])
+    assert [str(e) for e in got.errors] == [
+        f"{tmp_path / 'nope.yaml'}: no such file or folder",
+        f"{tmp_path}: no .yaml, .yml or .json file in it",
+    ]
