@@ -194,6 +194,7 @@ class KubernetesSource:
         kinds: tuple[ResourceKind, ...] = DEFAULT_KINDS,
         watch_timeout: int = 240,
         backoff: Backoff | None = None,
+        page_size: int = 500,
     ) -> None:
         self._api_client = api_client
         self._kubeconfig = kubeconfig
@@ -201,6 +202,7 @@ class KubernetesSource:
         self.kinds = kinds
         self.watch_timeout = watch_timeout
         self.backoff = backoff or Backoff()
+        self.page_size = page_size
 
     # --- the client ---------------------------------------------------------------------
 
@@ -249,14 +251,24 @@ class KubernetesSource:
         return functools.partial(getattr(core, name))
 
     def _list(self, kind: ResourceKind) -> tuple[list[Any], str]:
-        response = self._lister(kind)(_preload_content=False)
-        try:
-            body = json.loads(response.data)
-        finally:
-            response.release_conn()
-        items = body.get("items") or []
-        version = str((body.get("metadata") or {}).get("resourceVersion") or "")
-        return items, version
+        """Every object of a kind, in pages of ``page_size``, and the list's version."""
+        lister = self._lister(kind)
+        items: list[Any] = []
+        token = ""
+        while True:
+            page: dict[str, Any] = {"limit": self.page_size}
+            if token:
+                page["_continue"] = token
+            response = lister(_preload_content=False, **page)
+            try:
+                body = json.loads(response.data)
+            finally:
+                response.release_conn()
+            items += body.get("items") or []
+            meta = body.get("metadata") or {}
+            token = str(meta.get("continue") or "")
+            if not token:
+                return items, str(meta.get("resourceVersion") or "")
 
     # --- load ---------------------------------------------------------------------------
 

@@ -247,6 +247,20 @@ def test_load_lists_every_kind_and_names_missing_crds(serve: Any) -> None:
     assert fixture.lists("/api/v1/pods") == 1
 
 
+def test_load_pages_through_large_lists(serve: Any) -> None:
+    first = pod_list("200", pod("a", "150"), pod("b", "151"))
+    first.body["metadata"]["continue"] = "page-2-token"
+    fixture, api = serve(
+        {
+            ("/api/v1/pods", "list"): [first, pod_list("200", pod("c", "152")), pod_list("999")],
+        }
+    )
+    state = KubernetesSource(api, kinds=(PODS,), page_size=2).load()
+    assert sorted(name for _, name in state.pods) == ["a", "b", "c"]
+    queries = [q for m, p, q in fixture.requests if m == "list"]
+    assert queries == [{"limit": "2"}, {"limit": "2", "continue": "page-2-token"}]
+
+
 def test_load_reports_invalid_objects_from_the_api(serve: Any) -> None:
     bad = pod("bad", "170", ip="not-an-ip")
     _, api = serve(
