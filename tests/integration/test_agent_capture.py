@@ -420,6 +420,25 @@ def test_enrolling_and_unenrolling_at_run_time_within_a_second(capture: Capture)
     assert captured_keeper, "the connection opened while enrolled did not go to the stand-in"
 
 
+def test_pods_added_and_removed_at_run_time_within_a_second(capture: Capture) -> None:
+    lab = capture.lab
+    pin_dir = BPFFS_ROOT / lab.node("node1").id
+    started = time.monotonic()
+    g = capture.pods["g"] = lab.add_pod("g", namespace="mesh", node="node1")
+    wait_for(lambda: g.ip in _workload_ips(pin_dir), 5, "the new pod in the workloads map")
+    assert time.monotonic() - started < 1.0 + 0.5  # + the lab's own pod creation
+    assert capture.report("g", capture.pods["c"].ip, 9000)["listener"] == 15001
+    programs = {r["ifname"] for r in capture.maps("programs", "node1", "--pod-ip", g.ip)}
+    assert programs == {g.host_ifname}
+    started = time.monotonic()
+    lab.remove_pod(g)
+    del capture.pods["g"]
+    wait_for(lambda: g.ip not in _workload_ips(pin_dir), 5, "the pod gone from the map")
+    assert time.monotonic() - started < 1.0 + 0.5
+    assert capture.maps("programs", "node1", "--pod-ip", g.ip) == []
+    assert capture.maps("stats", "node1", "--pod-ip", g.ip) == []
+
+
 def test_agent_kill_9_and_restart_during_a_30s_transfer(capture: Capture) -> None:
     c = capture.pods["c"]
     lab = capture.lab
