@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 HTTP_GONE = 410
 HTTP_NOT_FOUND = 404
 HTTP_DENIED = (401, 403)
+MAX_LIST_RESTARTS = 3
 
 
 @dataclass(frozen=True)
@@ -252,14 +253,24 @@ class KubernetesSource:
 
     def _list(self, kind: ResourceKind) -> tuple[list[Any], str]:
         """Every object of a kind, in pages of ``page_size``, and the list's version."""
+        from kubernetes.client.exceptions import ApiException
+
         lister = self._lister(kind)
         items: list[Any] = []
         token = ""
+        restarts = 0
         while True:
             page: dict[str, Any] = {"limit": self.page_size}
             if token:
                 page["_continue"] = token
-            response = lister(_preload_content=False, **page)
+            try:
+                response = lister(_preload_content=False, **page)
+            except ApiException as err:
+                # A continue token expires (410) when listing takes too long: start over.
+                if not token or _api_error(err)[0] != HTTP_GONE or restarts >= MAX_LIST_RESTARTS:
+                    raise
+                items, token, restarts = [], "", restarts + 1
+                continue
             try:
                 body = json.loads(response.data)
             finally:

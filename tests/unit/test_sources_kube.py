@@ -261,6 +261,18 @@ def test_load_pages_through_large_lists(serve: Any) -> None:
     assert queries == [{"limit": "2"}, {"limit": "2", "continue": "page-2-token"}]
 
 
+def test_an_expired_continue_token_restarts_the_list(serve: Any) -> None:
+    first = pod_list("200", pod("a", "150"))
+    first.body["metadata"]["continue"] = "old-token"
+    gone = Json(status_body(410, "Expired", "the continue token expired"), 410)
+    fixture, api = serve(
+        {("/api/v1/pods", "list"): [first, gone, pod_list("300", pod("a", "150"), pod("b", "160"))]}
+    )
+    state = KubernetesSource(api, kinds=(PODS,), page_size=1).load()
+    assert sorted(name for _, name in state.pods) == ["a", "b"]
+    assert fixture.lists("/api/v1/pods") == 3
+
+
 def test_load_reports_invalid_objects_from_the_api(serve: Any) -> None:
     bad = pod("bad", "170", ip="not-an-ip")
     _, api = serve(
