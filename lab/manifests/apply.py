@@ -41,6 +41,7 @@ from lab.manifests.planner import (
     SetPodLabels,
     WriteFile,
 )
+from lab.model import Pod
 from lab.objects import object_filename, write_atomic
 
 RECORD_FILE = "manifests.json"
@@ -83,6 +84,19 @@ def delete_manifests(
         record = _load_record(lab)
         plan = planner.plan_delete(parsed.manifests, _view(lab, parsed.manifests, record), record)
         return _execute(lab, plan, parsed.warnings, dry_run)
+
+
+def workload_pods(lab: Lab, namespace: str, name: str) -> list[Pod]:
+    """The pods of Deployment (or Pod) ``name`` in ``namespace``, by name order.
+
+    For callers that know the Deployment, not the generated pod names (the demo, tests).
+    """
+    found = []
+    for pod in lab.pods:
+        view = PodView(pod.namespace, pod.name, pod.node, FrozenMap(pod.labels))
+        if pod.namespace == namespace and (pod.name == name or planner.is_replica_of(view, name)):
+            found.append(pod)
+    return sorted(found, key=lambda p: p.name)
 
 
 def _execute(lab: Lab, plan: Plan, warnings: tuple[SourceIssue, ...], dry_run: bool) -> ApplyResult:

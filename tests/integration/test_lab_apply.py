@@ -21,6 +21,7 @@ import yaml
 
 from controlplane.sources import FolderSource
 from lab import Lab, LabSpec
+from lab.manifests.apply import workload_pods
 from lab.model import Pod
 
 pytestmark = pytest.mark.root
@@ -66,13 +67,9 @@ def rows(done: subprocess.CompletedProcess[str]) -> dict[str, str]:
 
 def pods_of(lab: Lab, namespace: str, deployment: str) -> list[Pod]:
     """The pods a Deployment made (named ``<deployment>-<hash>-<suffix>``)."""
-    return [
-        p
-        for p in lab.pods
-        if p.namespace == namespace
-        and p.name.rsplit("-", 2)[0] == deployment
-        and "pod-template-hash" in p.labels
-    ]
+    found = workload_pods(lab, namespace, deployment)
+    assert all(p.name.rsplit("-", 2)[0] == deployment for p in found)
+    return found
 
 
 def curl(lab: Lab, pod: Pod, url: str) -> str:
