@@ -26,6 +26,3 @@ class FolderSourceError(SourceError):
 class KubernetesSourceError(SourceError):
     """The Kubernetes API cannot be configured or reached."""
 
-
-class TranslationError(ControlPlaneError):
-    """A domain object cannot be expressed in the workload API."""

@@ -205,10 +205,3 @@ _IGNORED: dict[tuple[str, str], str] = {
 }
 """Kinds we know and deliberately ignore, with the reason given to the user."""
 
-
-def known_kinds() -> list[str]:
-    """``apiVersion kind`` of every kind decoded into a domain object."""
-    return [
-        f"{'/'.join(p for p in (group, versions[0]) if p)} {kind}"
-        for (group, kind), (versions, _, _) in _KINDS.items()
-    ]
