@@ -25,4 +25,3 @@ class FolderSourceError(SourceError):
 
 class KubernetesSourceError(SourceError):
     """The Kubernetes API cannot be configured or reached."""
-

@@ -116,9 +116,9 @@ class CertificateAuthority:
     # --- construction -------------------------------------------------------
 
     @classmethod
-    def create_root(cls, now: dt.datetime, trust_domain: str = "cluster.local") -> tuple[
-        ec.EllipticCurvePrivateKey, x509.Certificate
-    ]:
+    def create_root(
+        cls, now: dt.datetime, trust_domain: str = "cluster.local"
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         """A new self-signed root key and certificate valid for ten years."""
         key = generate_key()
         name = x509.Name(
@@ -202,8 +202,7 @@ class CertificateAuthority:
             raise CsrRejected(f"CSR rejected: {err}", hint=err.hint) from err
         if identity.trust_domain != self.settings.trust_domain:
             raise CsrRejected(
-                f"CSR asks for {identity}, outside the trust domain "
-                f"{self.settings.trust_domain!r}",
+                f"CSR asks for {identity}, outside the trust domain {self.settings.trust_domain!r}",
                 hint="request identities of this mesh's trust domain",
             )
         return x509.load_pem_x509_csr(csr_pem.encode()), identity

@@ -204,4 +204,3 @@ _IGNORED: dict[tuple[str, str], str] = {
     ("networking.k8s.io", "NetworkPolicy"): "NetworkPolicies are the CNI's job, not the mesh's",
 }
 """Kinds we know and deliberately ignore, with the reason given to the user."""
-
