@@ -14,12 +14,14 @@ import contextlib
 import fcntl
 import os
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from controlplane.model import FrozenMap, SourceIssue
+from lab import objects
 from lab.cluster import Lab
 from lab.errors import LabBusyError, LabError
 from lab.manifests import parse, planner
@@ -149,6 +151,8 @@ def _add_pod(lab: Lab, action: AddPod) -> None:
         labels=action.labels,
         service_account=action.service_account,
     )
+    if action.owner:
+        _write_owned(lab, pod, action.owner)
     for program in action.programs:
         lab.start_workload(
             pod,
@@ -157,6 +161,27 @@ def _add_pod(lab: Lab, action: AddPod) -> None:
             name=f"{pod.name}.{pod.namespace}-{program.program}-{program.port}",
             wait_port=program.port,
         )
+
+
+def _write_owned(lab: Lab, pod: Pod, replica_set: str) -> None:
+    """Rewrites a Deployment's pod object with its ReplicaSet as controlling owner.
+
+    The control plane names a workload after its owner (``backend-v1``, not the pod),
+    as istiod does; the lab's own pod object has no owner, so it is added here.
+    """
+    obj = objects.pod_object(pod, lab.node(pod.node))
+    uid = uuid.uuid5(uuid.NAMESPACE_URL, f"lab:{lab.name}/{pod.namespace}/{replica_set}")
+    obj["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "name": replica_set,
+            "uid": str(uid),
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    objects.write_object(lab.config_dir, obj)
 
 
 def _view(lab: Lab, manifests: Sequence[Manifest], record: planner.Record) -> LabView:

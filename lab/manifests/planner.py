@@ -179,6 +179,8 @@ class AddPod:
     labels: FrozenMap[str, str]
     service_account: str
     programs: tuple[Program, ...]
+    owner: str = ""
+    """The ReplicaSet (``<deployment>-<hash>``) of a Deployment's pod; '' for a bare Pod."""
 
 
 @dataclass(frozen=True)
@@ -525,7 +527,15 @@ class _Planner:
         self, m: WorkloadManifest, name: str, node: str, labels: FrozenMap[str, str]
     ) -> None:
         self.actions.append(
-            AddPod(m.namespace, name, node, labels, m.template.service_account, m.template.programs)
+            AddPod(
+                m.namespace,
+                name,
+                node,
+                labels,
+                m.template.service_account,
+                m.template.programs,
+                m.replica_set if m.kind == "Deployment" else "",
+            )
         )
         self.pods.add(f"{m.namespace}/{name}")
         self.load[node] = self.load.get(node, 0) + 1

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from controlplane.sources import FolderSource
+from controlplane.workloadapi.workloads import workload_name
 from lab import Lab, LabSpec
 from lab.manifests.apply import workload_pods
 from lab.model import Pod
@@ -116,6 +117,10 @@ def test_demo_comes_up_across_both_nodes(lab: Lab) -> None:
 
     state = FolderSource(lab.config_dir).load()
     assert not state.errors, state.errors
+    seen = state.pods[("demo", v1.name)]
+    assert (seen.owner_kind, seen.owner_name) == ("ReplicaSet", v1.name.rsplit("-", 1)[0])
+    assert workload_name(seen) == "backend-v1"
+    assert seen.ip == v1.ip and seen.node_name == v1.node
     assert ("demo", "default") in state.peer_authentications
     assert ("demo", "backend-allow-frontend") in state.authorization_policies
     written = lab.config_dir / "peerauthentication.security.istio.io.demo.default.yaml"

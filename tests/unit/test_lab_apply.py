@@ -395,6 +395,7 @@ def test_deployment_pods_are_named_and_labelled_like_a_replica_set() -> None:
     for pod in pods:
         rs, _, suffix = pod.name.rpartition("-")
         assert rs == f"web-{template_hash}"
+        assert pod.owner == rs
         assert len(suffix) == 5
         assert pod.labels == {"app": "web", "tier": "front", "pod-template-hash": template_hash}
         assert pod.service_account == "web"
@@ -508,6 +509,8 @@ def test_bare_pod_label_change_is_in_place_and_program_change_replaces() -> None
         parsed(pod.replace("{app: s}", "{app: s, v: '2'}")).check().manifests, lab, first.record
     )
     assert second.actions == (SetPodLabels("default", "sleeper", FrozenMap({"v": "2"})),)
+    (added,) = [a for a in first.actions if isinstance(a, AddPod)]
+    assert added.name == "sleeper" and added.owner == ""
     third = planner.plan_apply(
         parsed(pod.replace("-text=a", "-text=b")).check().manifests, lab, first.record
     )
