@@ -387,9 +387,11 @@ def apply(
     Namespaces, ServiceAccounts, Pods, Deployments (replicas spread over the nodes),
     Services, and Istio and Gateway API objects (written to the config folder). Images
     the lab stands in for: hashicorp/http-echo, curlimages/curl, busybox/alpine with
-    sleep, pause. Every document is checked before anything changes.
+    sleep, pause. Every document is checked before anything changes; --dry-run
+    checks and plans only (and needs no root).
     """
-    require("root", "netns", what="ambient lab apply")
+    if not dry_run:  # a dry run only reads the saved state
+        require("root", "netns", what="ambient lab apply")
     from lab.cluster import Lab
     from lab.manifests.apply import apply_manifests
 
@@ -414,7 +416,8 @@ def delete(
     output: str,
 ) -> None:
     """Delete what manifests name, as 'kubectl delete -f' would (a Namespace with its objects)."""
-    require("root", "netns", what="ambient lab delete")
+    if not dry_run:
+        require("root", "netns", what="ambient lab delete")
     from lab.cluster import Lab
     from lab.manifests.apply import delete_manifests
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from ambient.cli import root as cli_root
 from controlplane.model import FrozenMap
 from controlplane.sources.documents import parse_text
 from lab.manifests import images, parse, planner
@@ -30,7 +35,8 @@ from lab.manifests.planner import (
     SetPodLabels,
     WriteFile,
 )
-from lab.model import ServicePort
+from lab.model import LabState, ServicePort
+from lab.state import StateStore
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "deploy" / "examples" / "demo"
@@ -632,3 +638,68 @@ def test_missing_paths_are_errors(tmp_path: Path) -> None:
         f"{tmp_path / 'nope.yaml'}: no such file or folder",
         f"{tmp_path}: no .yaml, .yml or .json file in it",
     ]
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def _saved_lab(run_root: Path, name: str) -> None:
+    """A lab's saved state with two nodes and no pods (what a dry run reads)."""
+    run_dir = run_root / name
+    (run_dir / "config").mkdir(parents=True)
+    StateStore(run_dir).save(
+        LabState(
+            name=name,
+            octet=7,
+            node_count=2,
+            run_dir=str(run_dir),
+            config_dir=str(run_dir / "config"),
+            namespaces={"default": {}},
+            phase="ready",
+        )
+    )
+
+
+def test_dry_run_plans_from_the_saved_state_and_changes_nothing(tmp_path: Path) -> None:
+    _saved_lab(tmp_path, "t1")
+    args = ["lab", "apply", "--dry-run", "--run-root", str(tmp_path), "-f", str(DEMO)]
+    done = CliRunner().invoke(cli_root, [*args, "-o", "json"])
+    assert done.exit_code == 0, done.output
+    results = {r["object"]: (r["result"], r["detail"]) for r in json.loads(done.output)}
+    assert results["Deployment/demo/backend-v1"][0] == "created"
+    assert results["Deployment/demo/backend-v1"][1].startswith("backend-v1-")
+    assert sorted((tmp_path / "t1").iterdir()) == [
+        tmp_path / "t1" / ".manifests.lock",
+        tmp_path / "t1" / "config",
+        tmp_path / "t1" / "state.json",
+    ]
+    assert not list((tmp_path / "t1" / "config").iterdir())
+
+
+def test_bad_manifests_exit_2_with_every_problem_and_no_traceback(tmp_path: Path) -> None:
+    _saved_lab(tmp_path, "t1")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(shop(image="nginx") + "---\napiVersion: v1\nkind: Secret\nmetadata: {name: s}\n")
+    args = ["lab", "apply", "--dry-run", "--run-root", str(tmp_path), "-f", str(bad)]
+    done = subprocess.run(
+        [sys.executable, "-m", "ambient", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: 2 problems in the manifests; nothing was applied\n")
+    assert f"  {bad}:7: Deployment/shop/web: spec.template.spec.containers[0].image:" in done.stderr
+    line = bad.read_text().splitlines().index("kind: Secret")  # 1-based line of apiVersion
+    assert f"  {bad}:{line}: Secret/default/s: kind: v1 Secret is not a kind" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["apply", "delete"])
+def test_apply_and_delete_have_help(command: str) -> None:
+    done = CliRunner().invoke(cli_root, ["lab", command, "--help"])
+    assert done.exit_code == 0, done.output
+    for option in ("--filename", "--namespace", "--dry-run", "--name", "--output"):
+        assert option in done.output
