@@ -71,7 +71,7 @@ def apply_manifests(
     """Makes the lab hold what the files describe; raises before changing anything if
     a document is bad (:class:`~lab.manifests.errors.ManifestError`)."""
     parsed = parse.load(paths, namespace=namespace).check()
-    with _locked(lab):
+    with _locked(lab) if not dry_run else contextlib.nullcontext():
         record = _load_record(lab)
         plan = planner.plan_apply(parsed.manifests, _view(lab, parsed.manifests, record), record)
         return _execute(lab, plan, parsed.warnings, dry_run)
@@ -82,7 +82,7 @@ def delete_manifests(
 ) -> ApplyResult:
     """Removes what the files name (a Namespace with everything in it)."""
     parsed = parse.load(paths, namespace=namespace).check()
-    with _locked(lab):
+    with _locked(lab) if not dry_run else contextlib.nullcontext():
         record = _load_record(lab)
         plan = planner.plan_delete(parsed.manifests, _view(lab, parsed.manifests, record), record)
         return _execute(lab, plan, parsed.warnings, dry_run)

@@ -669,7 +669,6 @@ def test_dry_run_plans_from_the_saved_state_and_changes_nothing(tmp_path: Path) 
     assert results["Deployment/demo/backend-v1"][0] == "created"
     assert results["Deployment/demo/backend-v1"][1].startswith("backend-v1-")
     assert sorted((tmp_path / "t1").iterdir()) == [
-        tmp_path / "t1" / ".manifests.lock",
         tmp_path / "t1" / "config",
         tmp_path / "t1" / "state.json",
     ]
