@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import shlex
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -72,12 +76,24 @@ def cli(
     if args[:1] == ["bench"]:  # invoked as `ambient bench ...`
         args = args[1:]
     command = "python -m bench " + shlex.join(args)
+    # a SIGTERM (a CI timeout, a kill) unwinds like Ctrl-C, so every lab and proxy the
+    # cases started is torn down by its context manager instead of being left behind
+    signal.signal(signal.SIGTERM, functools.partial(_exit_on_sigterm, os.getpid()))
     run, out_dir = run_all(config, command.strip())
     click.echo((out_dir / "report.md").read_text())
     click.echo(f"results: {out_dir}/results.json, report: {out_dir}/report.md")
     failed = [c.name for c in run.cases if c.error] + list(run.import_failures)
     if failed:
         raise click.ClickException(f"benchmark case(s) failed: {', '.join(failed)}")
+
+
+def _exit_on_sigterm(owner: int, signum: int, frame: FrameType | None) -> None:
+    del frame
+    if os.getpid() != owner:
+        # a forked helper (pyroute2 forks to create namespaces) inherits this handler;
+        # it must die at once, never unwind the parent's stack and tear down its lab
+        os._exit(128 + signum)
+    raise SystemExit(128 + signum)
 
 
 @cli.command("compare")
