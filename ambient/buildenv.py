@@ -50,8 +50,39 @@ def generate_protos() -> bool:
         init = pkg_dir / "__init__.py"
         if not init.exists():
             init.write_text("")
+    for generated in GEN_DIR.rglob("*.py*"):
+        if generated.suffix in (".py", ".pyi"):
+            text = generated.read_text()
+            fixed = rebase_imports(text, top_packages(sources))
+            if fixed != text:
+                generated.write_text(fixed)
     stamp.touch()
     return True
+
+
+def top_packages(sources: list[Path]) -> set[str]:
+    """First path components of our .proto files (``istio`` for ``istio/ca/ca.proto``)."""
+    return {p.relative_to(API_DIR).parts[0] for p in sources}
+
+
+def rebase_imports(text: str, packages: set[str]) -> str:
+    """Rewrites protoc's absolute imports of our own protos to live under ``api.gen``.
+
+    protoc writes ``from istio.ca import ca_pb2`` for a proto that imports (or, for gRPC
+    stubs, defines) another of ours; that only resolves with ``api/gen`` on ``sys.path``.
+    Rewriting to ``from api.gen.istio.ca import ca_pb2`` keeps one import root.
+    """
+    froms = tuple(f"from {pkg}{sep}" for pkg in packages for sep in ". ")
+    imports = tuple(f"import {pkg}." for pkg in packages)
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith(froms):
+            lines.append("from api.gen." + line[len("from ") :])
+        elif line.startswith(imports):
+            lines.append("import api.gen." + line[len("import ") :])
+        else:
+            lines.append(line)
+    return "".join(lines)
 
 
 def main(argv: list[str]) -> int:

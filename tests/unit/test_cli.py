@@ -75,3 +75,14 @@ def test_render_formats() -> None:
     with pytest.raises(ValueError):
         render(rows, "xml")
     assert isinstance(root, click.Group)
+
+
+def test_generated_imports_are_rebased_under_api_gen() -> None:
+    from ambient.buildenv import rebase_imports
+
+    text = "import grpc\nfrom istio.ca import ca_pb2 as x\nimport istio.workload.workload_pb2\n"
+    assert rebase_imports(text, {"istio"}) == (
+        "import grpc\nfrom api.gen.istio.ca import ca_pb2 as x\n"
+        "import api.gen.istio.workload.workload_pb2\n"
+    )
+    assert rebase_imports("from istioctl import x\n", {"istio"}) == "from istioctl import x\n"
