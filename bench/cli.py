@@ -32,6 +32,13 @@ from bench.report import fmt
     help="Folder for run folders and the 'latest' symlink.",
 )
 @click.option("--no-plots", is_flag=True, help="Skip the matplotlib plots.")
+@click.option(
+    "--lab-prefix",
+    default="bnch",
+    show_default=True,
+    help="Prefix of the labs the cases build (1-6 lowercase letters/digits); "
+    "give each concurrent run its own.",
+)
 @click.option("--list", "list_cases", is_flag=True, help="List the cases and exit.")
 @click.pass_context
 def cli(
@@ -43,6 +50,7 @@ def cli(
     quick: bool,
     results_root: Path,
     no_plots: bool,
+    lab_prefix: str,
     list_cases: bool,
 ) -> None:
     """Run the benchmarks (all, or those named with --case) and write a report.
@@ -71,6 +79,7 @@ def cli(
         quick=quick,
         results_root=results_root,
         plots=not no_plots,
+        lab_prefix=lab_prefix,
     )
     args = sys.argv[1:]
     if args[:1] == ["bench"]:  # invoked as `ambient bench ...`
