@@ -620,22 +620,7 @@ def plan_delete(manifests: Sequence[Manifest], view: LabView, record: Record) ->
     outcomes: list[Outcome] = []
     kept = dict(record)
     gone_namespaces = {m.name for m in manifests if isinstance(m, NamespaceManifest)}
-    if "default" in gone_namespaces:
-        (m,) = [m for m in manifests if m.ref == "Namespace/default"]
-        raise ManifestError(
-            [
-                SourceIssue(
-                    m.origin.file,
-                    m.origin.line,
-                    m.kind,
-                    "",
-                    m.name,
-                    "metadata.name",
-                    "the namespace 'default' cannot be deleted",
-                )
-            ],
-            hint="delete the objects in it instead",
-        )
+    _refuse_default(manifests)
     for m in reversed(in_apply_order(manifests)):
         applied = kept.pop(m.ref, None)
         found: list[Action] = []
@@ -650,16 +635,7 @@ def plan_delete(manifests: Sequence[Manifest], view: LabView, record: Record) ->
         elif m.namespace in gone_namespaces:
             pass  # pods and Services go with their namespace, below
         elif isinstance(m, WorkloadManifest):
-            names = set(applied.pods if applied else ()) | {m.name}
-            found += [
-                RemovePod(p.namespace, p.name)
-                for p in view.pods.values()
-                if p.namespace == m.namespace
-                and (
-                    (p.name in names and (m.kind == "Pod" or applied is not None))
-                    or (m.kind == "Deployment" and is_replica_of(p, m.name))
-                )
-            ]
+            found += _pods_of(m, view, applied)
         elif isinstance(m, ServiceManifest):
             if f"{m.namespace}/{m.name}" in view.services:
                 found.append(RemoveService(m.namespace, m.name))
@@ -673,6 +649,34 @@ def plan_delete(manifests: Sequence[Manifest], view: LabView, record: Record) ->
             outcomes.append(Outcome(m.ref, "deleted" if found else "not found"))
         actions += found
     return Plan(tuple(actions), tuple(reversed(outcomes)), kept)
+
+
+def _pods_of(m: WorkloadManifest, view: LabView, applied: Applied | None) -> list[Action]:
+    """Removal of a Pod, or of a Deployment's pods (recorded, or recognised by name)."""
+    names = set(applied.pods if applied else ())
+    if m.kind == "Pod":
+        names.add(m.name)
+    return [
+        RemovePod(p.namespace, p.name)
+        for p in view.pods.values()
+        if p.namespace == m.namespace
+        and (p.name in names or (m.kind == "Deployment" and is_replica_of(p, m.name)))
+    ]
+
+
+def _refuse_default(manifests: Sequence[Manifest]) -> None:
+    for m in manifests:
+        if m.ref == "Namespace/default":
+            issue = SourceIssue(
+                m.origin.file,
+                m.origin.line,
+                m.kind,
+                "",
+                m.name,
+                "metadata.name",
+                "the namespace 'default' cannot be deleted",
+            )
+            raise ManifestError([issue], hint="delete the objects in it instead")
 
 
 def _describe(changes: Mapping[str, str | None]) -> str:

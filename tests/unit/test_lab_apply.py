@@ -702,3 +702,16 @@ def test_apply_and_delete_have_help(command: str) -> None:
     assert done.exit_code == 0, done.output
     for option in ("--filename", "--namespace", "--dry-run", "--name", "--output"):
         assert option in done.output
+
+
+def test_deleting_a_deployment_leaves_a_pod_of_the_same_name() -> None:
+    manifests = parsed(shop()).check().manifests
+    first = planner.plan_apply(manifests, EMPTY_LAB, {})
+    lab = view_after(first)
+    lone = PodView("shop", "web", "node1", FrozenMap({"app": "other"}))
+    lab = replace(lab, pods={**lab.pods, "shop/web": lone})
+    deployment = [m for m in manifests if m.kind == "Deployment"]
+    for record in (first.record, {}):
+        plan = planner.plan_delete(deployment, lab, record)
+        removed = {a.name for a in plan.actions if isinstance(a, RemovePod)}
+        assert len(removed) == 2 and "web" not in removed
