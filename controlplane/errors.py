@@ -25,3 +25,23 @@ class FolderSourceError(SourceError):
 
 class KubernetesSourceError(SourceError):
     """The Kubernetes API cannot be configured or reached."""
+
+
+class CaError(ControlPlaneError):
+    """The certificate authority cannot start or cannot sign."""
+
+
+class CaConfigError(CaError):
+    """The CA's key, certificate or chain (given or kept in the state folder) is unusable."""
+
+
+class CsrRejected(CaError):
+    """A certificate signing request is malformed or asks for something it may not."""
+
+
+class AuthenticationError(ControlPlaneError):
+    """A caller presented no credential, or one that does not verify (gRPC UNAUTHENTICATED)."""
+
+
+class ImpersonationDenied(ControlPlaneError):
+    """An authenticated node asked for an identity that has no pod on that node."""
