@@ -135,6 +135,18 @@ def start_ztunnel(lab: Any, node: Any, ca_dir: Path) -> Any:
     return lab.spawn_in_node(node, argv, name=f"ztunnel-{node.name}-{time.monotonic_ns()}")
 
 
+def workload_ips(pin_dir: Path) -> set[str]:
+    """The pod IPs the agent has put into a node's pinned workload map."""
+    from agent.errors import AgentError
+    from agent.nodemaps import NodeMaps
+
+    try:
+        with NodeMaps(pin_dir) as maps:
+            return {row["pod_ip"] for row in maps.workload_rows()}
+    except AgentError:
+        return set()
+
+
 def wait_ready(mesh: Mesh, node: str) -> None:
     url = "http://127.0.0.1:15021/healthz/ready"
     wait_for(lambda: mesh.fetch(node, url).startswith("200"), 60, f"ztunnel on {node}")
@@ -209,8 +221,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 )
                 ztunnels[node.name] = start_ztunnel(lab, node, ca_dir)
             result = Mesh(lab, pods, ztunnels, ca_dir)
-            for node in lab.nodes:
+            for node, pin_dir in zip(lab.nodes, pin_dirs, strict=True):
                 wait_ready(result, node.name)
+                # Capture must know every pod of the node before traffic starts, or a
+                # first connection could leave a not-yet-enrolled pod untouched.
+                want = {p.ip for p in pods.values() if p.node == node.name}
+                wait_for(lambda d=pin_dir, w=want: w <= workload_ips(d), 30, f"{node.name}'s agent")
             yield result
         finally:
             for proc in list(lab.processes):
@@ -333,3 +349,53 @@ def test_ztunnel_down_fails_closed_and_restart_resumes(mesh: Mesh) -> None:
     mesh.ztunnels["node1"] = start_ztunnel(mesh.lab, node1, mesh.ca_dir)
     wait_ready(mesh, "node1")
     assert "Hello from backend" in mesh.get("client", vip, 80)
+
+
+MARKER = b"plaintext-marker-8d1e5b"
+
+
+def test_between_nodes_only_tls13_and_no_plaintext(mesh: Mesh) -> None:
+    node2 = mesh.lab.node("node2")
+    pcap = Path(mesh.lab.run_dir) / "uplink2.pcap"
+    dump = mesh.lab.spawn_in_node(
+        node2,
+        [
+            "tcpdump",
+            "-i",
+            node2.uplink,
+            "--immediate-mode",
+            "-U",
+            "-s",
+            "0",
+            "-w",
+            str(pcap),
+            "tcp",
+        ],
+        name="tcpdump",
+    )
+    try:
+        wait_for(lambda: "listening on" in dump.log_path.read_text(), 10, "tcpdump to start")
+        # A new identity means a new HBONE connection (a full handshake on the wire)...
+        mesh.get("neighbor", mesh.pods["backend"].ip, 8080)
+        # ... and the client's payload carries a marker that must never appear in clear.
+        sender = (
+            "import socket,sys; s=socket.create_connection((sys.argv[1], 9001), 5);"
+            f"s.sendall({MARKER!r} * 1000); s.shutdown(socket.SHUT_WR); print(s.recv(4096))"
+        )
+        done = mesh.lab.exec(mesh.pods["client"], ["python", "-c", sender, mesh.pods["backend"].ip])
+        assert "bytes" in done.stdout, done.stderr
+        time.sleep(0.5)
+    finally:
+        mesh.lab.stop(dump)
+    raw = pcap.read_bytes()
+    assert len(raw) > 1000, (dump.log_path.read_text()[-2000:], done.stdout)
+    assert MARKER not in raw
+    # A ServerHello that selected TLS 1.3 (supported_versions = 0x0304).
+    assert b"\x00\x2b\x00\x02\x03\x04" in raw
+    listing = mesh.lab.exec(node2, ["tcpdump", "-nn", "-r", str(pcap)]).stdout
+    packets = [line for line in listing.splitlines() if " IP " in line and " > " in line]
+    assert packets
+    for line in packets:
+        src, dst = line.split(" IP ", 1)[1].split(":", 1)[0].split(" > ")
+        # Every TCP segment between the nodes belongs to an HBONE connection.
+        assert "15008" in (src.rsplit(".", 1)[1], dst.rsplit(".", 1)[1]), line
