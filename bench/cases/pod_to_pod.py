@@ -19,10 +19,10 @@ from bench.datapath import (
     PathFactory,
     PodPair,
     direct,
-    envoy_pair,
     start_apps,
     tune_pod,
 )
+from bench.envoy.pair import envoy_pair
 from bench.errors import BenchError
 from bench.procs import ProxyProcess, Usage
 

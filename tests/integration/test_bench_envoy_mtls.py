@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bench.case import RunSettings
-from bench.datapath import HTTP_TUNNEL, PodPair, envoy_pair, start_apps
+from bench.datapath import PodPair, start_apps
+from bench.envoy.pair import HTTP_TUNNEL, envoy_pair
 from bench.procs import run_in_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]

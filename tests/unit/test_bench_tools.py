@@ -9,7 +9,7 @@ import pytest
 from bench import load
 from bench.case import check_case
 from bench.cases.pod_to_pod import PodToPod, cost_metrics
-from bench.datapath import parse_envoy_stats
+from bench.envoy.admin import parse_envoy_stats
 from bench.errors import MeasurementError, ToolError
 from bench.procs import (
     Usage,
