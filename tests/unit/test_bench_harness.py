@@ -210,3 +210,12 @@ def test_case_notes_reach_the_result(tmp_path: Path) -> None:
     assert "- 4 measurements" in render_markdown(
         dataclasses.replace(_run(tmp_path), cases=(result,)), "cmd", {}
     )
+
+
+def test_non_finite_measurement_is_an_error(tmp_path: Path) -> None:
+    class Broken(Arithmetic):
+        def measure(self, variant: Variant, probe: Probe, round_index: int) -> Measurement:
+            return {"rate": float("nan")}
+
+    result = run_case(Broken(), settings(tmp_path, rounds=1))
+    assert result.error is not None and "non-finite" in result.error
