@@ -24,7 +24,7 @@ from bench.datapath import (
 )
 from bench.envoy.pair import envoy_pair
 from bench.errors import BenchError
-from bench.procs import ProxyProcess, Usage
+from bench.procs import NetnsProcess, ProxyProcess, Usage
 
 PROXY_CPU = Metric(
     "proxy_cpu_s",
@@ -44,7 +44,14 @@ LOAD_CPU = Metric(
     higher_is_better=False,
     description="CPU of the load generator as % of one core; near 100 means it was the bound",
 )
-COSTS = (PROXY_CPU, PROXY_RSS, LOAD_CPU)
+SERVER_CPU = Metric(
+    "server_cpu_pct",
+    "%",
+    higher_is_better=False,
+    description="CPU of the server apps (iperf3 -s, origin) as % of one core; near 100 "
+    "means the server, not the path, was the bound",
+)
+COSTS = (PROXY_CPU, PROXY_RSS, LOAD_CPU, SERVER_CPU)
 THROUGHPUT = Metric(
     "throughput", "Gbit/s", higher_is_better=True, description="iperf3 bits received per second"
 )
@@ -152,13 +159,25 @@ RUNNERS: Mapping[str, ProbeRunner] = {
 }
 
 
+def _cpu_delta(before: list[Usage], after: list[Usage]) -> float:
+    return sum(a.cpu_s - b.cpu_s for a, b in zip(after, before, strict=True))
+
+
 def cost_metrics(
-    before: list[Usage], after: list[Usage], load_cpu_s: float, duration_s: float
+    before: list[Usage],
+    after: list[Usage],
+    load_cpu_s: float,
+    duration_s: float,
+    server_cpu_s: float | None = None,
 ) -> dict[str, float]:
-    """Proxy CPU during the measurement, peak RSS so far, and the load tool's CPU share."""
-    metrics = {"load_cpu_pct": 100.0 * load_cpu_s / duration_s if duration_s > 0 else 0.0}
+    """Proxy CPU during the measurement, peak RSS so far, load tool's and servers' CPU share."""
+    if duration_s <= 0:
+        raise BenchError(f"a measurement lasted {duration_s} s; cannot compute CPU shares")
+    metrics = {"load_cpu_pct": 100.0 * load_cpu_s / duration_s}
+    if server_cpu_s is not None:
+        metrics["server_cpu_pct"] = 100.0 * server_cpu_s / duration_s
     if after:
-        metrics["proxy_cpu_s"] = sum(a.cpu_s - b.cpu_s for a, b in zip(after, before, strict=True))
+        metrics["proxy_cpu_s"] = _cpu_delta(before, after)
         metrics["proxy_rss_mb"] = sum(a.peak_rss_bytes for a in after) / 1e6
     return metrics
 
@@ -199,6 +218,7 @@ class PodToPod(Case):
         self._settings: RunSettings | None = None
         self._proxies: dict[str, list[ProxyProcess]] = {}
         self._path_notes: list[str] = []
+        self._apps: list[NetnsProcess] = []
 
     @contextlib.contextmanager
     def environment(self, settings: RunSettings) -> Iterator[None]:
@@ -225,7 +245,8 @@ class PodToPod(Case):
             for pod in (client, server):
                 tune_pod(pod)
             with contextlib.ExitStack() as stack:
-                for app in start_apps(server, settings.work_dir):
+                self._apps = start_apps(server, settings.work_dir)
+                for app in self._apps:
                     stack.callback(app.stop)
                 for variant in self.variants:
                     factory = self.paths[variant.name]
@@ -268,11 +289,13 @@ class PodToPod(Case):
             raise BenchError(f"case {self.name}: measure() called outside environment()")
         live = self._live[variant.name]
         before = [p.usage() for p in live.proxies]
+        apps_before = [a.usage() for a in self._apps]
         figures = RUNNERS[probe.name](live, self._settings, self)
-        for proxy in live.proxies:
-            proxy.check_alive()
+        for process in (*live.proxies, *self._apps):
+            process.check_alive()
         after = [p.usage() for p in live.proxies]
+        server_cpu = _cpu_delta(apps_before, [a.usage() for a in self._apps])
         return {
             **figures.metrics,
-            **cost_metrics(before, after, figures.load_cpu_s, figures.duration_s),
+            **cost_metrics(before, after, figures.load_cpu_s, figures.duration_s, server_cpu),
         }

@@ -10,7 +10,7 @@ from bench import load
 from bench.case import check_case
 from bench.cases.pod_to_pod import PodToPod, cost_metrics
 from bench.envoy.admin import parse_envoy_stats
-from bench.errors import MeasurementError, ToolError
+from bench.errors import BenchError, MeasurementError, ToolError
 from bench.procs import (
     Usage,
     WatchedProcess,
@@ -92,13 +92,16 @@ def test_wrk_script_prints_marked_json() -> None:
 def test_cost_metrics_add_up_proxies() -> None:
     before = [Usage(1.0, 10_000_000), Usage(2.0, 20_000_000)]
     after = [Usage(1.5, 12_000_000), Usage(2.25, 20_000_000)]
-    metrics = cost_metrics(before, after, load_cpu_s=0.5, duration_s=2.0)
+    metrics = cost_metrics(before, after, load_cpu_s=0.5, duration_s=2.0, server_cpu_s=1.0)
     assert metrics == {
         "load_cpu_pct": 25.0,
+        "server_cpu_pct": 50.0,
         "proxy_cpu_s": pytest.approx(0.75),
         "proxy_rss_mb": 32.0,
     }
     assert cost_metrics([], [], load_cpu_s=1.0, duration_s=1.0) == {"load_cpu_pct": 100.0}
+    with pytest.raises(BenchError, match="lasted 0"):
+        cost_metrics([], [], load_cpu_s=1.0, duration_s=0.0)
 
 
 def test_pod_to_pod_declares_a_consistent_case() -> None:
