@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import random
 import socket
 import ssl
@@ -101,6 +102,9 @@ async def talk(source: str, port: int, payload: bytes) -> bytes:
 class Mesh:
     """Two loopback "pods" with a ztunnel's listeners in front of them."""
 
+    def __init__(self, ttl: dt.timedelta = dt.timedelta(hours=24)) -> None:
+        self.ttl = ttl
+
     async def __aenter__(self) -> Mesh:
         factory = SocketFactory(transparent=False, connect_timeout=5.0)
         hbone_sock = factory.listener(SERVER, 0)
@@ -118,7 +122,8 @@ class Mesh:
             node_name="", hbone_port=self.hbone_port, workers=1, access_log_format="json"
         )
         self.ca = LocalCA.create(dt.datetime.now(dt.UTC))
-        self.identities = IdentityStore(self.ca.root_pem, local_issuer(self.ca))
+        issuer = local_issuer(self.ca, ttl=self.ttl, backdate=dt.timedelta(0))
+        self.identities = IdentityStore(self.ca.root_pem, issuer)
         self.identities.track(w.identity for w in self.state.workloads.values())
         await self.identities.refresh_due()
         assert self.identities.ready()
@@ -263,3 +268,70 @@ async def fuzz() -> None:
 
 def test_hostile_input_on_15008_leaves_other_connections_alone() -> None:
     asyncio.run(asyncio.wait_for(fuzz(), 60))
+
+
+async def slow_talk(port: int, chunks: int, pause: float) -> bytes:
+    """One connection that sends a chunk every ``pause`` seconds and reads the echo."""
+    sock = socket.socket()
+    sock.bind((CLIENT, 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (VIP, port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    received = bytearray()
+    for i in range(chunks):
+        writer.write(bytes([i]) * 1000)
+        await writer.drain()
+        received += await reader.readexactly(1000)
+        await asyncio.sleep(pause)
+    writer.close()
+    return bytes(received)
+
+
+async def rotation() -> None:
+    client = SpiffeId("cluster.local", "demo", "client")
+    async with Mesh(ttl=dt.timedelta(seconds=3)) as mesh:
+        refresher = asyncio.create_task(mesh.identities.run())
+        try:
+            first = mesh.identities.certificate(client)
+            context = mesh.identities.context(client, server=False)
+            # A tunnel that outlives its certificate's half-life and its expiry.
+            long_lived = asyncio.create_task(slow_talk(mesh.vip_port, 16, 0.25))
+            await asyncio.sleep(2.0)
+            renewed = mesh.identities.certificate(client)
+            assert renewed.serial != first.serial and renewed.not_before > first.not_before
+            assert mesh.identities.context(client, server=False) is not context
+            assert await long_lived == b"".join(bytes([i]) * 1000 for i in range(16))
+            # New connections keep working on the renewed certificates.
+            assert await talk(CLIENT, mesh.vip_port, b"after rotation") == b"after rotation"
+        finally:
+            refresher.cancel()
+
+
+def test_rotation_at_half_life_drops_no_connection() -> None:
+    asyncio.run(asyncio.wait_for(rotation(), 60))
+
+
+async def churn() -> None:
+    async with Mesh() as mesh:
+        assert await talk(CLIENT, mesh.vip_port, b"warm") == b"warm"
+        await asyncio.sleep(0.1)
+        fds_before = len(os.listdir("/proc/self/fd"))
+        tasks_before = len(asyncio.all_tasks())
+        for _ in range(50):
+            batch = await asyncio.gather(
+                *(talk(CLIENT, mesh.vip_port, b"x" * 100) for _ in range(20))
+            )
+            assert batch == [b"x" * 100] * 20
+        await asyncio.sleep(0.3)
+        # 1,000 tunnels later: one pooled connection, no stream or socket left behind.
+        assert len(mesh.connector.pool) == 1
+        (conn,) = mesh.connector.pool.connections()
+        assert conn.streams == 0
+        channel = mesh.connector._channels[conn.id].result()
+        assert channel.streams == {}
+        assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
+        assert len(asyncio.all_tasks()) <= tasks_before + 2
+
+
+def test_a_thousand_short_connections_leave_nothing_behind() -> None:
+    asyncio.run(asyncio.wait_for(churn(), 120))

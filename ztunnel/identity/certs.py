@@ -238,9 +238,18 @@ class LocalCA:
         return self.root.public_bytes(serialization.Encoding.PEM)
 
     def sign_csr(
-        self, csr_pem: bytes, now: dt.datetime, ttl: dt.timedelta = DEFAULT_LEAF_TTL
+        self,
+        csr_pem: bytes,
+        now: dt.datetime,
+        ttl: dt.timedelta = DEFAULT_LEAF_TTL,
+        *,
+        backdate: dt.timedelta = BACKDATE,
     ) -> tuple[bytes, ...]:
-        """Sign a workload CSR; the chain (leaf, root) as PEM, leaf first."""
+        """Sign a workload CSR; the chain (leaf, root) as PEM, leaf first.
+
+        The leaf is valid from ``now - backdate`` (peers with a slightly late clock
+        accept it) until ``now + ttl``.
+        """
         identity = csr_identity(csr_pem)
         csr = x509.load_pem_x509_csr(csr_pem)
         public_key = csr.public_key()
@@ -252,7 +261,7 @@ class LocalCA:
             .issuer_name(self.root.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
+            .not_valid_before(now - backdate)
             .not_valid_after(not_after)
             .add_extension(
                 x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]),
@@ -288,11 +297,16 @@ class LocalCA:
         return (leaf.public_bytes(serialization.Encoding.PEM), self.root_pem)
 
     def issue(
-        self, identity: SpiffeId, now: dt.datetime, ttl: dt.timedelta = DEFAULT_LEAF_TTL
+        self,
+        identity: SpiffeId,
+        now: dt.datetime,
+        ttl: dt.timedelta = DEFAULT_LEAF_TTL,
+        *,
+        backdate: dt.timedelta = BACKDATE,
     ) -> CertifiedKey:
         """Generate a key and CSR for ``identity`` and sign it (local mode, tests)."""
         key = generate_key()
-        chain = self.sign_csr(build_csr(key, identity), now, ttl)
+        chain = self.sign_csr(build_csr(key, identity), now, ttl, backdate=backdate)
         # The chain handed to TLS stops below the root: peers already hold the root.
         return CertifiedKey(key_pem=key_to_pem(key), chain_pem=chain[:-1])
 

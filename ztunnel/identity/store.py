@@ -17,7 +17,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterable
 
 from ztunnel.errors import IdentityError
-from ztunnel.identity.certs import CertifiedKey, LocalCA
+from ztunnel.identity.certs import BACKDATE, DEFAULT_LEAF_TTL, CertifiedKey, LocalCA
 from ztunnel.identity.rotation import CertificateRotation
 from ztunnel.identity.spiffe import SpiffeId
 from ztunnel.identity.tls import client_context, server_context
@@ -33,13 +33,16 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def local_issuer(ca: LocalCA, clock: Clock = utc_now, ttl: dt.timedelta | None = None) -> Issuer:
+def local_issuer(
+    ca: LocalCA,
+    clock: Clock = utc_now,
+    ttl: dt.timedelta = DEFAULT_LEAF_TTL,
+    backdate: dt.timedelta = BACKDATE,
+) -> Issuer:
     """An issuer signing with a local CA (local mode and tests)."""
 
     async def issue(identity: SpiffeId) -> CertifiedKey:
-        if ttl is None:
-            return ca.issue(identity, clock())
-        return ca.issue(identity, clock(), ttl)
+        return ca.issue(identity, clock(), ttl, backdate=backdate)
 
     return issue
 
