@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -290,16 +291,27 @@ class Lab:
         return self._node(index)
 
     def pod(self, ref: Pod | str) -> Pod:
-        """A pod by object, ``namespace/name``, or a name unique across namespaces."""
+        """A pod by object, ``namespace/name``, or a name unique across namespaces.
+
+        A Deployment's name (``demo/frontend``) stands for its first pod, as in
+        ``kubectl exec deploy/frontend``, when no pod has that name.
+        """
         self.refresh()
         if isinstance(ref, Pod):
             ref = ref.key
         if "/" in ref:
             found = self._state.pods.get(ref)
             if found is None:
+                namespace, _, name = ref.partition("/")
+                replicas = self._replicas(namespace, name)
+                if replicas:
+                    return replicas[0]
                 raise NoSuchObjectError(f"lab {self.name!r} has no pod {ref!r}")
             return found
         matches = [p for p in self._state.pods.values() if p.name == ref]
+        if not matches:
+            replicas = self._replicas(None, ref)
+            matches = replicas if len({p.namespace for p in replicas}) > 1 else replicas[:1]
         if len(matches) == 1:
             return matches[0]
         if not matches:
@@ -310,6 +322,20 @@ class Lab:
         raise NoSuchObjectError(
             f"pod name {ref!r} is in several namespaces",
             hint="say which: " + ", ".join(p.key for p in matches),
+        )
+
+    def _replicas(self, namespace: str | None, deployment: str) -> list[Pod]:
+        """Pods named like a Deployment's (``<deployment>-<hash>-<5 chars>``), by key."""
+        pattern = re.compile(rf"^{re.escape(deployment)}-[a-z0-9]{{1,10}}-[a-z0-9]{{5}}$")
+        return sorted(
+            (
+                p
+                for p in self._state.pods.values()
+                if (namespace is None or p.namespace == namespace)
+                and "pod-template-hash" in p.labels
+                and pattern.match(p.name)
+            ),
+            key=lambda p: p.key,
         )
 
     def service(self, ref: Service | str, namespace: str = "default") -> Service:

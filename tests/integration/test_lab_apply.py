@@ -45,9 +45,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def ambient(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    """Runs ``ambient lab ARGS --name <lab>`` in a fresh process, as a user would."""
+    """Runs ``ambient lab COMMAND --name <lab> ARGS`` in a fresh process, as a user would."""
     return subprocess.run(
-        [sys.executable, "-m", "ambient", "lab", *args, "--name", lab.name],
+        [sys.executable, "-m", "ambient", "lab", args[0], "--name", lab.name, *args[1:]],
         capture_output=True,
         text=True,
         timeout=60,
@@ -110,6 +110,15 @@ def test_demo_comes_up_across_both_nodes(lab: Lab) -> None:
     assert curl(lab, frontend, f"http://{v1.ip}:5678/").startswith("Hello from backend v1\n")
     assert curl(lab, frontend, f"http://{v2.ip}:5678/").startswith("Hello from backend v2\n")
     assert f"client: {client.ip}:" in curl(lab, client, f"http://{v2.ip}:5678/")
+    by_deployment = ambient(
+        lab, "exec", "demo/frontend", "--", "curl", "-s", f"http://{v1.ip}:5678/"
+    )
+    assert by_deployment.returncode == 0, by_deployment.stderr
+    assert (
+        by_deployment.stdout
+        == f"Hello from backend v1\nclient: {frontend.ip}:"
+        + (by_deployment.stdout.rsplit(":", 1)[1])
+    )
     vip = lab.service("backend", "demo").vip
     assert lab.service("backend", "demo").ports[0].target_port == 5678
     resolved = lab.exec(frontend, ["getent", "hosts", "backend"], check=True).stdout

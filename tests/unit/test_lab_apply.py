@@ -715,3 +715,45 @@ def test_deleting_a_deployment_leaves_a_pod_of_the_same_name() -> None:
         plan = planner.plan_delete(deployment, lab, record)
         removed = {a.name for a in plan.actions if isinstance(a, RemovePod)}
         assert len(removed) == 2 and "web" not in removed
+
+
+def test_a_deployment_name_stands_for_its_first_pod(tmp_path: Path) -> None:
+    from lab.cluster import Lab
+    from lab.errors import NoSuchObjectError
+    from lab.model import Pod
+
+    def pod(namespace: str, name: str, hashed: bool = True) -> Pod:
+        labels = {"pod-template-hash": "5d8f7c9b4b"} if hashed else {}
+        return Pod(
+            name,
+            namespace,
+            "node1",
+            f"t1-pod-{name}.{namespace}",
+            "10.244.1.9",
+            "v",
+            "u",
+            "d",
+            labels,
+        )
+
+    pods = [
+        pod("demo", "web-5d8f7c9b4b-x2k4q"),
+        pod("demo", "web-5d8f7c9b4b-b2k4q"),
+        pod("demo", "api"),
+        pod("other", "api-5d8f7c9b4b-zzzzz"),
+        pod("demo", "db-5d8f7c9b4b-x2k4q", hashed=False),
+    ]
+    _saved_lab(tmp_path, "t1")
+    store = StateStore(tmp_path / "t1")
+    state = store.load()
+    state.pods = {p.key: p for p in pods}
+    store.save(state)
+    lab = Lab(state)
+    assert lab.pod("demo/web").name == "web-5d8f7c9b4b-b2k4q"
+    assert lab.pod("web").name == "web-5d8f7c9b4b-b2k4q"
+    assert lab.pod("demo/api").name == "api"
+    assert lab.pod("other/api").name == "api-5d8f7c9b4b-zzzzz"
+    with pytest.raises(NoSuchObjectError):
+        lab.pod("demo/db")
+    with pytest.raises(NoSuchObjectError, match="no pod 'demo/we'"):
+        lab.pod("demo/we")
