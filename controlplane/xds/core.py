@@ -103,6 +103,8 @@ class TypeState:
     acks: int = 0
     nacks: int = 0
     last_nack: Nack | None = None
+    resources_sent: int = 0
+    """How many resources (updates) this stream was sent, over all pushes."""
 
     def wants(self, name: str) -> bool:
         """Whether the subscription covers ``name``."""
@@ -224,6 +226,7 @@ class StreamCore:
             applied[name] = None
         state.pending[nonce] = _Pending(self._seq, version, previous, applied)
         state.sent_version = version
+        state.resources_sent += len(updated)
         return DeltaResponse(type_url, nonce, tuple(updated), tuple(removed), version)
 
     # --- reporting ----------------------------------------------------------
@@ -236,6 +239,7 @@ class StreamCore:
             types[type_url] = {
                 "subscription": "*" if s.wildcard else sorted(s.names),
                 "resources": len(s.known),
+                "resourcesSent": s.resources_sent,
                 "sentVersion": s.sent_version,
                 "ackedVersion": s.acked_version,
                 "acks": s.acks,
