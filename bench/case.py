@@ -59,6 +59,8 @@ class Metric:
     """Direction: throughput is better higher, latency lower."""
     description: str
     """One sentence: what it is and what bounds it."""
+    cost: bool = False
+    """A resource figure (CPU, memory) rather than the probe's result; reported apart."""
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,13 @@ def _cell(summary: MetricSummary | None) -> str:
     return text
 
 
-def case_table(result: CaseResult, summaries: Sequence[MetricSummary]) -> list[str]:
-    """Markdown table: one row per metric, medians per variant, ratios to the baseline."""
+def case_table(
+    result: CaseResult, summaries: Sequence[MetricSummary], *, costs: bool = False
+) -> list[str]:
+    """Markdown table: one row per metric, medians per variant, ratios to the baseline.
+
+    ``costs`` selects the resource metrics (CPU, memory) instead of the probes' results.
+    """
     others = [v for v in result.variants if v != result.baseline]
     header = (
         ["probe", "metric", "unit", f"{result.baseline} (baseline)"]
@@ -40,6 +45,8 @@ def case_table(result: CaseResult, summaries: Sequence[MetricSummary]) -> list[s
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     by_key = {(s.probe, s.metric, s.variant): s for s in summaries}
     for info in result.metrics:
+        if info.cost != costs:
+            continue
         row_summaries = [by_key.get((info.probe, info.name, v)) for v in result.variants]
         if all(s is None for s in row_summaries):
             continue
@@ -86,6 +93,10 @@ def render_markdown(run: RunResult, command: str, plots: dict[str, str]) -> str:
         if summaries:
             out += case_table(case, summaries)
             out.append("")
+            cost_rows = case_table(case, summaries, costs=True)
+            if len(cost_rows) > 2:
+                out += ["Costs and bounds (what the figures above paid, and who was busy):", ""]
+                out += [*cost_rows, ""]
         if case.name in plots:
             out += [f"![{case.name}]({plots[case.name]})", ""]
         out += ["Probes:", ""]

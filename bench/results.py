@@ -41,6 +41,7 @@ class MetricInfo:
     unit: str
     higher_is_better: bool
     description: str
+    cost: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class CaseResult:
             variant_descriptions={v.name: v.description for v in case.variants},
             probe_descriptions={p.name: p.description for p in case.probes},
             metrics=tuple(
-                MetricInfo(p.name, m.name, m.unit, m.higher_is_better, m.description)
+                MetricInfo(p.name, m.name, m.unit, m.higher_is_better, m.description, m.cost)
                 for p in case.probes
                 for m in p.metrics
             ),

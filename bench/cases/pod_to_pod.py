@@ -31,18 +31,21 @@ PROXY_CPU = Metric(
     "s",
     higher_is_better=False,
     description="CPU seconds all proxies of the path used during the measurement",
+    cost=True,
 )
 PROXY_RSS = Metric(
     "proxy_rss_mb",
     "MB",
     higher_is_better=False,
     description="peak RSS (VmHWM) of the path's proxies, summed, so far in the run",
+    cost=True,
 )
 LOAD_CPU = Metric(
     "load_cpu_pct",
     "%",
     higher_is_better=False,
     description="CPU of the load generator as % of one core; near 100 means it was the bound",
+    cost=True,
 )
 SERVER_CPU = Metric(
     "server_cpu_pct",
@@ -50,6 +53,7 @@ SERVER_CPU = Metric(
     higher_is_better=False,
     description="CPU of the server apps (iperf3 -s, origin) as % of one core; near 100 "
     "means the server, not the path, was the bound",
+    cost=True,
 )
 COSTS = (PROXY_CPU, PROXY_RSS, LOAD_CPU, SERVER_CPU)
 THROUGHPUT = Metric(

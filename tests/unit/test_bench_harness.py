@@ -219,3 +219,22 @@ def test_non_finite_measurement_is_an_error(tmp_path: Path) -> None:
 
     result = run_case(Broken(), settings(tmp_path, rounds=1))
     assert result.error is not None and "non-finite" in result.error
+
+
+def test_cost_metrics_get_their_own_table(tmp_path: Path) -> None:
+    cpu = Metric("cpu_s", "s", higher_is_better=False, description="cpu", cost=True)
+
+    class WithCost(Arithmetic):
+        probes = (Probe("rr", "request/response", (RATE, P99, cpu)),)
+
+        def measure(self, variant: Variant, probe: Probe, round_index: int) -> Measurement:
+            return {**super().measure(variant, probe, round_index), "cpu_s": 1.5}
+
+    result = run_case(WithCost(), settings(tmp_path, rounds=1))
+    summaries = results.summarize_case(result)
+    main_table = "\n".join(case_table(result, summaries))
+    cost_table = "\n".join(case_table(result, summaries, costs=True))
+    assert "cpu_s" not in main_table and "rate" in main_table
+    assert "| rr | cpu_s (lower is better) | s | 1.50 | 1.50 | 1.00 |" in cost_table
+    text = render_markdown(dataclasses.replace(_run(tmp_path), cases=(result,)), "cmd", {})
+    assert "Costs and bounds" in text
