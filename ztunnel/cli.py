@@ -128,9 +128,9 @@ def _rows(section: str, dump: dict[str, Any]) -> list[dict[str, Any]]:
             chain = row.get("certChain") or [{}]
             row.update(
                 {
-                    "serial": chain[-1].get("serialNumber"),
-                    "validFrom": chain[-1].get("validFrom"),
-                    "expirationTime": chain[-1].get("expirationTime"),
+                    "serial": chain[0].get("serialNumber"),
+                    "validFrom": chain[0].get("validFrom"),
+                    "expirationTime": chain[0].get("expirationTime"),
                 }
             )
         if section == "services":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import socket
@@ -88,6 +89,10 @@ async def scenario(tmp_path: Path) -> None:
         (cert,) = dump["certificates"]
         assert cert["identity"] == "spiffe://cluster.local/ns/demo/sa/backend"
         assert cert["state"] == "Available" and cert["certChain"][0]["serialNumber"]
+        leaf_pem = base64.b64decode(cert["certChain"][0]["pem"])
+        assert b"BEGIN CERTIFICATE" in leaf_pem
+        root_pem = (tmp_path / "ca" / "root-cert.pem").read_bytes()
+        assert base64.b64decode(cert["rootCerts"][0]["pem"]).strip() == root_pem.strip()
         assert (tmp_path / "ca" / "ca-key.pem").stat().st_mode & 0o777 == 0o600
 
         runner = CliRunner()

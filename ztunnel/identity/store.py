@@ -10,14 +10,23 @@ new connections use the newest certificate while old connections keep theirs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 
+from cryptography.hazmat.primitives import serialization
+
 from ztunnel.errors import IdentityError
-from ztunnel.identity.certs import BACKDATE, DEFAULT_LEAF_TTL, CertifiedKey, LocalCA
+from ztunnel.identity.certs import (
+    BACKDATE,
+    DEFAULT_LEAF_TTL,
+    CertifiedKey,
+    LocalCA,
+    load_pem_chain,
+)
 from ztunnel.identity.rotation import CertificateRotation
 from ztunnel.identity.spiffe import SpiffeId
 from ztunnel.identity.tls import client_context, server_context
@@ -130,22 +139,43 @@ class IdentityStore:
         return context
 
     def dump(self) -> list[dict[str, object]]:
-        """``/config_dump``'s ``certificates``: identity, state, chain with serial and validity."""
+        """``/config_dump``'s ``certificates``: identity, state, chain and roots.
+
+        Each certificate is ``{pem (base64 of the PEM), serialNumber, validFrom,
+        expirationTime}`` as Istio's ztunnel writes it.
+        """
         now = self._clock()
+        roots = [
+            _cert_json(root.public_bytes(serialization.Encoding.PEM))
+            for root in load_pem_chain(self.roots_pem)
+        ]
         out: list[dict[str, object]] = []
         for identity, rotation in sorted(self.rotations.items()):
+            chain = [
+                _cert_json(pem)
+                for cert in rotation.certificates(now)[-1:]
+                for pem in cert.chain_pem
+            ]
             out.append(
                 {
                     "identity": str(identity),
                     "state": rotation.state(now),
-                    "certChain": [
-                        {
-                            "serialNumber": cert.serial,
-                            "validFrom": cert.not_before.isoformat().replace("+00:00", "Z"),
-                            "expirationTime": cert.not_after.isoformat().replace("+00:00", "Z"),
-                        }
-                        for cert in rotation.certificates(now)
-                    ],
+                    "certChain": chain,
+                    "rootCerts": roots,
                 }
             )
         return out
+
+
+def _cert_json(pem: bytes) -> dict[str, object]:
+    (cert,) = load_pem_chain(pem)
+
+    def rfc3339(when: dt.datetime) -> str:
+        return when.isoformat().replace("+00:00", "Z")
+
+    return {
+        "pem": base64.b64encode(pem).decode("ascii"),
+        "serialNumber": format(cert.serial_number, "x"),
+        "validFrom": rfc3339(cert.not_valid_before_utc),
+        "expirationTime": rfc3339(cert.not_valid_after_utc),
+    }
