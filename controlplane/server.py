@@ -239,6 +239,8 @@ class ControlPlane:
         started = time.perf_counter()
         snapshot = snapshot_of(state, self.config.mesh)
         self.cluster = state
+        if self.snapshot_at is not None and snapshot.versions == self.hub.snapshot.versions:
+            return  # e.g. a change the workload API does not show (a label nobody selects)
         self.hub.publish(snapshot)
         self.snapshot_at = time.time()
         log.info(
