@@ -199,7 +199,13 @@ class ControlPlane:
         credentials = grpc.ssl_server_credentials([(key_pem, "".join(chain).encode())])
         self._server = grpc.aio.server(
             handlers=[self.hub.handler(), self._ca_handler()],
-            options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+            options=[
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                # Clients ping every 30 s to detect a vanished control plane; accept it.
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                ("grpc.http2.max_ping_strikes", 0),
+            ],
         )
         self.xds_port = self._server.add_secure_port(f"{host}:{port}", credentials)
         if self.xds_port == 0:
