@@ -28,9 +28,19 @@ FILTER_HANDLE = 1
 ETH_P_ALL = 0x0003
 
 
+def link_name(ipr: Any, ifindex: int) -> str | None:
+    """The name of interface ``ifindex``, or None when there is no such interface."""
+    if not ifindex:
+        return None
+    try:
+        links = ipr.get_links(ifindex)
+    except NetlinkError:  # ENODEV: it went (a pod's veth goes with the pod)
+        return None
+    return str(links[0].get("ifname")) if links else None
+
+
 def _ifname(ipr: Any, ifindex: int) -> str:
-    links = ipr.get_links(ifindex)
-    return str(links[0].get("ifname")) if links else f"ifindex {ifindex}"
+    return link_name(ipr, ifindex) or f"ifindex {ifindex}"
 
 
 def ensure_clsact(ipr: Any, ifindex: int) -> None:

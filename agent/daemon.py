@@ -28,6 +28,7 @@ from agent.attach import (
     attach_ingress,
     detach,
     install_local_delivery,
+    link_name,
     remove_local_delivery,
     route_ifindex,
     uplink_ifindex,
@@ -36,8 +37,8 @@ from agent.config import AgentConfig
 from agent.errors import AgentError, AttachError
 from agent.layout import AttachKind
 from agent.metrics import AgentMetrics
-from agent.nodemaps import Attachment, NodeMaps
-from agent.pinned import pin, remove_pins
+from agent.nodemaps import Attachment, NodeMaps, attachments_in, settings_in
+from agent.pinned import PinnedMap, pin, remove_pins
 from agent.programs import LoadedProgram, load_program
 from agent.workloads import LocalWorkload, local_workloads, plan
 from controlplane.model import ClusterState
@@ -70,6 +71,7 @@ class Applied:
 
     workload: LocalWorkload
     ifindex: int
+    ifname: str
     attached_here: bool = False
 
 
@@ -103,20 +105,21 @@ class Agent:
         self.maps.record_attachment(
             Attachment(
                 self.uplink,
-                _ifname(self.ipr, self.uplink) or "?",
+                link_name(self.ipr, self.uplink) or "?",
                 AttachKind.NODE_INGRESS,
                 None,
                 self.config.node_name,
             )
         )
+        recorded = {a.ifindex: a.ifname for a in self.maps.attachments_list()}
         for ip, (workload, ifindex) in self.maps.applied_workloads().items():
-            self.applied[ip] = Applied(workload, ifindex, attached_here=False)
+            self.applied[ip] = Applied(workload, ifindex, recorded.get(ifindex, "?"))
         log.info(
             "started node=%s node_id=%s pin_dir=%s uplink=%s adopted=%d",
             self.config.node_name,
             self.config.node_id,
             pin_dir,
-            _ifname(self.ipr, self.uplink),
+            link_name(self.ipr, self.uplink),
             len(self.applied),
         )
 
@@ -132,17 +135,23 @@ class Agent:
         self.pending = set()
         for ip, workload in desired.items():
             current = self.applied.get(ip)
-            if current is not None and current.attached_here and current.workload == workload:
-                continue
             try:
-                ifindex = self._attach_pod(workload, current)
+                # every pass: a pod recreated with the same address has a new veth
+                ifindex, ifname = self._attach_pod(workload, current)
             except AttachError as err:
                 self.pending.add(ip)
                 if self.metrics is not None:
                     self.metrics.attach_failures.inc()
                 log.warning("attach failed pod=%s ip=%s error=%s", workload.key, ip, err)
                 continue
-            self.maps.write_workload(workload, ifindex, _ifname(self.ipr, ifindex) or "?")
+            if (
+                current is not None
+                and current.attached_here
+                and current.workload == workload
+                and (current.ifindex, current.ifname) == (ifindex, ifname)
+            ):
+                continue
+            self.maps.write_workload(workload, ifindex, ifname)
             if current is None or current.workload != workload:
                 log.info(
                     "workload pod=%s ip=%s enrolled=%s ifindex=%d",
@@ -151,21 +160,27 @@ class Agent:
                     workload.enrolled,
                     ifindex,
                 )
-            self.applied[ip] = Applied(workload, ifindex, attached_here=True)
+            self.applied[ip] = Applied(workload, ifindex, ifname, attached_here=True)
 
-    def _attach_pod(self, workload: LocalWorkload, current: Applied | None) -> int:
+    def _attach_pod(self, workload: LocalWorkload, current: Applied | None) -> tuple[int, str]:
+        """Attaches to the pod's host-side interface unless already done; (ifindex, name)."""
         ifindex = route_ifindex(self.ipr, workload.ip)
-        if ifindex is None or ifindex == self.uplink or _ifname(self.ipr, ifindex) == "lo":
+        ifname = link_name(self.ipr, ifindex) if ifindex else None
+        if ifindex is None or ifname is None or ifindex == self.uplink or ifname == "lo":
             raise AttachError(f"no host-side interface routes to {workload.ip} yet")
-        if current is None or not current.attached_here or current.ifindex != ifindex:
+        if (
+            current is None
+            or not current.attached_here
+            or (current.ifindex, current.ifname) != (ifindex, ifname)
+        ):
             attach_ingress(self.ipr, ifindex, self.programs["pod_egress"].fd, "pod_egress")
-        return ifindex
+        return ifindex, ifname
 
     def _forget(self, workload: LocalWorkload) -> None:
         assert self.maps is not None
         gone = self.applied.pop(workload.ip, None)
         self.maps.forget_workload(workload.ip)
-        if gone is not None and _ifname(self.ipr, gone.ifindex) is not None:
+        if gone is not None and link_name(self.ipr, gone.ifindex) == gone.ifname:
             # The pod's veth normally goes with it; if it stays, our program goes.
             with contextlib.suppress(AttachError):
                 detach(self.ipr, gone.ifindex)
@@ -205,6 +220,7 @@ class Agent:
                 continue
             if isinstance(item, BaseException):
                 raise AgentError(f"the cluster source stopped: {item}") from item
+            log.debug("cluster state pods=%d errors=%d", len(item.pods), len(item.errors))
             last = item
             self.apply(last)
 
@@ -254,28 +270,21 @@ def cleanup(pin_dir: Path, ipr: Any | None, delivery: LocalDelivery | None) -> d
     An interface is detached only if it still carries the name the agent recorded.
     """
     report: dict[str, Any] = {"pin_dir": str(pin_dir), "detached": [], "unpinned": []}
+    # Each map is opened on its own: a partial or older pin folder still gets cleaned.
     if ipr is not None and (pin_dir / "attachments").exists():
-        try:
-            maps = NodeMaps(pin_dir)
-        except AgentError:
-            maps = None
-        if maps is not None:
-            with maps:
-                settings = maps.read_settings()
-                for att in maps.attachments_list():
-                    if _ifname(ipr, att.ifindex) == att.ifname and detach(ipr, att.ifindex):
-                        report["detached"].append(att.ifname)
-            if delivery is not None and settings is not None:
-                delivery = LocalDelivery(
-                    settings.mark, delivery.mask, delivery.table, delivery.priority
-                )
+        with PinnedMap.open(pin_dir, "attachments") as table:
+            for att in attachments_in(table):
+                if link_name(ipr, att.ifindex) == att.ifname and detach(ipr, att.ifindex):
+                    report["detached"].append(att.ifname)
+    if delivery is not None and (pin_dir / "settings").exists():
+        with PinnedMap.open(pin_dir, "settings") as table:
+            settings = settings_in(table)
+        if settings is not None:
+            delivery = LocalDelivery(
+                settings.mark, delivery.mask, delivery.table, delivery.priority
+            )
     if ipr is not None and delivery is not None:
         remove_local_delivery(ipr, delivery)
         report["routing_removed"] = True
     report["unpinned"] = remove_pins(pin_dir)
     return report
-
-
-def _ifname(ipr: Any, ifindex: int) -> str | None:
-    links = ipr.get_links(ifindex) if ifindex else []
-    return str(links[0].get("ifname")) if links else None

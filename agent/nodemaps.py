@@ -84,10 +84,7 @@ class NodeMaps:
 
     def read_settings(self) -> CaptureSettings | None:
         """The settings in force, or None before an agent wrote them."""
-        value = self.settings.get(ctypes.c_uint32(0))
-        if value is None or not value.flags:
-            return None
-        return CaptureSettings.from_c(value)
+        return settings_in(self.settings)
 
     # --- workloads and attachments
     def write_workload(self, workload: LocalWorkload, ifindex: int, ifname: str) -> None:
@@ -127,18 +124,7 @@ class NodeMaps:
 
     def attachments_list(self) -> list[Attachment]:
         """Every recorded attachment, by ifindex."""
-        out = []
-        for key, value in self.attachments.items():
-            out.append(
-                Attachment(
-                    ifindex=int(key.value),
-                    ifname=value.ifname.decode(errors="replace"),
-                    kind=AttachKind(value.kind),
-                    pod_ip=u32_to_ip(value.pod_ip) if value.pod_ip else None,
-                    pod=value.pod.decode(errors="replace"),
-                )
-            )
-        return sorted(out, key=lambda a: a.ifindex)
+        return attachments_in(self.attachments)
 
     def applied_workloads(self) -> dict[str, tuple[LocalWorkload, int]]:
         """What an earlier agent left: pod IP -> (workload, host ifindex)."""
@@ -239,6 +225,30 @@ class NodeMaps:
                 }
             )
         return rows
+
+
+def settings_in(table: PinnedMap[Any, Any]) -> CaptureSettings | None:
+    """The settings held by a ``settings`` map, or None before an agent wrote them."""
+    value = table.get(ctypes.c_uint32(0))
+    if value is None or not value.flags:
+        return None
+    return CaptureSettings.from_c(value)
+
+
+def attachments_in(table: PinnedMap[Any, Any]) -> list[Attachment]:
+    """The attachments recorded in an ``attachments`` map, by ifindex."""
+    out = []
+    for key, value in table.items():
+        out.append(
+            Attachment(
+                ifindex=int(key.value),
+                ifname=value.ifname.decode(errors="replace"),
+                kind=AttachKind(value.kind),
+                pod_ip=u32_to_ip(value.pod_ip) if value.pod_ip else None,
+                pod=value.pod.decode(errors="replace"),
+            )
+        )
+    return sorted(out, key=lambda a: a.ifindex)
 
 
 def _ip_sort(ip: str) -> int:

@@ -432,11 +432,21 @@ def test_pods_added_and_removed_at_run_time_within_a_second(capture: Capture) ->
     assert programs == {g.host_ifname}
     started = time.monotonic()
     lab.remove_pod(g)
-    del capture.pods["g"]
     wait_for(lambda: g.ip not in _workload_ips(pin_dir), 5, "the pod gone from the map")
     assert time.monotonic() - started < 1.0 + 0.5
     assert capture.maps("programs", "node1", "--pod-ip", g.ip) == []
     assert capture.maps("stats", "node1", "--pod-ip", g.ip) == []
+    # the same pod again: likely the same address, surely a new veth
+    g2 = capture.pods["g"] = lab.add_pod("g", namespace="mesh", node="node1")
+    try:
+        wait_for(lambda: g2.ip in _workload_ips(pin_dir), 5, "the re-created pod")
+        assert capture.report("g", capture.pods["c"].ip, 9000)["listener"] == 15001
+        rows = capture.maps("programs", "node1", "--pod-ip", g2.ip)
+        assert [r["ifname"] for r in rows] == [g2.host_ifname]
+    finally:
+        lab.remove_pod(g2)
+        del capture.pods["g"]
+    wait_for(lambda: g2.ip not in _workload_ips(pin_dir), 5, "the pod gone again")
 
 
 def test_agent_kill_9_and_restart_during_a_30s_transfer(capture: Capture) -> None:
