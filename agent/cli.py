@@ -63,6 +63,9 @@ def run(  # click passes every flag by name
     from ambient.preflight import require
 
     require("root", "kernel", "bpf", "bpffs", "bcc", what="ambient agent run")
+    from agent.check import log_startup_check
+
+    log_startup_check()  # logs what this node lacks (WARN/FAIL); never stops the agent
     from agent.capture import HBONE_PORT, CaptureSettings
     from agent.config import AgentConfig
     from agent.daemon import run_agent
@@ -126,38 +129,23 @@ def cleanup_cmd(node_id: str, netns: str | None, allow_host_namespace: bool, out
 
 
 @cli.command("check")
+@click.option("--facts", is_flag=True, help="Print the raw facts gathered (for a bug report).")
+@click.option("--quick", is_flag=True, help="Only read: no probe program, no capture programs.")
 @output_option
-def check(output: str) -> None:
-    """Say what this node's kernel offers the agent: BPF, bpffs, BCC, and our programs.
+def check(facts: bool, quick: bool, output: str) -> None:
+    """Say what this node's kernel offers the agent and what to do: PASS/WARN/FAIL per need.
 
-    Compiles and loads both capture programs (the verifier's verdict) with their maps
-    pinned under a throw-away folder; attaches nothing.
+    Loads a bpf_sk_assign probe and attaches it only inside a scratch network namespace
+    of a child process; compiles and loads both capture programs with their maps pinned
+    under a throw-away folder. Exits 1 when any check fails.
     """
-    import os
+    from agent.check import CollectOptions, collect_facts, evaluate, rows_of
 
-    from ambient.preflight import run_checks
-
-    rows = [
-        {"check": c.name, "status": c.status, "detail": c.detail, "fix": c.fix or None}
-        for c in run_checks(["root", "kernel", "bpf", "bpffs", "bcc"])
-    ]
-    if all(r["status"] != "FAIL" for r in rows):
-        from agent.errors import AgentError
-        from agent.pinned import BPFFS_ROOT, remove_pins
-        from agent.programs import load_program
-
-        scratch = BPFFS_ROOT.parent / f"ambient-check-{os.getpid()}"
-        try:
-            for name in ("pod_egress", "node_ingress"):
-                try:
-                    load_program(name, scratch)
-                    rows.append({"check": name, "status": "PASS", "detail": "compiles, loads"})
-                except AgentError as err:
-                    rows.append(
-                        {"check": name, "status": "FAIL", "detail": err.message, "fix": err.hint}
-                    )
-        finally:
-            remove_pins(scratch)
-    emit(rows, output)
-    if any(r["status"] == "FAIL" for r in rows):
+    gathered = collect_facts(CollectOptions(tc_probe=not quick, capture_programs=not quick))
+    if facts:
+        emit(gathered.to_json(), output)
+        return
+    checks = evaluate(gathered)
+    emit(rows_of(checks), output)
+    if any(c.status == "FAIL" for c in checks):
         raise SystemExit(1)
