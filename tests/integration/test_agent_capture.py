@@ -546,3 +546,11 @@ def test_agent_metrics_on_localhost(capture: Capture) -> None:
     assert "ambient_agent_attach_failures_total" in text
     assert 'ambient_agent_verdicts_total{node="node1",verdict="redirect_outbound"}' in text
     assert 'ambient_agent_fail_closed_total{node="node1",reason="no_hbone_listener"}' in text
+
+
+def test_agents_survived_everything_above(capture: Capture) -> None:
+    """Pods came and went, labels flipped, listeners vanished: no agent may have died."""
+    for node, proc in capture.agents.items():
+        log = proc.log_path.read_text()
+        assert proc.poll() is None, f"the agent of {node} exited: {log[-1500:]}"
+        assert "internal error" not in log and "Traceback" not in log
