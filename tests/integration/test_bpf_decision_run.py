@@ -12,13 +12,10 @@ verdict returns TC_ACT_OK with every listener present.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
 import socket
 import struct
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,18 @@ from agent.capture import CaptureSettings, listener_port
 from agent.layout import STATS_FIELDS, Verdict, WorkloadFlags, WorkloadKey, ip_to_u32
 from agent.nodemaps import NodeMaps
 from agent.pinned import remove_pins
+from agent.testrun import (
+    TC_ACT_OK,
+    TC_ACT_REDIRECT,
+    TC_ACT_SHOT,
+    TCP_ACK,
+    TCP_SYN,
+    checksum,
+    in_netns,
+    prog_test_run,
+    tcp_checksum_ok,
+    tcp_frame,
+)
 from agent.workloads import LocalWorkload
 from tests.unit.test_bpf_decision import CFG, NODE_INGRESS_TABLE, POD_EGRESS_TABLE
 
@@ -36,110 +45,17 @@ pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(120)]
 
 NS = f"capx-run{os.getpid()}"
 PIN_DIR = Path(f"/sys/fs/bpf/capx-run{os.getpid()}")
-TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
-BPF_PROG_TEST_RUN = 10
-CLONE_NEWNET = 0x40000000
 SRC_ADDR = "10.244.1.2"
-SYN, ACK = 0x02, 0x10
-
-
-class _TestRunAttr(ctypes.Structure):
-    _fields_ = [
-        ("prog_fd", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("data_in", ctypes.c_uint64),
-        ("data_out", ctypes.c_uint64),
-        ("repeat", ctypes.c_uint32),
-        ("duration", ctypes.c_uint32),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_uint64),
-        ("ctx_out", ctypes.c_uint64),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
-    ]
-
-
-LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def prog_test_run(prog_fd: int, frame: bytes) -> int:
-    """Runs the program once on ``frame``; returns its TC verdict."""
-    return prog_test_run_out(prog_fd, frame)[0]
+SYN, ACK = TCP_SYN, TCP_ACK
 
 
 def prog_test_run_out(prog_fd: int, frame: bytes) -> tuple[int, bytes]:
-    """Runs the program once on ``frame``; returns its TC verdict and the packet after."""
-    data_in = ctypes.create_string_buffer(frame, len(frame))
-    data_out = ctypes.create_string_buffer(len(frame) + 256)
-    attr = _TestRunAttr(
-        prog_fd=prog_fd,
-        data_size_in=len(frame),
-        data_size_out=len(data_out),
-        data_in=ctypes.addressof(data_in),
-        data_out=ctypes.addressof(data_out),
-        repeat=1,
-    )
-    nr = {"x86_64": 321, "aarch64": 280}[platform.machine()]
-    rc = LIBC.syscall(nr, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
-    if rc != 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-    return int(attr.retval), data_out.raw[: attr.data_size_out]
-
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\0"
-    total = int(sum(struct.unpack(f"!{len(data) // 2}H", data)))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def tcp_checksum_ok(frame: bytes) -> bool:
-    """Whether the TCP checksum of an Ethernet + IPv4 (20 bytes) + TCP frame verifies."""
-    ip, tcp = frame[14:34], frame[34:]
-    pseudo = ip[12:20] + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
-    return checksum(pseudo + tcp) == 0
-
-
-def tcp_frame(src: str, dst: str, sport: int, dport: int, flags: int) -> bytes:
-    """Ethernet + IPv4 + TCP with valid checksums."""
-    eth = b"\x02" * 6 + b"\x04" * 6 + struct.pack("!H", 0x0800)
-    saddr, daddr = socket.inet_aton(src), socket.inet_aton(dst)
-    head = struct.pack("!BBHHHBB", 0x45, 0, 40, 1, 0x4000, 64, socket.IPPROTO_TCP)
-    ip = head + struct.pack("!H", checksum(head + b"\0\0" + saddr + daddr)) + saddr + daddr
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0)
-    pseudo = saddr + daddr + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
-    return eth + ip + tcp
+    result = prog_test_run(prog_fd, frame)
+    return result.retval, result.packet
 
 
 def in_namespace(fn: Callable[[], Any]) -> Any:
-    """Runs ``fn`` on a thread that joined NS (only that thread changes namespace)."""
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        fd = os.open(f"/run/netns/{NS}", os.O_RDONLY)
-        try:
-            if LIBC.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            box["value"] = fn()
-        except BaseException as err:
-            box["error"] = err
-        finally:
-            os.close(fd)
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join(60)
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    return in_netns(NS, fn)
 
 
 class Listeners:
@@ -233,7 +149,7 @@ def observe(
         listeners.open(listen)
         try:
             before = counters(maps, charged)
-            verdict = prog_test_run(fd, frame)
+            verdict = prog_test_run(fd, frame).retval
             return verdict, delta(before, counters(maps, charged))
         finally:
             listeners.close()
@@ -326,7 +242,7 @@ def test_established_socket_is_matched_first(loaded: dict[str, Any]) -> None:
             cport = client.getsockname()[1]
             before = counters(maps, "10.244.1.9")
             reply = tcp_frame("10.244.1.9", "10.244.2.2", 8080, cport, ACK)
-            verdict = prog_test_run(fd, reply)
+            verdict = prog_test_run(fd, reply).retval
             return verdict, delta(before, counters(maps, "10.244.1.9"))
         finally:
             client.close()
