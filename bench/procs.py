@@ -46,6 +46,24 @@ def parse_cpu_seconds(stat_text: str, clock_ticks: int, *, with_children: bool =
     return ticks / clock_ticks
 
 
+def parse_busy_seconds(proc_stat_text: str, clock_ticks: int) -> float:
+    """CPU seconds all CPUs spent not idle, from the ``cpu`` line of ``/proc/stat``.
+
+    Busy = user + nice + system + irq + softirq + steal (idle and iowait are not).
+    """
+    for line in proc_stat_text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+            return (user + nice + system + irq + softirq + steal) / clock_ticks
+    raise ValueError("no aggregate 'cpu' line in /proc/stat")
+
+
+def machine_busy_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far (see :func:`parse_busy_seconds`)."""
+    return parse_busy_seconds(Path("/proc/stat").read_text(), os.sysconf("SC_CLK_TCK"))
+
+
 def parse_ppid(stat_text: str) -> int:
     """The parent PID (field 4) of ``/proc/<pid>/stat``."""
     return int(stat_text[stat_text.rindex(")") + 2 :].split()[1])

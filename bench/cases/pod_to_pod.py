@@ -8,6 +8,7 @@ Later cases (ztunnel) subclass :class:`PodToPod` and add variants through ``path
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -24,7 +25,7 @@ from bench.datapath import (
 )
 from bench.envoy.pair import envoy_pair
 from bench.errors import BenchError
-from bench.procs import NetnsProcess, ProxyProcess, Usage
+from bench.procs import NetnsProcess, ProxyProcess, Usage, machine_busy_seconds
 
 PROXY_CPU = Metric(
     "proxy_cpu_s",
@@ -55,7 +56,15 @@ SERVER_CPU = Metric(
     "means the server, not the path, was the bound",
     cost=True,
 )
-COSTS = (PROXY_CPU, PROXY_RSS, LOAD_CPU, SERVER_CPU)
+OTHER_CPU = Metric(
+    "other_cpu_pct",
+    "%",
+    higher_is_better=False,
+    description="machine CPU busy outside the load tool, servers and proxies, as % of one "
+    "core (other work, and kernel network work not charged to our processes)",
+    cost=True,
+)
+COSTS = (PROXY_CPU, PROXY_RSS, LOAD_CPU, SERVER_CPU, OTHER_CPU)
 THROUGHPUT = Metric(
     "throughput", "Gbit/s", higher_is_better=True, description="iperf3 bits received per second"
 )
@@ -108,7 +117,7 @@ class LoadFigures:
 
     metrics: dict[str, float]
     load_cpu_s: float
-    duration_s: float
+    """CPU the load tool used (its whole run, start-up included)."""
 
 
 ProbeRunner = Callable[[LivePath, RunSettings, "PodToPod"], LoadFigures]
@@ -124,8 +133,7 @@ def _bulk(streams: int) -> ProbeRunner:
             streams=streams,
             duration_s=settings.duration_s,
         )
-        seconds = max(1.0, round(settings.duration_s))
-        return LoadFigures({"throughput": result.gbit_per_s}, result.client_cpu_s, seconds)
+        return LoadFigures({"throughput": result.gbit_per_s}, result.client_cpu_s)
 
     return run
 
@@ -149,7 +157,7 @@ def _requests(connections: int, *, new_connection_each: bool) -> ProbeRunner:
         figures = {"rate": result.rate}
         if not new_connection_each and result.latency_valid:
             figures |= {"p50": result.p50_us, "p99": result.p99_us}
-        return LoadFigures(figures, result.client_cpu_s, result.duration_s)
+        return LoadFigures(figures, result.client_cpu_s)
 
     return run
 
@@ -172,14 +180,20 @@ def cost_metrics(
     after: list[Usage],
     load_cpu_s: float,
     duration_s: float,
+    *,
     server_cpu_s: float | None = None,
+    machine_busy_s: float | None = None,
 ) -> dict[str, float]:
-    """Proxy CPU during the measurement, peak RSS so far, load tool's and servers' CPU share."""
+    """Proxy CPU during the measurement, peak RSS so far, and CPU shares of the load tool,
+    the servers and everything else on the machine."""
     if duration_s <= 0:
         raise BenchError(f"a measurement lasted {duration_s} s; cannot compute CPU shares")
     metrics = {"load_cpu_pct": 100.0 * load_cpu_s / duration_s}
     if server_cpu_s is not None:
         metrics["server_cpu_pct"] = 100.0 * server_cpu_s / duration_s
+    if machine_busy_s is not None:
+        ours = load_cpu_s + (server_cpu_s or 0.0) + (_cpu_delta(before, after) if after else 0.0)
+        metrics["other_cpu_pct"] = max(0.0, 100.0 * (machine_busy_s - ours) / duration_s)
     if after:
         metrics["proxy_cpu_s"] = _cpu_delta(before, after)
         metrics["proxy_rss_mb"] = sum(a.peak_rss_bytes for a in after) / 1e6
@@ -294,12 +308,24 @@ class PodToPod(Case):
         live = self._live[variant.name]
         before = [p.usage() for p in live.proxies]
         apps_before = [a.usage() for a in self._apps]
+        busy_before = machine_busy_seconds()
+        started = time.monotonic()
         figures = RUNNERS[probe.name](live, self._settings, self)
+        # CPU shares are over the tool's whole run (wall time), like the CPU they divide
+        wall = time.monotonic() - started
+        busy = machine_busy_seconds() - busy_before
         for process in (*live.proxies, *self._apps):
             process.check_alive()
         after = [p.usage() for p in live.proxies]
         server_cpu = _cpu_delta(apps_before, [a.usage() for a in self._apps])
         return {
             **figures.metrics,
-            **cost_metrics(before, after, figures.load_cpu_s, figures.duration_s, server_cpu),
+            **cost_metrics(
+                before,
+                after,
+                figures.load_cpu_s,
+                wall,
+                server_cpu_s=server_cpu,
+                machine_busy_s=busy,
+            ),
         }

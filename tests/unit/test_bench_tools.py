@@ -16,7 +16,9 @@ from bench.procs import (
     WatchedProcess,
     descendants,
     listening_ports,
+    machine_busy_seconds,
     netns_argv,
+    parse_busy_seconds,
     parse_cpu_seconds,
     parse_peak_rss_bytes,
     parse_ppid,
@@ -100,6 +102,11 @@ def test_cost_metrics_add_up_proxies() -> None:
         "proxy_rss_mb": 32.0,
     }
     assert cost_metrics([], [], load_cpu_s=1.0, duration_s=1.0) == {"load_cpu_pct": 100.0}
+    with_machine = cost_metrics(
+        before, after, load_cpu_s=0.5, duration_s=2.0, server_cpu_s=1.0, machine_busy_s=3.0
+    )
+    # 3.0 busy - (0.5 load + 1.0 servers + 0.75 proxies) = 0.75 s over 2 s
+    assert with_machine["other_cpu_pct"] == pytest.approx(37.5)
     with pytest.raises(BenchError, match="lasted 0"):
         cost_metrics([], [], load_cpu_s=1.0, duration_s=0.0)
 
@@ -123,6 +130,14 @@ def test_parse_envoy_stats_reads_counters() -> None:
         "cluster.outbound-http.ssl.session_reused": 1391,
         "cluster.outbound-http.ssl.ciphers.TLS_AES_128_GCM_SHA256": 2,
     }
+
+
+def test_busy_seconds_from_proc_stat() -> None:
+    text = "cpu  100 20 30 1000 50 5 15 10 0 0\ncpu0 50 10 15 500 25 2 7 5 0 0\n"
+    assert parse_busy_seconds(text, 100) == pytest.approx((100 + 20 + 30 + 5 + 15 + 10) / 100)
+    with pytest.raises(ValueError, match="cpu"):
+        parse_busy_seconds("intr 1 2 3\n", 100)
+    assert machine_busy_seconds() > 0
 
 
 def test_parent_and_children_fields() -> None:
