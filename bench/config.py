@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ambient.errors import UsageError
+from bench.errors import BenchConfigError
 
 DEFAULT_ROUNDS = 3
 DEFAULT_DURATION_S = 3.0
@@ -37,13 +37,15 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.rounds <= MAX_ROUNDS:
-            raise UsageError(f"--rounds must be between 1 and {MAX_ROUNDS}, got {self.rounds}")
+            raise BenchConfigError(
+                f"--rounds must be between 1 and {MAX_ROUNDS}, got {self.rounds}"
+            )
         if not 0.2 <= self.duration_s <= MAX_DURATION_S:
-            raise UsageError(
+            raise BenchConfigError(
                 f"--duration must be between 0.2 and {MAX_DURATION_S} s, got {self.duration_s}"
             )
         if not re.fullmatch(r"[a-z][a-z0-9]{0,5}", self.lab_prefix):
-            raise UsageError(
+            raise BenchConfigError(
                 f"lab prefix {self.lab_prefix!r} must be 1-6 lowercase letters or digits",
                 hint="it becomes part of namespace and interface names",
             )

@@ -9,8 +9,16 @@ class BenchError(AmbientError):
     """Something stopped a benchmark run; the message names the case and what failed."""
 
 
+class BenchConfigError(BenchError):
+    """A flag of ``python -m bench`` is out of range."""
+
+    exit_code = 2
+
+
 class UnknownCaseError(BenchError):
     """A case name given with ``--case`` is not registered."""
+
+    exit_code = 2
 
 
 class CaseDefinitionError(BenchError):

@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ambient.errors import UsageError
 from bench import results
 from bench.case import Case, Measurement, Metric, Probe, RunSettings, Variant, check_case
 from bench.cli import cli as main
 from bench.config import BenchConfig
-from bench.errors import CaseDefinitionError, ResultsError
+from bench.errors import BenchConfigError, CaseDefinitionError, ResultsError
 from bench.report import case_table, fmt, plot_case, render_markdown
 from bench.runner import run_case
 
@@ -188,9 +187,9 @@ def test_config_quick_defaults_and_bounds() -> None:
         cases=(), rounds=None, duration_s=None, quick=False, results_root=Path("r")
     )
     assert (normal.rounds, normal.duration_s) == (3, 3.0)
-    with pytest.raises(UsageError):
+    with pytest.raises(BenchConfigError):
         BenchConfig(rounds=0)
-    with pytest.raises(UsageError):
+    with pytest.raises(BenchConfigError):
         BenchConfig(duration_s=3600)
 
 
