@@ -5,8 +5,9 @@
 debounced change is translated (:func:`controlplane.workloadapi.translate`) into a
 :class:`~controlplane.xds.core.ServerSnapshot` and published to every stream. One gRPC
 server (TLS, a serving certificate signed by the CA) carries delta ADS and
-``CreateCertificate`` on 15012; a localhost HTTP endpoint (15014) answers ``/debug/status``
-(connected proxies, their acknowledged versions, last NACKs, CA counters).
+``CreateCertificate`` on 15012; a localhost HTTP endpoint (15014) answers
+``/debug/status`` (connected proxies, their acknowledged versions, last NACKs, CA
+counters) and ``/metrics`` (the same as Prometheus metrics, istiod's names).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from controlplane.errors import (
 from controlplane.model import ClusterState
 from controlplane.workloadapi import MeshConfig, translate
 from controlplane.xds.core import Debouncer, ServerSnapshot
+from controlplane.xds.metrics import metrics_registry, render
 from controlplane.xds.server import XdsHub
 from ztunnel.admin import Request, Response, serve_http
 
@@ -141,6 +143,7 @@ class ControlPlane:
         self.certificates: CertificateService | None = None
         self.hub = XdsHub()
         self.started = time.monotonic()
+        self._registry = metrics_registry(self.status)
 
     # --- the parts ----------------------------------------------------------
 
@@ -192,7 +195,7 @@ class ControlPlane:
         )
         if cfg.authenticate_xds:
             self.hub = XdsHub(self._authenticate_stream)
-        self._apply(await asyncio.to_thread(source.load))
+        await self._apply(await asyncio.to_thread(source.load))
 
         host, port = split_address(cfg.listen, "--listen")
         key_pem, chain = self.ca.serving_certificate((*cfg.server_names, host), now)
@@ -239,11 +242,12 @@ class ControlPlane:
 
     # --- following the cluster ----------------------------------------------
 
-    def _apply(self, state: ClusterState) -> None:
+    async def _apply(self, state: ClusterState) -> None:
+        """Translate ``state`` (in a thread: 5,000 pods take a while) and publish it."""
         for issue in state.errors:
             log.warning("cluster source: %s", issue)
         started = time.perf_counter()
-        snapshot = snapshot_of(state, self.config.mesh)
+        snapshot = await asyncio.to_thread(snapshot_of, state, self.config.mesh)
         self.cluster = state
         if self.snapshot_at is not None and snapshot.versions == self.hub.snapshot.versions:
             return  # e.g. a change the workload API does not show (a label nobody selects)
@@ -258,17 +262,26 @@ class ControlPlane:
         )
 
     async def _follow(self, source: Any) -> None:
-        """Debounce the source's changes into snapshots."""
+        """Debounce the source's changes into snapshots; survive a failing source or bug."""
         debouncer = Debouncer(self.config.debounce_quiet, self.config.debounce_max)
         latest: list[ClusterState] = []
         changed = asyncio.Event()
 
         async def watch() -> None:
-            states: AsyncIterator[ClusterState] = source.watch(interval=self.config.watch_interval)
-            async for state in states:
-                latest[:] = [state]
-                debouncer.changed(time.monotonic())
-                changed.set()
+            while True:
+                try:
+                    states: AsyncIterator[ClusterState] = source.watch(
+                        interval=self.config.watch_interval
+                    )
+                    async for state in states:
+                        latest[:] = [state]
+                        debouncer.changed(time.monotonic())
+                        changed.set()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the source failed: keep serving, watch again
+                    log.exception("cluster source failed (last snapshot kept); retrying in 1 s")
+                await asyncio.sleep(1.0)
 
         watcher = asyncio.create_task(watch())
         try:
@@ -278,15 +291,11 @@ class ControlPlane:
                 changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout)
-                if watcher.done():
-                    watcher.result()  # surfaces the source's failure
                 if debouncer.fire(time.monotonic()) and latest:
                     try:
-                        self._apply(latest[0])
-                    except ControlPlaneError as err:
-                        log.error(
-                            "cannot translate the cluster (keeping the last snapshot): %s", err
-                        )
+                        await self._apply(latest[0])
+                    except Exception:  # a translation bug must not stop the control plane
+                        log.exception("cannot translate the cluster (last snapshot kept)")
         finally:
             watcher.cancel()
             with contextlib.suppress(BaseException):
@@ -341,6 +350,9 @@ class ControlPlane:
     async def _debug(self, request: Request) -> Response:
         if request.path in ("/debug/status", "/debug/connections"):
             return Response.json(self.status())
+        if request.path in ("/metrics", "/stats/prometheus"):
+            body, content_type = render(self._registry, request.headers.get("accept"))
+            return Response(200, body, content_type)
         if request.path == "/healthz/ready":
             return Response(200, b"ready\n")
         return Response(404, b"not found\n")

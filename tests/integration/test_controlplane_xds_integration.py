@@ -242,6 +242,17 @@ async def ca_refusals(mesh: Mesh) -> None:
     finally:
         for client in (node1, anonymous, forged):
             await client.close()
+    url = f"http://127.0.0.1:{mesh.plane.admin_port}/metrics"
+
+    def scrape() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text: str = response.read().decode()
+        return text
+
+    metrics = await asyncio.to_thread(scrape)
+    assert "citadel_server_success_cert_issuance_count_total 1.0" in metrics
+    assert 'citadel_server_refused_count_total{reason="impersonation"} 1.0' in metrics
+    assert "pilot_xds 2.0" in metrics
     ca = (await mesh.http_status())["ca"]
     assert isinstance(ca, dict)
     assert ca["issued"] == 1 and ca["refusedImpersonation"] == 1
