@@ -11,15 +11,22 @@ from __future__ import annotations
 import json
 import logging
 import math
+import resource
+import select
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from bench import wrkstats
 from bench.errors import MeasurementError, ToolError
-from bench.procs import run_in_netns
+from bench.procs import netns_argv, run_in_netns
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Grace on top of the measurement for tool start-up and connection set-up.
 TIMEOUT_SLACK_S = 20.0
@@ -249,3 +256,95 @@ def requests(
         client_cpu_s=run.cpu_s,
         latency_valid=measured is not None,
     )
+
+
+HOLD_SCRIPT = """
+import resource, socket, sys
+from concurrent.futures import ThreadPoolExecutor
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+request = b"GET / HTTP/1.1\\r\\nHost: bench\\r\\n\\r\\n"
+
+def open_one(index):
+    conn = socket.create_connection((host, port), timeout=10)
+    conn.sendall(request)  # one exchange proves the whole path is up for this connection
+    if not conn.recv(4096).startswith(b"HTTP/1.1 200"):
+        raise SystemExit("no 200 answer on connection %d" % index)
+    return conn
+
+with ThreadPoolExecutor(8) as pool:  # a few at a time, so the proxies' workers all serve
+    held = list(pool.map(open_one, range(count)))
+print("open", len(held), flush=True)
+sys.stdin.readline()
+for conn in held:
+    conn.close()
+print("closed", flush=True)
+"""
+"""Opens ``count`` keep-alive HTTP connections, one request each, holds them until a line
+arrives on stdin, then closes them."""
+
+
+@dataclass(frozen=True)
+class HoldResult(Generic[T]):
+    """What holding connections open measured."""
+
+    held: int
+    """Connections open (each with one completed request) at the moment of reading."""
+    reading: T
+    """What the caller's ``while_held`` returned."""
+    client_cpu_s: float
+
+
+def hold_connections(
+    netns: str,
+    host: str,
+    port: int,
+    *,
+    count: int,
+    while_held: Callable[[], T],
+    timeout_s: float = 60.0,
+) -> HoldResult[T]:
+    """Open ``count`` connections from ``netns``, call ``while_held()``, close them.
+
+    Bounded: the client gets ``timeout_s`` to open them all and is killed after that.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    argv = [sys.executable, "-c", HOLD_SCRIPT, host, str(port), str(count)]
+    proc = subprocess.Popen(
+        netns_argv(netns, argv),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = _read_line(proc, timeout_s)
+        if not line.startswith("open "):
+            err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+            raise MeasurementError(
+                f"holding {count} connections to {host}:{port} from {netns} failed: "
+                f"{(line or err).strip()[-300:] or 'no output'}"
+            )
+        held = int(line.split()[1])
+        reading = while_held()
+        assert proc.stdin is not None
+        proc.stdin.write("close\n")
+        proc.stdin.flush()
+        proc.wait(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return HoldResult(held=held, reading=reading, client_cpu_s=cpu)
+
+
+def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    """One line of ``proc``'s stdout, or "" at end of output or after ``timeout_s``."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    if not ready:
+        raise MeasurementError(f"no answer from the connection holder within {timeout_s:.0f} s")
+    return proc.stdout.readline()

@@ -105,26 +105,44 @@ def tree_usage(root: int) -> Usage | None:
     if root not in parents:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
-    cpu, rss = 0.0, 0
+    cpu, peak, rss = 0.0, 0, 0
     for pid in descendants(root, parents):
         stat, status = _read(f"/proc/{pid}/stat"), _read(f"/proc/{pid}/status")
         if stat is None or status is None:
             continue
         with contextlib.suppress(ValueError, IndexError):
             cpu += parse_cpu_seconds(stat, ticks, with_children=True)
-            rss += parse_peak_rss_bytes(status)
-    return Usage(cpu, rss)
+            peak += parse_peak_rss_bytes(status)
+            rss += parse_status_kb(status, "VmRSS") * 1024
+    return Usage(cpu, peak, rss)
+
+
+def parse_status_kb(status_text: str, field: str) -> int:
+    """A ``kB`` field (``VmHWM``, ``VmRSS``, ...) of ``/proc/<pid>/status``."""
+    for line in status_text.splitlines():
+        if line.startswith(f"{field}:"):
+            value, unit = line.split()[1:3]
+            if unit != "kB":
+                raise ValueError(f"unexpected {field} unit {unit!r}")
+            return int(value)
+    raise ValueError(f"no {field} line (is the process a zombie?)")
 
 
 def parse_peak_rss_bytes(status_text: str) -> int:
     """``VmHWM`` (peak resident set size) of ``/proc/<pid>/status``, in bytes."""
-    for line in status_text.splitlines():
-        if line.startswith("VmHWM:"):
-            value, unit = line.split()[1:3]
-            if unit != "kB":
-                raise ValueError(f"unexpected VmHWM unit {unit!r}")
-            return int(value) * 1024
-    raise ValueError("no VmHWM line (is the process a zombie?)")
+    return parse_status_kb(status_text, "VmHWM") * 1024
+
+
+def raise_fd_limit() -> int:
+    """Lift this process's soft open-files limit to the hard one (children inherit it).
+
+    Proxies holding a thousand connections need two descriptors per connection; a
+    soft limit of 1024 would measure EMFILE instead of the proxy.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def listening_ports(proc_net_tcp: str) -> set[int]:
@@ -143,6 +161,8 @@ class Usage:
 
     cpu_s: float
     peak_rss_bytes: int
+    rss_bytes: int = 0
+    """Resident set size when read (VmRSS)."""
 
 
 class ProxyProcess(Protocol):

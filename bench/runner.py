@@ -17,6 +17,7 @@ from bench import stats
 from bench.case import Case, RunSettings, load_cases, select
 from bench.config import BenchConfig
 from bench.errors import MeasurementError
+from bench.procs import raise_fd_limit
 from bench.report import plot_case, render_markdown
 from bench.results import CaseResult, RunResult, Sample, write_json
 
@@ -140,6 +141,7 @@ def run_all(config: BenchConfig, command: str) -> tuple[RunResult, Path]:
     """
     failures = load_cases()
     cases = select(config.cases)
+    raise_fd_limit()
     machine = machine_info()
     started = datetime.datetime.now(datetime.UTC)
     out_dir = config.results_root / utc_stamp(started)

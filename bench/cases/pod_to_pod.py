@@ -78,6 +78,21 @@ CPS = Metric(
     description="new TCP connections per second, one at a time, each with one request",
 )
 
+HOLD_COUNT = 1000
+HELD = Metric("held", "conn", higher_is_better=True, description="connections open at the reading")
+RSS_HELD = Metric(
+    "proxy_rss_held_mb",
+    "MB",
+    higher_is_better=False,
+    description="resident memory (VmRSS) of the path's proxies with the connections open",
+)
+RSS_PER_CONN = Metric(
+    "rss_per_conn_kb",
+    "KB",
+    higher_is_better=False,
+    description="growth of the proxies' resident memory per open connection",
+)
+
 PROBES = (
     Probe(
         "bulk-1",
@@ -107,6 +122,13 @@ PROBES = (
         "wrk, 1 connection at a time with 'Connection: close': every request opens a new "
         "TCP connection (and, through the Envoy pair, a new mTLS session to the peer)",
         (CPS, *COSTS),
+    ),
+    Probe(
+        f"hold-{HOLD_COUNT}",
+        f"{HOLD_COUNT} keep-alive connections opened one by one (one request each, so the "
+        "whole path is up), held while the proxies' memory is read, then closed; a "
+        "Python client, bounded by its own timeout",
+        (HELD, RSS_HELD, RSS_PER_CONN, *COSTS),
     ),
 )
 
@@ -162,12 +184,33 @@ def _requests(connections: int, *, new_connection_each: bool) -> ProbeRunner:
     return run
 
 
+def _hold(count: int) -> ProbeRunner:
+    def run(live: LivePath, settings: RunSettings, case: PodToPod) -> LoadFigures:
+        del settings, case
+        idle = sum(p.usage().rss_bytes for p in live.proxies)
+        result = load.hold_connections(
+            live.client_netns,
+            live.http.host,
+            live.http.port,
+            count=count,
+            while_held=lambda: sum(p.usage().rss_bytes for p in live.proxies),
+        )
+        figures: dict[str, float] = {"held": float(result.held)}
+        if live.proxies:
+            figures["proxy_rss_held_mb"] = result.reading / 1e6
+            figures["rss_per_conn_kb"] = (result.reading - idle) / 1024 / max(1, result.held)
+        return LoadFigures(figures, result.client_cpu_s)
+
+    return run
+
+
 RUNNERS: Mapping[str, ProbeRunner] = {
     "bulk-1": _bulk(1),
     "bulk-4": _bulk(4),
     "rr-1": _requests(1, new_connection_each=False),
     "rr-16": _requests(16, new_connection_each=False),
     "connect": _requests(1, new_connection_each=True),
+    f"hold-{HOLD_COUNT}": _hold(HOLD_COUNT),
 }
 
 

@@ -76,5 +76,9 @@ def test_quick_run_writes_sane_reports(tmp_path: Path) -> None:
     assert ("bulk-1", "proxy_cpu_s", "direct") not in rows
     assert rows[("bulk-1", "proxy_cpu_s", "envoy-mtls")]["median"] > 0
     assert 5 < rows[("bulk-1", "proxy_rss_mb", "envoy-mtls")]["median"] < 2000
+    # a thousand connections held open through each path; the proxies' memory grows
+    assert rows[("hold-1000", "held", "direct")]["median"] == 1000
+    assert rows[("hold-1000", "held", "envoy-mtls")]["median"] == 1000
+    assert rows[("hold-1000", "rss_per_conn_kb", "envoy-mtls")]["median"] > 0
     # a new mTLS session per connection cannot be cheaper than a bare TCP connect
     assert rows[("connect", "rate", "envoy-mtls")]["ratio"] < 1.0
