@@ -250,7 +250,8 @@ class PodToPod(Case):
     name = "pod-to-pod"
     description = (
         "Bulk throughput (1 and 4 streams), request/response latency at 1 and 16 "
-        "connections, and new connections per second between two pods on different "
+        "connections, new connections per second, and proxy memory with 1,000 open "
+        "connections, between two pods on different "
         "lab nodes: direct (no mesh) as the baseline, and through a pair of Envoy 1.40 "
         "proxies doing an mTLS tunnel (TLS 1.3, SPIFFE identities verified both ways), "
         "one in each pod, the sidecar-style reference later cases are compared with."
