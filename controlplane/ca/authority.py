@@ -177,9 +177,21 @@ class CertificateAuthority:
             )
         return x509.load_pem_x509_csr(csr_pem.encode()), identity
 
-    def sign(self, csr_pem: str, now: dt.datetime, requested_seconds: int = 0) -> SignedChain:
-        """Sign a workload CSR: leaf with the CSR's one URI SAN, then the chain to the root."""
-        _, identity = self.check_csr(csr_pem)
+    def sign(
+        self,
+        csr_pem: str,
+        now: dt.datetime,
+        requested_seconds: int = 0,
+        *,
+        identity: SpiffeId | None = None,
+    ) -> SignedChain:
+        """Sign a workload CSR: leaf with the CSR's one URI SAN, then the chain to the root.
+
+        ``identity`` is what :meth:`check_csr` returned for this CSR, when the caller
+        already checked it (the service does, before the impersonation check).
+        """
+        if identity is None:
+            _, identity = self.check_csr(csr_pem)
         # The leaf's shape (SAN, usages, backdating, the cap at the signer's expiry) is
         # ztunnel's LocalCA's; the signer here may be an intermediate.
         signer = LocalCA(self._key, self.cert)

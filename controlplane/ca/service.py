@@ -88,7 +88,7 @@ class CertificateService:
                     hint="the CSR's URI SAN must be the identity asked for",
                 )
             check_impersonation(caller, identity, state)
-            signed = self.ca.sign(request.csr, now, request.validity_seconds)
+            signed = self.ca.sign(request.csr, now, request.validity_seconds, identity=identity)
         except CsrRejected as err:
             self._refused("csr", f"node {caller.node}: {err}")
             raise
