@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import os
 import random
+import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, ParamSpec
@@ -351,12 +352,15 @@ class Ztunnel:
             acceptor.cancel()
             with contextlib.suppress(BaseException):
                 await acceptor
-        if self._connections:
-            _, pending = await asyncio.wait(
-                set(self._connections), timeout=self.config.drain_timeout
-            )
-            for task in pending:
-                task.cancel()
+        # Connections with tunnels in flight get until the deadline; HBONE connections
+        # that merely idle in a pool are closed at once (their peers will redial).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout
+        while self._connections and loop.time() < deadline:
+            self.proxy.close_idle()
+            await asyncio.wait(set(self._connections), timeout=0.1)
+        for task in list(self._connections):
+            task.cancel()
         await self.connector.close()
         for server in self._admin_servers:
             server.close()
@@ -369,6 +373,10 @@ class Ztunnel:
 async def run(config: ZtunnelConfig) -> None:
     """Run a ztunnel until ``/quitquitquit`` or cancellation, then drain."""
     ztunnel = Ztunnel(config)
+    loop = asyncio.get_running_loop()
+    # SIGTERM (Kubernetes, the lab, the worker supervisor) drains like /quitquitquit.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, ztunnel.stopping.set)
     await ztunnel.start()
     try:
         await ztunnel.wait()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -59,6 +60,12 @@ def cli() -> None:
 @click.option("--metrics-port", default=15020, show_default=True, type=int)
 @click.option("--readiness-port", default=15021, show_default=True, type=int)
 @click.option("--admin-port", default=15000, show_default=True, type=int)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes sharing the listeners (default: the number of CPUs).",
+)
 @click.option("--pool-max-streams", default=100, show_default=True, type=int)
 @click.option(
     "--access-log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
@@ -71,22 +78,45 @@ def cli() -> None:
 )
 def run_cmd(**flags: Any) -> None:
     """Run ztunnel in the current network namespace until /quitquitquit (then drain)."""
-    from ztunnel.app import run
-    from ztunnel.config import ZtunnelConfig
+    from ztunnel.workers import METRICS_DIR_ENV, run_workers
 
     if flags["transparent"] and os.geteuid() != 0:
         from ambient.preflight import require
 
         require("root", what="ambient ztunnel run --transparent")
-    config = ZtunnelConfig(workers=1, **flags)
+    if flags["workers"] is None:
+        flags["workers"] = os.cpu_count() or 1
+    if flags["workers"] > 1:
+        # The workers' metric values are summed at scrape time through files in this
+        # directory; it must be set before prometheus_client is first imported.
+        os.environ.setdefault(METRICS_DIR_ENV, tempfile.mkdtemp(prefix="ztunnel-metrics-"))
+    from ztunnel.app import load_or_create_ca, run
+    from ztunnel.config import ZtunnelConfig
+    from ztunnel.identity.store import utc_now
+
+    if flags["workers"] > 1:
+        # Every worker must sign with the same CA: make (or load) it once, before forking.
+        if flags["ca_dir"] is None:
+            flags["ca_dir"] = Path(tempfile.mkdtemp(prefix="ztunnel-ca-"))
+        load_or_create_ca(flags["ca_dir"], flags["trust_domain"], utc_now())
+    config = ZtunnelConfig(**flags)
     try:
         import uvloop
     except ImportError:  # uvloop is optional: the standard loop works, only slower
         runner = asyncio.run
     else:
         runner = uvloop.run
-    with contextlib.suppress(KeyboardInterrupt):
-        runner(run(config))
+
+    def serve() -> None:
+        with contextlib.suppress(KeyboardInterrupt):
+            runner(run(config))
+
+    if config.workers == 1:
+        serve()
+        return
+    code = run_workers(config.workers, serve)
+    if code:
+        raise SystemExit(code)
 
 
 SECTIONS = {

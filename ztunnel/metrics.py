@@ -12,13 +12,16 @@ on both reporters.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields, replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from ztunnel.identity.spiffe import SpiffeId
 from ztunnel.state.workload import Service, Workload
+from ztunnel.workers import METRICS_DIR_ENV
 
 UNKNOWN = "unknown"
 
@@ -166,7 +169,11 @@ class TcpMetrics:
             "istio_tcp_connections_failed_total", "Connections that failed (response_flags why)."
         )
         self.sockets_open = Gauge(
-            "istio_tcp_sockets_open", "Sockets currently open.", ["reporter"], registry=registry
+            "istio_tcp_sockets_open",
+            "Sockets currently open.",
+            ["reporter"],
+            registry=registry,
+            multiprocess_mode="livesum",
         )
 
     def connection_opened(self, labels: ConnectionLabels) -> None:
@@ -196,7 +203,11 @@ def new_registry(istio_version: str = "ambient-node") -> CollectorRegistry:
     """A fresh registry for one ztunnel process, with ``istio_build``."""
     registry = CollectorRegistry(auto_describe=True)
     build = Gauge(
-        "istio_build", "Istio component build info.", ["component", "tag"], registry=registry
+        "istio_build",
+        "Istio component build info.",
+        ["component", "tag"],
+        registry=registry,
+        multiprocess_mode="max",
     )
     build.labels(component="ztunnel", tag=istio_version).set(1)
     return registry
@@ -206,6 +217,11 @@ def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]
     """The exposition for an HTTP ``Accept`` header: (body, content type).
 
     OpenMetrics when the scraper asks for it, the Prometheus text format otherwise.
+    With worker processes (``PROMETHEUS_MULTIPROC_DIR`` set before the workers
+    started), the values of every worker are summed, whichever worker answers.
     """
+    if os.environ.get(METRICS_DIR_ENV):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type

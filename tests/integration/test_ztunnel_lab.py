@@ -292,8 +292,11 @@ def test_both_reporters_count_the_same_connection_and_bytes(mesh: Mesh) -> None:
     dst_opened = samples(dest, "istio_tcp_connections_opened_total")
     assert src_opened and all(labels["reporter"] == "source" for labels, _ in src_opened)
     assert dst_opened and all(labels["reporter"] == "destination" for labels, _ in dst_opened)
-    (src_labels, _), (dst_labels, _) = src_opened[0], dst_opened[0]
-    for key in ("source_principal", "destination_principal", "destination_service"):
+    hostname = "backend.demo.svc.cluster.local"
+    # The service call as each side labelled it (pod-IP calls carry no service).
+    src_labels = next(lbl for lbl, _ in src_opened if lbl["destination_service"] == hostname)
+    dst_labels = next(lbl for lbl, _ in dst_opened if lbl["destination_service"] == hostname)
+    for key in ("source_principal", "destination_principal", "source_workload"):
         assert src_labels[key] == dst_labels[key] != "unknown"
     assert src_labels["connection_security_policy"] == "mutual_tls"
     # Both sides saw the same bytes each way.

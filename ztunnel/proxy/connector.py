@@ -139,6 +139,12 @@ class HboneConnector:
                 future.result().close()
         return len(closed)
 
+    def close_idle(self) -> int:
+        """Drain every pooled connection and close those without tunnels (shutdown)."""
+        for conn in self.pool.connections():
+            self.pool.drain(conn.id)
+        return self.expire_idle()
+
     async def close(self) -> None:
         """Close every pooled connection."""
         for future in list(self._channels.values()):

@@ -99,6 +99,14 @@ class Proxy:
         self.connector = connector
         self.rng = rng or random.Random()  # noqa: S311 - trace ids and balancing, not secrets
         self.balancer = LoadBalancer(config.load_balancing, self.rng)
+        self.inbound_channels: set[HboneChannel] = set()
+
+    def close_idle(self) -> int:
+        """Close HBONE connections (inbound and pooled outbound) carrying no tunnel."""
+        idle = [ch for ch in self.inbound_channels if not ch.streams]
+        for channel in idle:
+            channel.close()
+        return len(idle) + self.connector.close_idle()
 
     # --- outbound (15001) -------------------------------------------------
 
@@ -272,9 +280,11 @@ class Proxy:
         async def serve(stream: TunnelStream, request: TunnelRequest) -> None:
             await self._serve_tunnel(channel, stream, request, peer, peer_ip)
 
+        self.inbound_channels.add(channel)
         try:
             await channel.run(serve)
         finally:
+            self.inbound_channels.discard(channel)
             writer.close()
 
     def _hbone_failed(

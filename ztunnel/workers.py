@@ -1,0 +1,68 @@
+"""Worker processes: several ztunnel event loops sharing the listeners (SO_REUSEPORT).
+
+Python runs one event loop per core at best, so ztunnel scales across cores with
+processes: the parent forks ``count`` workers before any event loop exists, each
+binds the same ports with ``SO_REUSEPORT`` (the kernel spreads connections across
+them), and the parent only supervises: a signal to the parent is passed to every
+worker, and when one worker ends (``/quitquitquit``, a crash) the others are asked
+to drain too, so the node never runs a partial ztunnel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import traceback
+from collections.abc import Callable
+from types import FrameType
+
+log = logging.getLogger("ztunnel.workers")
+
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client's multiprocess directory: set before it is imported, shared by workers."""
+
+
+def _worker(target: Callable[[], None]) -> int:
+    try:
+        target()
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if isinstance(exit_.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def run_workers(count: int, target: Callable[[], None]) -> int:
+    """Run ``target`` in ``count`` forked processes until all end; the worst exit code."""
+    children: list[int] = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:  # in the worker: never return into the parent's code
+            os._exit(_worker(target))
+        children.append(pid)
+    log.info("ztunnel workers started: %s", children)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    worst = 0
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        remaining.discard(pid)
+        code = os.waitstatus_to_exitcode(status)
+        worst = max(worst, abs(code))
+        if remaining:
+            # One worker ended: stop the rest, so the node is never half-served.
+            forward(signal.SIGTERM, None)
+    return worst
