@@ -90,7 +90,8 @@ class XdsHub:
         caller = ""
         if self._authenticate is not None:
             try:
-                caller = self._authenticate(metadata)
+                # In a thread: a TokenReview is an HTTP call to the API server.
+                caller = await asyncio.to_thread(self._authenticate, metadata)
             except AuthenticationError as err:
                 log.warning("xDS stream from %s refused: %s", context.peer(), err)
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err))
