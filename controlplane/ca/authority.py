@@ -306,5 +306,7 @@ def load_or_create(
         write_private(state_dir / KEY_FILE, key_to_pem(key))
         (state_dir / CERT_FILE).write_text(_pem(cert))
         ca = CertificateAuthority(key, cert, (), settings)
-    (state_dir / ROOT_FILE).write_text(ca.root_pem)
+    root_file = state_dir / ROOT_FILE
+    if not root_file.exists() or root_file.read_text() != ca.root_pem:
+        root_file.write_text(ca.root_pem)
     return ca
