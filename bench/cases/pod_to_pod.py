@@ -186,8 +186,10 @@ def _requests(connections: int, *, new_connection_each: bool) -> ProbeRunner:
 
 def _hold(count: int) -> ProbeRunner:
     def run(live: LivePath, settings: RunSettings, case: PodToPod) -> LoadFigures:
-        del settings, case
-        idle = sum(p.usage().rss_bytes for p in live.proxies)
+        del settings
+        # relative to the proxies' memory when the path came up: allocators keep what
+        # earlier probes used, so a reading just before this probe would hide the growth
+        idle = case.idle_rss_bytes(live)
         result = load.hold_connections(
             live.client_netns,
             live.http.host,
@@ -281,6 +283,7 @@ class PodToPod(Case):
         self._proxies: dict[str, list[ProxyProcess]] = {}
         self._path_notes: list[str] = []
         self._apps: list[NetnsProcess] = []
+        self._idle_rss: dict[str, int] = {}
 
     @contextlib.contextmanager
     def environment(self, settings: RunSettings) -> Iterator[None]:
@@ -314,6 +317,7 @@ class PodToPod(Case):
                     factory = self.paths[variant.name]
                     live = stack.enter_context(factory(pair, settings))
                     self._live[variant.name] = live
+                    self._idle_rss[variant.name] = sum(p.usage().rss_bytes for p in live.proxies)
                     self._proxies[variant.name] = list(live.proxies)
                 self._settings = settings
                 try:
@@ -330,6 +334,13 @@ class PodToPod(Case):
                 self._path_notes += [f"`{name}`: {line}" for line in live.summary()]
             except BenchError as err:
                 self._path_notes.append(f"`{name}`: no summary ({err.message})")
+
+    def idle_rss_bytes(self, live: LivePath) -> int:
+        """The resident memory of ``live``'s proxies right after the path came up."""
+        for name, candidate in self._live.items():
+            if candidate is live:
+                return self._idle_rss[name]
+        raise BenchError(f"case {self.name}: unknown path")
 
     def notes(self) -> tuple[str, ...]:
         """Each proxy's CPU seconds and peak RSS over the whole run (read before it stopped)."""
