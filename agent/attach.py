@@ -198,7 +198,9 @@ def remove_local_delivery(ipr: Any, spec: LocalDelivery) -> None:
     lo = ipr.link_lookup(ifname="lo")
     if lo:
         with contextlib.suppress(NetlinkError):
-            ipr.route("del", dst="0.0.0.0/0", type="local", oif=lo[0], table=spec.table)
+            ipr.route(
+                "del", dst="0.0.0.0/0", type="local", oif=lo[0], table=spec.table, scope="host"
+            )
 
 
 def uplink_ifindex(ipr: Any, ifname: str | None) -> int:

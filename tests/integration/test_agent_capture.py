@@ -460,7 +460,14 @@ def test_agent_kill_9_and_restart_during_a_30s_transfer(capture: Capture) -> Non
             os.kill(capture.agents[node].pid, signal.SIGKILL)
         for node in ("node1", "node2"):
             wait_for(lambda n=node: capture.agents[n].poll() is not None, 10, "agent death")
-        time.sleep(2)  # a few seconds with no agent at all
+        # with no agent at all: capture goes on (through the relay), the maps read as before
+        relayed_before = len(capture.standin_records())
+        assert capture.first_line("a", c.ip, 9000) == "x"
+        wait_for(lambda: len(capture.standin_records()) > relayed_before, 5, "a relay record")
+        assert capture.standin_records()[-1]["original_dst"] == f"{c.ip}:9000"
+        rows = capture.maps("workloads", "node1")
+        assert {r["pod"] for r in rows} == {"a", "b", "d", "f"}
+        time.sleep(1)
         for node in ("node1", "node2"):
             capture.start_agent(node)
         wait_for(
@@ -554,3 +561,46 @@ def test_agents_survived_everything_above(capture: Capture) -> None:
         log = proc.log_path.read_text()
         assert proc.poll() is None, f"the agent of {node} exited: {log[-1500:]}"
         assert "internal error" not in log and "Traceback" not in log
+
+
+def test_cleanup_removes_everything_the_agent_put_in_place(capture: Capture) -> None:
+    """Last: stops the agents, then `ambient agent cleanup` for each node."""
+    for proc in capture.agents.values():
+        capture.lab.stop(proc)
+    for node_name in ("node1", "node2"):
+        node = capture.lab.node(node_name)
+        done = subprocess.run(
+            [*AMBIENT_CLI, "agent", "cleanup", "--node", node.id, "--netns", node.netns],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        report = done.stdout
+        assert node.uplink in report
+        assert not (BPFFS_ROOT / node.id).exists()
+        rules = subprocess.run(
+            ["ip", "-n", node.netns, "rule", "show"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "0x539" not in rules
+        table = subprocess.run(
+            ["ip", "-n", node.netns, "route", "show", "table", "133"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        assert table.strip() == ""
+        qdiscs = subprocess.run(
+            ["tc", "-n", node.netns, "qdisc", "show"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "clsact" not in qdiscs
+    done = subprocess.run(
+        [*AMBIENT_CLI, "maps", "workloads", "--node-id", capture.lab.node("node1").id],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "nothing pinned for this node" in done.stderr
