@@ -92,17 +92,23 @@ class TypeState:
     """One stream's subscription to one type, and what its client holds."""
 
     wildcard: bool = False
+    """Subscribed to every resource of the type."""
     names: set[str] = field(default_factory=set)
+    """Explicitly subscribed names (besides or instead of the wildcard)."""
     known: dict[str, str] = field(default_factory=dict)
     """name -> the version the client holds (optimistic: set when sent)."""
     pending: dict[str, _Pending] = field(default_factory=dict)
+    """Pushes sent and not yet ACKed or NACKed, by nonce."""
     sent_version: str = ""
+    """``system_version_info`` of the last push."""
     acked_version: str = ""
+    """``system_version_info`` of the last push the client acknowledged."""
     acked_nonce: str = ""
     acked_at: float | None = None
     acks: int = 0
     nacks: int = 0
     last_nack: Nack | None = None
+    """The most recent rejection, kept after later ACKs (``controlplane status``)."""
     resources_sent: int = 0
     """How many resources (updates) this stream was sent, over all pushes."""
 

@@ -217,9 +217,13 @@ class Backoff:
     """Reconnect delays: exponential with jitter, capped."""
 
     initial: float = 0.2
+    """Seconds after the first failure."""
     maximum: float = 15.0
+    """The cap on any delay."""
     multiplier: float = 2.0
+    """Growth per consecutive failure."""
     jitter: float = 0.2
+    """Each delay is scaled by a random factor in ``[1 - jitter, 1 + jitter]``."""
 
     def delay(self, failures: int, rng: random.Random) -> float:
         """The wait after ``failures`` consecutive failed or broken connections."""
