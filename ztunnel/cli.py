@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -80,16 +81,19 @@ def run_cmd(**flags: Any) -> None:
     """Run ztunnel in the current network namespace until /quitquitquit (then drain)."""
     from ztunnel.workers import METRICS_DIR_ENV, run_workers
 
+    scratch: list[Path] = []
+
     if flags["transparent"] and os.geteuid() != 0:
         from ambient.preflight import require
 
         require("root", what="ambient ztunnel run --transparent")
     if flags["workers"] is None:
         flags["workers"] = os.cpu_count() or 1
-    if flags["workers"] > 1:
+    if flags["workers"] > 1 and METRICS_DIR_ENV not in os.environ:
         # The workers' metric values are summed at scrape time through files in this
         # directory; it must be set before prometheus_client is first imported.
-        os.environ.setdefault(METRICS_DIR_ENV, tempfile.mkdtemp(prefix="ztunnel-metrics-"))
+        scratch.append(Path(tempfile.mkdtemp(prefix="ztunnel-metrics-")))
+        os.environ[METRICS_DIR_ENV] = str(scratch[-1])
     from ztunnel.app import load_or_create_ca, run
     from ztunnel.config import ZtunnelConfig
     from ztunnel.identity.store import utc_now
@@ -97,7 +101,8 @@ def run_cmd(**flags: Any) -> None:
     if flags["workers"] > 1:
         # Every worker must sign with the same CA: make (or load) it once, before forking.
         if flags["ca_dir"] is None:
-            flags["ca_dir"] = Path(tempfile.mkdtemp(prefix="ztunnel-ca-"))
+            scratch.append(Path(tempfile.mkdtemp(prefix="ztunnel-ca-")))
+            flags["ca_dir"] = scratch[-1]
         load_or_create_ca(flags["ca_dir"], flags["trust_domain"], utc_now())
     config = ZtunnelConfig(**flags)
     try:
@@ -114,7 +119,11 @@ def run_cmd(**flags: Any) -> None:
     if config.workers == 1:
         serve()
         return
-    code = run_workers(config.workers, serve)
+    try:
+        code = run_workers(config.workers, serve)
+    finally:
+        for path in scratch:  # what this run created for its workers goes with it
+            shutil.rmtree(path, ignore_errors=True)
     if code:
         raise SystemExit(code)
 
