@@ -40,6 +40,7 @@ class Segment:
     dst: str
     dport: int
     payload: bytes
+    seq: int = 0
 
 
 @dataclass
@@ -104,7 +105,7 @@ def _tcp_segment(ip: bytes) -> Segment | None:
     tcp = ip[ihl:total] if total >= ihl else ip[ihl:]
     if len(tcp) < 20:
         return None
-    sport, dport = struct.unpack("!HH", tcp[:4])
+    sport, dport, seq = struct.unpack("!HHI", tcp[:8])
     data_offset = (tcp[12] >> 4) * 4
     return Segment(
         src=str(IPv4Address(ip[12:16])),
@@ -112,6 +113,7 @@ def _tcp_segment(ip: bytes) -> Segment | None:
         dst=str(IPv4Address(ip[16:20])),
         dport=dport,
         payload=bytes(tcp[data_offset:]),
+        seq=seq,
     )
 
 
@@ -120,11 +122,17 @@ def summarize_tls(segments: Iterator[Segment] | list[Segment]) -> TlsSummary:
 
     A flow counts as TLS only if its bytes are a run of well-formed TLS records from the
     first byte on (a capture that starts mid-flow reports it as non-TLS: start the
-    capture before the connection, as the demo does).
+    capture before the connection, as the demo does). A segment seen twice (``tcpdump
+    -i any`` sees a bridged packet on the way in and out) counts once.
     """
     summary = TlsSummary()
     streams: dict[tuple[str, int, str, int], bytearray] = {}
+    seen: set[tuple[str, int, str, int, int, int]] = set()
     for seg in segments:
+        key = (seg.src, seg.sport, seg.dst, seg.dport, seg.seq, len(seg.payload))
+        if key in seen:
+            continue
+        seen.add(key)
         summary.segments += 1
         summary.ports.add(min(seg.sport, seg.dport))
         streams.setdefault((seg.src, seg.sport, seg.dst, seg.dport), bytearray()).extend(

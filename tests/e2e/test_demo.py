@@ -1,7 +1,8 @@
 """The demo end to end: every check passes, each is its own test, each can fail.
 
-One demo run is shared by the per-check tests (module fixture); a second run without
-the node agents shows that the capture checks really depend on capture.
+One demo run is shared by the per-check tests (module fixture). Further runs break one
+property each (``ambient demo --break ...``) and show that the check guarding it
+reports FAIL, so no check passes by construction.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import pytest
 
 from lab.demo import CHECKS, DemoConfig, DemoReport, run_demo, summary
 
-pytestmark = [pytest.mark.root, pytest.mark.bpf]
+pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(600)]
 
 
 def _leftovers(name: str) -> tuple[list[str], list[int]]:
-    """Namespaces named after the lab, and processes in a namespace of that name."""
+    """Namespaces named after the lab, and processes whose command line names them."""
     netns = [
         line.split()[0]
         for line in subprocess.run(
@@ -31,22 +32,26 @@ def _leftovers(name: str) -> tuple[list[str], list[int]]:
     ]
     pids = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if f"{name}-node" in cmdline and int(entry.name) != os.getpid():
+            if f"{name}-node" in cmdline or f"/lab/{name}/" in cmdline:
                 pids.append(int(entry.name))
     return netns, pids
 
 
-@pytest.fixture(scope="module")
-def demo_run() -> Iterator[tuple[DemoReport, str, str]]:
+def _run(sabotage: frozenset[str] = frozenset()) -> tuple[DemoReport, str, str]:
     name = f"e2e{uuid.uuid4().hex[:5]}"
     out = io.StringIO()
-    report = run_demo(DemoConfig(name=name), out)
-    yield report, out.getvalue(), name
+    report = run_demo(DemoConfig(name=name, sabotage=sabotage), out)
+    return report, out.getvalue(), name
+
+
+@pytest.fixture(scope="module")
+def demo_run() -> Iterator[tuple[DemoReport, str, str]]:
+    yield _run()
 
 
 @pytest.mark.parametrize("number", range(1, len(CHECKS) + 1))
@@ -59,7 +64,7 @@ def test_check_passes(demo_run: tuple[DemoReport, str, str], number: int) -> Non
 
 def test_report_and_summary(demo_run: tuple[DemoReport, str, str]) -> None:
     report, output, _ = demo_run
-    assert report.passed
+    assert report.passed, output
     assert [c.number for c in report.checks] == list(range(1, len(CHECKS) + 1))
     text = summary(report, DemoConfig())
     assert f"{len(CHECKS)}/{len(CHECKS)} checks passed" in text
@@ -68,19 +73,24 @@ def test_report_and_summary(demo_run: tuple[DemoReport, str, str]) -> None:
 
 def test_nothing_left_behind(demo_run: tuple[DemoReport, str, str]) -> None:
     _, _, name = demo_run
-    netns, pids = _leftovers(name)
-    assert netns == [], f"namespaces left: {netns}"
-    assert pids == [], f"processes left: {pids}"
+    assert _leftovers(name) == ([], [])
     assert not list(Path("/sys/fs/bpf/ambient").glob(f"{name}-*"))
+    assert not list(Path("/etc/netns").glob(f"{name}-*"))
 
 
-def test_without_capture_the_capture_checks_fail() -> None:
-    """With the agents not running, enrollment and fail-closed report FAIL."""
-    name = f"e2n{uuid.uuid4().hex[:5]}"
-    report = run_demo(DemoConfig(name=name, run_agents=False), io.StringIO())
-    by_number = {c.number: c for c in report.checks}
-    assert by_number[1].passed  # plain routing does not need the mesh
-    assert not by_number[2].passed
-    assert not by_number[3].passed, "traffic flowed in clear, so fail-closed must FAIL"
+@pytest.mark.parametrize(
+    ("sabotage", "failing"),
+    [
+        ("no-authorization-policy", {5}),
+        ("no-peer-authentication", {4}),
+        # Without capture nothing reaches ztunnel: the Service VIP is unreachable, traffic
+        # crosses in clear, a stopped ztunnel changes nothing, and no metric moves.
+        ("no-agents", {1, 2, 6, 7}),
+    ],
+)
+def test_breaking_a_property_fails_its_check(sabotage: str, failing: set[int]) -> None:
+    report, output, name = _run(frozenset({sabotage}))
+    failed = {c.number for c in report.checks if not c.passed}
+    assert failing <= failed, f"--break {sabotage} should fail checks {failing}:\n{output}"
     assert not report.passed
     assert _leftovers(name) == ([], [])

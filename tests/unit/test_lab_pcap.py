@@ -15,8 +15,10 @@ def _pcap(frames: list[bytes], linktype: int = 1) -> bytes:
     return head + body
 
 
-def _tcp(src: str, sport: int, dst: str, dport: int, payload: bytes, *, eth: bool = True) -> bytes:
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 5 << 4, 0x18, 65535, 0, 0) + payload
+def _tcp(
+    src: str, sport: int, dst: str, dport: int, payload: bytes, *, eth: bool = True, seq: int = 0
+) -> bytes:
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, 0x18, 65535, 0, 0) + payload
     ip = struct.pack(
         "!BBHHHBBH4s4s",
         0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0,
@@ -39,13 +41,15 @@ def _server_hello(version: int) -> bytes:
 def test_tls13_flow_is_recognised() -> None:
     hello = _record(22, _server_hello(0x0304))
     data = _record(23, b"\x99" * 100)
+    first = hello + data[:50]
     cap = _pcap([
         _tcp("172.30.1.11", 40000, "10.244.2.2", 15008, _record(22, b"\x01\x00\x00\x00")),
-        _tcp("10.244.2.2", 15008, "172.30.1.11", 40000, hello + data[:50]),
-        _tcp("10.244.2.2", 15008, "172.30.1.11", 40000, data[50:]),
+        _tcp("10.244.2.2", 15008, "172.30.1.11", 40000, first, seq=1),
+        _tcp("10.244.2.2", 15008, "172.30.1.11", 40000, first, seq=1),  # seen twice on a bridge
+        _tcp("10.244.2.2", 15008, "172.30.1.11", 40000, data[50:], seq=1 + len(first)),
     ])  # fmt: skip
     segments = list(read_segments(cap))
-    assert [s.dport for s in segments] == [15008, 40000, 40000]
+    assert [s.dport for s in segments] == [15008, 40000, 40000, 40000]
     summary = summarize_tls(segments)
     assert summary.only_tls
     assert summary.ports == {15008}
