@@ -38,8 +38,8 @@ from agent.errors import AgentError, AttachError
 from agent.layout import AttachKind
 from agent.metrics import AgentMetrics
 from agent.nodemaps import Attachment, NodeMaps, attachments_in, settings_in
-from agent.pinned import PinnedMap, pin, remove_pins
-from agent.programs import LoadedProgram, load_program
+from agent.pinned import PinnedMap, remove_pins
+from agent.programs import LoadedProgram, load_in_child
 from agent.workloads import LocalWorkload, local_workloads, plan
 from controlplane.model import ClusterState
 
@@ -94,9 +94,7 @@ class Agent:
         """Loads and pins the programs, opens the maps, routes, attaches the uplink."""
         refuse_host_namespace(self.config.allow_host_namespace, "ambient agent run")
         pin_dir = self.config.pin_dir
-        for name in ("pod_egress", "node_ingress"):
-            self.programs[name] = load_program(name, pin_dir)
-            pin(self.programs[name].fd, pin_dir / f"prog_{name}")
+        self.programs = load_in_child(pin_dir)
         self.maps = NodeMaps(pin_dir)
         self.maps.write_settings(self.config.capture)
         install_local_delivery(self.ipr, self.config.local_delivery)

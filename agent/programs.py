@@ -14,6 +14,7 @@ the pinned ones, so programs and agents share one set of maps per node.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,76 @@ def load_program(
             "bpf_sk_assign (Linux 5.7+)",
         ) from err
     return LoadedProgram(name=name, fd=int(fn.fd), bpf=module)
+
+
+CAPTURE_PROGRAMS = ("pod_egress", "node_ingress")
+CHILD_TIMEOUT_S = 180.0
+
+
+def pinned_program_path(pin_dir: Path, name: str) -> Path:
+    """Where program ``name`` is pinned."""
+    return pin_dir / f"prog_{name}"
+
+
+def compile_and_pin(pin_dir: Path) -> None:
+    """Loads both capture programs and pins them (maps are pinned by BCC itself)."""
+    from agent.pinned import pin
+
+    for name in CAPTURE_PROGRAMS:
+        program = load_program(name, pin_dir)
+        pin(program.fd, pinned_program_path(pin_dir, name))
+
+
+def load_in_child(pin_dir: Path) -> dict[str, LoadedProgram]:
+    """Compiles and pins the capture programs in a short-lived child; opens the pins.
+
+    BCC keeps LLVM (well over 100 MB) in the process that compiled, for good; the
+    agent runs for the node's lifetime, so the compiler runs in a child that exits.
+    """
+    import subprocess
+
+    from agent.pinned import obj_get
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "agent.programs", str(pin_dir)],
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise ProgramLoadError(
+            f"compiling the capture programs took longer than {CHILD_TIMEOUT_S:.0f}s"
+        ) from err
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip()[-3000:]
+        last = tail.splitlines()[-1] if tail else "no output"
+        raise ProgramLoadError(
+            f"the capture programs did not compile or load: {last}", hint=tail or None
+        )
+    return {
+        name: LoadedProgram(name=name, fd=obj_get(pinned_program_path(pin_dir, name)), bpf=None)
+        for name in CAPTURE_PROGRAMS
+    }
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m agent.programs PIN_DIR``: the child of :func:`load_in_child`."""
+    from ambient.errors import AmbientError
+
+    if len(argv) != 1:
+        print("usage: python -m agent.programs PIN_DIR", file=sys.stderr)
+        return 2
+    try:
+        compile_and_pin(Path(argv[0]))
+    except AmbientError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -41,3 +41,14 @@ def test_every_program_has_a_header_comment_saying_where_it_attaches() -> None:
         head = path.read_text()[:1500]
         assert "attaches" in head or "TC ingress" in head, name
         assert f"int {name}(struct __sk_buff *skb)" in path.read_text()
+
+
+def test_the_compiler_child_reports_bad_usage() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.programs"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert "usage: python -m agent.programs PIN_DIR" in done.stderr
