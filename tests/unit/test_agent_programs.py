@@ -48,7 +48,11 @@ def test_the_compiler_child_reports_bad_usage() -> None:
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "agent.programs"], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "agent.programs"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert done.returncode == 2
     assert "usage: python -m agent.programs PIN_DIR" in done.stderr
