@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup test lint typecheck unit integration e2e demo bench clean
+.PHONY: help setup test lint typecheck unit integration e2e demo bench clean image deploy-check
 
 help:
 	@echo "make demo    - a two-node mesh in network namespaces, traffic, and a report (root)"
@@ -11,6 +11,8 @@ help:
 	@echo "make unit    - unit tests only (no root needed once set up)"
 	@echo "make bench   - benchmarks; report under bench/results/"
 	@echo "make setup   - install what the project needs (root); the targets above call it"
+	@echo "make deploy-check - offline checks of deploy/ (chart, manifests, scan, lint)"
+	@echo "make image   - the container image with podman (root; slow; not part of make test)"
 
 setup:
 	@bash deploy/setup.sh
@@ -40,6 +42,12 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+deploy-check: setup
+	$(BIN)/python -m deploy.checks check
+
+image:
+	bash deploy/image.sh
 
 clean:
 	rm -rf .build .mypy_cache .pytest_cache .ruff_cache
