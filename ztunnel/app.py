@@ -24,6 +24,7 @@ from typing import Any, ParamSpec
 from ztunnel.admin import Request, Response, config_dump, serve_http
 from ztunnel.config import ZtunnelConfig
 from ztunnel.errors import StateFileError, XdsResourceError, ZtunnelError
+from ztunnel.identity.caclient import CaClient
 from ztunnel.identity.certs import LocalCA
 from ztunnel.identity.store import IdentityStore, Issuer, local_issuer, utc_now
 from ztunnel.metrics import TcpMetrics, new_registry, render
@@ -33,6 +34,7 @@ from ztunnel.proxy.proxy import Proxy
 from ztunnel.proxy.sockets import SocketFactory, accept_loop
 from ztunnel.state.local_file import load_state_file
 from ztunnel.state.proxy_state import ProxyState
+from ztunnel.xds.client import ControlPlaneEndpoint, XdsClient, node_id
 
 log = logging.getLogger("ztunnel")
 
@@ -81,9 +83,17 @@ class Ztunnel:
         self.sockets = sockets or SocketFactory(
             transparent=config.transparent, connect_timeout=config.connect_timeout
         )
+        self.ca_client: CaClient | None = None
+        self.xds: XdsClient | None = None
         if issuer is None or roots_pem is None:
-            ca = load_or_create_ca(config.ca_dir, config.trust_domain, utc_now())
-            issuer, roots_pem = local_issuer(ca, ttl=config.certificate_ttl), ca.root_pem
+            ca_address = config.ca_address or config.xds_address
+            if ca_address:
+                endpoint = self._endpoint(ca_address)
+                self.ca_client = CaClient(endpoint, config.certificate_ttl)
+                issuer, roots_pem = self.ca_client.issue, endpoint.root_cert.read_bytes()
+            else:
+                ca = load_or_create_ca(config.ca_dir, config.trust_domain, utc_now())
+                issuer, roots_pem = local_issuer(ca, ttl=config.certificate_ttl), ca.root_pem
         self.identities = IdentityStore(roots_pem, issuer)
         self.registry = new_registry()
         self.metrics = TcpMetrics(self.registry)
@@ -113,6 +123,18 @@ class Ztunnel:
         self._background: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
         logging.getLogger("ztunnel").setLevel(LOG_LEVELS[config.log_level])
+
+    def _endpoint(self, address: str) -> ControlPlaneEndpoint:
+        """How to reach the control plane at ``address`` (TLS root, token, server name)."""
+        cfg = self.config
+        assert cfg.xds_root_cert is not None  # checked by ZtunnelConfig
+        return ControlPlaneEndpoint(
+            address=address,
+            root_cert=cfg.xds_root_cert,
+            token_file=cfg.auth_token_file,
+            server_name=cfg.xds_server_name,
+            cluster_id=cfg.cluster_id,
+        )
 
     # --- state --------------------------------------------------------------
 
@@ -286,6 +308,18 @@ class Ztunnel:
                     f"cannot load the state file {self.config.state_file}",
                     hint="see the error above; ztunnel needs one good state to start",
                 )
+        elif self.config.xds_address:
+            # Readiness waits for the first full state: apply_state sets state_loaded.
+            self.xds = XdsClient(
+                self._endpoint(self.config.xds_address),
+                node_id(pod=f"ztunnel-{self.config.node_name or 'node'}"),
+                self.apply_state,
+                node_metadata={
+                    "NODE_NAME": self.config.node_name,
+                    "CLUSTER_ID": self.config.cluster_id,
+                },
+            )
+            self._spawn(self.xds.run())
         else:
             self.state_loaded = True
         await self.identities.refresh_due()
@@ -362,6 +396,8 @@ class Ztunnel:
         for task in list(self._connections):
             task.cancel()
         await self.connector.close()
+        if self.ca_client is not None:
+            await self.ca_client.close()
         for server in self._admin_servers:
             server.close()
         for task in list(self._background):

@@ -42,6 +42,23 @@ def cli() -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="Local mode: the local CA's key and root (created if missing).",
 )
+@click.option(
+    "--xds-address",
+    default="",
+    help="Control-plane mode: delta xDS (and the CA) at host:port, e.g. 127.0.0.1:15012.",
+)
+@click.option("--ca-address", default="", help="The CA at host:port (default: --xds-address).")
+@click.option(
+    "--xds-root-cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The control plane's root-cert.pem (TLS to 15012, and the mesh root).",
+)
+@click.option(
+    "--auth-token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Bearer token for xDS and the CA ('ambient controlplane node-credential NODE').",
+)
+@click.option("--xds-server-name", default="", help="Name in the control plane's certificate.")
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option(
     "--transparent/--no-transparent",
@@ -98,7 +115,7 @@ def run_cmd(**flags: Any) -> None:
     from ztunnel.config import ZtunnelConfig
     from ztunnel.identity.store import utc_now
 
-    if flags["workers"] > 1:
+    if flags["workers"] > 1 and not (flags["xds_address"] or flags["ca_address"]):
         # Every worker must sign with the same CA: make (or load) it once, before forking.
         if flags["ca_dir"] is None:
             scratch.append(Path(tempfile.mkdtemp(prefix="ztunnel-ca-")))

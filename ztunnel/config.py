@@ -63,6 +63,19 @@ class ZtunnelConfig:
     """Local mode: the local CA's root key and certificate (created if missing)."""
     certificate_ttl: dt.timedelta = dt.timedelta(hours=24)
     """Requested workload certificate lifetime."""
+    xds_address: str = ""
+    """Control-plane mode: delta xDS from this ``host:port`` (gRPC over TLS, e.g.
+    ``istiod.istio-system.svc:15012``) instead of a local state."""
+    ca_address: str = ""
+    """The CA's ``host:port`` (empty: ``xds_address``; both empty: the local CA)."""
+    xds_root_cert: Path | None = None
+    """The mesh root the control plane's serving certificate chains to (its ``root-cert.pem``);
+    also the root workload certificates are checked against."""
+    auth_token_file: Path | None = None
+    """Bearer token for xDS and the CA: a node credential (``ambient controlplane
+    node-credential``) or a projected service-account token; re-read on every connection."""
+    xds_server_name: str = ""
+    """The name to verify in the control plane's certificate if not the address's host."""
 
     hbone: HboneSettings = field(default_factory=HboneSettings)
     """HTTP/2 windows, frame size, stream and header limits of HBONE connections."""
@@ -101,6 +114,15 @@ class ZtunnelConfig:
         if self.state_file is not None and self.cluster_folder is not None:
             raise ConfigError(
                 "state_file and cluster_folder are exclusive", hint="give one source of state"
+            )
+        if self.xds_address and (self.state_file is not None or self.cluster_folder is not None):
+            raise ConfigError(
+                "xds_address and a local state are exclusive", hint="give one source of state"
+            )
+        if (self.xds_address or self.ca_address) and self.xds_root_cert is None:
+            raise ConfigError(
+                "a control plane address needs xds_root_cert",
+                hint="pass the control plane's root-cert.pem (--xds-root-cert)",
             )
         if self.access_log_format not in ("text", "json"):
             raise ConfigError(

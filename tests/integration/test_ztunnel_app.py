@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
 import os
 import socket
@@ -184,3 +185,59 @@ async def cluster_scenario(tmp_path: Path) -> None:
 
 def test_ztunnel_from_a_cluster_folder(tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(cluster_scenario(tmp_path), 60))
+
+
+async def control_plane_scenario(tmp_path: Path) -> None:
+    from controlplane.ca.credentials import NodeTokens
+    from controlplane.server import ControlPlane, ControlPlaneConfig
+
+    config_dir, state_dir = tmp_path / "config", tmp_path / "state"
+    config_dir.mkdir()
+    (config_dir / "pods.yaml").write_text(CLUSTER)
+    plane = ControlPlane(
+        ControlPlaneConfig(
+            state_dir=state_dir,
+            config_dir=config_dir,
+            listen="127.0.0.1:0",
+            admin_listen="127.0.0.1:0",
+            watch_interval=0.05,
+        )
+    )
+    await plane.start()
+    try:
+        token = tmp_path / "n1.token"
+        token.write_text(NodeTokens.load_or_create(state_dir).issue("n1", dt.datetime.now(dt.UTC)))
+        ports = free_ports(6)
+        config = loopback_config(
+            ports,
+            xds_address=f"127.0.0.1:{plane.xds_port}",
+            xds_root_cert=state_dir / "root-cert.pem",
+            auth_token_file=token,
+            xds_server_name="localhost",
+        )
+        ztunnel = Ztunnel(config)
+        await ztunnel.start()
+        try:
+            ready = f"http://127.0.0.1:{ports[4]}/healthz/ready"
+            for _ in range(100):
+                if (await asyncio.to_thread(http, ready))[0] == 200:
+                    break
+                await asyncio.sleep(0.1)
+            status, body = await asyncio.to_thread(http, f"http://127.0.0.1:{ports[5]}/config_dump")
+            assert status == 200
+            dump = json.loads(body)
+            assert sorted(w["name"] for w in dump["workloads"]) == ["backend-v1", "frontend"]
+            # The node's own workload got its certificate from the control plane's CA.
+            (cert,) = dump["certificates"]
+            assert cert["identity"] == "spiffe://cluster.local/ns/demo/sa/backend"
+            assert cert["state"] == "Available"
+            root = (state_dir / "root-cert.pem").read_bytes()
+            assert base64.b64decode(cert["rootCerts"][0]["pem"]).strip() == root.strip()
+        finally:
+            await ztunnel.stop()
+    finally:
+        await plane.stop(0.2)
+
+
+def test_ztunnel_from_the_control_plane(tmp_path: Path) -> None:
+    asyncio.run(asyncio.wait_for(control_plane_scenario(tmp_path), 60))
