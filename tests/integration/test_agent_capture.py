@@ -555,6 +555,20 @@ def test_agent_metrics_on_localhost(capture: Capture) -> None:
     assert 'ambient_agent_fail_closed_total{node="node1",reason="no_hbone_listener"}' in text
 
 
+def test_a_malformed_pod_file_does_not_disturb_capture(capture: Capture) -> None:
+    broken = capture.lab.config_dir / "pod.mesh.broken.yaml"
+    broken.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: broken, namespace: mesh}\n"
+        "spec: {nodeName: [not, a, name]}\nstatus: {podIP: 10.244.1.250}\n"
+    )
+    try:
+        time.sleep(1.0)  # several polls of the source
+        assert capture.report("a", capture.pods["c"].ip, 9000)["listener"] == 15001
+        assert "10.244.1.250" not in {r["pod_ip"] for r in capture.maps("workloads", "node1")}
+    finally:
+        broken.unlink()
+
+
 def test_agents_survived_everything_above(capture: Capture) -> None:
     """Pods came and went, labels flipped, listeners vanished: no agent may have died."""
     for node, proc in capture.agents.items():
