@@ -125,7 +125,7 @@ PROBES = (
     ),
     Probe(
         f"hold-{HOLD_COUNT}",
-        f"{HOLD_COUNT} keep-alive connections opened one by one (one request each, so the "
+        f"{HOLD_COUNT} keep-alive connections opened 8 at a time (one request each, so the "
         "whole path is up), held while the proxies' memory is read, then closed; a "
         "Python client, bounded by its own timeout",
         (HELD, RSS_HELD, RSS_PER_CONN, *COSTS),
