@@ -245,8 +245,8 @@ def check_bpffs(facts: NodeFacts) -> Check:
         "bpffs",
         "FAIL",
         "bpffs is not mounted at /sys/fs/bpf (pins would not survive a restart)",
-        "mount -t bpf bpf /sys/fs/bpf; in Kubernetes mount the host's /sys/fs/bpf "
-        "with mountPropagation: Bidirectional",
+        "mount -t bpf bpf /sys/fs/bpf on the host; in Kubernetes the agent mounts the "
+        "host's /sys/fs/bpf (hostPath, mountPropagation: HostToContainer)",
     )
 
 

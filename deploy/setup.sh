@@ -31,6 +31,7 @@ packages=(
   python3-bpfcc
   tcpdump
   util-linux
+  vagrant
   wrk
 )
 command -v dpkg-query >/dev/null || die "this setup script needs a Debian or Ubuntu system (dpkg/apt); install BCC, kernel headers and iproute2 by hand elsewhere."

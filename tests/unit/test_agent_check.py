@@ -128,7 +128,7 @@ def test_no_bpffs_fails_and_says_how_to_mount() -> None:
     got, _, fix = check_named(dataclasses.replace(HEALTHY, bpffs_mounted=False), "bpffs")
     assert got == "FAIL"
     assert "mount -t bpf bpf /sys/fs/bpf" in fix
-    assert "Bidirectional" in fix
+    assert "HostToContainer" in fix
 
 
 def test_bpf_syscall_refused_fails() -> None:
