@@ -110,9 +110,8 @@ def render_markdown(run: RunResult, command: str, plots: dict[str, str]) -> str:
 
 
 def plot_case(case: CaseResult, path: Path) -> bool:
-    """One PNG per case: a panel per metric, a bar per variant (median, min-max whiskers).
-
-    Returns False when there is nothing to plot.
+    """One PNG per case: a panel per result metric (costs are in the table), a bar per
+    variant (median, min-max whiskers). Returns False when there is nothing to plot.
     """
     summaries = summarize_case(case)
     if not summaries:
@@ -123,8 +122,12 @@ def plot_case(case: CaseResult, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     infos = [
-        m for m in case.metrics if any(s.probe == m.probe and s.metric == m.name for s in summaries)
+        m
+        for m in case.metrics
+        if not m.cost and any(s.probe == m.probe and s.metric == m.name for s in summaries)
     ]
+    if not infos:
+        return False
     columns = min(4, len(infos))
     rows = math.ceil(len(infos) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.0 * columns, 3.0 * rows), squeeze=False)
