@@ -46,19 +46,37 @@ from controlplane.model import ClusterState
 log = logging.getLogger("agent")
 
 
-def in_host_namespace() -> bool:
-    """Whether this process shares PID 1's network namespace (the machine's own)."""
+def in_named_netns(run_netns: Path = Path("/run/netns")) -> str | None:
+    """The name of the named network namespace this process is in (``ip netns``), if any.
+
+    Identified positively, by comparing ``/proc/self/ns/net`` with every
+    ``/run/netns/<name>``: the host's namespace is never a named one, and a process that
+    cannot tell (unreadable ``/proc``, no ``/run/netns``) is not in a named one.
+    """
     try:
-        return os.stat("/proc/self/ns/net").st_ino == os.stat("/proc/1/ns/net").st_ino
+        me = os.stat("/proc/self/ns/net")
+        entries = sorted(run_netns.iterdir())
     except OSError:
-        return False
+        return None
+    for entry in entries:
+        try:
+            st = os.stat(entry)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
+            return entry.name
+    return None
 
 
 def refuse_host_namespace(allow: bool, what: str) -> None:
-    """Stops ``what`` when it would change the machine's own namespace by mistake."""
-    if in_host_namespace() and not allow:
+    """Stops ``what`` unless it runs in a named namespace or the host's is allowed.
+
+    Fails closed: where the namespace cannot be identified as a named one (the lab's
+    node namespaces are), only ``--allow-host-namespace`` lets it change anything.
+    """
+    if in_named_netns() is None and not allow:
         raise AgentError(
-            f"{what} refuses to run in the host's network namespace",
+            f"{what} refuses to run outside a named network namespace (this may be the host's own)",
             hint="run it inside the node's namespace (the lab does: "
             "nsenter --net=/run/netns/<lab>-node1), or pass --allow-host-namespace "
             "on a real node",
@@ -242,6 +260,7 @@ def run_agent(config: AgentConfig) -> None:
     """``ambient agent run``: start, serve metrics, sync until SIGTERM/SIGINT."""
     from pyroute2 import IPRoute
 
+    refuse_host_namespace(config.allow_host_namespace, "ambient agent run")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

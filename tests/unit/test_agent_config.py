@@ -42,3 +42,26 @@ def test_every_agent_command_documents_itself(command: str) -> None:
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0
     assert "Usage:" in result.output
+
+
+def test_named_namespace_is_identified_positively(tmp_path: Path) -> None:
+    from agent.daemon import in_named_netns
+
+    assert in_named_netns(tmp_path / "missing") is None
+    assert in_named_netns(tmp_path) is None
+    (tmp_path / "other").write_text("")
+    assert in_named_netns(tmp_path) is None
+    (tmp_path / "mine").symlink_to("/proc/self/ns/net")
+    assert in_named_netns(tmp_path) == "mine"
+
+
+def test_the_agent_refuses_an_unnamed_namespace_unless_allowed(tmp_path: Path) -> None:
+    """The test process runs in no named namespace: the guard must stop, by default."""
+    from agent.daemon import in_named_netns, refuse_host_namespace
+    from agent.errors import AgentError
+
+    if in_named_netns() is not None:
+        pytest.skip("this test process runs inside a named network namespace")
+    with pytest.raises(AgentError, match="refuses to run outside a named network namespace"):
+        refuse_host_namespace(False, "ambient agent run")
+    refuse_host_namespace(True, "ambient agent run")  # a real node, explicitly
