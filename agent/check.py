@@ -554,7 +554,8 @@ def _firewall_facts() -> dict[str, Any]:
             continue
         listings.append(done.stdout)
     if not listings:
-        return {"redirect_rules": None, "firewall_listing_error": "; ".join(errors)}
+        reason = " ".join("; ".join(errors).split())  # one line, whatever the tools printed
+        return {"redirect_rules": None, "firewall_listing_error": reason}
     rules = [r for text in listings for r in redirect_rules_in(text)]
     return {"redirect_rules": tuple(dict.fromkeys(rules)), "firewall_listing_error": None}
 
@@ -677,7 +678,9 @@ def collect_facts(options: CollectOptions | None = None) -> NodeFacts:
     values: dict[str, Any] = {
         "release": platform.release(),
         "euid": os.geteuid(),
-        "bpf_syscall_error": None if bpf.status == "PASS" else bpf.detail,
+        "bpf_syscall_error": None
+        if bpf.status == "PASS"
+        else bpf.detail.removeprefix("bpf() syscall refused: "),
         "jit_enable": _jit_enable(),
         "bpffs_mounted": bpffs,
         "btf_vmlinux": Path("/sys/kernel/btf/vmlinux").exists(),

@@ -17,17 +17,31 @@ pytest.importorskip("helm_python", reason="helm-python-sdk (dev extra) renders t
 
 
 @pytest.fixture(scope="module")
-def non_default_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("deploy") / "non-default.yaml"
-    path.write_text(checks.manifest_text(checks.NON_DEFAULT_VALUES))
-    return path
+def scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, checks.CheckovReport]:
+    """One checkov run (it takes seconds to start) over three manifests."""
+    tmp = tmp_path_factory.mktemp("deploy")
+    non_default = tmp / "non-default.yaml"
+    non_default.write_text(checks.manifest_text(checks.NON_DEFAULT_VALUES))
+    committed = checks.MANIFEST.read_text()
+    unjustified = tmp / "unjustified.yaml"
+    # the DaemonSet loses the annotation justifying host networking
+    text = re.sub(r"checkov.io/skip\d+: CKV_K8S_19=", "not-a-skip: CKV_K8S_19=", committed)
+    assert text != committed
+    unjustified.write_text(text)
+    reports = checks.checkov_reports([checks.MANIFEST, non_default, unjustified])
+    by_name = {"committed": checks.MANIFEST, "non-default": non_default}
+    return {
+        **{name: reports[path.resolve()] for name, path in by_name.items()},
+        "unjustified": reports[unjustified.resolve()],
+    }
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("which", ["committed", "non-default"])
-def test_checkov_finds_nothing_unjustified(which: str, non_default_manifest: Path) -> None:
-    path = checks.MANIFEST if which == "committed" else non_default_manifest
-    report = checks.checkov_report(path)
+def test_checkov_finds_nothing_unjustified(
+    which: str, scans: dict[str, checks.CheckovReport]
+) -> None:
+    report = scans[which]
     assert report.failed == ()
     assert report.passed > 100
     assert report.skipped, "the scan ran no check we justify: did checkov read the file?"
@@ -36,15 +50,8 @@ def test_checkov_finds_nothing_unjustified(which: str, non_default_manifest: Pat
 
 
 @pytest.mark.timeout(900)
-def test_checkov_reports_an_unjustified_finding(tmp_path: Path) -> None:
-    text = re.sub(
-        r"checkov.io/skip\d+: CKV_K8S_19=", "not-a-skip: CKV_K8S_19=", checks.MANIFEST.read_text()
-    )
-    assert text != checks.MANIFEST.read_text()
-    path = tmp_path / "unjustified.yaml"
-    path.write_text(text)
-    failed = checks.checkov_report(path).failed
-    assert [f.split()[0] for f in failed] == ["CKV_K8S_19"]
+def test_checkov_reports_an_unjustified_finding(scans: dict[str, checks.CheckovReport]) -> None:
+    assert [f.split()[0] for f in scans["unjustified"].failed] == ["CKV_K8S_19"]
 
 
 def test_yamllint_is_clean_on_our_yaml_and_renders(tmp_path: Path) -> None:
