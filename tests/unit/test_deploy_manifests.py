@@ -126,6 +126,15 @@ def test_node_daemonset_shape(committed: list[dict[str, Any]]) -> None:
         assert container["resources"]["requests"] and container["resources"]["limits"]
         assert container["livenessProbe"]
     assert ztunnel["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+    # control-plane mode: the Service, the root it trusts, the token it shows
+    assert "--xds-address=ambient-controlplane.istio-system.svc:15012" in ztunnel["args"]
+    mounted = {m["mountPath"] for m in ztunnel["volumeMounts"]}
+    for arg, mount in (
+        ("--xds-root-cert=", "/var/run/secrets/ambient/ca-root"),
+        ("--auth-token-file=", "/var/run/secrets/tokens"),
+    ):
+        (path,) = [a.removeprefix(arg) for a in ztunnel["args"] if a.startswith(arg)]
+        assert path.startswith(mount + "/") and mount in mounted
 
 
 def test_control_plane_shape(committed: list[dict[str, Any]]) -> None:
