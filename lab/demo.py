@@ -22,7 +22,6 @@ each check's verdict is unit-tested; the shell drives the lab.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import re
 import subprocess
@@ -53,6 +52,9 @@ PEER_AUTH_FILE = "40-peer-authentication-strict.yaml"
 AUTHZ_FILE = "50-authorization-policy-backend.yaml"
 BACKEND_PORT = 5678
 TRUST_DOMAIN = "cluster.local"
+XDS_PORT = 15012
+HBONE_PORT = 15008
+XDS_SERVER_NAME = "istiod.istio-system.svc"
 CONVERGE = 5.0  # seconds allowed for a configuration change to reach the ztunnels
 
 SABOTAGE = {
@@ -157,8 +159,10 @@ class DemoWorld:
 
     lab: Lab
     config: DemoConfig
-    ca_dir: Path
+    state_dir: Path
+    """The control plane's state folder (its CA root, the node-credential key)."""
     pods: dict[str, Pod] = field(default_factory=dict)
+    controlplane: LabProcess | None = None
     agents: dict[str, LabProcess] = field(default_factory=dict)
     ztunnels: dict[str, LabProcess] = field(default_factory=dict)
     capture: _FabricCapture | None = None
@@ -251,9 +255,77 @@ class DemoWorld:
 
         apply_manifests(self.lab, [EXAMPLES / f if isinstance(f, str) else f for f in files])
 
+    @property
+    def xds_address(self) -> str:
+        """Where ztunnels reach the control plane: its address on the fabric."""
+        return f"{self.lab.fabric.ip}:{XDS_PORT}"
+
+    def start_controlplane(self) -> None:
+        """``ambient controlplane run`` on the fabric, serving the lab's config folder."""
+        argv = [
+            "python",
+            "-m",
+            "ambient",
+            "controlplane",
+            "run",
+            "--config-dir",
+            str(self.lab.config_dir),
+            "--state-dir",
+            str(self.state_dir),
+            "--listen",
+            self.xds_address,
+            "--trust-domain",
+            TRUST_DOMAIN,
+        ]
+        self.controlplane = self.lab.spawn(self.lab.fabric, argv, name="controlplane")
+        self.wait_for(
+            lambda: (
+                (self.state_dir / "root-cert.pem").exists()
+                and self.controlplane_status() is not None
+            ),
+            60,
+            "the control plane to serve",
+        )
+
+    def controlplane_status(self) -> list[dict[str, Any]] | None:
+        """``ambient controlplane status -o json`` on the fabric (None if not answering)."""
+        argv = ["python", "-m", "ambient", "controlplane", "status", "-o", "json"]
+        done = self.lab.exec(self.lab.fabric, argv, timeout=20)
+        if done.returncode != 0:
+            return None
+        try:
+            parsed = json.loads(done.stdout or "null")
+        except ValueError:
+            return None
+        rows = parsed.get("proxies", parsed) if isinstance(parsed, dict) else parsed
+        return rows if isinstance(rows, list) else []
+
+    def node_token(self, node: Node) -> Path:
+        """The node's bootstrap credential (``ambient controlplane node-credential``)."""
+        path = self.lab.run_dir / f"{node.name}.token"
+        if not path.exists():
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "ambient",
+                    "controlplane",
+                    "node-credential",
+                    node.name,
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--out",
+                    str(path),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+        return path
+
     def start_ztunnel(self, node: Node) -> LabProcess:
-        """``ambient ztunnel run`` in ``node``: state from the cluster folder, certificates
-        from the mesh CA kept in the demo's CA folder."""
+        """``ambient ztunnel run`` in ``node``: workloads and policies over delta xDS, and
+        certificates from the control plane's CA, proving itself with the node token."""
         argv = [
             "python",
             "-m",
@@ -262,10 +334,14 @@ class DemoWorld:
             "run",
             "--node",
             node.name,
-            "--cluster-folder",
-            str(self.lab.config_dir),
-            "--ca-dir",
-            str(self.ca_dir),
+            "--xds-address",
+            self.xds_address,
+            "--xds-server-name",
+            XDS_SERVER_NAME,
+            "--xds-root-cert",
+            str(self.state_dir / "root-cert.pem"),
+            "--auth-token-file",
+            str(self.node_token(node)),
             "--trust-domain",
             TRUST_DOMAIN,
             "--access-log-format",
@@ -289,7 +365,8 @@ class DemoWorld:
         while time.monotonic() < deadline:
             if cond():
                 return
-            for proc in [*self.agents.values(), *self.ztunnels.values()]:
+            procs = [*self.agents.values(), *self.ztunnels.values()]
+            for proc in [*procs, *([self.controlplane] if self.controlplane else [])]:
                 if not proc.alive():
                     tail = proc.log_path.read_text()[-1500:] if proc.log_path.exists() else ""
                     raise DemoError(
@@ -306,11 +383,10 @@ class DemoWorld:
 def build_world(lab: Lab, config: DemoConfig, progress: Progress) -> DemoWorld:
     """Applies the demo's manifests and starts an agent and a ztunnel on each node."""
     from lab.manifests.apply import workload_pods
-    from ztunnel.app import load_or_create_ca
 
-    world = DemoWorld(lab, config, lab.run_dir / "mesh-ca")
-    with progress.step("mesh CA: root certificate for spiffe://cluster.local"):
-        load_or_create_ca(world.ca_dir, TRUST_DOMAIN, dt.datetime.now(dt.UTC))
+    world = DemoWorld(lab, config, lab.run_dir / "controlplane")
+    with progress.step("control plane: CA and delta xDS on the fabric (15012, TLS)"):
+        world.start_controlplane()
     with progress.step(f"apply deploy/examples/demo/ ({', '.join(BASE_FILES)})"):
         world.apply(*BASE_FILES)
         for ns, name in (
@@ -355,7 +431,7 @@ def build_world(lab: Lab, config: DemoConfig, progress: Progress) -> DemoWorld:
                 world.wait_for(
                     _enrolls(world, node.name, want), 60, f"{node.name}'s agent to enroll its pods"
                 )
-    with progress.step("ztunnels: HBONE, mTLS identities, L4 policy on both nodes"):
+    with progress.step("ztunnels: workloads over xDS, certificates from the CA, on both nodes"):
         for node in lab.nodes:
             world.start_ztunnel(node)
         for node in lab.nodes:
@@ -436,7 +512,10 @@ def check_mtls(world: DemoWorld) -> CheckResult:
     if cap is None:
         raise DemoError("the fabric capture was not started with the mesh")
     cap.__exit__(None, None, None)
-    segments = cap.segments()
+    # Between nodes only: the ztunnels' own xDS/CA traffic to the control plane (TLS on
+    # 15012, on the fabric's address) is not what this check is about.
+    control_plane = world.lab.fabric.ip
+    segments = [x for x in cap.segments() if control_plane not in (x.src, x.dst)]
     tls = summarize_tls(segments)
     leaked = contains(segments, b"Hello from backend") or contains(segments, b"GET / HTTP")
     fe = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/frontend"
@@ -471,7 +550,8 @@ def check_mtls(world: DemoWorld) -> CheckResult:
         passed,
         (
             f"frontend ({src_node}) -> {backend} ({dst_node}) {url}: {got.get('ok')}/3 answered",
-            f"fabric capture since the mesh came up: {tls.segments} segments with payload, "
+            f"fabric capture since the mesh came up, node to node: {tls.segments} segments "
+            "with payload, "
             f"ports {sorted(tls.ports)}, "
             f"TLS records {tls.record_types}, TLS 1.3 ServerHellos {tls.tls13_server_hellos}, "
             f"non-TLS flows {tls.non_tls_flows or 'none'}, plaintext found: {leaked}",
@@ -594,20 +674,24 @@ def check_fail_closed(world: DemoWorld) -> CheckResult:
     node = world.node_of("frontend")
     backend = world.remote_backend("frontend")
     url = f"http://{world.pods[backend].ip}:{BACKEND_PORT}/"
-    world.lab.stop(world.ztunnels.pop(node.name))
-    with _FabricCapture(world.lab, f"tcp port {BACKEND_PORT}") as cap:
-        down = world.http("frontend", url, count=2, timeout=1.0)
-    plaintext = len(cap.segments())
-    world.start_ztunnel(node)
-    world.wait_ztunnel_ready(node.name)
     up: dict[str, Any] = {}
 
     def works() -> bool:
         up.update(world.http("frontend", url, timeout=1.0))
         return up.get("ok") == 1
 
-    restored = _poll(works, CONVERGE)
-    passed = down.get("ok") == 0 and plaintext == 0 and restored
+    # One capture over the outage and the recovery: the recovered call's HBONE traffic
+    # proves the capture was live, so "no plaintext" is not an empty observation.
+    with _FabricCapture(world.lab, "tcp") as cap:
+        world.lab.stop(world.ztunnels.pop(node.name))
+        down = world.http("frontend", url, count=2, timeout=1.0)
+        world.start_ztunnel(node)
+        world.wait_ztunnel_ready(node.name)
+        restored = _poll(works, CONVERGE)
+    segments = cap.segments()
+    plaintext = [s for s in segments if BACKEND_PORT in (s.sport, s.dport)]
+    hbone = [s for s in segments if HBONE_PORT in (s.sport, s.dport)]
+    passed = down.get("ok") == 0 and not plaintext and restored and bool(hbone)
     return CheckResult(
         6,
         "fail closed: ztunnel stopped -> refused, never in clear; restarted -> works",
@@ -615,14 +699,15 @@ def check_fail_closed(world: DemoWorld) -> CheckResult:
         (
             f"ztunnel on {node.name} stopped; frontend -> {backend} {url}: {down.get('ok')}/2 "
             f"answered ({'; '.join(sorted(set(down.get('errors', []))))[:80] or 'no error'})",
-            f"plaintext segments to port {BACKEND_PORT} on the fabric meanwhile: {plaintext}",
+            f"fabric capture over outage and recovery: {len(plaintext)} segments to or from "
+            f"port {BACKEND_PORT} (plaintext), {len(hbone)} HBONE segments on {HBONE_PORT}",
             f"ztunnel restarted: frontend -> {backend} {'answers again' if restored else 'FAILS'}",
         ),
     )
 
 
 def check_telemetry(world: DemoWorld) -> CheckResult:
-    """7. Telemetry: istio_tcp_* counters for frontend -> backend; the capture maps."""
+    """7. Telemetry: istio_tcp_* counters for frontend -> backend; proxies and maps."""
     src_node = world.node_of("frontend").name
     backend = world.remote_backend("frontend")
     dst_node = world.node_of(backend).name
@@ -639,13 +724,18 @@ def check_telemetry(world: DemoWorld) -> CheckResult:
                 text, metric, {**labels, "reporter": reporter}
             )
     maps = {n.name: world.maps("workloads", n.name) for n in world.lab.nodes}
+    proxies = world.controlplane_status() or []
     enrolled = {n: sum(1 for r in rows if r.get("enrolled")) for n, rows in maps.items()}
-    passed = all(v > 0 for v in values.values()) and all(enrolled.values())
+    passed = all(v > 0 for v in values.values()) and all(enrolled.values()) and len(proxies) >= 2
     evidence = [
         f"{metric}{{reporter={reporter},source_workload=frontend,destination_workload="
         f"{backend}}} = {value:g}"
         for (reporter, metric), value in values.items()
     ]
+    evidence.append(
+        f"ambient controlplane status: {len(proxies)} proxies connected "
+        f"({', '.join(sorted(str(p.get('node', p.get('id', '?'))) for p in proxies))})"
+    )
     evidence += [
         f"ambient maps workloads --node-id {world.lab.node(n).id}: {len(rows)} pods, "
         f"{enrolled[n]} enrolled"
@@ -698,6 +788,7 @@ class _FabricCapture:
                 "any",
                 "-n",
                 "-U",
+                "--immediate-mode",  # else packets wait in the ring for a block timeout
                 "-B",
                 "16384",
                 "-s",
@@ -777,7 +868,8 @@ def summary(report: DemoReport, config: DemoConfig) -> str:
             f"  ambient lab exec --name {n} demo/frontend -- curl -s http://backend/",
             f"  ambient maps workloads --node-id {n}-node1",
             f"  ambient maps stats --node-id {n}-node2",
-            f"  ambient lab exec --name {n} node1 -- curl -s localhost:15000/config_dump",
+            f"  ambient lab exec --name {n} node1 -- python -m ambient ztunnel-config all",
+            f"  ambient lab exec --name {n} fabric -- python -m ambient controlplane status",
             f"  ambient lab exec --name {n} node2 -- curl -s localhost:15020/metrics",
             f"  ambient lab down --name {n}      # removes everything",
         ]

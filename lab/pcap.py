@@ -55,6 +55,8 @@ class TlsSummary:
     """TLS records by content type, over every flow."""
     non_tls_flows: list[str] = field(default_factory=list)
     """Flows whose bytes did not parse as TLS records ("src:port > dst:port")."""
+    gapped_flows: list[str] = field(default_factory=list)
+    """Flows with a sequence gap (a packet the capture lost); read up to the gap only."""
     tls13_server_hellos: int = 0
     """ServerHellos that selected TLS 1.3 (supported_versions = 0x0304)."""
 
@@ -126,22 +128,39 @@ def summarize_tls(segments: Iterator[Segment] | list[Segment]) -> TlsSummary:
     -i any`` sees a bridged packet on the way in and out) counts once.
     """
     summary = TlsSummary()
-    streams: dict[tuple[str, int, str, int], bytearray] = {}
-    seen: set[tuple[str, int, str, int, int, int]] = set()
+    flows: dict[tuple[str, int, str, int], dict[int, bytes]] = {}
     for seg in segments:
-        key = (seg.src, seg.sport, seg.dst, seg.dport, seg.seq, len(seg.payload))
-        if key in seen:
+        by_seq = flows.setdefault((seg.src, seg.sport, seg.dst, seg.dport), {})
+        if seg.seq in by_seq:
             continue
-        seen.add(key)
+        by_seq[seg.seq] = seg.payload
         summary.segments += 1
         summary.ports.add(min(seg.sport, seg.dport))
-        streams.setdefault((seg.src, seg.sport, seg.dst, seg.dport), bytearray()).extend(
-            seg.payload
-        )
-    for (src, sport, dst, dport), stream in streams.items():
-        if not _read_records(bytes(stream), summary):
-            summary.non_tls_flows.append(f"{src}:{sport} > {dst}:{dport}")
+    for (src, sport, dst, dport), by_seq in flows.items():
+        name = f"{src}:{sport} > {dst}:{dport}"
+        stream, gapped = _reassemble(by_seq)
+        if gapped:
+            summary.gapped_flows.append(name)
+        if not _read_records(stream, summary):
+            summary.non_tls_flows.append(name)
     return summary
+
+
+def _reassemble(by_seq: dict[int, bytes]) -> tuple[bytes, bool]:
+    """The flow's bytes in sequence order from its first segment, up to any gap."""
+    ref = next(iter(by_seq))
+    # sequence numbers wrap: order by signed distance from the first segment captured
+    first = min(by_seq, key=lambda q: ((q - ref + (1 << 31)) % (1 << 32)) - (1 << 31))
+    out = bytearray()
+    expected = first
+    for seq in sorted(by_seq, key=lambda q: (q - first) % (1 << 32)):
+        offset = (seq - expected) % (1 << 32)
+        if offset > 0 and offset < (1 << 31):
+            return bytes(out), True
+        payload = by_seq[seq][(expected - seq) % (1 << 32) :] if offset else by_seq[seq]
+        out += payload
+        expected = (expected + len(payload)) % (1 << 32)
+    return bytes(out), False
 
 
 def _read_records(stream: bytes, summary: TlsSummary) -> bool:

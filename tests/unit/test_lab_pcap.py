@@ -82,3 +82,26 @@ def test_raw_ip_linktype_and_empty_capture() -> None:
 def test_not_a_pcap() -> None:
     with pytest.raises(PcapError):
         list(read_segments(b"hello world, this is no capture file"))
+
+
+def test_a_lost_packet_is_a_gap_not_plaintext() -> None:
+    rec = _record(23, b"\x01" * 40)
+    cap = _pcap([
+        _tcp("1.1.1.1", 15008, "2.2.2.2", 5000, rec, seq=100),
+        # the next record (seq 145) was lost by the capture
+        _tcp("1.1.1.1", 15008, "2.2.2.2", 5000, rec, seq=190),
+    ])  # fmt: skip
+    summary = summarize_tls(list(read_segments(cap)))
+    assert summary.gapped_flows == ["1.1.1.1:15008 > 2.2.2.2:5000"]
+    assert summary.non_tls_flows == []
+    assert summary.record_types == {"application_data": 1}
+
+
+def test_out_of_order_segments_are_put_in_sequence() -> None:
+    rec = _record(23, b"\x02" * 30)
+    cap = _pcap([
+        _tcp("1.1.1.1", 15008, "2.2.2.2", 5000, rec[10:], seq=11),
+        _tcp("1.1.1.1", 15008, "2.2.2.2", 5000, rec[:10], seq=1),
+    ])  # fmt: skip
+    summary = summarize_tls(list(read_segments(cap)))
+    assert summary.only_tls and not summary.gapped_flows
