@@ -208,3 +208,22 @@ def test_notes_say_how_to_enroll() -> None:
     text = checks.notes()
     assert "kubectl label namespace <namespace> istio.io/dataplane-mode=ambient" in text
     assert "ambient agent check" in text
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"trustDomian": "example.org"}, "trustDomian"),
+        ({"logLevel": "verbose"}, "/logLevel"),
+        ({"capture": {"excludePorts": [70000]}}, "/capture/excludePorts/0"),
+        ({"capture": {"excludeCIDRs": ["10.0.0.0"]}}, "/capture/excludeCIDRs/0"),
+        ({"image": {"digest": "latest"}}, "/image/digest"),
+        ({"node": {"ztunnel": {"capabilities": ["net_raw"]}}}, "/node/ztunnel/capabilities/0"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_field(values: dict[str, Any], named: str) -> None:
+    import helm_python
+
+    with pytest.raises(helm_python.HelmValuesError) as err:
+        checks.render_chart(values)
+    assert named in str(err.value)
