@@ -39,14 +39,14 @@ def test_sigterm_mid_run_tears_everything_down(tmp_path: Path) -> None:
     lab_netns = f"{prefix}p2p-"
     argv = [sys.executable, "-m", "bench", "--case", "pod-to-pod", "--quick"]
     argv += ["--lab-prefix", prefix, "--results", str(tmp_path)]
-    proc = subprocess.Popen(
-        argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    log_path = tmp_path / "bench.log"  # a file, not a pipe nobody drains while we wait
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         # wait until measuring has started: the Envoys run from the run's work folder
         while time.monotonic() < deadline and not _pids_mentioning(f"{tmp_path}/"):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None, log_path.read_text()[-2000:]
             time.sleep(0.2)
         assert _pids_mentioning(f"{tmp_path}/"), "the case never started its processes"
         assert _namespaces(lab_netns)
