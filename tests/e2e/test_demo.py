@@ -94,3 +94,35 @@ def test_breaking_a_property_fails_its_check(sabotage: str, failing: set[int]) -
     assert failing <= failed, f"--break {sabotage} should fail checks {failing}:\n{output}"
     assert not report.passed
     assert _leftovers(name) == ([], [])
+
+
+def test_ctrl_c_tears_everything_down() -> None:
+    """SIGINT while the mesh is coming up: exit 130, no namespace, process or pin left."""
+    import signal
+    import sys
+    import time
+
+    name = f"e2c{uuid.uuid4().hex[:5]}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ambient", "demo", "--name", name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        # Interrupt once the agents are being started: namespaces, pods and processes exist.
+        while time.monotonic() < deadline and proc.poll() is None:
+            if list(Path(f"/run/ambient/lab/{name}/logs").glob("agent-*.log")):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the demo ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "teardown" in out
+    assert _leftovers(name) == ([], [])
+    assert not list(Path("/sys/fs/bpf/ambient").glob(f"{name}-*"))
