@@ -21,8 +21,10 @@ stream and sent as windows open (:class:`Drained` says a buffer emptied).
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import re
+import struct
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +62,156 @@ def _data_frame_summary(frame: hyperframe.frame.DataFrame) -> str:
 # 1 MiB frames that was a third of ztunnel's CPU in bulk transfers. A constant-time
 # summary keeps the (never printed) trace line cheap.
 hyperframe.frame.DataFrame._body_repr = _data_frame_summary  # type: ignore[method-assign,assignment]
+
+Buffer = bytes | bytearray | memoryview
+"""Bytes as the shell hands them around: payload slices travel as memoryviews, uncopied."""
+
+_FRAME_HEADER = struct.Struct("!HBBBL")
+_DATA_TYPE = 0x0
+_END_STREAM_FLAG = 0x1
+_PADDED_FLAG = 0x8
+
+
+class _Payload:
+    """A payload slice as ``h2`` sees it: it only takes ``len()`` and stores the object.
+
+    ``h2`` turns a ``memoryview`` into ``bytes`` (a copy); this wrapper passes through
+    untouched and :class:`_ZeroCopyH2` unwraps it when it writes the frame.
+    """
+
+    __slots__ = ("view",)
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+
+class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
+    """``h2``'s connection whose DATA frames leave as (header, payload view), not copied.
+
+    ``h2`` serializes every frame into one ``bytearray`` (header + payload joined, then
+    appended, then copied out again): four copies of every tunnel byte before TLS sees
+    it. Here an unpadded DATA frame becomes its 9-byte header and the caller's own
+    buffer, queued in order after whatever control frames ``h2`` wrote before it; all
+    of ``h2``'s state (windows, stream states) is updated exactly as before.
+    """
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        self._chunks: list[Buffer] = []
+        # Received bytes not yet forming a whole frame, and how many there are.
+        self._rx: collections.deque[memoryview] = collections.deque()
+        self._rx_len = 0
+        self._preamble_left = 0 if config.client_side else 24
+
+    def receive_data(self, data: Buffer) -> list[Any]:  # type: ignore[override]
+        """Split whole frames off ``data``: plain DATA frames bypass ``h2``'s frame buffer.
+
+        ``h2`` buffers input in a ``bytearray`` and copies every frame body out of it
+        twice. Here a whole unpadded DATA frame on a stream is handed to ``h2``'s own
+        frame handler (windows, stream state, events exactly as usual) as a view of
+        the received buffer; every other frame (and anything odd: oversized, padded,
+        stream 0, inside a header block) goes through ``h2.receive_data`` unchanged,
+        so its checks and error codes apply as before.
+        """
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        events: list[Any] = []
+        if self._preamble_left:
+            # The client preface is h2's to check; it is not a frame.
+            head, view = view[: self._preamble_left], view[self._preamble_left :]
+            self._preamble_left -= len(head)
+            events.extend(super().receive_data(head))
+        if view:
+            self._rx.append(view)
+            self._rx_len += len(view)
+        while self._rx_len >= 9:
+            header = self._peek(9)
+            length = int.from_bytes(header[:3], "big")
+            if length > self.max_inbound_frame_size:
+                # Let h2 refuse it (FRAME_SIZE_ERROR) without buffering the body.
+                events.extend(super().receive_data(self._take(self._rx_len)))
+                break
+            if self._rx_len < 9 + length:
+                break
+            frame_type, flags = header[3], header[4]
+            stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+            raw = self._take(9 + length)
+            if (
+                frame_type != _DATA_TYPE
+                or flags & _PADDED_FLAG
+                or not stream_id
+                or self.incoming_buffer._headers_buffer
+            ):
+                events.extend(super().receive_data(raw))
+                continue
+            frame = hyperframe.frame.DataFrame(stream_id)
+            frame.data = raw[9:]  # type: ignore[assignment]  # a view: h2 only slices and len()s it
+            if flags & _END_STREAM_FLAG:
+                frame.flags.add("END_STREAM")
+            try:
+                events.extend(self._receive_frame(frame))
+            except h2.exceptions.ProtocolError as err:
+                self._terminate_connection(err.error_code)
+                raise
+        return events
+
+    def _peek(self, size: int) -> bytes:
+        first = self._rx[0]
+        if len(first) >= size:
+            return bytes(first[:size])
+        return b"".join(self._rx)[:size]
+
+    def _take(self, size: int) -> memoryview:
+        """The next ``size`` received bytes: a view when they sit in one buffer."""
+        self._rx_len -= size
+        first = self._rx[0]
+        if len(first) >= size:
+            if len(first) == size:
+                self._rx.popleft()
+            else:
+                self._rx[0] = first[size:]
+            return first[:size]
+        parts: list[memoryview] = []
+        while size:
+            chunk = self._rx.popleft()
+            if len(chunk) > size:
+                self._rx.appendleft(chunk[size:])
+                chunk = chunk[:size]
+            parts.append(chunk)
+            size -= len(chunk)
+        return memoryview(b"".join(parts))
+
+    def _prepare_for_sending(self, frames: list[Any]) -> None:
+        if not frames or not all(
+            isinstance(f, hyperframe.frame.DataFrame) and not f.pad_length for f in frames
+        ):
+            super()._prepare_for_sending(frames)
+            return
+        self._move_control_frames()
+        for frame in frames:
+            length = len(frame.data)
+            flags = _END_STREAM_FLAG if "END_STREAM" in frame.flags else 0
+            header = _FRAME_HEADER.pack(
+                (length >> 8) & 0xFFFF, length & 0xFF, _DATA_TYPE, flags, frame.stream_id
+            )
+            self._chunks.append(header)
+            if length:
+                data = frame.data
+                self._chunks.append(data.view if isinstance(data, _Payload) else data)
+
+    def _move_control_frames(self) -> None:
+        if self._data_to_send:
+            self._chunks.append(bytes(self._data_to_send))
+            self._data_to_send = bytearray()
+
+    def chunks_to_send(self) -> list[Buffer]:
+        """Everything queued for the wire, in order, as buffers (payloads uncopied)."""
+        self._move_control_frames()
+        chunks, self._chunks = self._chunks, []
+        return chunks
+
 
 _HTTP2_MAX_WINDOW = 2**31 - 1
 _HTTP2_DEFAULT_WINDOW = 65_535
@@ -228,7 +380,8 @@ class DataReceived:
     """Tunnel bytes from the peer; :meth:`acknowledge` ``flow_controlled_length`` when consumed."""
 
     stream_id: int
-    data: bytes
+    data: Buffer
+    """The payload: often a view into the received bytes (immutable, safe to keep)."""
     flow_controlled_length: int
 
 
@@ -282,8 +435,10 @@ class _HboneConnection:
     def __init__(self, settings: HboneSettings, *, client_side: bool) -> None:
         self.settings = settings
         config = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
-        self._h2: Any = h2.connection.H2Connection(config=config)
-        self._pending: dict[int, bytearray] = {}
+        self._h2: Any = _ZeroCopyH2(config)
+        # Per stream: buffers not yet framed (no window yet) and their total length.
+        self._pending: dict[int, collections.deque[memoryview]] = {}
+        self._pending_bytes: dict[int, int] = {}
         self._end_after_flush: set[int] = set()
         # Streams we half-closed, until they close fully: sending more is a bug.
         self._ended_locally: set[int] = set()
@@ -318,9 +473,17 @@ class _HboneConnection:
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport now (possibly empty)."""
-        return bytes(self._h2.data_to_send())
+        return b"".join(self._h2.chunks_to_send())
 
-    def receive_data(self, data: bytes) -> list[HboneEvent]:
+    def chunks_to_send(self) -> list[Buffer]:
+        """:meth:`data_to_send` as a list of buffers, tunnel payloads not copied.
+
+        The buffers stay valid as long as the caller of :meth:`send_data` does not
+        mutate what it passed (the shell passes ``bytes``).
+        """
+        return list(self._h2.chunks_to_send())
+
+    def receive_data(self, data: Buffer) -> list[HboneEvent]:
         """Feed bytes from the transport; return what they meant."""
         if self.closed:
             return []
@@ -342,9 +505,7 @@ class _HboneConnection:
             # empty DATA frame still counts against flow control (padding).
             if raw.data:
                 events.append(
-                    DataReceived(
-                        int(raw.stream_id), bytes(raw.data), int(raw.flow_controlled_length)
-                    )
+                    DataReceived(int(raw.stream_id), raw.data, int(raw.flow_controlled_length))
                 )
             elif raw.flow_controlled_length:
                 self.acknowledge(int(raw.stream_id), int(raw.flow_controlled_length))
@@ -375,26 +536,31 @@ class _HboneConnection:
 
     # --- sending ----------------------------------------------------------
 
-    def send_data(self, stream_id: int, data: bytes) -> None:
-        """Queue tunnel bytes for the peer; they go out as flow-control windows allow."""
+    def send_data(self, stream_id: int, data: Buffer) -> None:
+        """Queue tunnel bytes for the peer; they go out as flow-control windows allow.
+
+        ``data`` is framed without being copied: do not mutate it afterwards.
+        """
         if stream_id in self._ended_locally:
             raise HboneStreamError(
                 f"stream {stream_id} is half-closed: no more data may be sent",
                 error_code=STREAM_CLOSED,
                 stream_id=stream_id,
             )
-        self._pending.setdefault(stream_id, bytearray()).extend(data)
+        if data:
+            self._pending.setdefault(stream_id, collections.deque()).append(memoryview(data))
+            self._pending_bytes[stream_id] = self._pending_bytes.get(stream_id, 0) + len(data)
         self._flush(stream_id)
 
     def pending(self, stream_id: int) -> int:
         """Bytes queued for ``stream_id`` but not yet framed (waiting for window)."""
-        return len(self._pending.get(stream_id, b""))
+        return self._pending_bytes.get(stream_id, 0)
 
     def end_stream(self, stream_id: int) -> None:
         """Half-close our side once the queued bytes have gone out."""
         self._end_after_flush.add(stream_id)
         self._ended_locally.add(stream_id)
-        self._pending.setdefault(stream_id, bytearray())
+        self._pending.setdefault(stream_id, collections.deque())
         self._flush(stream_id)
         self._release_if_closed(stream_id)
 
@@ -431,6 +597,7 @@ class _HboneConnection:
 
     def _forget(self, stream_id: int) -> None:
         self._pending.pop(stream_id, None)
+        self._pending_bytes.pop(stream_id, None)
         self._end_after_flush.discard(stream_id)
 
     def _release_if_closed(self, stream_id: int) -> None:
@@ -460,11 +627,17 @@ class _HboneConnection:
         try:
             while buffer:
                 window = int(self._h2.local_flow_control_window(stream_id))
-                size = min(window, int(self._h2.max_outbound_frame_size), len(buffer))
+                head = buffer[0]
+                size = min(window, int(self._h2.max_outbound_frame_size), len(head))
                 if size <= 0:
                     return False
-                self._h2.send_data(stream_id, bytes(buffer[:size]))
-                del buffer[:size]
+                if size < len(head):
+                    buffer[0] = head[size:]
+                    head = head[:size]
+                else:
+                    buffer.popleft()
+                self._pending_bytes[stream_id] -= size
+                self._h2.send_data(stream_id, _Payload(head))
             if stream_id in self._end_after_flush:
                 self._h2.end_stream(stream_id)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):

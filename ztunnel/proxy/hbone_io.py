@@ -20,6 +20,7 @@ from typing import Any
 from ztunnel.errors import HboneError, HboneStreamError
 from ztunnel.proxy.hbone import (
     CANCEL,
+    Buffer,
     ConnectionEnded,
     DataReceived,
     Drained,
@@ -43,7 +44,7 @@ class TunnelStream:
     def __init__(self, channel: HboneChannel, stream_id: int) -> None:
         self.channel = channel
         self.stream_id = stream_id
-        self._chunks: collections.deque[tuple[bytes, int]] = collections.deque()
+        self._chunks: collections.deque[tuple[Buffer, int]] = collections.deque()
         self._eof = False
         self._reset: int | None = None
         self._readable = asyncio.Event()
@@ -86,8 +87,8 @@ class TunnelStream:
         self.closed.set()
         self.channel.streams.pop(self.stream_id, None)
 
-    async def read(self) -> bytes:
-        """The next chunk from the peer; ``b""`` once the peer half-closed."""
+    async def read(self) -> Buffer:
+        """The next chunk from the peer (often a view, never mutated); ``b""`` at half-close."""
         while not self._chunks:
             if self._reset is not None:
                 raise HboneStreamError(
@@ -104,7 +105,7 @@ class TunnelStream:
         self.channel.flush()
         return data
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: Buffer) -> None:
         """Send ``data``; waits while this stream's unsent backlog is above ``HIGH_WATER``."""
         if self._reset is not None:
             raise HboneStreamError(
@@ -157,9 +158,11 @@ class HboneChannel:
 
     def flush(self) -> None:
         """Hand the core's pending output to the transport."""
-        data = self.core.data_to_send()
-        if data and not self.writer.is_closing():
-            self.writer.write(data)
+        chunks = self.core.chunks_to_send()
+        if chunks and not self.writer.is_closing():
+            # One call: the TLS transport encrypts the list and sends it in one write,
+            # and tunnel payloads reach the cipher without being copied first.
+            self.writer.writelines(chunks)
 
     async def drain(self) -> None:
         """Flush and wait for the transport's buffer to drain (backpressure)."""
@@ -267,7 +270,9 @@ async def relay(
     return sent, received
 
 
-async def copy_to_socket(read: Callable[[], Awaitable[bytes]], writer: asyncio.StreamWriter) -> int:
+async def copy_to_socket(
+    read: Callable[[], Awaitable[Buffer]], writer: asyncio.StreamWriter
+) -> int:
     """Write what ``read`` yields to ``writer`` until it yields ``b""``, then half-close."""
     total = 0
     while chunk := await read():

@@ -112,6 +112,9 @@ async def accept_loop(listener: socket.socket, handler: AcceptedHandler) -> None
         while True:
             conn, _ = await loop.sock_accept(listener)
             conn.setblocking(False)
+            # HBONE carries small request/response exchanges too: Nagle would hold a
+            # small TLS record back until the peer's delayed ACK (tens of ms).
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = asyncio.create_task(handler(conn))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
