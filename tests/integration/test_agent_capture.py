@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agent.attach import LocalDelivery
 from agent.config import DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY
@@ -511,6 +512,14 @@ def test_maps_cli_json_matches_the_lab(capture: Capture) -> None:
         "inbound_excluded_ports": [],
         "excluded_cidrs": ["192.0.2.0/24"],
     }
+    as_yaml = subprocess.run(
+        [*AMBIENT_CLI, "maps", "settings", "--node-id", capture.lab.node("node1").id, "-o", "yaml"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert yaml.safe_load(as_yaml.stdout) == settings
     programs = capture.maps("programs", "node1")
     attached = {(r["program"], r["ifname"]) for r in programs}
     assert attached == {("pod_egress", pods[p].host_ifname) for p in "abdf"} | {
