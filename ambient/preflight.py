@@ -104,17 +104,31 @@ def check_kernel_version() -> Check:
 
 
 def check_bcc() -> Check:
-    """The distribution's BCC is importable (python3-bpfcc, not PyPI's 'bcc')."""
+    """The distribution's BCC is importable (python3-bpfcc, not PyPI's 'bcc').
+
+    Found without importing it: importing BCC loads libbcc (~70 MB) into the caller.
+    """
+    import importlib.util
+
     try:
-        import bcc  # noqa: F401
-    except ImportError:
+        spec = importlib.util.find_spec("bcc")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
         return Check(
             "bcc",
             "FAIL",
             "the bcc module is not importable",
             "run 'make setup' (installs python3-bpfcc)",
         )
-    return Check("bcc", "PASS", "BCC importable")
+    if "dist-packages" not in spec.origin and "distbcc" not in spec.origin:
+        return Check(
+            "bcc",
+            "WARN",
+            f"bcc found at {spec.origin}, not the distribution's python3-bpfcc",
+            "PyPI's 'bcc' is an unrelated project: pip uninstall bcc; run 'make setup'",
+        )
+    return Check("bcc", "PASS", f"BCC found ({spec.origin})")
 
 
 CHECKS: dict[str, Callable[[], Check]] = {

@@ -32,3 +32,20 @@ def test_all_checks_return_results() -> None:
     results = preflight.run_checks()
     assert [r.name for r in results] == list(preflight.CHECKS)
     assert all(r.status in {"PASS", "WARN", "FAIL"} for r in results)
+
+
+def test_bcc_check_does_not_import_bcc() -> None:
+    import sys
+
+    had = "bcc" in sys.modules
+    result = preflight.check_bcc()
+    assert result.status in {"PASS", "WARN", "FAIL"}
+    if not had:
+        assert "bcc" not in sys.modules, "the check must not load libbcc into the caller"
+
+
+def test_bcc_missing_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    check = preflight.check_bcc()
+    assert check.status == "FAIL"
+    assert "make setup" in check.fix
