@@ -19,7 +19,9 @@ Usage (``make deploy-check`` runs ``check``)::
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -44,7 +46,6 @@ RELEASE = "ambient"
 NAMESPACE = "istio-system"
 
 CHECKOV_REQUIREMENTS = DEPLOY / "checkov-requirements.txt"
-CHECKOV_VENV = REPO / ".build" / "deploy-tools" / "checkov"
 CHECKOV_INSTALL_TIMEOUT_S = 600.0
 TOOL_TIMEOUT_S = 300.0
 
@@ -230,25 +231,34 @@ def hadolint_problems(dockerfile: Path = DOCKERFILE) -> list[str]:
     return [line for line in done.stdout.splitlines() if line.strip()]
 
 
+def checkov_venv() -> Path:
+    """Where checkov's environment lives: a per-user cache keyed by its requirements.
+
+    Outside the work tree on purpose, so fresh clones on one machine (CI's) share it.
+    """
+    digest = hashlib.sha256(CHECKOV_REQUIREMENTS.read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "ambient-node" / f"checkov-{digest}"
+
+
 def ensure_checkov() -> Path:
     """checkov from its own virtual environment (its pins clash with our pytest's).
 
-    Installed once from ``deploy/checkov-requirements.txt`` (every version pinned) into
-    ``.build/deploy-tools/checkov``.
+    Installed once per machine from ``deploy/checkov-requirements.txt`` (every version
+    pinned); takes about two minutes the first time.
     """
-    binary = CHECKOV_VENV / "bin" / "checkov"
-    stamp = CHECKOV_VENV / ".requirements"
-    wanted = CHECKOV_REQUIREMENTS.read_text()
-    if binary.exists() and stamp.exists() and stamp.read_text() == wanted:
+    env = checkov_venv()
+    binary, complete = env / "bin" / "checkov", env / ".complete"
+    if binary.exists() and complete.exists():
         return binary
-    venv.EnvBuilder(with_pip=True, clear=True).create(CHECKOV_VENV)
+    venv.EnvBuilder(with_pip=True, clear=True).create(env)
     done = _run(
-        [str(CHECKOV_VENV / "bin" / "pip"), "install", "-q", "-r", str(CHECKOV_REQUIREMENTS)],
+        [str(env / "bin" / "pip"), "install", "-q", "-r", str(CHECKOV_REQUIREMENTS)],
         timeout=CHECKOV_INSTALL_TIMEOUT_S,
     )
     if done.returncode != 0:
         raise DeployCheckError(f"installing checkov failed: {done.stderr.strip()[-2000:]}")
-    stamp.write_text(wanted)
+    complete.touch()
     return binary
 
 

@@ -1,7 +1,8 @@
 """Security scan (checkov), yamllint and hadolint over deploy/ (offline once installed).
 
 checkov lives in its own virtual environment (its pins clash with ours); the first run
-on a machine installs it from deploy/checkov-requirements.txt (a registry is needed then).
+on a machine installs it from deploy/checkov-requirements.txt into ~/.cache (a registry
+is needed then, and about two minutes).
 """
 
 from __future__ import annotations
