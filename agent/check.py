@@ -425,6 +425,9 @@ def check_programs(facts: NodeFacts) -> list[Check]:
     for name, error in facts.programs:
         if error is None:
             rows.append(_check(name, "PASS", "compiles, loads"))
+        elif error.startswith("cannot pin"):
+            fix = "bpffs must be writable at /sys/fs/bpf (in Kubernetes: a read-write hostPath)"
+            rows.append(_check(name, "FAIL", error, fix))
         else:
             rows.append(
                 _check(name, "FAIL", error, "the verifier log above names the line and reason")
@@ -649,6 +652,8 @@ def _load_capture_programs() -> tuple[tuple[str, str | None], ...]:
                 results.append((name, None))
             except AgentError as err:
                 results.append((name, err.message))
+            except OSError as err:  # the scratch pin folder: bpffs read-only or absent
+                results.append((name, f"cannot pin maps under {scratch}: {err.strerror}"))
     finally:
         remove_pins(scratch)
     return tuple(results)

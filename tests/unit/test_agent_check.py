@@ -252,3 +252,11 @@ def test_capture_program_refused_fails_with_its_message() -> None:
     result = status(facts)
     assert result["pod_egress"] == "FAIL"
     assert "node_ingress" not in result
+
+
+def test_read_only_bpffs_is_named_as_such() -> None:
+    error = "cannot pin maps under /sys/fs/bpf/ambient-check-7: Read-only file system"
+    facts = dataclasses.replace(HEALTHY, programs=(("node_ingress", error),))
+    got, detail, fix = check_named(facts, "node_ingress")
+    assert got == "FAIL" and "Read-only" in detail
+    assert "writable" in fix
