@@ -8,7 +8,8 @@ this machine allows without a cluster.
   Kubernetes minor versions ``kubernetes-validate`` ships, strictly (unknown fields fail).
 - ``checkov`` scans the rendered objects; every finding must be skipped by an annotation
   on the object that says why (``checkov.io/skipN: CKV_...=reason``).
-- ``yamllint`` lints everything YAML that is not a Go template; ``hadolint`` the Dockerfile.
+- ``helm lint --strict`` (Helm's engine again), ``yamllint`` over everything YAML that is
+  not a Go template, ``hadolint`` over the Dockerfile.
 - The commands and flags the manifests run must exist in our CLI.
 
 Usage (``make deploy-check`` runs ``check``)::
@@ -104,6 +105,18 @@ def objects_of(text: str) -> list[dict[str, Any]]:
 def notes(values: Mapping[str, Any] | None = None) -> str:
     """The rendered NOTES.txt."""
     return next(t for p, t in render_chart(values).items() if p.endswith("NOTES.txt"))
+
+
+def helm_lint_problems(values: Mapping[str, Any] | None = None) -> list[str]:
+    """``helm lint --strict``: warnings and errors (severity 2+), one line each."""
+    import helm_python
+
+    report = helm_python.lint(str(CHART), dict(values or {}), strict=True, namespace=NAMESPACE)
+    return [
+        f"helm lint {m['path']}: {' '.join(str(m['error']).split())}"
+        for m in report.get("messages", [])
+        if int(m.get("severity", 0)) >= 2
+    ]
 
 
 # --- schema validation ------------------------------------------------------------------
@@ -353,6 +366,7 @@ def run_all() -> list[str]:
             f"{MANIFEST} is not the chart's render: run 'python -m deploy.checks render'"
         )
     versions = kubernetes_versions()
+    problems += helm_lint_problems() + helm_lint_problems(NON_DEFAULT_VALUES)
     problems += problems_of_render(committed, versions)
     with tempfile.TemporaryDirectory(prefix="ambient-deploy-") as tmp:
         renders = {"default": manifest_text(), "non-default": manifest_text(NON_DEFAULT_VALUES)}

@@ -227,3 +227,9 @@ def test_bad_values_are_refused_naming_the_field(values: dict[str, Any], named: 
     with pytest.raises(helm_python.HelmValuesError) as err:
         checks.render_chart(values)
     assert named in str(err.value)
+
+
+def test_helm_lint_strict_is_clean_and_catches_bad_values() -> None:
+    assert checks.helm_lint_problems() == []
+    assert checks.helm_lint_problems(checks.NON_DEFAULT_VALUES) == []
+    assert any("/logLevel" in p for p in checks.helm_lint_problems({"logLevel": "loud"}))
