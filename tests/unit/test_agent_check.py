@@ -260,3 +260,60 @@ def test_read_only_bpffs_is_named_as_such() -> None:
     got, detail, fix = check_named(facts, "node_ingress")
     assert got == "FAIL" and "Read-only" in detail
     assert "writable" in fix
+
+
+# Recorded with 'ambient agent check --facts -o json' on the project's build machine
+# (Debian 12 userland, a 6.18 kernel without its own headers package, hybrid cgroups),
+# and inside the image with only the capabilities a container without CAP_BPF gets.
+BUILD_MACHINE = {
+    "release": "6.18.44-fc-v669",
+    "euid": 0,
+    "bpf_syscall_error": None,
+    "jit_enable": 1,
+    "bpffs_mounted": True,
+    "btf_vmlinux": True,
+    "kernel_headers": "/usr/src/linux-headers-6.1.0-56-amd64",
+    "bcc_importable": True,
+    "cgroup2_mount": "/sys/fs/cgroup/unified",
+    "ip_transparent_error": None,
+    "tc_probe": {
+        "scratch_netns_error": None,
+        "sk_assign_error": None,
+        "clsact_error": None,
+        "attach_error": None,
+    },
+    "programs": [["pod_egress", None], ["node_ingress", None]],
+    "veths": 0,
+    "bridged_veths": 0,
+    "pod_routes": 0,
+    "cni_devices": [],
+    "redirect_rules": [],
+    "firewall_listing_error": None,
+}
+
+
+def test_recorded_build_machine() -> None:
+    result = status(NodeFacts.from_json(BUILD_MACHINE))
+    warned = {name for name, s in result.items() if s != "PASS"}
+    assert warned == {"cgroup-v2", "cni-routing"}
+    assert "FAIL" not in result.values()
+
+
+def test_recorded_container_without_capabilities() -> None:
+    facts = NodeFacts.from_json(
+        {
+            **BUILD_MACHINE,
+            "bpf_syscall_error": "Operation not permitted",
+            "ip_transparent_error": "Operation not permitted",
+            "tc_probe": None,
+            "programs": [],
+            "redirect_rules": None,
+            "firewall_listing_error": "iptables-save: iptables-save v1.8.9 (nf_tables): "
+            "Could not fetch rule set generation id: Permission denied (you must be root)",
+        }
+    )
+    result = status(facts)
+    assert result["bpf-syscall"] == "FAIL"
+    assert result["ip-transparent"] == "FAIL"
+    assert result["other-mesh"] == "WARN"
+    assert "pod_egress" not in result
