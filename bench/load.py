@@ -244,7 +244,11 @@ def requests(
         + doc["timeouts"]
     )
     if doc["requests"] <= 0:
-        raise MeasurementError(f"wrk completed no request to {url} ({errors} errors)")
+        raise MeasurementError(
+            f"wrk completed no request to {url} from {netns} in {seconds} s ({errors} errors)",
+            hint="the path took connections but answered nothing: check that its proxies "
+            "run and reach the server (their logs are in the run's work folder)",
+        )
     p50, p99, mean = measured if measured is not None else (math.nan, math.nan, math.nan)
     return RequestResult(
         requests=int(doc["requests"]),
