@@ -44,7 +44,11 @@ def test_server_sidecar_admits_only_the_client_identity(tmp_path: Path) -> None:
     from lab import Lab, LabSpec
 
     settings = RunSettings(
-        rounds=1, duration_s=1.0, quick=True, work_dir=tmp_path, lab_prefix="bnmt"
+        rounds=1,
+        duration_s=1.0,
+        quick=True,
+        work_dir=tmp_path,
+        lab_prefix=f"bnmt{os.getpid() % 10000}",
     )
     name = f"bm{os.getpid() % 10000}tls"  # unique per process: suites may run concurrently
     with Lab.create(LabSpec(name=name, nodes=2, outside=False)) as lab:
