@@ -9,8 +9,10 @@ reads files, re-reads only those that changed, and polls for changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 from controlplane.errors import FolderSourceError
 from controlplane.model import ClusterObject, ClusterState, SourceIssue
 from controlplane.sources.decode import decode
-from controlplane.sources.documents import FileContent, config_files, read_file
+from controlplane.sources.documents import SUFFIXES, FileContent, config_files, read_file
 from controlplane.sources.state import ObjectKey, assemble, object_key
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,14 @@ class _Cached:
     result: FileResult
 
 
+RACY_NS = 50_000_000
+"""A folder listed less than this after its mtime may change again within the same
+timestamp tick (file systems stamp with a coarse clock): it is listed again next poll."""
+FULL_SCAN_INTERVAL = 1.0
+"""Seconds between full stat scans of a big folder in ``watch()``: they catch files
+rewritten in place (same inode, so their folder's mtime does not move)."""
+
+
 class FolderSource:
     """Cluster state from a folder of YAML (recursively) or a single file.
 
@@ -116,6 +126,9 @@ class FolderSource:
         self.path = Path(path)
         self._cache: dict[Path, _Cached] = {}
         self._state: ClusterState | None = None
+        self._folders: dict[str, tuple[int, int]] = {}
+        """Folder -> (its mtime, when it was listed), both ns, for :meth:`_poll`."""
+        self._full_at = 0.0
 
     def load(self) -> ClusterState:
         """The current state of the folder."""
@@ -124,6 +137,8 @@ class FolderSource:
                 f"configuration path {self.path} does not exist",
                 hint="create the folder or point the source at an existing file or folder",
             )
+        # Folder stamps first: a change while listing then shows as a newer mtime.
+        folders = _folder_stamps(self.path)
         try:
             files = list(config_files(self.path))
         except OSError as err:
@@ -131,9 +146,14 @@ class FolderSource:
                 f"cannot list configuration folder {self.path}: {err.strerror or err}",
                 hint="check the folder's permissions",
             ) from err
+        self._folders = folders
         cache: dict[Path, _Cached] = {}
         for path in files:
             cache[path] = self._read(path)
+        self._full_at = time.monotonic()
+        return self._adopt(cache)
+
+    def _adopt(self, cache: dict[Path, _Cached]) -> ClusterState:
         unchanged = cache.keys() == self._cache.keys() and all(
             cache[p] is self._cache[p] for p in cache
         )
@@ -155,6 +175,91 @@ class FolderSource:
         display = str(path)
         return _Cached(stamp, decode_file(display, read_file(path, display), previous))
 
+    def _poll(self) -> ClusterState:
+        """:meth:`load` for big folders, without stat'ing every file on every poll.
+
+        Only folders whose mtime moved (a file created, deleted or renamed into place,
+        as the lab and ``kubectl``-style tools write) are listed again, and of their
+        files only new ones and those whose inode changed (known from the listing,
+        without a stat) are read. Files rewritten in place are caught by a full scan
+        every :data:`FULL_SCAN_INTERVAL` seconds.
+        """
+        if (
+            self._state is None
+            or not self.path.is_dir()
+            or time.monotonic() - self._full_at >= FULL_SCAN_INTERVAL
+        ):
+            return self.load()
+        changed = self._changed_folders()
+        if changed is None:
+            return self.load()
+        if not changed:
+            return self._state
+        cache = dict(self._cache)
+        names = {str(p): p for p in cache}
+        dirty = False
+        for folder, entries in changed.items():
+            outcome = self._relist(cache, names, folder, entries)
+            if outcome is None:
+                return self.load()  # a new folder: list everything
+            dirty |= outcome
+        if not dirty:
+            return self._state
+        if cache.keys() != self._cache.keys():
+            cache = {p: cache[p] for p in sorted(cache, key=str)}
+        self._cache = cache
+        self._state = merge_files(c.result for c in cache.values())
+        return self._state
+
+    def _relist(
+        self,
+        cache: dict[Path, _Cached],
+        names: Mapping[str, Path],
+        folder: str,
+        entries: Iterable[os.DirEntry[str]],
+    ) -> bool | None:
+        """Update ``cache`` from one folder's listing: whether anything changed.
+
+        None when a subfolder appeared (the caller then loads everything).
+        """
+        dirty = False
+        listed: set[str] = set()
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                if entry.path not in self._folders:
+                    return None
+                continue
+            if not entry.name.endswith(SUFFIXES):
+                continue
+            listed.add(entry.path)
+            path = names.get(entry.path)
+            if path is None or cache[path].stamp[2] != entry.inode():
+                path = path or Path(entry.path)
+                cache[path] = self._read(path)
+                dirty = True
+        for name, path in names.items():
+            if name not in listed and os.path.dirname(name) == folder:
+                del cache[path]
+                dirty = True
+        return dirty
+
+    def _changed_folders(self) -> dict[str, list[os.DirEntry[str]]] | None:
+        """Listings of the folders whose mtime moved (or may move unseen); None on errors."""
+        changed: dict[str, list[os.DirEntry[str]]] = {}
+        for folder, (mtime, listed) in self._folders.items():
+            try:
+                now_mtime = os.stat(folder).st_mtime_ns
+                if now_mtime != mtime or listed - mtime < RACY_NS:
+                    listed_at = time.time_ns()
+                    with os.scandir(folder) as entries:
+                        changed[folder] = list(entries)
+                    self._folders[folder] = (now_mtime, listed_at)
+            except OSError:
+                return None
+        return changed
+
     async def watch(self, interval: float = 0.5) -> AsyncIterator[ClusterState]:
         """Yields the state now, then again whenever objects or issues change.
 
@@ -165,7 +270,7 @@ class FolderSource:
         last: ClusterState | None = None
         while True:
             try:
-                state = await asyncio.to_thread(self.load) if _large(self._cache) else self.load()
+                state = await asyncio.to_thread(self._poll) if _large(self._cache) else self.load()
             except FolderSourceError as err:
                 if last is None:
                     raise
@@ -180,6 +285,18 @@ class FolderSource:
 
 def _same(a: ClusterState, b: ClusterState) -> bool:
     return a.same_objects(b) and a.errors == b.errors and a.warnings == b.warnings
+
+
+def _folder_stamps(root: Path) -> dict[str, tuple[int, int]]:
+    """Every folder ``config_files`` reads under ``root``, with its mtime and now (ns)."""
+    if not root.is_dir():
+        return {}
+    stamps: dict[str, tuple[int, int]] = {}
+    for folder, dirs, _files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        with contextlib.suppress(OSError):
+            stamps[folder] = (os.stat(folder).st_mtime_ns, time.time_ns())
+    return stamps
 
 
 def _large(cache: Mapping[Path, _Cached]) -> bool:

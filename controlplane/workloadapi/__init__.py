@@ -20,7 +20,15 @@ from api.messages import (
     workload_resource_name,
 )
 from api.messages import workload as wl
-from controlplane.model import ClusterState, PolicyScope, selector_matches
+from controlplane.model import (
+    AuthorizationPolicy,
+    ClusterState,
+    PeerAuthentication,
+    Pod,
+    PolicyScope,
+    Service,
+    selector_matches,
+)
 from controlplane.workloadapi.authorization import authorization_message
 from controlplane.workloadapi.mesh import MeshConfig
 from controlplane.workloadapi.peerauth import (
@@ -32,7 +40,16 @@ from controlplane.workloadapi.peerauth import (
 from controlplane.workloadapi.services import ServiceIndex, is_served, service_message
 from controlplane.workloadapi.workloads import is_sent, workload_message
 
-__all__ = ["Change", "MeshConfig", "Snapshot", "diff", "resource_version", "translate"]
+__all__ = [
+    "Change",
+    "MeshConfig",
+    "Snapshot",
+    "TranslationContext",
+    "diff",
+    "resource_version",
+    "service_address",
+    "translate",
+]
 
 
 @dataclass(frozen=True)
@@ -78,56 +95,102 @@ def diff(old: Mapping[str, str], new: Mapping[str, str]) -> Change:
 def translate(state: ClusterState, mesh: MeshConfig | None = None) -> Snapshot:
     """Builds every resource istiod would send ztunnel for this cluster state."""
     mesh = mesh or MeshConfig()
-    root = mesh.root_namespace
-    authorizations: dict[str, Any] = {}
-    for policy in state.authorization_policies.values():
-        message = authorization_message(policy, root)
-        if message is not None:
-            authorizations[authorization_resource_name(policy.namespace, policy.name)] = message
-
-    peer = list(state.peer_authentications.values())
-    converted: dict[tuple[str, str], Any] = {}
-    if peer:
-        authorizations[authorization_resource_name(root, "istio_converted_static_strict")] = (
-            static_strict_message(root)
-        )
-    for pa in peer:
-        if pa.scope(root) is not PolicyScope.WORKLOAD or pa.namespace == root:
-            continue
-        inherited = policies_for(pa.namespace, None, peer, root).inherited_mode()
-        message = converted_message(pa, inherited)
-        if message is not None:
-            converted[pa.key] = message
-            authorizations[authorization_resource_name(pa.namespace, message.name)] = message
-
+    context = TranslationContext.of(state, mesh)
     addresses: dict[str, Any] = {}
-    services = [s for s in state.services.values() if is_served(s)]
-    for service in services:
-        hostname = mesh.service_hostname(service.namespace, service.name)
-        addresses[service_resource_name(service.namespace, hostname)] = wl.Address(
-            service=service_message(service, mesh)
-        )
-    index = ServiceIndex(services)
-    selector_policies = sorted(
-        (
-            p
-            for p in state.authorization_policies.values()
-            if p.selector is not None
-            and authorization_resource_name(p.namespace, p.name) in authorizations
-        ),
-        key=lambda p: p.key,
-    )
+    for service in context.services:
+        name, address = service_address(service, mesh)
+        addresses[name] = address
     for pod in state.pods.values():
-        if not is_sent(pod):
-            continue
+        if is_sent(pod):
+            name, address = context.workload_address(pod)
+            addresses[name] = address
+    return Snapshot(addresses, context.authorizations)
+
+
+def service_address(service: Service, mesh: MeshConfig) -> tuple[str, Any]:
+    """A service's resource name and its ``Address`` message."""
+    hostname = mesh.service_hostname(service.namespace, service.name)
+    return service_resource_name(service.namespace, hostname), wl.Address(
+        service=service_message(service, mesh)
+    )
+
+
+@dataclass(frozen=True)
+class TranslationContext:
+    """What every workload's translation needs besides its pod: built once per state.
+
+    Its cost grows with policies and services, not with pods, so an incremental
+    translation (:mod:`controlplane.workloadapi.incremental`) can rebuild it on every
+    change and re-translate only the pods the change touches.
+    """
+
+    state: ClusterState
+    mesh: MeshConfig
+    authorizations: Mapping[str, Any]
+    """Every ``istio.security.Authorization`` by resource name."""
+    services: tuple[Service, ...]
+    """The services that are sent (not ExternalName)."""
+    index: ServiceIndex
+    peer: tuple[PeerAuthentication, ...]
+    converted: Mapping[tuple[str, str], Any]
+    """Converted port-level PeerAuthentication messages by the policy's key."""
+    selector_policies: tuple[AuthorizationPolicy, ...]
+    """Sent policies with a workload selector, by key."""
+
+    @classmethod
+    def of(cls, state: ClusterState, mesh: MeshConfig) -> TranslationContext:
+        """The context of ``state``: authorizations, service index, peer policies."""
+        root = mesh.root_namespace
+        authorizations: dict[str, Any] = {}
+        for policy in state.authorization_policies.values():
+            message = authorization_message(policy, root)
+            if message is not None:
+                authorizations[authorization_resource_name(policy.namespace, policy.name)] = message
+        peer = tuple(state.peer_authentications.values())
+        converted: dict[tuple[str, str], Any] = {}
+        if peer:
+            authorizations[authorization_resource_name(root, "istio_converted_static_strict")] = (
+                static_strict_message(root)
+            )
+        for pa in peer:
+            if pa.scope(root) is not PolicyScope.WORKLOAD or pa.namespace == root:
+                continue
+            inherited = policies_for(pa.namespace, None, peer, root).inherited_mode()
+            message = converted_message(pa, inherited)
+            if message is not None:
+                converted[pa.key] = message
+                authorizations[authorization_resource_name(pa.namespace, message.name)] = message
+        services = tuple(s for s in state.services.values() if is_served(s))
+        selector_policies = sorted(
+            (
+                p
+                for p in state.authorization_policies.values()
+                if p.selector is not None
+                and authorization_resource_name(p.namespace, p.name) in authorizations
+            ),
+            key=lambda p: p.key,
+        )
+        return cls(
+            state,
+            mesh,
+            authorizations,
+            services,
+            ServiceIndex(services),
+            peer,
+            converted,
+            tuple(selector_policies),
+        )
+
+    def workload_address(self, pod: Pod) -> tuple[str, Any]:
+        """A sent pod's resource name and its ``Address`` message."""
+        root = self.mesh.root_namespace
         names = [
             authorization_resource_name(p.namespace, p.name)
-            for p in selector_policies
+            for p in self.selector_policies
             if p.namespace == pod.namespace and selector_matches(p.selector or {}, pod.labels)
         ]
-        levels = policies_for(pod.namespace, pod.labels, peer, root)
-        names += workload_policy_names(levels, converted, root)
-        selecting = index.selecting(pod)
-        message = workload_message(pod, state.namespace_of(pod), selecting, names, mesh)
-        addresses[workload_resource_name(message.uid)] = wl.Address(workload=message)
-    return Snapshot(addresses, authorizations)
+        levels = policies_for(pod.namespace, pod.labels, self.peer, root)
+        names += workload_policy_names(levels, self.converted, root)
+        selecting = self.index.selecting(pod)
+        message = workload_message(pod, self.state.namespace_of(pod), selecting, names, self.mesh)
+        return workload_resource_name(message.uid), wl.Address(workload=message)
