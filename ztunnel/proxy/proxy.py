@@ -36,7 +36,7 @@ from ztunnel.proxy import inbound, outbound
 from ztunnel.proxy.connector import HboneConnector, TunnelRefusedError
 from ztunnel.proxy.hbone import CONNECT_ERROR, HboneServer, TunnelRequest
 from ztunnel.proxy.hbone_io import HboneChannel, TunnelStream, relay, splice
-from ztunnel.proxy.sockets import SocketFactory
+from ztunnel.proxy.sockets import SocketFactory, set_nodelay
 from ztunnel.state.proxy_state import LoadBalancer, ProxyState
 from ztunnel.state.workload import IPAddress, Service
 
@@ -114,6 +114,7 @@ class Proxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """A captured outbound connection: its local address is the original destination."""
+        set_nodelay(writer)
         src_ip, src_port = _addr(writer.get_extra_info("peername"))
         dst_ip, dst_port = _addr(writer.get_extra_info("sockname"))
         record = AccessRecord("outbound", f"{src_ip}:{src_port}", f"{dst_ip}:{dst_port}")
@@ -373,6 +374,7 @@ class Proxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """A captured plaintext connection to a local workload (PeerAuthentication decides)."""
+        set_nodelay(writer)
         src_ip, src_port = _addr(writer.get_extra_info("peername"))
         dst_ip, dst_port = _addr(writer.get_extra_info("sockname"))
         record = AccessRecord("inbound-plaintext", f"{src_ip}:{src_port}", f"{dst_ip}:{dst_port}")

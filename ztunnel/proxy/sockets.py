@@ -20,6 +20,7 @@ from ztunnel.state.workload import IPAddress
 # From <linux/in.h>; the socket module does not name it on every build.
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class SocketFactory:
             if self.transparent and source is not None and source.version == address.version:
                 sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
                 sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                # The port is picked at connect() with the whole 4-tuple known, so ports
+                # in TIME_WAIT towards other destinations are reused instead of making
+                # bind() search the ephemeral range on every upstream connection.
+                sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 sock.bind((str(source), 0))
             loop = asyncio.get_running_loop()
             await asyncio.wait_for(
@@ -99,6 +104,13 @@ class SocketFactory:
             lambda: protocol, conn, ssl=tls, ssl_handshake_timeout=self.connect_timeout
         )
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+def set_nodelay(writer: asyncio.StreamWriter) -> None:
+    """Disable Nagle on an accepted stream: small writes (responses, half-closes) go now."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 AcceptedHandler = Callable[[socket.socket], Coroutine[Any, Any, None]]
