@@ -49,8 +49,8 @@ from bench.procs import tree_usage
 
 CLIENTS = 2
 """xDS clients per control plane (each one a ztunnel's ``XdsClient``)."""
-CHANGES = 12
-"""Changes per ``push`` measurement (4 in quick mode)."""
+CHANGES = 20
+"""Changes per ``push`` measurement (8 in quick mode)."""
 CHANGE_TIMEOUT_S = 10.0
 """A change that has not reached every client by then fails the measurement."""
 CSR_CONCURRENCY = 4
@@ -162,7 +162,9 @@ class Expectation:
     uid: str
     old: str | None
     seen: dict[int, float] = field(default_factory=dict)
-    """client index -> monotonic time it accepted the change."""
+    """client index -> monotonic time its core accepted the change (and ACKs it)."""
+    built: dict[int, float] = field(default_factory=dict)
+    """client index -> monotonic time it had built its ``ProxyState`` with the change."""
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -202,21 +204,25 @@ class Plane:
         held = self.clients[client].core.types[ADDRESS_TYPE_URL].resources.get(uid)
         return None if held is None else str(held[0])
 
-    def on_state(self, client: int) -> None:
-        """A client accepted a push: record it if it carries the awaited change."""
+    def on_state(self, client: int, *, built: bool) -> None:
+        """A client accepted a push (``built``: and built its state): note the awaited change."""
         expectation = self.expectation
-        if expectation is None or client in expectation.seen:
+        if expectation is None:
+            return
+        seen = expectation.built if built else expectation.seen
+        if client in seen:
             return
         version = self.held_version(client, expectation.uid)
         if version is not None and version != expectation.old:
-            expectation.seen[client] = time.monotonic()
-            if len(expectation.seen) == len(self.clients):
+            seen[client] = time.monotonic()
+            if len(expectation.built) == len(expectation.seen) == len(self.clients):
                 expectation.done.set()
 
 
 PUSH_METRICS = (
-    _ms("p50_ms", "median time from the file rename to the last client's acceptance"),
+    _ms("p50_ms", "median time from the file rename until every client accepted (ACKs) it"),
     _ms("p99_ms", "99th percentile of the same (the maximum with few changes)"),
+    _ms("state_p50_ms", "median time until every client had also built its ProxyState"),
     Metric(
         "cp_cpu_s",
         "s",
@@ -306,7 +312,7 @@ class ControlPlaneCase(Case):
     def environment(self, settings: RunSettings) -> Iterator[None]:
         """Start one control plane per variant, with its clients; stop them all on exit."""
         self._settings = settings
-        self._changes = 4 if settings.quick else CHANGES
+        self._changes = 8 if settings.quick else CHANGES
         self._loop = EventLoopThread()
         try:
             for variant in self.variants:
@@ -364,6 +370,7 @@ class ControlPlaneCase(Case):
                 node_metadata={"NODE_NAME": node},
                 backoff=Backoff(initial=0.05, maximum=0.5),
             )
+            _record_acceptance(plane, client, index)
             plane.clients.append(client)
             plane.tasks.append(asyncio.create_task(client.run()))
         for client in plane.clients:
@@ -400,6 +407,7 @@ class ControlPlaneCase(Case):
     def _push(self, plane: Plane, round_index: int) -> Measurement:
         before = _usage(plane)
         latencies: list[float] = []
+        built: list[float] = []
         for k in range(self._changes):
             if k % 2 == 0 or plane.added == 0:
                 index = 100_000 + plane.added
@@ -425,6 +433,7 @@ class ControlPlaneCase(Case):
                     hint="see the control plane's log in the case's work folder",
                 )
             latencies.append(1000.0 * (max(expectation.seen.values()) - started))
+            built.append(1000.0 * (max(expectation.built.values()) - started))
             plane.expectation = None
             # Let the debouncer settle, at a random phase of the folder poll.
             time.sleep(0.15 + self._rng.uniform(0, 0.1))
@@ -432,6 +441,7 @@ class ControlPlaneCase(Case):
         return {
             "p50_ms": stats.percentile(latencies, 50),
             "p99_ms": stats.percentile(latencies, 99),
+            "state_p50_ms": stats.percentile(built, 50),
             "cp_cpu_s": after.cpu_s - before.cpu_s,
             "cp_rss_mb": after.peak_rss_bytes / 1e6,
         }
@@ -470,9 +480,25 @@ class ControlPlaneCase(Case):
 
 def _callback(plane: Plane, index: int) -> Callable[[Any], None]:
     def on_state(_state: Any) -> None:
-        plane.on_state(index)
+        plane.on_state(index, built=True)
 
     return on_state
+
+
+def _record_acceptance(plane: Plane, client: Any, index: int) -> None:
+    """Time each push when the client's core accepts it (the ACK is sent right after).
+
+    The client's own ``handle`` runs unchanged; this only notes the moment it returns,
+    before the client builds its ``ProxyState`` (which ``on_state`` then reports).
+    """
+    handle = client.core.handle
+
+    def timed(response: Any) -> Any:
+        reply = handle(response)
+        plane.on_state(index, built=False)
+        return reply
+
+    client.core.handle = timed
 
 
 def _inprocess_service(plane: Plane) -> Any:
