@@ -61,6 +61,7 @@ SABOTAGE = {
     "no-agents": "start no node agents: nothing is captured, traffic flows in clear",
     "no-peer-authentication": "never apply the STRICT PeerAuthentication",
     "no-authorization-policy": "never apply the AuthorizationPolicy",
+    "no-source-ip": "ztunnel connects to pods from the node's address (--no-preserve-source-ip)",
 }
 
 
@@ -347,6 +348,8 @@ class DemoWorld:
             "--access-log-format",
             "json",
         ]
+        if "no-source-ip" in self.config.sabotage:
+            argv.append("--no-preserve-source-ip")
         proc = self.lab.spawn_in_node(node, argv, name=f"ztunnel-{node.name}-{time.time_ns()}")
         self.ztunnels[node.name] = proc
         return proc

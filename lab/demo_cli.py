@@ -16,7 +16,9 @@ from ambient.preflight import require
     "--break",
     "sabotage",
     multiple=True,
-    type=click.Choice(["no-agents", "no-peer-authentication", "no-authorization-policy"]),
+    type=click.Choice(
+        ["no-agents", "no-peer-authentication", "no-authorization-policy", "no-source-ip"]
+    ),
     help="Break a property on purpose to watch its check FAIL (repeatable).",
 )
 def cli(name: str, keep: bool, sabotage: tuple[str, ...]) -> int:

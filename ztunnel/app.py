@@ -80,8 +80,11 @@ class Ztunnel:
         roots_pem: bytes | None = None,
     ) -> None:
         self.config = config
+        # Listeners take their transparency explicitly (see _listen); the factory's own
+        # flag decides only whether upstream connections carry the caller's address.
         self.sockets = sockets or SocketFactory(
-            transparent=config.transparent, connect_timeout=config.connect_timeout
+            transparent=config.transparent and config.preserve_source_ip,
+            connect_timeout=config.connect_timeout,
         )
         self.ca_client: CaClient | None = None
         self.xds: XdsClient | None = None

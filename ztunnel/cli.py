@@ -67,6 +67,12 @@ def cli() -> None:
     help="Transparent listeners and source-preserving upstreams (root).",
 )
 @click.option(
+    "--preserve-source-ip/--no-preserve-source-ip",
+    default=True,
+    show_default=True,
+    help="Connect to local pods from the caller's pod IP (else from the node's address).",
+)
+@click.option(
     "--proxy-address",
     default="0.0.0.0",
     show_default=True,

@@ -54,6 +54,11 @@ class ZtunnelConfig:
     """Address the proxy, metrics and readiness listeners bind (all, in the node namespace)."""
     transparent: bool = True
     """Transparent listeners and source-preserving upstream sockets (needs CAP_NET_ADMIN)."""
+    preserve_source_ip: bool = True
+    """Connect to local pods from the caller's pod IP (with ``transparent``). Off, ztunnel
+    connects from the node's own address, as a SNAT proxy would: for networks whose
+    anti-spoofing drops packets carrying a pod's address from the node. The application
+    then sees the node's address instead of its caller's."""
 
     state_file: Path | None = None
     """Local mode: workloads, services and policies from this YAML file instead of xDS."""

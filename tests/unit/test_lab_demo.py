@@ -77,4 +77,8 @@ def test_unknown_sabotage_is_refused_before_anything_runs() -> None:
     with pytest.raises(DemoError) as err:
         run_demo(DemoConfig(name="dx", sabotage=frozenset({"no-such"})), io.StringIO())
     assert "no-such" in str(err.value)
-    assert set(SABOTAGE) == {"no-agents", "no-peer-authentication", "no-authorization-policy"}
+    # the CLI offers exactly the sabotages the scenario knows
+    from lab.demo_cli import cli
+
+    (option,) = [p for p in cli.params if p.name == "sabotage"]
+    assert set(option.type.choices) == set(SABOTAGE)  # type: ignore[attr-defined]
