@@ -152,3 +152,24 @@ def require(*names: str, what: str = "this command") -> None:
         result = CHECKS[name]()
         if result.status == "FAIL":
             raise PreflightError(f"{what} needs {name}: {result.detail}", hint=result.fix or None)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m ambient.preflight [CHECK...]``: silent when all pass, else one sentence."""
+    names = argv or list(CHECKS)
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown:
+        print(f"error: unknown check(s) {', '.join(unknown)}; known: {', '.join(CHECKS)}")
+        return 2
+    try:
+        require(*names, what="ambient-node")
+    except PreflightError as err:
+        print(f"error: {err.message}" + (f" ({err.hint})" if err.hint else ""))
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -81,4 +81,7 @@ fi
 
 # --- generated code and kernel headers for BCC ---------------------------------
 "$VENV/bin/python" -m ambient.buildenv prepare || die "preparing generated code or kernel headers failed (see above)."
+
+# --- what the kernel must offer (BPF, bpffs, bpf_sk_assign's kernel floor, netns) ---
+"$VENV/bin/python" -m ambient.preflight root netns kernel bpf bpffs bcc >&2 || exit 2
 say "ready"

@@ -49,3 +49,17 @@ def test_bcc_missing_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     check = preflight.check_bcc()
     assert check.status == "FAIL"
     assert "make setup" in check.fix
+
+
+def test_main_is_silent_when_all_pass_and_one_sentence_otherwise(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("platform.release", lambda: "6.8.0")
+    assert preflight.main(["kernel"]) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr("platform.release", lambda: "5.4.0-100-generic")
+    assert preflight.main(["kernel"]) == 2
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("error: ambient-node needs kernel: Linux 5.4.0-100-generic")
+    assert "\n" not in out
+    assert preflight.main(["nonsense"]) == 2
