@@ -16,12 +16,13 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from controlplane.errors import FolderSourceError
-from controlplane.model import ClusterObject, ClusterState, SourceIssue
+from controlplane.model import ClusterObject, ClusterState, Namespace, SourceIssue
 from controlplane.sources.decode import decode
 from controlplane.sources.documents import SUFFIXES, FileContent, config_files, read_file
-from controlplane.sources.state import ObjectKey, assemble, object_key
+from controlplane.sources.state import _FIELD_OF, ObjectKey, assemble, object_key
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,13 @@ class FolderSource:
         if renamed:
             cache = {p: cache[p] for p in sorted(cache, key=str)}
             self._names = {str(p): p for p in cache}
+        touched = [p for p, c in cache.items() if self._cache.get(p) is not c]
+        touched += [p for p in self._cache.keys() - cache.keys()]
+        state = self._state
+        self._state = None
+        new_state = _patched(state, [(self._cache.get(p), cache.get(p)) for p in touched])
         self._cache = cache
-        self._state = merge_files(c.result for c in cache.values())
+        self._state = new_state or merge_files(c.result for c in cache.values())
         return self._state
 
     def _relist(
@@ -320,6 +326,54 @@ class FolderSource:
 
 def _same(a: ClusterState, b: ClusterState) -> bool:
     return a.same_objects(b) and a.errors == b.errors and a.warnings == b.warnings
+
+
+def _patched(
+    state: ClusterState, changes: Iterable[tuple[_Cached | None, _Cached | None]]
+) -> ClusterState | None:
+    """``state`` with some files' objects replaced, or None when only a merge can tell.
+
+    Equal to :func:`merge_files` over every file when the state and the changed files
+    have no issues (so no object is defined twice): the changed files' old objects go,
+    their new ones come. A change that defines an object another file holds, or any
+    issue, needs the full merge (first file wins, issues in file order).
+    """
+    if state.errors or state.warnings:
+        return None
+    tables: dict[str, dict[Any, Any]] = {name: dict(getattr(state, name)) for name in _TABLES}
+    for old, new in changes:
+        before = old.result.objects if old is not None else {}
+        after = new.result.objects if new is not None else {}
+        if (old is not None and old.result.issues) or (new is not None and new.result.issues):
+            return None
+        for key in before.keys() - after.keys():
+            table, table_key = _place(before[key])
+            tables[table].pop(table_key, None)
+        for key, obj in after.items():
+            table, table_key = _place(obj)
+            if key not in before and table_key in tables[table]:
+                return None  # defined in another file too
+            tables[table][table_key] = obj
+    return ClusterState(
+        namespaces=tables["namespaces"],
+        pods=tables["pods"],
+        services=tables["services"],
+        service_accounts=tables["service_accounts"],
+        peer_authentications=tables["peer_authentications"],
+        authorization_policies=tables["authorization_policies"],
+        virtual_services=tables["virtual_services"],
+        destination_rules=tables["destination_rules"],
+    )
+
+
+_TABLES = ("namespaces", *sorted(set(_FIELD_OF.values())))
+
+
+def _place(obj: ClusterObject) -> tuple[str, Any]:
+    """The state table an object lives in, and its key there."""
+    if isinstance(obj, Namespace):
+        return "namespaces", obj.name
+    return _FIELD_OF[type(obj)], (obj.namespace, obj.name)
 
 
 def _folder_stamps(root: Path) -> dict[str, tuple[int, int]]:
