@@ -21,16 +21,13 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from agent.attach import LocalDelivery
-from agent.config import DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY
-from agent.daemon import cleanup
-from agent.pinned import BPFFS_ROOT, remove_pins
+from agent.pinned import BPFFS_ROOT
+from tests.integration.meshlab import teardown_nodes, wait_for, workload_ips
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(300)]
 
@@ -220,29 +217,8 @@ class Capture:
         return json.loads(done.stdout)
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def _workload_ips(pin_dir: Path) -> set[str]:
-    from agent.errors import AgentError
-    from agent.nodemaps import NodeMaps
-
-    try:
-        with NodeMaps(pin_dir) as maps:
-            return {row["pod_ip"] for row in maps.workload_rows()}
-    except AgentError:
-        return set()
-
-
 @pytest.fixture(scope="module")
 def capture() -> Iterator[Capture]:
-    from pyroute2 import IPRoute
 
     from lab import Lab, LabSpec
 
@@ -268,23 +244,15 @@ def capture() -> Iterator[Capture]:
             for node in ("node1", "node2"):
                 cap.start_agent(node)
             wait_for(
-                lambda: _workload_ips(pin_dirs[0]) == {pods[p].ip for p in "abdf"},
+                lambda: workload_ips(pin_dirs[0]) == {pods[p].ip for p in "abdf"},
                 30,
                 "node1's agent to know a, b, d, f",
             )
-            wait_for(lambda: _workload_ips(pin_dirs[1]) == {pods["c"].ip}, 30, "node2's agent")
+            wait_for(lambda: workload_ips(pin_dirs[1]) == {pods["c"].ip}, 30, "node2's agent")
             cap.use_standin("15001=report 15006=report 15008=report")
             yield cap
         finally:
-            for proc in list(lab.processes):
-                lab.stop(proc)
-            for lab_node, pin_dir in zip(lab.nodes, pin_dirs, strict=True):
-                delivery = LocalDelivery(
-                    0x539, 0xFFFFFFFF, DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY
-                )
-                with IPRoute(netns=lab_node.netns) as ipr:
-                    cleanup(pin_dir, ipr, delivery)
-                remove_pins(pin_dir)
+            teardown_nodes(lab, pin_dirs)
     for pin_dir in pin_dirs:
         assert not pin_dir.exists()
 
@@ -426,28 +394,28 @@ def test_pods_added_and_removed_at_run_time_within_a_second(capture: Capture) ->
     pin_dir = BPFFS_ROOT / lab.node("node1").id
     started = time.monotonic()
     g = capture.pods["g"] = lab.add_pod("g", namespace="mesh", node="node1")
-    wait_for(lambda: g.ip in _workload_ips(pin_dir), 5, "the new pod in the workloads map")
+    wait_for(lambda: g.ip in workload_ips(pin_dir), 5, "the new pod in the workloads map")
     assert time.monotonic() - started < 1.0 + 0.5  # + the lab's own pod creation
     assert capture.report("g", capture.pods["c"].ip, 9000)["listener"] == 15001
     programs = {r["ifname"] for r in capture.maps("programs", "node1", "--pod-ip", g.ip)}
     assert programs == {g.host_ifname}
     started = time.monotonic()
     lab.remove_pod(g)
-    wait_for(lambda: g.ip not in _workload_ips(pin_dir), 5, "the pod gone from the map")
+    wait_for(lambda: g.ip not in workload_ips(pin_dir), 5, "the pod gone from the map")
     assert time.monotonic() - started < 1.0 + 0.5
     assert capture.maps("programs", "node1", "--pod-ip", g.ip) == []
     assert capture.maps("stats", "node1", "--pod-ip", g.ip) == []
     # the same pod again: likely the same address, surely a new veth
     g2 = capture.pods["g"] = lab.add_pod("g", namespace="mesh", node="node1")
     try:
-        wait_for(lambda: g2.ip in _workload_ips(pin_dir), 5, "the re-created pod")
+        wait_for(lambda: g2.ip in workload_ips(pin_dir), 5, "the re-created pod")
         assert capture.report("g", capture.pods["c"].ip, 9000)["listener"] == 15001
         rows = capture.maps("programs", "node1", "--pod-ip", g2.ip)
         assert [r["ifname"] for r in rows] == [g2.host_ifname]
     finally:
         lab.remove_pod(g2)
         del capture.pods["g"]
-    wait_for(lambda: g2.ip not in _workload_ips(pin_dir), 5, "the pod gone again")
+    wait_for(lambda: g2.ip not in workload_ips(pin_dir), 5, "the pod gone again")
 
 
 def test_agent_kill_9_and_restart_during_a_30s_transfer(capture: Capture) -> None:

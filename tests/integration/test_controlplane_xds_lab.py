@@ -27,10 +27,8 @@ from typing import Any
 
 import pytest
 
-from agent.attach import LocalDelivery
-from agent.config import DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY
-from agent.daemon import cleanup
-from agent.pinned import BPFFS_ROOT, remove_pins
+from agent.pinned import BPFFS_ROOT
+from tests.integration.meshlab import teardown_nodes, wait_for, workload_ips
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(300)]
 
@@ -130,15 +128,6 @@ class Mesh:
         return {w["name"] for w in self.config_dump(node)["workloads"]}
 
 
-def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.05) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def start_control_plane(lab: Any, state_dir: Path) -> Any:
     node1 = lab.node("node1")
     argv = ["python", "-m", "ambient", "controlplane", "run", "--config-dir", str(lab.config_dir)]
@@ -147,20 +136,8 @@ def start_control_plane(lab: Any, state_dir: Path) -> Any:
     return lab.spawn_in_node(node1, argv, name=f"controlplane-{time.monotonic_ns()}")
 
 
-def workload_ips(pin_dir: Path) -> set[str]:
-    from agent.errors import AgentError
-    from agent.nodemaps import NodeMaps
-
-    try:
-        with NodeMaps(pin_dir) as maps:
-            return {row["pod_ip"] for row in maps.workload_rows()}
-    except AgentError:
-        return set()
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    from pyroute2 import IPRoute
 
     from lab import Lab, LabSpec, ServicePort
 
@@ -230,15 +207,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 wait_for(lambda d=pin_dir, w=want: w <= workload_ips(d), 30, f"{node.name} agent")
             yield result
         finally:
-            for proc in list(lab.processes):
-                lab.stop(proc)
-            for lab_node, pin_dir in zip(lab.nodes, pin_dirs, strict=True):
-                delivery = LocalDelivery(
-                    0x539, 0xFFFFFFFF, DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY
-                )
-                with IPRoute(netns=lab_node.netns) as ipr:
-                    cleanup(pin_dir, ipr, delivery)
-                remove_pins(pin_dir)
+            teardown_nodes(lab, pin_dirs)
 
 
 def test_service_call_with_control_plane_certificates(mesh: Mesh) -> None:

@@ -24,10 +24,8 @@ from typing import Any
 
 import pytest
 
-from agent.attach import LocalDelivery
-from agent.config import DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY
-from agent.daemon import cleanup
-from agent.pinned import BPFFS_ROOT, remove_pins
+from agent.pinned import BPFFS_ROOT
+from tests.integration.meshlab import teardown_nodes, wait_for, workload_ips
 from ztunnel.app import load_or_create_ca
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(300)]
@@ -118,33 +116,12 @@ class Mesh:
         return str(done.stdout)
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def start_ztunnel(lab: Any, node: Any, ca_dir: Path) -> Any:
     """`ambient ztunnel run` in ``node``'s namespace, state from the lab's cluster folder."""
     argv = ["python", "-m", "ambient", "ztunnel", "run", "--node", node.name]
     argv += ["--cluster-folder", str(lab.config_dir), "--ca-dir", str(ca_dir)]
     argv += ["--access-log-format", "json"]
     return lab.spawn_in_node(node, argv, name=f"ztunnel-{node.name}-{time.monotonic_ns()}")
-
-
-def workload_ips(pin_dir: Path) -> set[str]:
-    """The pod IPs the agent has put into a node's pinned workload map."""
-    from agent.errors import AgentError
-    from agent.nodemaps import NodeMaps
-
-    try:
-        with NodeMaps(pin_dir) as maps:
-            return {row["pod_ip"] for row in maps.workload_rows()}
-    except AgentError:
-        return set()
 
 
 def wait_ready(mesh: Mesh, node: str) -> None:
@@ -154,7 +131,6 @@ def wait_ready(mesh: Mesh, node: str) -> None:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    from pyroute2 import IPRoute
 
     from lab import Lab, LabSpec, ServicePort
 
@@ -229,15 +205,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 wait_for(lambda d=pin_dir, w=want: w <= workload_ips(d), 30, f"{node.name}'s agent")
             yield result
         finally:
-            for proc in list(lab.processes):
-                lab.stop(proc)
-            for lab_node, pin_dir in zip(lab.nodes, pin_dirs, strict=True):
-                delivery = LocalDelivery(
-                    0x539, 0xFFFFFFFF, DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY
-                )
-                with IPRoute(netns=lab_node.netns) as ipr:
-                    cleanup(pin_dir, ipr, delivery)
-                remove_pins(pin_dir)
+            teardown_nodes(lab, pin_dirs)
 
 
 def test_service_call_crosses_nodes_over_hbone_with_the_real_client_ip(mesh: Mesh) -> None:

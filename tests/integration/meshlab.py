@@ -1,0 +1,54 @@
+"""What the lab-based integration suites share: waiting, the agents' maps, node teardown.
+
+The capture, ztunnel and control-plane suites each build a lab with an agent per node;
+they wait for conditions the same way, read the same pinned workload map, and must
+leave every node exactly as clean (programs detached, rule and route gone, pins gone).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.attach import LocalDelivery
+from agent.config import DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY
+from agent.daemon import cleanup
+from agent.pinned import remove_pins
+
+AGENT_MARK = 0x539
+
+
+def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.2) -> float:
+    """Polls ``predicate`` until it is truthy; returns the seconds it took, or fails the test."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def workload_ips(pin_dir: Path) -> set[str]:
+    """The pod IPs the agent has put into a node's pinned workload map (none if unpinned)."""
+    from agent.errors import AgentError
+    from agent.nodemaps import NodeMaps
+
+    try:
+        with NodeMaps(pin_dir) as maps:
+            return {row["pod_ip"] for row in maps.workload_rows()}
+    except AgentError:
+        return set()
+
+
+def teardown_nodes(lab: Any, pin_dirs: list[Path]) -> None:
+    """Stops every lab process, then detaches and unpins each node's capture state."""
+    from pyroute2 import IPRoute
+
+    for proc in list(lab.processes):
+        lab.stop(proc)
+    for node, pin_dir in zip(lab.nodes, pin_dirs, strict=True):
+        delivery = LocalDelivery(AGENT_MARK, 0xFFFFFFFF, DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY)
+        with IPRoute(netns=node.netns) as ipr:
+            cleanup(pin_dir, ipr, delivery)
+        remove_pins(pin_dir)
