@@ -48,7 +48,7 @@ from bench.errors import MeasurementError, ToolError
 from bench.procs import tree_usage
 
 CLIENTS = 2
-"""xDS clients per control plane (each one a ztunnel's ``XdsClient``)."""
+"""xDS clients per control plane (each one a ztunnel's ``XdsClient`` on its own loop)."""
 CHANGES = 20
 """Changes per ``push`` measurement (8 in quick mode)."""
 CHANGE_TIMEOUT_S = 10.0
@@ -301,7 +301,7 @@ class ControlPlaneCase(Case):
 
     def __init__(self) -> None:
         self._planes: dict[str, Plane] = {}
-        self._loop: EventLoopThread | None = None
+        self._loops: list[EventLoopThread] = []
         self._settings: RunSettings | None = None
         self._changes = CHANGES
         self._rng = random.Random(5)  # timing jitter, not cryptography
@@ -313,16 +313,20 @@ class ControlPlaneCase(Case):
         """Start one control plane per variant, with its clients; stop them all on exit."""
         self._settings = settings
         self._changes = 8 if settings.quick else CHANGES
-        self._loop = EventLoopThread()
+        # One event loop thread per client, as each ztunnel is its own process: a
+        # client building its state must not hold the others' pushes in its loop.
+        self._loops = [EventLoopThread() for _ in range(CLIENTS)]
         try:
             for variant in self.variants:
                 plane = self._start(variant, settings.work_dir / variant.name)
                 self._planes[variant.name] = plane
-                self._loop.run(self._connect(plane), START_TIMEOUT_S)
+                for index, loop in enumerate(self._loops):
+                    loop.run(self._connect(plane, index), START_TIMEOUT_S)
                 os.kill(plane.process.pid, signal.SIGSTOP)
             yield
         finally:
-            self._loop.close()
+            for loop in self._loops:
+                loop.close()
             for plane in self._planes.values():
                 _stop(plane.process)
 
@@ -358,23 +362,22 @@ class ControlPlaneCase(Case):
         plane.service = _inprocess_service(plane)
         return plane
 
-    async def _connect(self, plane: Plane) -> None:
+    async def _connect(self, plane: Plane, index: int) -> None:
+        """Client ``index`` of ``plane``, on the running loop, once it holds the state."""
         from ztunnel.xds.client import Backoff, XdsClient, node_id
 
-        for index in range(CLIENTS):
-            node = f"node{index % 2 + 1}"
-            client = XdsClient(
-                plane.endpoint(node),
-                node_id(pod=f"ztunnel-{index}"),
-                _callback(plane, index),
-                node_metadata={"NODE_NAME": node},
-                backoff=Backoff(initial=0.05, maximum=0.5),
-            )
-            _record_acceptance(plane, client, index)
-            plane.clients.append(client)
-            plane.tasks.append(asyncio.create_task(client.run()))
-        for client in plane.clients:
-            await asyncio.wait_for(client.first_state.wait(), START_TIMEOUT_S)
+        node = f"node{index % 2 + 1}"
+        client = XdsClient(
+            plane.endpoint(node),
+            node_id(pod=f"ztunnel-{index}"),
+            _callback(plane, index),
+            node_metadata={"NODE_NAME": node},
+            backoff=Backoff(initial=0.05, maximum=0.5),
+        )
+        _record_acceptance(plane, client, index)
+        plane.clients.append(client)
+        plane.tasks.append(asyncio.create_task(client.run()))
+        await asyncio.wait_for(client.first_state.wait(), START_TIMEOUT_S)
 
     @contextlib.contextmanager
     def activate(self, variant: Variant) -> Iterator[None]:
@@ -450,7 +453,7 @@ class ControlPlaneCase(Case):
         from ztunnel.identity.caclient import CaClient
         from ztunnel.identity.spiffe import SpiffeId
 
-        assert self._loop is not None
+        assert self._loops
         identity = SpiffeId("cluster.local", "bench0", "sa0")  # pod-0: bench0, sa0, node1
         window = min(duration_s, 3.0)
 
@@ -472,7 +475,7 @@ class ControlPlaneCase(Case):
             return count
 
         started = time.monotonic()
-        issued = self._loop.run(over_grpc(), window + 30)
+        issued = self._loops[0].run(over_grpc(), window + 30)
         grpc_rate = issued / (time.monotonic() - started)
         inprocess = _sign_inprocess(plane, identity, window)
         return {"grpc_per_s": grpc_rate, "inprocess_per_s": inprocess}
