@@ -144,3 +144,60 @@ async def slow_reader() -> None:
 
 def test_a_slow_reader_does_not_stall_its_pooled_neighbours() -> None:
     asyncio.run(asyncio.wait_for(slow_reader(), 90))
+
+
+STALL = b"STALL"
+
+
+async def stalling_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Echo, except a connection starting with STALL: read nothing, then reset it."""
+    first = await reader.read(len(STALL))
+    if first != STALL:
+        writer.write(first)
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+        return
+    await asyncio.sleep(1.0)  # the tunnel's window fills meanwhile
+    writer.transport.abort()
+
+
+async def stall_then_reset(port: int) -> None:
+    """A client pushing 32 MiB at an upstream that reads none of it and then resets."""
+    sock = socket.socket()
+    sock.bind((CLIENT, 0))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (VIP, port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    blob = bytes(32 * 1024 * 1024)
+    try:
+        writer.write(STALL)
+        for i in range(0, len(blob), 1 << 20):
+            writer.write(blob[i : i + (1 << 20)])
+            await asyncio.wait_for(writer.drain(), 10)
+    except (ConnectionError, TimeoutError):
+        pass  # reset by the source ztunnel once the destination gave up: expected
+    finally:
+        writer.transport.abort()
+
+
+async def resets_with_unread_data() -> None:
+    async with Mesh() as mesh:
+        assert await talk(CLIENT, mesh.vip_port, b"warm") == b"warm"
+        # Each stalled tunnel has its 4 MiB stream window of unread bytes queued at the
+        # destination when its upstream resets; five of them exceed the connection's
+        # 16 MiB window unless reset tunnels give their unread bytes back.
+        for _ in range(5):
+            await stall_then_reset(mesh.vip_port)
+        payload = random.Random(9).randbytes(1024 * 1024)
+        assert await asyncio.wait_for(talk(CLIENT, mesh.vip_port, payload), 15) == payload
+        assert len(mesh.connector.pool) == 1
+
+
+def test_reset_tunnels_give_back_the_connection_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.integration.test_ztunnel_loopback as loopback
+
+    monkeypatch.setattr(loopback, "echo", stalling_echo)
+    asyncio.run(asyncio.wait_for(resets_with_unread_data(), 90))

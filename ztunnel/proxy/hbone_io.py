@@ -85,6 +85,7 @@ class TunnelStream:
             self._maybe_closed()
         elif isinstance(event, StreamReset | ConnectionEnded):
             self._reset = event.error_code if isinstance(event, StreamReset) else CANCEL
+            self._drop_unread()
             self._readable.set()
             self._writable.set()
             if not self.response.done():
@@ -98,6 +99,18 @@ class TunnelStream:
             self._writable.set()
         elif isinstance(event, TunnelResponse) and not self.response.done():
             self.response.set_result(event)
+
+    def _drop_unread(self) -> None:
+        """The tunnel is reset: its queued bytes will never be read; give back their window.
+
+        Unread bytes still count against the connection's window (shared by every
+        tunnel on it): a few tunnels reset with full buffers would otherwise starve the
+        whole pooled connection for good.
+        """
+        if not self.channel.core.closed:
+            for _, size in self._chunks:
+                self.channel.core.acknowledge(self.stream_id, size)
+        self._chunks.clear()
 
     def _maybe_closed(self) -> None:
         if self._eof and self._ended_locally:
@@ -152,6 +165,7 @@ class TunnelStream:
         if self._reset is None:
             self._reset = error_code
             self.channel.core.reset_stream(self.stream_id, error_code)
+            self._drop_unread()
             self.channel.flush()
             self._mark_closed()
 
