@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -48,7 +49,7 @@ from controlplane.errors import (
 from controlplane.model import ClusterState
 from controlplane.workloadapi import MeshConfig, translate
 from controlplane.workloadapi.incremental import IncrementalTranslator
-from controlplane.xds.core import Debouncer, ServerSnapshot, _type_version, version_of
+from controlplane.xds.core import Debouncer, ServerSnapshot, version_of
 from controlplane.xds.metrics import metrics_registry, render
 from controlplane.xds.server import XdsHub
 from ztunnel.admin import Request, Response, serve_http
@@ -134,6 +135,16 @@ def snapshot_of(state: ClusterState, mesh: MeshConfig) -> ServerSnapshot:
     )
 
 
+def type_version(resources: Mapping[str, Resource]) -> str:
+    """``system_version_info`` of one type, as ``ServerSnapshot.build`` computes it.
+
+    One digest over the joined lines instead of one ``update`` per resource (the same
+    bytes, so the same digest; tested equal), a few ms less per push at 5,000 pods.
+    """
+    lines = "".join(f"{name}\0{resources[name].version}\n" for name in sorted(resources))
+    return hashlib.sha256(lines.encode()).hexdigest()[:12]
+
+
 class SnapshotBuilder:
     """Successive cluster states to :class:`ServerSnapshot` s, equal to :func:`snapshot_of`.
 
@@ -169,8 +180,7 @@ class SnapshotBuilder:
                     table[name] = Resource(name, version_of(data), data)
             resources[type_url] = table
         self._messages, self._resources = by_type, resources
-        # The same per-type version ServerSnapshot.build gives (tested equal).
-        return ServerSnapshot(resources, {t: _type_version(r) for t, r in resources.items()})
+        return ServerSnapshot(resources, {t: type_version(r) for t, r in resources.items()})
 
 
 class ControlPlane:

@@ -129,6 +129,8 @@ class FolderSource:
         self._state: ClusterState | None = None
         self._folders: dict[str, tuple[int, int]] = {}
         """Folder -> (its mtime, when it was listed), both ns, for :meth:`_poll`."""
+        self._touched: set[Path] = set()
+        """Files the current poll re-read or dropped."""
         self._listings: dict[str, dict[str, int]] = {}
         """Folder -> its last listing (name -> inode), for :meth:`_relist`."""
         self._names: dict[str, Path] = {}
@@ -200,6 +202,7 @@ class FolderSource:
         if not changed and not sweep:
             return self._state
         cache = dict(self._cache)
+        self._touched = set()
         dirty = renamed = False
         for folder, entries in changed.items():
             outcome = self._relist(cache, folder, entries)
@@ -215,8 +218,7 @@ class FolderSource:
         if renamed:
             cache = {p: cache[p] for p in sorted(cache, key=str)}
             self._names = {str(p): p for p in cache}
-        touched = [p for p, c in cache.items() if self._cache.get(p) is not c]
-        touched += [p for p in self._cache.keys() - cache.keys()]
+        touched = self._touched
         state = self._state
         self._state = None
         new_state = _patched(state, [(self._cache.get(p), cache.get(p)) for p in touched])
@@ -257,11 +259,13 @@ class FolderSource:
             if path is None:
                 path, renamed = Path(full), True
             cache[path] = self._read(path)
+            self._touched.add(path)
             dirty = True
         for name in previous.keys() - listing.keys():
             path = self._names.get(os.path.join(folder, name))
             if path is not None and path in cache:
                 del cache[path]
+                self._touched.add(path)
                 dirty = renamed = True
         return dirty, renamed
 
@@ -276,10 +280,12 @@ class FolderSource:
                 st = os.stat(name)
             except OSError:
                 del cache[path]
+                self._touched.add(path)
                 dirty = renamed = True
                 continue
             if (st.st_mtime_ns, st.st_size, st.st_ino) != cached.stamp:
                 cache[path] = self._read(path)
+                self._touched.add(path)
                 dirty = True
         return dirty, renamed
 
