@@ -1,0 +1,78 @@
+"""Translated resources in one static Envoy bootstrap, for ``envoy --mode validate``.
+
+Envoy itself is the judge of whether a translation is well formed: every route
+configuration becomes a listener on 127.0.0.1 (an HTTP connection manager with the
+fault and router filters), every cluster a STATIC one with one placeholder endpoint,
+since EDS is not part of a static bootstrap. Nothing is served from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+
+from controlplane.envoy.routes import FAULT_FILTER
+from controlplane.envoy.waypoint import WaypointResources
+
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+PLACEHOLDER_ENDPOINT = ("127.0.0.1", 9)
+"""Address of the one endpoint each validated cluster gets (discard; never dialed)."""
+
+
+def as_json(message: Any) -> dict[str, Any]:
+    """A protobuf message as Envoy's JSON (field names as in the proto files)."""
+    out: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return out
+
+
+def _static(cluster: dict[str, Any]) -> dict[str, Any]:
+    cluster = dict(cluster)
+    cluster.pop("eds_cluster_config", None)
+    cluster["type"] = "STATIC"
+    ip, port = PLACEHOLDER_ENDPOINT
+    address = {"socket_address": {"address": ip, "port_value": port}}
+    cluster["load_assignment"] = {
+        "cluster_name": cluster["name"],
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+    }
+    return cluster
+
+
+def static_bootstrap(resources: WaypointResources, *, first_port: int = 20000) -> dict[str, Any]:
+    """A bootstrap holding ``resources``: listener ``first_port + i`` per route config."""
+    listeners = []
+    for index, (name, route) in enumerate(sorted(resources.routes.items())):
+        manager = {
+            "@type": HCM,
+            "stat_prefix": f"r{index}",
+            "route_config": as_json(route),
+            "http_filters": [
+                {"name": FAULT_FILTER, "typed_config": {"@type": FAULT}},
+                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+            ],
+        }
+        address = {"socket_address": {"address": "127.0.0.1", "port_value": first_port + index}}
+        listeners.append(
+            {
+                "name": name,
+                "address": address,
+                "filter_chains": [
+                    {
+                        "filters": [
+                            {
+                                "name": "envoy.filters.network.http_connection_manager",
+                                "typed_config": manager,
+                            }
+                        ]
+                    }
+                ],
+            }
+        )
+    clusters = [_static(as_json(c)) for _, c in sorted(resources.clusters.items())]
+    return {"static_resources": {"listeners": listeners, "clusters": clusters}}

@@ -1,0 +1,271 @@
+"""Istio's L7 routing API as typed, frozen values (the translation's input).
+
+:mod:`controlplane.envoy.parse` builds these from the deep-frozen ``spec`` that
+:class:`controlplane.model.VirtualService` and :class:`~controlplane.model.DestinationRule`
+keep; :mod:`controlplane.envoy.routes` and :mod:`controlplane.envoy.clusters` turn them
+into Envoy resources. Durations are in seconds; percentages are 0-100.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class MatchKind(enum.Enum):
+    """Istio's ``StringMatch`` variants."""
+
+    EXACT = "exact"
+    PREFIX = "prefix"
+    REGEX = "regex"
+
+
+@dataclass(frozen=True)
+class StringMatch:
+    """One ``StringMatch`` (``{exact: ...}``, ``{prefix: ...}`` or ``{regex: ...}``)."""
+
+    kind: MatchKind
+    value: str
+
+
+@dataclass(frozen=True)
+class HttpMatch:
+    """One ``http[].match[]`` entry; all its conditions must hold."""
+
+    name: str = ""
+    uri: StringMatch | None = None
+    method: StringMatch | None = None
+    authority: StringMatch | None = None
+    headers: tuple[tuple[str, StringMatch], ...] = ()
+    """Request headers that must match, in the order written."""
+    query_params: tuple[tuple[str, StringMatch], ...] = ()
+    port: int | None = None
+    """Only for traffic to this service port (the route is left out of other ports)."""
+    ignore_uri_case: bool = False
+
+
+@dataclass(frozen=True)
+class HeaderOps:
+    """``set`` (overwrite), ``add`` (append) and ``remove`` of one direction."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.add or self.remove)
+
+
+@dataclass(frozen=True)
+class Headers:
+    """``headers``: manipulation of the request (to upstream) and the response."""
+
+    request: HeaderOps = HeaderOps()
+    response: HeaderOps = HeaderOps()
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A ``Destination``: a service host, optionally a subset and a port."""
+
+    host: str
+    """As written (short names resolve in the VirtualService's namespace)."""
+    subset: str = ""
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class RouteDestination:
+    """One weighted entry of ``http[].route[]``."""
+
+    destination: Destination
+    weight: int
+    """Relative weight; a lone destination without a weight carries 100."""
+    headers: Headers = Headers()
+
+
+@dataclass(frozen=True)
+class Retries:
+    """``retries``: ``attempts`` 0 disables retries."""
+
+    attempts: int
+    per_try_timeout: float | None = None
+    retry_on: tuple[str, ...] = ()
+    """Envoy retry conditions and HTTP status codes, as written (comma-separated)."""
+
+
+@dataclass(frozen=True)
+class FaultDelay:
+    """``fault.delay``: hold ``percentage`` of requests for ``fixed_delay`` seconds."""
+
+    fixed_delay: float
+    percentage: float = 100.0
+
+
+@dataclass(frozen=True)
+class FaultAbort:
+    """``fault.abort``: answer ``percentage`` of requests with ``http_status``."""
+
+    http_status: int
+    percentage: float = 100.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """``fault``: injected delays and aborts."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """``rewrite`` (``uri`` replaces the matched prefix) and ``uriRegexRewrite``."""
+
+    uri: str | None = None
+    authority: str | None = None
+    uri_regex: tuple[str, str] | None = None
+    """(pattern, substitution)."""
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """``redirect``: answer with a 3xx instead of forwarding."""
+
+    uri: str | None = None
+    authority: str | None = None
+    port: int | None = None
+    scheme: str | None = None
+    redirect_code: int = 301
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """``mirror`` with ``mirrorPercentage`` (or one entry of ``mirrors``)."""
+
+    destination: Destination
+    percentage: float = 100.0
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    """One ``http[]`` rule, in the order the VirtualService lists it."""
+
+    name: str = ""
+    matches: tuple[HttpMatch, ...] = ()
+    """Any one must match; empty matches every request."""
+    route: tuple[RouteDestination, ...] = ()
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
+    timeout: float | None = None
+    retries: Retries | None = None
+    fault: Fault | None = None
+    mirrors: tuple[Mirror, ...] = ()
+    headers: Headers = Headers()
+
+
+@dataclass(frozen=True)
+class VirtualServiceSpec:
+    """A VirtualService's routing, typed."""
+
+    namespace: str
+    name: str
+    hosts: tuple[str, ...]
+    gateways: tuple[str, ...] = ()
+    http: tuple[HttpRoute, ...] = ()
+
+
+class SimpleLb(enum.Enum):
+    """``loadBalancer.simple``."""
+
+    ROUND_ROBIN = "ROUND_ROBIN"
+    LEAST_REQUEST = "LEAST_REQUEST"
+    RANDOM = "RANDOM"
+
+
+@dataclass(frozen=True)
+class ConsistentHash:
+    """``loadBalancer.consistentHash``: exactly one of the keys is set."""
+
+    http_header_name: str = ""
+    http_cookie: str = ""
+    http_cookie_path: str = ""
+    http_cookie_ttl: float | None = None
+    use_source_ip: bool = False
+    http_query_parameter_name: str = ""
+    minimum_ring_size: int | None = None
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    """``loadBalancer``: ``simple`` or ``consistentHash``."""
+
+    simple: SimpleLb | None = None
+    consistent_hash: ConsistentHash | None = None
+
+
+@dataclass(frozen=True)
+class ConnectionPool:
+    """``connectionPool.tcp`` and ``connectionPool.http``; None leaves Istio's default."""
+
+    max_connections: int | None = None
+    connect_timeout: float | None = None
+    http1_max_pending_requests: int | None = None
+    http2_max_requests: int | None = None
+    max_requests_per_connection: int | None = None
+    max_retries: int | None = None
+    idle_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class OutlierDetection:
+    """``outlierDetection``; None leaves Envoy's default."""
+
+    consecutive_5xx_errors: int | None = None
+    consecutive_gateway_errors: int | None = None
+    interval: float | None = None
+    base_ejection_time: float | None = None
+    max_ejection_percent: int | None = None
+
+
+@dataclass(frozen=True)
+class TrafficPolicy:
+    """``trafficPolicy`` (top level or of a subset)."""
+
+    load_balancer: LoadBalancer | None = None
+    connection_pool: ConnectionPool | None = None
+    outlier_detection: OutlierDetection | None = None
+
+    def over(self, base: TrafficPolicy | None) -> TrafficPolicy:
+        """This policy with each part it leaves out taken from ``base`` (Istio's merge)."""
+        if base is None:
+            return self
+        return TrafficPolicy(
+            load_balancer=self.load_balancer or base.load_balancer,
+            connection_pool=self.connection_pool or base.connection_pool,
+            outlier_detection=self.outlier_detection or base.outlier_detection,
+        )
+
+
+@dataclass(frozen=True)
+class Subset:
+    """One ``subsets[]`` entry: the endpoints carrying ``labels``."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    traffic_policy: TrafficPolicy | None = None
+
+
+@dataclass(frozen=True)
+class DestinationRuleSpec:
+    """A DestinationRule's policy, typed."""
+
+    namespace: str
+    name: str
+    host: str
+    traffic_policy: TrafficPolicy | None = None
+    subsets: tuple[Subset, ...] = ()
+
+    def subset(self, name: str) -> Subset | None:
+        """The subset called ``name``, if any."""
+        return next((s for s in self.subsets if s.name == name), None)
