@@ -43,6 +43,8 @@ from controlplane.sources.fields import Fields, Problem, type_name
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
+_NOT_RE2 = re.compile(r"\(\?<?[=!]|(?:^|[^\\])(?:\\\\)*\\[1-9]")
+"""Lookaround and backreferences: Python accepts them, Envoy's RE2 does not."""
 
 
 def parse_duration(text: str) -> float | None:
@@ -97,13 +99,22 @@ def _string_match(f: Fields, key: str) -> StringMatch | None:
         sub.error(None, "must have exactly one of exact, prefix, regex")
         return None
     value = sub.string(found[0].value)
-    if found[0] is MatchKind.REGEX:
-        try:
-            re.compile(value)
-        except re.error as err:
-            sub.error("regex", f"is not a valid regular expression: {err}")
-            return None
+    if found[0] is MatchKind.REGEX and not _check_regex(sub, "regex", value):
+        return None
     return StringMatch(found[0], value)
+
+
+def _check_regex(f: Fields, key: str, pattern: str) -> bool:
+    """Whether ``pattern`` is a regular expression Envoy (RE2) accepts, else an error."""
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        f.error(key, f"is not a valid regular expression: {err}")
+        return False
+    if _NOT_RE2.search(pattern):
+        f.error(key, "uses lookaround or a backreference, which RE2 (Envoy's engine) lacks")
+        return False
+    return True
 
 
 def _string_matches(f: Fields, key: str) -> tuple[tuple[str, StringMatch], ...]:
@@ -256,10 +267,7 @@ def _rewrite(f: Fields) -> Rewrite | None:
     if regex is not None:
         regex.reject_unknown({"match", "rewrite"})
         pattern = regex.string("match", required=True)
-        try:
-            re.compile(pattern)
-        except re.error as err:
-            regex.error("match", f"is not a valid regular expression: {err}")
+        _check_regex(regex, "match", pattern)
         uri_regex = (pattern, regex.string("rewrite"))
     uri = authority = None
     if sub is not None:

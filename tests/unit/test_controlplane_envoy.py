@@ -588,6 +588,16 @@ def test_subset_policy_overrides_the_top_level_part_by_part() -> None:
         ("timeout: 1s", "spec.http[0].route", "needs a route"),
         ("route: [{destination: {subset: v1}}]", "spec.http[0].route[0].destination.host", ""),
         ("bogus: 1\n" + DEST, "spec.http[0].bogus", "unknown field"),
+        (
+            "match: [{uri: {regex: '/(?!admin)'}}]\n" + DEST,
+            "spec.http[0].match[0].uri.regex",
+            "RE2",
+        ),
+        (
+            "uriRegexRewrite: {match: '(a)\\1', rewrite: x}\n" + DEST,
+            "spec.http[0].uriRegexRewrite.match",
+            "RE2",
+        ),
     ],
 )
 def test_wrong_fields_are_named(http: str, field: str, message: str) -> None:
