@@ -445,14 +445,41 @@ def _traffic_policy(f: Fields) -> TrafficPolicy | None:
     sub = f.mapping("trafficPolicy")
     if sub is None:
         return None
-    for unsupported in ("portLevelSettings", "tls", "tunnel", "proxyProtocol"):
-        if sub.has(unsupported):
-            sub.warn(unsupported, "not translated for waypoints yet; the field is ignored")
+    _warn_untranslated_policy(sub)
+    port_level: list[tuple[int, TrafficPolicy]] = []
+    for entry in sub.mappings("portLevelSettings"):
+        port_f = entry.mapping("port", required=True)
+        number = port_f.port("number", required=True) if port_f is not None else None
+        if number is not None and number in (p for p, _ in port_level):
+            entry.error("port", f"port {number} has settings already")
+        elif number is not None:
+            port_level.append((number, _policy_parts(entry)))
     return TrafficPolicy(
         load_balancer=_load_balancer(sub),
         connection_pool=_connection_pool(sub),
         outlier_detection=_outlier_detection(sub),
+        port_level=tuple(port_level),
     )
+
+
+def _policy_parts(f: Fields) -> TrafficPolicy:
+    """The parts a port-level setting may have (no nested port settings)."""
+    _warn_untranslated_policy(f)
+    return TrafficPolicy(
+        load_balancer=_load_balancer(f),
+        connection_pool=_connection_pool(f),
+        outlier_detection=_outlier_detection(f),
+    )
+
+
+def _warn_untranslated_policy(f: Fields) -> None:
+    tls = f.mapping("tls")
+    # ISTIO_MUTUAL is what HBONE does already; other modes need transport sockets.
+    if tls is not None and tls.string("mode") != "ISTIO_MUTUAL":
+        f.warn("tls", "only mode ISTIO_MUTUAL (what the mesh does) applies to waypoints yet")
+    for unsupported in ("tunnel", "proxyProtocol"):
+        if f.has(unsupported):
+            f.warn(unsupported, "not translated for waypoints yet; the field is ignored")
 
 
 def parse_destination_rule(dr: DestinationRule) -> tuple[DestinationRuleSpec, tuple[Problem, ...]]:

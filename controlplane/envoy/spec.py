@@ -235,9 +235,15 @@ class TrafficPolicy:
     load_balancer: LoadBalancer | None = None
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
+    port_level: tuple[tuple[int, TrafficPolicy], ...] = ()
+    """``portLevelSettings``: (service port, its policy), applied by :meth:`for_port`."""
 
     def over(self, base: TrafficPolicy | None) -> TrafficPolicy:
-        """This policy with each part it leaves out taken from ``base`` (Istio's merge)."""
+        """This policy with each part it leaves out taken from ``base`` (Istio's merge).
+
+        A part is replaced whole, never merged field by field: Istio applies defaults,
+        not the base's values, to what a more specific part leaves out.
+        """
         if base is None:
             return self
         return TrafficPolicy(
@@ -245,6 +251,14 @@ class TrafficPolicy:
             connection_pool=self.connection_pool or base.connection_pool,
             outlier_detection=self.outlier_detection or base.outlier_detection,
         )
+
+    def for_port(self, port: int) -> TrafficPolicy:
+        """The policy for one service port: its port-level settings over the rest."""
+        here = TrafficPolicy(self.load_balancer, self.connection_pool, self.outlier_detection)
+        for number, policy in self.port_level:
+            if number == port:
+                return policy.over(here)
+        return here
 
 
 @dataclass(frozen=True)

@@ -125,15 +125,20 @@ class _Translation:
                     return rule
         return candidates[0] if candidates else None
 
-    def policy(self, host: str, subset: str) -> TrafficPolicy | None:
-        """The traffic policy of one cluster: the subset's over the rule's top level."""
+    def policy(self, host: str, port: int, subset: str) -> TrafficPolicy | None:
+        """The traffic policy of one cluster, as istiod merges it.
+
+        The rule's top level, its settings for ``port`` over that, then the subset's
+        top level and the subset's settings for ``port`` over those, part by part.
+        """
         rule = self.destination_rule(host)
         if rule is None:
             return None
+        base = rule.traffic_policy.for_port(port) if rule.traffic_policy else None
         found = rule.subset(subset) if subset else None
         if found is not None and found.traffic_policy is not None:
-            return found.traffic_policy.over(rule.traffic_policy)
-        return rule.traffic_policy
+            return found.traffic_policy.for_port(port).over(base)
+        return base
 
     def need(self, host: str, port: int, subset: str) -> str:
         """Records that a cluster is routed to; returns its name."""
@@ -193,7 +198,7 @@ class _Destinations:
         """See :class:`controlplane.envoy.routes.Destinations`."""
         ends = self.t.needed[cluster]
         subset = cluster.split("|")[2]
-        policy = self.t.policy(ends.host, subset)
+        policy = self.t.policy(ends.host, ends.port, subset)
         lb = policy.load_balancer if policy else None
         return lb.consistent_hash if lb else None
 
@@ -238,7 +243,7 @@ def translate_waypoint(
             for subset in rule.subsets if rule else ():
                 t.need(host, port, subset.name)
     clusters = {
-        name: build_cluster(name, t.policy(ends.host, name.split("|")[2]))
+        name: build_cluster(name, t.policy(ends.host, ends.port, name.split("|")[2]))
         for name, ends in sorted(t.needed.items())
     }
     return WaypointResources(routes, clusters, dict(sorted(t.needed.items())), tuple(t.issues))

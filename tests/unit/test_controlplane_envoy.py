@@ -664,3 +664,57 @@ def test_durations(text: str, seconds: float) -> None:
 @pytest.mark.parametrize("text", ["", "1", "s", "1d", "-1s", "1s "])
 def test_bad_durations(text: str) -> None:
     assert parse_duration(text) is None
+
+
+def test_port_level_settings_apply_to_their_port_then_the_subset_over_them() -> None:
+    dr = (
+        "host: backend\n"
+        "trafficPolicy:\n"
+        "  loadBalancer: {simple: RANDOM}\n"
+        "  connectionPool: {tcp: {maxConnections: 7}}\n"
+        "  portLevelSettings:\n"
+        "  - port: {number: 81}\n"
+        "    loadBalancer: {simple: ROUND_ROBIN}\n"
+        "    outlierDetection: {consecutive5xxErrors: 4}\n"
+        "subsets:\n"
+        "- name: v1\n"
+        "  labels: {version: v1}\n"
+        "  trafficPolicy:\n"
+        "    portLevelSettings:\n"
+        "    - {port: {number: 81}, connectionPool: {tcp: {maxConnections: 1}}}\n"
+    )
+    resources = _translate(None, dr, service=_service(ports=(80, 81)))
+
+    def at(port: int, subset: str) -> dict[str, Any]:
+        return _cluster_json(resources.clusters[f"outbound|{port}|{subset}|{FQDN}"])
+
+    assert at(80, "")["lb_policy"] == "RANDOM"
+    assert "outlier_detection" not in at(80, "")
+    assert at(81, "")["lb_policy"] == "ROUND_ROBIN"
+    assert at(81, "")["outlier_detection"]["consecutive_5xx"] == 4
+    assert at(81, "")["circuit_breakers"]["thresholds"][0]["max_connections"] == 7
+    assert at(81, "v1")["circuit_breakers"]["thresholds"][0]["max_connections"] == 1
+    assert at(81, "v1")["lb_policy"] == "ROUND_ROBIN"
+    assert at(80, "v1")["circuit_breakers"]["thresholds"][0]["max_connections"] == 7
+
+
+def test_port_level_settings_need_a_port_once() -> None:
+    dr = (
+        "host: backend\ntrafficPolicy:\n  portLevelSettings:\n"
+        "  - {port: {number: 80}, loadBalancer: {simple: RANDOM}}\n"
+        "  - {port: {number: 80}, loadBalancer: {simple: ROUND_ROBIN}}\n"
+        "  - {loadBalancer: {simple: RANDOM}}\n"
+    )
+    errors = {(i.field, i.message) for i in _translate(None, dr).issues}
+    assert errors == {
+        ("spec.trafficPolicy.portLevelSettings[1].port", "port 80 has settings already"),
+        ("spec.trafficPolicy.portLevelSettings[2].port", "required field is missing"),
+    }
+
+
+@pytest.mark.parametrize(("mode", "warned"), [("ISTIO_MUTUAL", False), ("SIMPLE", True)])
+def test_tls_mode_other_than_istio_mutual_is_warned_about(mode: str, warned: bool) -> None:
+    resources = _translate(None, f"host: backend\ntrafficPolicy: {{tls: {{mode: {mode}}}}}")
+    fields = [i.field for i in resources.issues if i.severity is Severity.WARNING]
+    assert fields == (["spec.trafficPolicy.tls"] if warned else [])
+    assert WHOLE in resources.clusters

@@ -85,6 +85,11 @@ trafficPolicy:
            maxRetries: 2, idleTimeout: 30s}
   outlierDetection: {consecutive5xxErrors: 3, consecutiveGatewayErrors: 2, interval: 5s,
                      baseEjectionTime: 30s, maxEjectionPercent: 50}
+  portLevelSettings:
+  - port: {number: 8080}
+    loadBalancer: {simple: LEAST_REQUEST}
+    connectionPool: {http: {http2MaxRequests: 100}}
+  tls: {mode: ISTIO_MUTUAL}
 subsets:
 - name: v1
   labels: {version: v1}
