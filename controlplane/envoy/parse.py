@@ -243,6 +243,9 @@ def _fault(f: Fields) -> Fault | None:
         if fixed is None and not d.has("fixedDelay"):
             d.error("fixedDelay", "required field is missing")
         percent = _percent(d, "percentage")
+        if percent is None and d.has("percent"):
+            # The deprecated integer form, still accepted by Istio.
+            percent = float(_integer(d, "percent", maximum=100) or 0)
         if fixed is not None:
             delay = FaultDelay(fixed, 100.0 if percent is None else percent)
     if (a := sub.mapping("abort")) is not None:
@@ -372,6 +375,9 @@ def parse_virtual_service(vs: VirtualService) -> tuple[VirtualServiceSpec, tuple
     for key in ("tcp", "tls"):
         if spec.has(key):
             spec.warn(key, "not translated for waypoints yet; these rules are ignored")
+    for i, host in enumerate(vs.hosts):
+        if "*" in host:
+            spec.warn(f"hosts[{i}]", "wildcard hosts are not translated for waypoints yet")
     http = tuple(_http_route(r) for r in spec.mappings("http"))
     _raise_errors("VirtualService", vs.namespace, vs.name, problems)
     warnings = tuple(p for p in problems if p.severity is Severity.WARNING)

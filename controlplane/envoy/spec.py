@@ -52,9 +52,6 @@ class HeaderOps:
     add: tuple[tuple[str, str], ...] = ()
     remove: tuple[str, ...] = ()
 
-    def __bool__(self) -> bool:
-        return bool(self.set or self.add or self.remove)
-
 
 @dataclass(frozen=True)
 class Headers:

@@ -55,6 +55,8 @@ class ClusterEndpoints:
     """The service port (target ports resolve per pod)."""
     service: tuple[str, str] | None
     """(namespace, name) of the Kubernetes Service; None for a host the cluster lacks."""
+    subset: str = ""
+    """The DestinationRule subset; empty for the whole service."""
     subset_labels: tuple[tuple[str, str], ...] = ()
     """Labels an endpoint must carry besides the service's selector (the subset's)."""
 
@@ -151,7 +153,7 @@ class _Translation:
                 found = rule.subset(subset) if rule else None
                 labels = found.labels if found else ()
             key = service.key if service else None
-            self.needed[name] = ClusterEndpoints(host, port, key, labels)
+            self.needed[name] = ClusterEndpoints(host, port, key, subset, labels)
         return name
 
 
@@ -181,8 +183,9 @@ class _Destinations:
         service = self.t.services.get(host)
         port = destination.port
         if port is None:
-            single = service is not None and len(service.ports) == 1
-            port = service.ports[0].port if single and service and host != self.host else self.port
+            # Istio: the port may be left out when the destination has only one.
+            other_single = service is not None and host != self.host and len(service.ports) == 1
+            port = service.ports[0].port if service is not None and other_single else self.port
         if service is None:
             self._warn(f"destination host {host} is not a known service; Envoy answers 503")
         if destination.subset:
@@ -197,8 +200,7 @@ class _Destinations:
     def consistent_hash(self, cluster: str) -> ConsistentHash | None:
         """See :class:`controlplane.envoy.routes.Destinations`."""
         ends = self.t.needed[cluster]
-        subset = cluster.split("|")[2]
-        policy = self.t.policy(ends.host, ends.port, subset)
+        policy = self.t.policy(ends.host, ends.port, ends.subset)
         lb = policy.load_balancer if policy else None
         return lb.consistent_hash if lb else None
 
@@ -243,7 +245,7 @@ def translate_waypoint(
             for subset in rule.subsets if rule else ():
                 t.need(host, port, subset.name)
     clusters = {
-        name: build_cluster(name, t.policy(ends.host, ends.port, name.split("|")[2]))
+        name: build_cluster(name, t.policy(ends.host, ends.port, ends.subset))
         for name, ends in sorted(t.needed.items())
     }
     return WaypointResources(routes, clusters, dict(sorted(t.needed.items())), tuple(t.issues))

@@ -221,6 +221,12 @@ ROUTE_CASES: list[tuple[str, str, tuple[str, ...], Any]] = [
         {"http_status": 503, "percentage": {"numerator": 5000, "denominator": "MILLION"}},
     ),
     (
+        "fault delay with the deprecated percent",
+        "fault: {delay: {fixedDelay: 1s, percent: 7}}\n" + DEST,
+        ("typed_per_filter_config", "envoy.filters.http.fault", "delay", "percentage"),
+        {"numerator": 70000, "denominator": "MILLION"},
+    ),
+    (
         "fault abort without percentage is 100%",
         "fault: {abort: {httpStatus: 500}}\n" + DEST,
         ("typed_per_filter_config", "envoy.filters.http.fault", "abort", "percentage"),
@@ -563,6 +569,7 @@ def test_subset_policy_overrides_the_top_level_part_by_part() -> None:
     assert (v1["lb_policy"], v2["lb_policy"]) == ("ROUND_ROBIN", "RANDOM")
     assert v1["circuit_breakers"]["thresholds"][0]["max_connections"] == 7
     assert resources.endpoints[V1].subset_labels == (("version", "v1"),)
+    assert resources.endpoints[V1].subset == "v1"
     assert resources.endpoints[WHOLE].subset_labels == ()
 
 
@@ -642,12 +649,13 @@ def test_wrong_destination_rule_is_skipped_with_an_issue(policy: str, field: str
 
 def test_untranslated_fields_are_warnings_and_the_rest_translates() -> None:
     vs = (
-        "hosts: [backend]\ntcp: [{route: [{destination: {host: backend}}]}]\n"
+        "hosts: [backend, '*.example.com']\ntcp: [{route: [{destination: {host: backend}}]}]\n"
         "http: [{match: [{sourceLabels: {app: x}}], route: [{destination: {host: backend}}]}]"
     )
     resources = _translate(vs)
     assert {(i.severity, i.field) for i in resources.issues} == {
         (Severity.WARNING, "spec.tcp"),
+        (Severity.WARNING, "spec.hosts[1]"),
         (Severity.WARNING, "spec.http[0].match[0].sourceLabels"),
     }
     assert ROUTE in resources.routes
