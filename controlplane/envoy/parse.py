@@ -90,10 +90,13 @@ def _percent(f: Fields, key: str) -> float | None:
     return float(value)
 
 
-def _string_match(f: Fields, key: str) -> StringMatch | None:
+def _string_match(f: Fields, key: str, *, presence: bool = False) -> StringMatch | None:
+    """A ``StringMatch``; with ``presence``, ``{}`` means "present" (headers, parameters)."""
     sub = f.mapping(key)
     if sub is None:
         return None
+    if presence and not sub.data:
+        return StringMatch(MatchKind.PRESENT, "")
     found = [kind for kind in MatchKind if kind.value in sub.data]
     if len(found) != 1:
         sub.error(None, "must have exactly one of exact, prefix, regex")
@@ -123,7 +126,7 @@ def _string_matches(f: Fields, key: str) -> tuple[tuple[str, StringMatch], ...]:
         return ()
     out: list[tuple[str, StringMatch]] = []
     for name in sub.data:
-        match = _string_match(sub, str(name))
+        match = _string_match(sub, str(name), presence=True)
         if match is not None:
             out.append((str(name), match))
     return tuple(out)
@@ -148,7 +151,7 @@ def _match(f: Fields) -> HttpMatch:
             "statPrefix",
         }
     )
-    for unsupported in ("scheme", "sourceLabels", "gateways", "sourceNamespace", "withoutHeaders"):
+    for unsupported in ("scheme", "sourceLabels", "gateways", "sourceNamespace"):
         if f.has(unsupported):
             f.warn(unsupported, "not translated for waypoints yet; the condition is ignored")
     return HttpMatch(
@@ -157,6 +160,7 @@ def _match(f: Fields) -> HttpMatch:
         method=_string_match(f, "method"),
         authority=_string_match(f, "authority"),
         headers=tuple((k.lower(), m) for k, m in _string_matches(f, "headers")),
+        without_headers=tuple((k.lower(), m) for k, m in _string_matches(f, "withoutHeaders")),
         query_params=_string_matches(f, "queryParams"),
         port=f.port("port"),
         ignore_uri_case=f.boolean("ignoreUriCase"),

@@ -80,7 +80,7 @@ def fraction(percent: float) -> Any:
 
 
 def string_matcher(match: StringMatch, *, ignore_case: bool = False) -> Any:
-    """Istio's ``StringMatch`` as Envoy's ``StringMatcher``."""
+    """Istio's ``StringMatch`` as Envoy's ``StringMatcher`` (not for ``PRESENT``)."""
     if match.kind is MatchKind.EXACT:
         return string_pb2.StringMatcher(exact=match.value, ignore_case=ignore_case)
     if match.kind is MatchKind.PREFIX:
@@ -105,13 +105,21 @@ def route_match(match: HttpMatch | None) -> Any:
     if match.ignore_uri_case:
         out.case_sensitive.value = False
     pseudo = [(":method", match.method), (":authority", match.authority)]
-    for name, value in [*pseudo, *match.headers]:
-        if value is not None:
-            out.headers.append(rc.HeaderMatcher(name=name, string_match=string_matcher(value)))
+    wanted = [(n, v, False) for n, v in [*pseudo, *match.headers] if v is not None]
+    for name, value, invert in [*wanted, *((n, v, True) for n, v in match.without_headers)]:
+        header = rc.HeaderMatcher(name=name, invert_match=invert)
+        if value.kind is MatchKind.PRESENT:
+            header.present_match = True
+        else:
+            header.string_match.CopyFrom(string_matcher(value))
+        out.headers.append(header)
     for name, value in match.query_params:
-        out.query_parameters.append(
-            rc.QueryParameterMatcher(name=name, string_match=string_matcher(value))
-        )
+        param = rc.QueryParameterMatcher(name=name)
+        if value.kind is MatchKind.PRESENT:
+            param.present_match = True
+        else:
+            param.string_match.CopyFrom(string_matcher(value))
+        out.query_parameters.append(param)
     return out
 
 

@@ -18,6 +18,8 @@ class MatchKind(enum.Enum):
     EXACT = "exact"
     PREFIX = "prefix"
     REGEX = "regex"
+    PRESENT = "present"
+    """An empty match (``{}``) of a header or query parameter: it must be present."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class HttpMatch:
     authority: StringMatch | None = None
     headers: tuple[tuple[str, StringMatch], ...] = ()
     """Request headers that must match, in the order written."""
+    without_headers: tuple[tuple[str, StringMatch], ...] = ()
+    """Request headers that must not match (``withoutHeaders``)."""
     query_params: tuple[tuple[str, StringMatch], ...] = ()
     port: int | None = None
     """Only for traffic to this service port (the route is left out of other ports)."""

@@ -122,6 +122,23 @@ ROUTE_CASES: list[tuple[str, str, tuple[str, ...], Any]] = [
         ],
     ),
     (
+        "header presence and withoutHeaders",
+        "match: [{headers: {x-p: {}}, withoutHeaders: {x-debug: {}, x-env: {exact: dev}}}]\n"
+        + DEST,
+        ("match", "headers"),
+        [
+            {"name": "x-p", "present_match": True},
+            {"name": "x-debug", "present_match": True, "invert_match": True},
+            {"name": "x-env", "string_match": {"exact": "dev"}, "invert_match": True},
+        ],
+    ),
+    (
+        "query parameter presence",
+        "match: [{queryParams: {debug: {}}}]\n" + DEST,
+        ("match", "query_parameters"),
+        [{"name": "debug", "present_match": True}],
+    ),
+    (
         "method",
         "match: [{method: {exact: POST}}]\n" + DEST,
         ("match", "headers"),
@@ -579,6 +596,7 @@ def test_subset_policy_overrides_the_top_level_part_by_part() -> None:
         ("retries: {attempts: three}\n" + DEST, "spec.http[0].retries.attempts", "integer"),
         ("timeout: soon\n" + DEST, "spec.http[0].timeout", "duration"),
         ("match: [{uri: {exact: /a, prefix: /}}]\n" + DEST, "spec.http[0].match[0].uri", "one"),
+        ("match: [{uri: {}}]\n" + DEST, "spec.http[0].match[0].uri", "one"),
         ("match: [{uri: {regex: '('}}]\n" + DEST, "spec.http[0].match[0].uri.regex", "regular"),
         (
             "fault: {abort: {httpStatus: 500, percentage: {value: 150}}}\n" + DEST,

@@ -36,11 +36,16 @@ gateways: [mesh]
 http:
 - name: jason
   match:
-  - headers: {end-user: {exact: jason}, x-tier: {prefix: gold}, x-id: {regex: '[0-9]+'}}
+  - headers:
+      end-user: {exact: jason}
+      x-tier: {prefix: gold}
+      x-id: {regex: '[0-9]+'}
+      x-present: {}
     uri: {prefix: /api}
     method: {exact: GET}
     authority: {exact: backend}
-    queryParams: {debug: {regex: '1|true'}}
+    queryParams: {debug: {regex: '1|true'}, trace: {}}
+    withoutHeaders: {x-debug: {}, x-env: {exact: dev}}
     ignoreUriCase: true
     port: 80
   - uri: {regex: '/v2/.*'}
