@@ -2,8 +2,9 @@
 
 Envoy itself is the judge of whether a translation is well formed: every route
 configuration becomes a listener on 127.0.0.1 (an HTTP connection manager with the
-fault and router filters), every cluster a STATIC one with one placeholder endpoint,
-since EDS is not part of a static bootstrap. Nothing is served from it.
+fault and router filters), every TCP proxy a listener of its own, every cluster a
+STATIC one with one placeholder endpoint, since EDS is not part of a static
+bootstrap. Nothing is served from it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from controlplane.envoy.routes import FAULT_FILTER
+from controlplane.envoy.tcp import TCP_PROXY_FILTER
 from controlplane.envoy.waypoint import WaypointResources
 
 HCM = (
@@ -21,6 +23,7 @@ HCM = (
 )
 FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 PLACEHOLDER_ENDPOINT = ("127.0.0.1", 9)
 """Address of the one endpoint each validated cluster gets (discard; never dialed)."""
 
@@ -45,7 +48,8 @@ def _static(cluster: dict[str, Any]) -> dict[str, Any]:
 
 
 def static_bootstrap(resources: WaypointResources, *, first_port: int = 20000) -> dict[str, Any]:
-    """A bootstrap holding ``resources``: listener ``first_port + i`` per route config."""
+    """A bootstrap holding ``resources``: listeners from ``first_port`` up, one per
+    route configuration, then one per TCP proxy."""
     listeners = []
     for index, (name, route) in enumerate(sorted(resources.routes.items())):
         manager = {
@@ -71,6 +75,19 @@ def static_bootstrap(resources: WaypointResources, *, first_port: int = 20000) -
                             }
                         ]
                     }
+                ],
+            }
+        )
+    for index, (name, proxy) in enumerate(sorted(resources.tcp_proxies.items())):
+        config = {"@type": TCP_PROXY, **as_json(proxy)}
+        port = first_port + len(resources.routes) + index
+        address = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+        listeners.append(
+            {
+                "name": name,
+                "address": address,
+                "filter_chains": [
+                    {"filters": [{"name": TCP_PROXY_FILTER, "typed_config": config}]}
                 ],
             }
         )

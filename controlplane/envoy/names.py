@@ -2,7 +2,7 @@
 
 - cluster: ``outbound|<port>|<subset>|<fqdn>`` (subset empty for the whole service);
 - route configuration: ``inbound-vip|<port>|http|<fqdn>`` (one per service port, as
-  the waypoint's per-VIP HTTP chains have them);
+  the waypoint's per-VIP HTTP chains have them); TCP proxy: ``inbound-vip|<port>|tcp|<fqdn>``;
 - virtual host: ``<fqdn>:<port>``, answering to every name a client may use.
 """
 
@@ -22,6 +22,11 @@ def cluster_name(fqdn: str, port: int, subset: str = "") -> str:
 def route_name(fqdn: str, port: int) -> str:
     """The RouteConfiguration of one service port in a waypoint."""
     return f"inbound-vip|{port}|http|{fqdn}"
+
+
+def tcp_proxy_name(fqdn: str, port: int) -> str:
+    """The TCP proxy (stat prefix too) of one service port in a waypoint."""
+    return f"inbound-vip|{port}|tcp|{fqdn}"
 
 
 def resolve_host(host: str, namespace: str, mesh: MeshConfig) -> str:

@@ -34,6 +34,7 @@ from controlplane.envoy.spec import (
     SimpleLb,
     StringMatch,
     Subset,
+    TcpRoute,
     TrafficPolicy,
     VirtualServiceSpec,
 )
@@ -376,16 +377,39 @@ def parse_virtual_service(vs: VirtualService) -> tuple[VirtualServiceSpec, tuple
     """
     problems: list[Problem] = []
     spec = Fields(_thawed(vs.spec), "spec", problems)
-    for key in ("tcp", "tls"):
-        if spec.has(key):
-            spec.warn(key, "not translated for waypoints yet; these rules are ignored")
+    if spec.has("tls"):
+        spec.warn("tls", "not translated for waypoints yet; these rules are ignored")
     for i, host in enumerate(vs.hosts):
         if "*" in host:
             spec.warn(f"hosts[{i}]", "wildcard hosts are not translated for waypoints yet")
     http = tuple(_http_route(r) for r in spec.mappings("http"))
+    tcp = tuple(_tcp_route(r) for r in spec.mappings("tcp"))
     _raise_errors("VirtualService", vs.namespace, vs.name, problems)
     warnings = tuple(p for p in problems if p.severity is Severity.WARNING)
-    return VirtualServiceSpec(vs.namespace, vs.name, vs.hosts, vs.gateways, http), warnings
+    parsed = VirtualServiceSpec(vs.namespace, vs.name, vs.hosts, vs.gateways, http, tcp)
+    return parsed, warnings
+
+
+def _tcp_route(f: Fields) -> TcpRoute:
+    f.reject_unknown({"match", "route"})
+    ports: list[int] = []
+    any_port = False
+    for match in f.mappings("match"):
+        match.reject_unknown(
+            {"port", "destinationSubnets", "sourceLabels", "gateways", "sourceNamespace"}
+        )
+        for unsupported in ("destinationSubnets", "sourceLabels", "gateways", "sourceNamespace"):
+            if match.has(unsupported):
+                match.warn(unsupported, "not translated for waypoints yet; ignored")
+        port = match.port("port")
+        if port is None:
+            any_port = True
+        else:
+            ports.append(port)
+    route = _route_destinations(f)
+    if not route:
+        f.error("route", "a tcp rule needs at least one destination")
+    return TcpRoute(ports=() if any_port else tuple(ports), route=route)
 
 
 def _load_balancer(f: Fields) -> LoadBalancer | None:

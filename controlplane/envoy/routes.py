@@ -55,9 +55,9 @@ def _uint32(value: int) -> Any:
     return wrappers_pb2.UInt32Value(value=value)
 
 
-def weighted(rule: HttpRoute) -> list[RouteDestination]:
+def weighted(route: Sequence[RouteDestination]) -> list[RouteDestination]:
     """The destinations taking traffic (weight 0 ones dropped, as istiod does)."""
-    return [d for d in rule.route if d.weight > 0] or list(rule.route[:1])
+    return [d for d in route if d.weight > 0] or list(route[:1])
 
 
 class Destinations(Protocol):
@@ -216,7 +216,7 @@ def _hash_policy(key: ConsistentHash) -> Any:
 
 def _route_action(rule: HttpRoute, destinations: Destinations) -> Any:
     action = rc.RouteAction()
-    taking = weighted(rule)
+    taking = weighted(rule.route)
     names = [destinations.cluster(d.destination) for d in taking]
     if len(taking) == 1:
         action.cluster = names[0]
@@ -274,7 +274,7 @@ def build_routes(
                 route.redirect.CopyFrom(redirect_action(rule.redirect))
             else:
                 route.route.CopyFrom(_route_action(rule, destinations))
-            taking = weighted(rule)
+            taking = weighted(rule.route)
             lone: Sequence[RouteDestination] = taking if len(taking) == 1 else ()
             request = [rule.headers.request, *(d.headers.request for d in lone)]
             response = [rule.headers.response, *(d.headers.response for d in lone)]

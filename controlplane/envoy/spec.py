@@ -166,6 +166,15 @@ class HttpRoute:
 
 
 @dataclass(frozen=True)
+class TcpRoute:
+    """One ``tcp[]`` rule: connections to ``ports`` (empty: any) go to ``route``."""
+
+    ports: tuple[int, ...] = ()
+    """The ``match[].port`` values; a rule with a match without a port takes any port."""
+    route: tuple[RouteDestination, ...] = ()
+
+
+@dataclass(frozen=True)
 class VirtualServiceSpec:
     """A VirtualService's routing, typed."""
 
@@ -174,6 +183,7 @@ class VirtualServiceSpec:
     hosts: tuple[str, ...]
     gateways: tuple[str, ...] = ()
     http: tuple[HttpRoute, ...] = ()
+    tcp: tuple[TcpRoute, ...] = ()
 
 
 class SimpleLb(enum.Enum):

@@ -15,7 +15,13 @@ from typing import Any, TypeVar
 
 from controlplane.envoy.clusters import build_cluster
 from controlplane.envoy.errors import L7ConfigError
-from controlplane.envoy.names import cluster_name, resolve_host, route_name, service_domains
+from controlplane.envoy.names import (
+    cluster_name,
+    resolve_host,
+    route_name,
+    service_domains,
+    tcp_proxy_name,
+)
 from controlplane.envoy.parse import parse_destination_rule, parse_virtual_service
 from controlplane.envoy.routes import build_routes, route_configuration
 from controlplane.envoy.spec import (
@@ -24,9 +30,11 @@ from controlplane.envoy.spec import (
     DestinationRuleSpec,
     HttpRoute,
     RouteDestination,
+    TcpRoute,
     TrafficPolicy,
     VirtualServiceSpec,
 )
+from controlplane.envoy.tcp import build_tcp_proxy, tcp_rule_for
 from controlplane.model import (
     ClusterState,
     DestinationRule,
@@ -73,6 +81,8 @@ class WaypointResources:
     """What each cluster's endpoints are, by cluster name."""
     issues: tuple[SourceIssue, ...] = ()
     """Objects skipped (errors) or fields ignored (warnings)."""
+    tcp_proxies: Mapping[str, Any] = field(default_factory=dict)
+    """``TcpProxy`` network-filter configuration by name (one per served service port)."""
 
 
 def _issues(kind: str, ns: str, name: str, problems: Iterable[Problem]) -> list[SourceIssue]:
@@ -212,34 +222,30 @@ def _applies(vs: VirtualServiceSpec, host: str, mesh: MeshConfig) -> bool:
 def translate_waypoint(
     state: ClusterState, served: Iterable[Service], mesh: MeshConfig | None = None
 ) -> WaypointResources:
-    """The routes and clusters of a waypoint serving ``served``.
+    """The routes, TCP proxies and clusters of a waypoint serving ``served``.
 
     VirtualServices apply when their ``gateways`` are empty or list ``mesh``; several
     for one host are concatenated in (namespace, name) order (istiod orders by age,
-    which the cluster's state does not carry).
+    which the cluster's state does not carry). Every service port gets both an HTTP
+    route configuration and a TCP proxy: the listener picks one by the port's protocol.
     """
     mesh = mesh or MeshConfig()
     t = _Translation(state, mesh)
     routes: dict[str, Any] = {}
+    tcp_proxies: dict[str, Any] = {}
     for service in sorted(served, key=lambda s: s.key):
         host = mesh.service_hostname(service.namespace, service.name)
         applying = [vs for vs in t.virtual_services if _applies(vs, host, mesh)]
         for service_port in service.ports:
             port = service_port.port
-            built: list[Any] = []
-            for vs in applying:
-                destinations = _Destinations(t, vs, host, port)
-                prefix = f"{vs.namespace}.{vs.name}"
-                built += build_routes(vs.http, port, destinations, prefix)
-            if not applying:
-                default = HttpRoute(route=(_lone(host, port),))
-                built = build_routes(
-                    [default], port, _Destinations(t, _NO_VS, host, port), "default"
-                )
             name = route_name(host, port)
             routes[name] = route_configuration(
-                name, f"{host}:{port}", service_domains(service, port, mesh), built
+                name,
+                f"{host}:{port}",
+                service_domains(service, port, mesh),
+                _http_routes(t, applying, host, port),
             )
+            tcp_proxies[tcp_proxy_name(host, port)] = _tcp_proxy(t, applying, host, port)
             t.need(host, port, "")
             rule = t.destination_rule(host)
             for subset in rule.subsets if rule else ():
@@ -248,7 +254,33 @@ def translate_waypoint(
         name: build_cluster(name, t.policy(ends.host, ends.port, ends.subset))
         for name, ends in sorted(t.needed.items())
     }
-    return WaypointResources(routes, clusters, dict(sorted(t.needed.items())), tuple(t.issues))
+    needed = dict(sorted(t.needed.items()))
+    return WaypointResources(routes, clusters, needed, tuple(t.issues), tcp_proxies)
+
+
+def _http_routes(
+    t: _Translation, applying: list[VirtualServiceSpec], host: str, port: int
+) -> list[Any]:
+    """The routes of every applying VirtualService's http rules, or the default route."""
+    with_http = [vs for vs in applying if vs.http]
+    built: list[Any] = []
+    for vs in with_http:
+        destinations = _Destinations(t, vs, host, port)
+        built += build_routes(vs.http, port, destinations, f"{vs.namespace}.{vs.name}")
+    if with_http:
+        return built
+    default = HttpRoute(route=(_lone(host, port),))
+    return build_routes([default], port, _Destinations(t, _NO_VS, host, port), "default")
+
+
+def _tcp_proxy(t: _Translation, applying: list[VirtualServiceSpec], host: str, port: int) -> Any:
+    """The TCP proxy of the first applying tcp rule for ``port``, or to the service."""
+    name = tcp_proxy_name(host, port)
+    for vs in applying:
+        if (rule := tcp_rule_for(vs.tcp, port)) is not None:
+            return build_tcp_proxy(name, rule, _Destinations(t, vs, host, port))
+    default = TcpRoute(route=(_lone(host, port),))
+    return build_tcp_proxy(name, default, _Destinations(t, _NO_VS, host, port))
 
 
 def _lone(host: str, port: int) -> RouteDestination:

@@ -667,12 +667,12 @@ def test_wrong_destination_rule_is_skipped_with_an_issue(policy: str, field: str
 
 def test_untranslated_fields_are_warnings_and_the_rest_translates() -> None:
     vs = (
-        "hosts: [backend, '*.example.com']\ntcp: [{route: [{destination: {host: backend}}]}]\n"
+        "hosts: [backend, '*.example.com']\ntls: [{route: [{destination: {host: backend}}]}]\n"
         "http: [{match: [{sourceLabels: {app: x}}], route: [{destination: {host: backend}}]}]"
     )
     resources = _translate(vs)
     assert {(i.severity, i.field) for i in resources.issues} == {
-        (Severity.WARNING, "spec.tcp"),
+        (Severity.WARNING, "spec.tls"),
         (Severity.WARNING, "spec.hosts[1]"),
         (Severity.WARNING, "spec.http[0].match[0].sourceLabels"),
     }
@@ -744,3 +744,45 @@ def test_tls_mode_other_than_istio_mutual_is_warned_about(mode: str, warned: boo
     fields = [i.field for i in resources.issues if i.severity is Severity.WARNING]
     assert fields == (["spec.trafficPolicy.tls"] if warned else [])
     assert WHOLE in resources.clusters
+
+
+def _tcp(vs: str, port: int = 80, ports: tuple[int, ...] = (80,)) -> dict[str, Any]:
+    resources = _translate(vs, f"host: backend\n{SUBSETS}", service=_service(ports=ports))
+    assert not [i for i in resources.issues if i.severity is Severity.ERROR], resources.issues
+    return as_json(resources.tcp_proxies[f"inbound-vip|{port}|tcp|{FQDN}"])
+
+
+def test_tcp_rule_weights() -> None:
+    vs = (
+        "hosts: [backend]\ntcp: [{route: [{destination: {host: backend, subset: v1}, weight: 90},"
+        " {destination: {host: backend, subset: v2}, weight: 10}]}]"
+    )
+    assert _tcp(vs) == {
+        "stat_prefix": f"inbound-vip|80|tcp|{FQDN}",
+        "weighted_clusters": {"clusters": [{"name": V1, "weight": 90}, {"name": V2, "weight": 10}]},
+    }
+
+
+def test_tcp_rules_by_port_first_match_wins() -> None:
+    vs = (
+        "hosts: [backend]\ntcp:\n"
+        "- {match: [{port: 81}], route: [{destination: {host: backend, subset: v2}}]}\n"
+        "- {route: [{destination: {host: backend, subset: v1}}]}\n"
+        "- {match: [{port: 80}], route: [{destination: {host: backend, subset: v2}}]}\n"
+    )
+    assert _tcp(vs, 81, (80, 81))["cluster"] == f"outbound|81|v2|{FQDN}"
+    assert _tcp(vs, 80, (80, 81))["cluster"] == V1
+
+
+def test_tcp_without_rules_goes_to_the_service_and_http_keeps_its_default() -> None:
+    vs = "hosts: [backend]\ntcp: [{match: [{port: 9}], route: [{destination: {host: backend}}]}]"
+    assert _tcp(vs)["cluster"] == WHOLE
+    routes = as_json(_translate(vs).routes[ROUTE])["virtual_hosts"][0]["routes"]
+    assert [r["route"]["cluster"] for r in routes] == [WHOLE]
+
+
+def test_tcp_rule_needs_a_destination() -> None:
+    resources = _translate("hosts: [backend]\ntcp: [{match: [{port: 80}]}]")
+    assert [(i.field, i.message) for i in resources.issues] == [
+        ("spec.tcp[0].route", "a tcp rule needs at least one destination")
+    ]

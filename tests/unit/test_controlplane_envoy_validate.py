@@ -77,6 +77,11 @@ http:
   - destination: {host: ratings.other}
     weight: 0
   mirrors: [{destination: {host: backend, subset: v1}, percentage: {value: 5}}]
+tcp:
+- match: [{port: 8080}]
+  route:
+  - {destination: {host: backend, subset: v1}, weight: 70}
+  - {destination: {host: backend, subset: v2}, weight: 30}
 """
 
 DESTINATION_RULE = """
@@ -135,6 +140,7 @@ def _bootstrap() -> dict[str, Any]:
     resources = translate_waypoint(state, [backend, ratings])
     assert not [i for i in resources.issues if i.severity is Severity.ERROR], resources.issues
     assert len(resources.routes) == 3
+    assert len(resources.tcp_proxies) == 3
     assert len(resources.clusters) == 7
     return static_bootstrap(resources)
 
