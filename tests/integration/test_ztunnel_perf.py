@@ -19,6 +19,7 @@ import socket
 import time
 
 import pytest
+import uvloop
 
 from tests.integration.test_ztunnel_loopback import CLIENT, VIP, Mesh, talk
 
@@ -147,11 +148,17 @@ def test_a_slow_reader_does_not_stall_its_pooled_neighbours() -> None:
 
 
 STALL = b"STALL"
+HANG_UP = b"HANGUP"
 
 
 async def stalling_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Echo, except a connection starting with STALL: read nothing, then reset it."""
-    first = await reader.read(len(STALL))
+    first = await reader.readexactly(len(STALL))
+    if first == HANG_UP[: len(STALL)]:
+        # Read a little, then close normally while the client is still sending.
+        await reader.read(1 << 20)
+        writer.close()
+        return
     if first != STALL:
         writer.write(first)
         while data := await reader.read(65536):
@@ -163,7 +170,7 @@ async def stalling_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     writer.transport.abort()
 
 
-async def stall_then_reset(port: int) -> None:
+async def stall_then_reset(port: int, opening: bytes = STALL) -> None:
     """A client pushing 32 MiB at an upstream that reads none of it and then resets."""
     sock = socket.socket()
     sock.bind((CLIENT, 0))
@@ -173,7 +180,7 @@ async def stall_then_reset(port: int) -> None:
     _, writer = await asyncio.open_connection(sock=sock)
     blob = bytes(32 * 1024 * 1024)
     try:
-        writer.write(STALL)
+        writer.write(opening)
         for i in range(0, len(blob), 1 << 20):
             writer.write(blob[i : i + (1 << 20)])
             await asyncio.wait_for(writer.drain(), 10)
@@ -185,12 +192,16 @@ async def stall_then_reset(port: int) -> None:
 
 async def resets_with_unread_data() -> None:
     async with Mesh() as mesh:
-        assert await talk(CLIENT, mesh.vip_port, b"warm") == b"warm"
+        assert await talk(CLIENT, mesh.vip_port, b"warm up") == b"warm up"
         # Each stalled tunnel has its 4 MiB stream window of unread bytes queued at the
         # destination when its upstream resets; five of them exceed the connection's
         # 16 MiB window unless reset tunnels give their unread bytes back.
         for _ in range(5):
             await stall_then_reset(mesh.vip_port)
+        # Upstreams that hang up (FIN, not RST) while tunnel bytes still arrive: writing
+        # to their closed sockets must reset the tunnel too, not kill its task silently.
+        for _ in range(5):
+            await stall_then_reset(mesh.vip_port, HANG_UP)
         payload = random.Random(9).randbytes(1024 * 1024)
         assert await asyncio.wait_for(talk(CLIENT, mesh.vip_port, payload), 15) == payload
         assert len(mesh.connector.pool) == 1
@@ -200,4 +211,5 @@ def test_reset_tunnels_give_back_the_connection_window(monkeypatch: pytest.Monke
     import tests.integration.test_ztunnel_loopback as loopback
 
     monkeypatch.setattr(loopback, "echo", stalling_echo)
-    asyncio.run(asyncio.wait_for(resets_with_unread_data(), 90))
+    # uvloop, as the ztunnel process runs: its transports raise on writes after close.
+    uvloop.run(asyncio.wait_for(resets_with_unread_data(), 90))

@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from ztunnel.errors import HboneError, HboneStreamError
+from ztunnel.errors import HboneStreamError
 from ztunnel.proxy.hbone import (
     CANCEL,
     Buffer,
@@ -297,7 +297,9 @@ async def relay(
     down = asyncio.create_task(copy_to_socket(stream.read, writer))
     try:
         sent, received = await asyncio.gather(up, down)
-    except (HboneError, ConnectionError, OSError):
+    except BaseException:
+        # Whatever failed (a socket, the tunnel, a cancellation), the tunnel is reset so
+        # its unread bytes go back to the shared connection window.
         up.cancel()
         down.cancel()
         stream.reset(CANCEL)
@@ -313,10 +315,14 @@ async def copy_to_socket(
     """Write what ``read`` yields to ``writer`` until it yields ``b""``, then half-close."""
     total = 0
     while chunk := await read():
+        if writer.is_closing():
+            # uvloop raises RuntimeError (not an OSError) on a write to a closed
+            # transport; as a ConnectionError it resets the tunnel like any socket error.
+            raise ConnectionResetError("the socket closed before the tunnel's bytes were written")
         total += len(chunk)
         writer.write(chunk)
         await writer.drain()
-    if writer.can_write_eof():
+    if writer.can_write_eof() and not writer.is_closing():
         writer.write_eof()
     return total
 
