@@ -7,6 +7,8 @@ object, so a user fixes an object in one round.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Any
 
@@ -16,6 +18,7 @@ from controlplane.envoy.spec import (
     ConsistentHash,
     Destination,
     DestinationRuleSpec,
+    DirectResponse,
     Fault,
     FaultAbort,
     FaultDelay,
@@ -303,6 +306,29 @@ def _redirect(f: Fields) -> Redirect | None:
     )
 
 
+def _direct_response(f: Fields) -> DirectResponse | None:
+    sub = f.mapping("directResponse")
+    if sub is None:
+        return None
+    sub.reject_unknown({"status", "body"})
+    status = _integer(sub, "status", minimum=200, maximum=599)
+    if status is None and not sub.has("status"):
+        sub.error("status", "required field is missing")
+    body_f = sub.mapping("body")
+    body = b""
+    if body_f is not None:
+        body_f.reject_unknown({"string", "bytes"})
+        if body_f.has("string") and body_f.has("bytes"):
+            body_f.error(None, "must have string or bytes, not both")
+        body = body_f.string("string").encode()
+        if body_f.has("bytes"):
+            try:
+                body = base64.b64decode(body_f.string("bytes"), validate=True)
+            except binascii.Error as err:
+                body_f.error("bytes", f"is not base64: {err}")
+    return DirectResponse(status, body) if status is not None else None
+
+
 def _mirrors(f: Fields) -> tuple[Mirror, ...]:
     out: list[Mirror] = []
     if f.has("mirror"):
@@ -341,16 +367,27 @@ def _http_route(f: Fields) -> HttpRoute:
             "headers",
         }
     )
-    for unsupported in ("directResponse", "delegate", "corsPolicy", "mirrorPercent"):
+    for unsupported in ("delegate", "corsPolicy", "mirrorPercent"):
         if f.has(unsupported):
             f.warn(unsupported, "not translated for waypoints yet; the field is ignored")
     route = _route_destinations(f)
     redirect = _redirect(f)
-    if redirect is not None and route:
-        f.error("redirect", "a rule has either route or redirect, not both")
-    elif redirect is None and not route:
-        f.error("route", "a rule needs a route (at least one destination) or a redirect")
+    direct = _direct_response(f)
+    given = [
+        k for k, v in (("route", route), ("redirect", redirect), ("directResponse", direct)) if v
+    ]
+    if len(given) > 1:
+        f.error(
+            given[1],
+            f"a rule has one of route, redirect, directResponse, not {' and '.join(given)}",
+        )
+    elif not given:
+        f.error(
+            "route",
+            "a rule needs a route (at least one destination), a redirect or a directResponse",
+        )
     return HttpRoute(
+        direct_response=direct,
         name=f.string("name"),
         matches=tuple(_match(m) for m in f.mappings("match")),
         route=route,

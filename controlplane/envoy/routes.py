@@ -272,6 +272,10 @@ def build_routes(
             route = rc.Route(name=f"{prefix}.{rule.name or index}", match=route_match(match))
             if rule.redirect is not None:
                 route.redirect.CopyFrom(redirect_action(rule.redirect))
+            elif rule.direct_response is not None:
+                route.direct_response.status = rule.direct_response.status
+                if rule.direct_response.body:
+                    route.direct_response.body.inline_bytes = rule.direct_response.body
             else:
                 route.route.CopyFrom(_route_action(rule, destinations))
             taking = weighted(rule.route)

@@ -141,6 +141,14 @@ class Redirect:
 
 
 @dataclass(frozen=True)
+class DirectResponse:
+    """``directResponse``: answer with ``status`` and ``body`` without an upstream."""
+
+    status: int
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
 class Mirror:
     """``mirror`` with ``mirrorPercentage`` (or one entry of ``mirrors``)."""
 
@@ -157,6 +165,7 @@ class HttpRoute:
     """Any one must match; empty matches every request."""
     route: tuple[RouteDestination, ...] = ()
     redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
     rewrite: Rewrite | None = None
     timeout: float | None = None
     retries: Retries | None = None

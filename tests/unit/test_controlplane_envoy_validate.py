@@ -64,6 +64,8 @@ http:
   rewrite: {uri: /v2, authority: backend.example}
 - match: [{uri: {exact: /old}}]
   redirect: {uri: /new, authority: new.example, port: 8443, scheme: https, redirectCode: 308}
+- match: [{uri: {exact: /down}}]
+  directResponse: {status: 503, body: {string: maintenance}}
 - match: [{uri: {prefix: /re/}}]
   uriRegexRewrite: {match: '^/re/(.*)$', rewrite: '/\\1'}
   route: [{destination: {host: backend, subset: v1}}]
