@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -112,9 +111,8 @@ RACY_NS = 50_000_000
 """A folder listed less than this after its mtime may change again within the same
 timestamp tick (file systems stamp with a coarse clock): it is listed again next poll."""
 FULL_SCAN_INTERVAL = 1.0
-"""Seconds in which ``watch()`` stats every file of a big folder once, a share on every
-poll (no burst): that catches files rewritten in place (same inode, so their folder's
-mtime does not move)."""
+"""Seconds between stat sweeps of a big folder's files in ``watch()``: they catch files
+rewritten in place (same inode, so their folder's mtime does not move)."""
 
 
 class FolderSource:
@@ -138,8 +136,6 @@ class FolderSource:
         self._names: dict[str, Path] = {}
         """The cached files by their path as a string (cheaper than ``Path`` hashing)."""
         self._full_at = 0.0
-        self._cursor = 0
-        """Where the rolling stat sweep goes on."""
 
     def load(self) -> ClusterState:
         """The current state of the folder."""
@@ -194,18 +190,15 @@ class FolderSource:
         as the lab and ``kubectl``-style tools write) are listed again, and of their
         files only new ones and those whose inode changed (known from the listing,
         without a stat) are read. Files rewritten in place (same inode, so their
-        folder's mtime does not move) are caught by a rolling stat sweep: each poll
-        stats the share of the known files due since the last one, so every file is
-        stat'ed once per :data:`FULL_SCAN_INTERVAL` seconds without a burst.
+        folder's mtime does not move) are caught by a stat sweep of every known file
+        every :data:`FULL_SCAN_INTERVAL` seconds.
         """
         if self._state is None or not self.path.is_dir():
             return self.load()
         changed = self._changed_folders()
         if changed is None:
             return self.load()
-        now = time.monotonic()
-        share = (now - self._full_at) / FULL_SCAN_INTERVAL if FULL_SCAN_INTERVAL > 0 else 1.0
-        sweep = math.ceil(len(self._names) * max(0.0, min(share, 1.0)))
+        sweep = time.monotonic() - self._full_at >= FULL_SCAN_INTERVAL
         if not changed and not sweep:
             return self._state
         cache = dict(self._cache)
@@ -217,8 +210,8 @@ class FolderSource:
                 return self.load()  # a new folder: list everything
             dirty, renamed = dirty or outcome[0], renamed or outcome[1]
         if sweep:
-            self._full_at = now
-            swept = self._sweep(cache, sweep)
+            self._full_at = time.monotonic()
+            swept = self._sweep(cache)
             dirty, renamed = dirty or swept[0], renamed or swept[1]
         if not dirty:
             return self._state
@@ -276,17 +269,10 @@ class FolderSource:
                 dirty = renamed = True
         return dirty, renamed
 
-    def _sweep(self, cache: dict[Path, _Cached], count: int) -> tuple[bool, bool]:
-        """Stat the next ``count`` known files (round robin); re-read those that changed
-        in place, drop vanished ones."""
+    def _sweep(self, cache: dict[Path, _Cached]) -> tuple[bool, bool]:
+        """Stat every known file; re-read those that changed in place, drop vanished ones."""
         dirty = renamed = False
-        names = list(self._names.items())
-        if not names:
-            return False, False
-        start = self._cursor % len(names)
-        chosen = (names[start:] + names[:start])[:count]
-        self._cursor = start + len(chosen)
-        for name, path in chosen:
+        for name, path in self._names.items():
             cached = cache.get(path)
             if cached is None:
                 continue
