@@ -2,7 +2,7 @@
 
 Envoy itself is the judge of whether a translation is well formed: every route
 configuration becomes a listener on 127.0.0.1 (an HTTP connection manager with the
-fault and router filters), every TCP proxy a listener of its own, every cluster a
+CORS, fault and router filters), every TCP proxy a listener of its own, every cluster a
 STATIC one with one placeholder endpoint, since EDS is not part of a static
 bootstrap. Nothing is served from it.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from controlplane.envoy.routes import FAULT_FILTER
+from controlplane.envoy.routes import CORS_FILTER, FAULT_FILTER
 from controlplane.envoy.tcp import TCP_PROXY_FILTER
 from controlplane.envoy.waypoint import WaypointResources
 
@@ -21,6 +21,7 @@ HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
     "HttpConnectionManager"
 )
+CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
 FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -57,6 +58,7 @@ def static_bootstrap(resources: WaypointResources, *, first_port: int = 20000) -
             "stat_prefix": f"r{index}",
             "route_config": as_json(route),
             "http_filters": [
+                {"name": CORS_FILTER, "typed_config": {"@type": CORS}},
                 {"name": FAULT_FILTER, "typed_config": {"@type": FAULT}},
                 {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
             ],

@@ -16,6 +16,7 @@ from controlplane.envoy.errors import L7ConfigError
 from controlplane.envoy.spec import (
     ConnectionPool,
     ConsistentHash,
+    Cors,
     Destination,
     DestinationRuleSpec,
     DirectResponse,
@@ -97,8 +98,11 @@ def _percent(f: Fields, key: str) -> float | None:
 def _string_match(f: Fields, key: str, *, presence: bool = False) -> StringMatch | None:
     """A ``StringMatch``; with ``presence``, ``{}`` means "present" (headers, parameters)."""
     sub = f.mapping(key)
-    if sub is None:
-        return None
+    return None if sub is None else _string_match_in(sub, presence=presence)
+
+
+def _string_match_in(sub: Fields, *, presence: bool = False) -> StringMatch | None:
+    """The ``StringMatch`` that ``sub`` is."""
     if presence and not sub.data:
         return StringMatch(MatchKind.PRESENT, "")
     found = [kind for kind in MatchKind if kind.value in sub.data]
@@ -367,7 +371,7 @@ def _http_route(f: Fields) -> HttpRoute:
             "headers",
         }
     )
-    for unsupported in ("delegate", "corsPolicy", "mirrorPercent"):
+    for unsupported in ("delegate", "mirrorPercent"):
         if f.has(unsupported):
             f.warn(unsupported, "not translated for waypoints yet; the field is ignored")
     route = _route_destinations(f)
@@ -398,6 +402,37 @@ def _http_route(f: Fields) -> HttpRoute:
         fault=_fault(f),
         mirrors=_mirrors(f),
         headers=_headers(f),
+        cors=_cors(f),
+    )
+
+
+def _cors(f: Fields) -> Cors | None:
+    sub = f.mapping("corsPolicy")
+    if sub is None:
+        return None
+    sub.reject_unknown(
+        {
+            "allowOrigins",
+            "allowMethods",
+            "allowHeaders",
+            "exposeHeaders",
+            "maxAge",
+            "allowCredentials",
+            "unmatchedPreflights",
+        }
+    )
+    origins = [m for o in sub.mappings("allowOrigins") if (m := _string_match_in(o)) is not None]
+    preflights = sub.string("unmatchedPreflights", default="FORWARD")
+    if preflights not in ("FORWARD", "IGNORE"):
+        sub.error("unmatchedPreflights", f"must be FORWARD or IGNORE, not {preflights!r}")
+    return Cors(
+        allow_origins=tuple(origins),
+        allow_methods=sub.str_list("allowMethods"),
+        allow_headers=sub.str_list("allowHeaders"),
+        expose_headers=sub.str_list("exposeHeaders"),
+        max_age=_duration(sub, "maxAge"),
+        allow_credentials=sub.boolean("allowCredentials") if sub.has("allowCredentials") else None,
+        forward_unmatched_preflights=preflights != "IGNORE",
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2 as http_fault_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
@@ -23,6 +24,7 @@ from google.protobuf import wrappers_pb2
 from controlplane.envoy.clusters import duration, packed
 from controlplane.envoy.spec import (
     ConsistentHash,
+    Cors,
     Destination,
     Fault,
     HeaderOps,
@@ -35,6 +37,8 @@ from controlplane.envoy.spec import (
     StringMatch,
 )
 
+CORS_FILTER = "envoy.filters.http.cors"
+"""The HTTP filter (and ``typed_per_filter_config`` key) of CORS policies."""
 FAULT_FILTER = "envoy.filters.http.fault"
 """The HTTP filter (and ``typed_per_filter_config`` key) of injected faults."""
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
@@ -184,6 +188,22 @@ def fault_config(fault: Fault) -> Any:
     return out
 
 
+def cors_policy(cors: Cors) -> Any:
+    """The per-route ``CorsPolicy`` of the CORS filter."""
+    out = cors_pb2.CorsPolicy(
+        allow_origin_string_match=[string_matcher(o) for o in cors.allow_origins],
+        allow_methods=",".join(cors.allow_methods),
+        allow_headers=",".join(cors.allow_headers),
+        expose_headers=",".join(cors.expose_headers),
+    )
+    if cors.max_age is not None:
+        out.max_age = str(int(cors.max_age))
+    if cors.allow_credentials is not None:
+        out.allow_credentials.value = cors.allow_credentials
+    out.forward_not_matching_preflights.value = cors.forward_unmatched_preflights
+    return out
+
+
 def redirect_action(redirect: Redirect) -> Any:
     """The ``RedirectAction`` of a redirect rule."""
     out = rc.RedirectAction(response_code=_REDIRECT_CODES[redirect.redirect_code])
@@ -284,6 +304,8 @@ def build_routes(
             response = [rule.headers.response, *(d.headers.response for d in lone)]
             for req, resp in zip(request, response, strict=True):
                 _apply_headers(route, req, resp)
+            if rule.cors is not None:
+                route.typed_per_filter_config[CORS_FILTER].CopyFrom(packed(cors_policy(rule.cors)))
             if rule.fault is not None:
                 route.typed_per_filter_config[FAULT_FILTER].CopyFrom(
                     packed(fault_config(rule.fault))

@@ -149,6 +149,20 @@ class DirectResponse:
 
 
 @dataclass(frozen=True)
+class Cors:
+    """``corsPolicy``: what browsers may do cross-origin."""
+
+    allow_origins: tuple[StringMatch, ...] = ()
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: float | None = None
+    allow_credentials: bool | None = None
+    forward_unmatched_preflights: bool = True
+    """``unmatchedPreflights: FORWARD`` (Istio's default) rather than ``IGNORE``."""
+
+
+@dataclass(frozen=True)
 class Mirror:
     """``mirror`` with ``mirrorPercentage`` (or one entry of ``mirrors``)."""
 
@@ -172,6 +186,7 @@ class HttpRoute:
     fault: Fault | None = None
     mirrors: tuple[Mirror, ...] = ()
     headers: Headers = Headers()
+    cors: Cors | None = None
 
 
 @dataclass(frozen=True)

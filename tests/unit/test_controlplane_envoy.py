@@ -359,6 +359,26 @@ ROUTE_CASES: list[tuple[str, str, tuple[str, ...], Any]] = [
         V1,
     ),
     ("named rule", "name: canary\n" + DEST, ("name",), "demo.backend.canary"),
+    (
+        "corsPolicy",
+        "corsPolicy: {allowOrigins: [{exact: 'https://a.example'}, {regex: '.*\\.b\\.example'}],"
+        " allowMethods: [GET, POST], allowHeaders: [x-a, x-b], exposeHeaders: [x-c],"
+        " maxAge: 24h, allowCredentials: true, unmatchedPreflights: IGNORE}\n" + DEST,
+        ("typed_per_filter_config", "envoy.filters.http.cors"),
+        {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+            "allow_origin_string_match": [
+                {"exact": "https://a.example"},
+                {"safe_regex": {"regex": ".*\\.b\\.example"}},
+            ],
+            "allow_methods": "GET,POST",
+            "allow_headers": "x-a,x-b",
+            "expose_headers": "x-c",
+            "max_age": "86400",
+            "allow_credentials": True,
+            "forward_not_matching_preflights": False,
+        },
+    ),
 ]
 
 
@@ -636,6 +656,16 @@ def test_subset_policy_overrides_the_top_level_part_by_part() -> None:
             "base64",
         ),
         ("timeout: 1s", "spec.http[0].route", "needs a route"),
+        (
+            "corsPolicy: {allowOrigins: [{exact: a, prefix: b}]}\n" + DEST,
+            "spec.http[0].corsPolicy.allowOrigins[0]",
+            "exactly one",
+        ),
+        (
+            "corsPolicy: {unmatchedPreflights: DROP}\n" + DEST,
+            "spec.http[0].corsPolicy.unmatchedPreflights",
+            "FORWARD or IGNORE",
+        ),
         ("route: [{destination: {subset: v1}}]", "spec.http[0].route[0].destination.host", ""),
         ("bogus: 1\n" + DEST, "spec.http[0].bogus", "unknown field"),
         (

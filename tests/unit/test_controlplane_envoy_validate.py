@@ -62,6 +62,13 @@ http:
   mirror: {host: ratings.other, port: {number: 9080}}
   mirrorPercentage: {value: 12.5}
   rewrite: {uri: /v2, authority: backend.example}
+  corsPolicy:
+    allowOrigins: [{exact: 'https://a.example'}, {prefix: 'https://b.'}]
+    allowMethods: [GET, POST]
+    allowHeaders: [x-a]
+    exposeHeaders: [x-b]
+    maxAge: 1h
+    allowCredentials: false
 - match: [{uri: {exact: /old}}]
   redirect: {uri: /new, authority: new.example, port: 8443, scheme: https, redirectCode: 308}
 - match: [{uri: {exact: /down}}]
