@@ -48,6 +48,31 @@ from controlplane.sources.fields import Fields, Problem, type_name
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
+GRPC_STATUS_CODES = {
+    name: code
+    for code, name in enumerate(
+        [
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        ]
+    )
+}
+"""gRPC status names (as ``fault.abort.grpcStatus`` takes them) to their codes."""
 _NOT_RE2 = re.compile(r"\(\?<?[=!]|(?:^|[^\\])(?:\\\\)*\\[1-9]")
 """Lookaround and backreferences: Python accepts them, Envoy's RE2 does not."""
 
@@ -262,15 +287,30 @@ def _fault(f: Fields) -> Fault | None:
             delay = FaultDelay(fixed, 100.0 if percent is None else percent)
     if (a := sub.mapping("abort")) is not None:
         a.reject_unknown({"httpStatus", "percentage", "grpcStatus"})
+        status = grpc = None
         if a.has("grpcStatus"):
-            a.warn("grpcStatus", "not translated for waypoints yet; use httpStatus")
-        status = _integer(a, "httpStatus", minimum=200, maximum=599)
-        if status is None and not a.has("httpStatus"):
-            a.error("httpStatus", "required field is missing")
+            grpc = _grpc_status(a)
+            if a.has("httpStatus"):
+                a.error(None, "must have httpStatus or grpcStatus, not both")
+        else:
+            status = _integer(a, "httpStatus", minimum=200, maximum=599)
+            if status is None and not a.has("httpStatus"):
+                a.error("httpStatus", "required field is missing (or grpcStatus)")
         percent = _percent(a, "percentage")
-        if status is not None:
-            abort = FaultAbort(status, 100.0 if percent is None else percent)
+        if status is not None or grpc is not None:
+            abort = FaultAbort(status or 0, 100.0 if percent is None else percent, grpc)
     return Fault(delay=delay, abort=abort)
+
+
+def _grpc_status(f: Fields) -> int | None:
+    """``grpcStatus``: a gRPC status name (``UNAVAILABLE``) as its code."""
+    name = f.string("grpcStatus")
+    if name not in GRPC_STATUS_CODES:
+        f.error(
+            "grpcStatus", f"unknown gRPC status {name!r} (known: {', '.join(GRPC_STATUS_CODES)})"
+        )
+        return None
+    return GRPC_STATUS_CODES[name]
 
 
 def _rewrite(f: Fields) -> Rewrite | None:

@@ -183,7 +183,10 @@ def fault_config(fault: Fault) -> Any:
         out.delay.fixed_delay.CopyFrom(duration(fault.delay.fixed_delay))
         out.delay.percentage.CopyFrom(fraction(fault.delay.percentage))
     if fault.abort is not None:
-        out.abort.http_status = fault.abort.http_status
+        if fault.abort.grpc_status is not None:
+            out.abort.grpc_status = fault.abort.grpc_status
+        else:
+            out.abort.http_status = fault.abort.http_status
         out.abort.percentage.CopyFrom(fraction(fault.abort.percentage))
     return out
 

@@ -105,10 +105,13 @@ class FaultDelay:
 
 @dataclass(frozen=True)
 class FaultAbort:
-    """``fault.abort``: answer ``percentage`` of requests with ``http_status``."""
+    """``fault.abort``: answer ``percentage`` of requests with an HTTP or gRPC status."""
 
     http_status: int
+    """0 when ``grpc_status`` is set."""
     percentage: float = 100.0
+    grpc_status: int | None = None
+    """A gRPC status code (``grpcStatus``), answered in place of ``http_status``."""
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,12 @@ ROUTE_CASES: list[tuple[str, str, tuple[str, ...], Any]] = [
         {"numerator": 70000, "denominator": "MILLION"},
     ),
     (
+        "fault abort grpcStatus",
+        "fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}\n" + DEST,
+        ("typed_per_filter_config", "envoy.filters.http.fault", "abort", "grpc_status"),
+        14,
+    ),
+    (
         "fault abort without percentage is 100%",
         "fault: {abort: {httpStatus: 500}}\n" + DEST,
         ("typed_per_filter_config", "envoy.filters.http.fault", "abort", "percentage"),
@@ -647,6 +653,16 @@ def test_subset_policy_overrides_the_top_level_part_by_part() -> None:
             "missing",
         ),
         ("redirect: {uri: /x, redirectCode: 399}", "spec.http[0].redirect.redirectCode", "one of"),
+        (
+            "fault: {abort: {grpcStatus: BROKEN}}\n" + DEST,
+            "spec.http[0].fault.abort.grpcStatus",
+            "unknown gRPC status",
+        ),
+        (
+            "fault: {abort: {grpcStatus: ABORTED, httpStatus: 500}}\n" + DEST,
+            "spec.http[0].fault.abort",
+            "not both",
+        ),
         ("redirect: {uri: /x}\n" + DEST, "spec.http[0].redirect", "one of"),
         ("directResponse: {status: 200}\n" + DEST, "spec.http[0].directResponse", "one of"),
         ("directResponse: {body: {string: x}}", "spec.http[0].directResponse.status", "missing"),

@@ -71,6 +71,9 @@ http:
     allowCredentials: false
 - match: [{uri: {exact: /old}}]
   redirect: {uri: /new, authority: new.example, port: 8443, scheme: https, redirectCode: 308}
+- match: [{headers: {content-type: {prefix: application/grpc}}}]
+  fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 10}}}
+  route: [{destination: {host: backend, subset: v2}}]
 - match: [{uri: {exact: /down}}]
   directResponse: {status: 503, body: {string: maintenance}}
 - match: [{uri: {prefix: /re/}}]
