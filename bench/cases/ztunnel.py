@@ -197,12 +197,9 @@ class ZtunnelPath:
                     raise BenchError(f"node1's ztunnel metrics did not answer: {text[:80]}")
                 body = text.split("\n", 1)[1]
                 opened = _metric_sum(body, "istio_tcp_connections_opened_total", reporter="source")
-                received = _metric_sum(body, "istio_tcp_received_bytes_total", reporter="source")
-                sent = _metric_sum(body, "istio_tcp_sent_bytes_total", reporter="source")
                 return [
                     f"node1's ztunnel (source reporter) counted {opened:.0f} connections "
-                    f"through HBONE, {received / 1e9:.2f} GB from the client and "
-                    f"{sent / 1e9:.2f} GB back; {self.workers} workers per ztunnel"
+                    f"through HBONE; {self.workers} workers per ztunnel"
                 ]
 
             live = LivePath(
