@@ -170,8 +170,10 @@ class _Translation:
 class _Destinations:
     """Resolves destinations of one VirtualService for one served service port."""
 
-    def __init__(self, t: _Translation, vs: VirtualServiceSpec, host: str, port: int) -> None:
-        self.t, self.vs, self.host, self.port = t, vs, host, port
+    def __init__(
+        self, t: _Translation, vs: VirtualServiceSpec, host: str, port: int, field: str
+    ) -> None:
+        self.t, self.vs, self.host, self.port, self.field = t, vs, host, port, field
 
     def _warn(self, message: str) -> None:
         self.t.issues.append(
@@ -181,7 +183,7 @@ class _Destinations:
                 "VirtualService",
                 self.vs.namespace,
                 self.vs.name,
-                "spec.http",
+                self.field,
                 message,
                 Severity.WARNING,
             )
@@ -255,7 +257,9 @@ def translate_waypoint(
         for name, ends in sorted(t.needed.items())
     }
     needed = dict(sorted(t.needed.items()))
-    return WaypointResources(routes, clusters, needed, tuple(t.issues), tcp_proxies)
+    # A destination met on several ports or matches is reported once.
+    issues = tuple(dict.fromkeys(t.issues))
+    return WaypointResources(routes, clusters, needed, issues, tcp_proxies)
 
 
 def _http_routes(
@@ -265,12 +269,12 @@ def _http_routes(
     with_http = [vs for vs in applying if vs.http]
     built: list[Any] = []
     for vs in with_http:
-        destinations = _Destinations(t, vs, host, port)
+        destinations = _Destinations(t, vs, host, port, "spec.http")
         built += build_routes(vs.http, port, destinations, f"{vs.namespace}.{vs.name}")
     if with_http:
         return built
     default = HttpRoute(route=(_lone(host, port),))
-    return build_routes([default], port, _Destinations(t, _NO_VS, host, port), "default")
+    return build_routes([default], port, _Destinations(t, _NO_VS, host, port, ""), "default")
 
 
 def _tcp_proxy(t: _Translation, applying: list[VirtualServiceSpec], host: str, port: int) -> Any:
@@ -278,9 +282,9 @@ def _tcp_proxy(t: _Translation, applying: list[VirtualServiceSpec], host: str, p
     name = tcp_proxy_name(host, port)
     for vs in applying:
         if (rule := tcp_rule_for(vs.tcp, port)) is not None:
-            return build_tcp_proxy(name, rule, _Destinations(t, vs, host, port))
+            return build_tcp_proxy(name, rule, _Destinations(t, vs, host, port, "spec.tcp"))
     default = TcpRoute(route=(_lone(host, port),))
-    return build_tcp_proxy(name, default, _Destinations(t, _NO_VS, host, port))
+    return build_tcp_proxy(name, default, _Destinations(t, _NO_VS, host, port, ""))
 
 
 def _lone(host: str, port: int) -> RouteDestination:

@@ -487,9 +487,11 @@ def test_unknown_destination_and_subset_are_warned_about() -> None:
         "hosts: [backend]\nhttp: [{route: [{destination: {host: nowhere}, weight: 50},"
         " {destination: {host: backend, subset: v9}, weight: 50}]}]"
     )
-    issues = _translate(vs).issues
+    issues = _translate(vs, service=_service(ports=(80, 81))).issues
     messages = " / ".join(i.message for i in issues)
     assert all(i.severity is Severity.WARNING for i in issues)
+    assert len(issues) == 2, issues
+    assert {i.field for i in issues} == {"spec.http"}
     assert "nowhere.demo.svc.cluster.local is not a known service" in messages
     assert "subset 'v9'" in messages
 
