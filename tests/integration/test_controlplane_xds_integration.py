@@ -294,7 +294,25 @@ async def control_plane_restart(mesh: Mesh) -> None:
         assert proxy["types"][ADDRESS_TYPE_URL]["resourcesSent"] == 1
 
 
+async def settled(mesh: Mesh, quiet: float = 1.5, timeout: float = 20.0) -> None:
+    """Until the control plane has published nothing for ``quiet`` seconds.
+
+    Its watch compares each build with the hub's current snapshot: a cycle that lands
+    after a snapshot injected by the test would publish the good state over it.
+    ``quiet`` outlasts the first watch cycles and the once-a-second stat sweep.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last, since = mesh.plane.hub.snapshot, loop.time()
+    while loop.time() - since < quiet:
+        assert loop.time() < deadline, "the control plane kept publishing"
+        await asyncio.sleep(0.05)
+        if mesh.plane.hub.snapshot is not last:
+            last, since = mesh.plane.hub.snapshot, loop.time()
+
+
 async def nacked_push(mesh: Mesh) -> None:
+    await settled(mesh)
     before = [set(mesh.workloads(i)) for i in (0, 1)]
     pushes_before = [len(s) for s in mesh.states]
     good = mesh.plane.hub.snapshot
