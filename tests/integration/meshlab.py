@@ -17,6 +17,19 @@ from agent.daemon import cleanup
 from agent.pinned import remove_pins
 
 AGENT_MARK = 0x539
+AMBIENT = {"istio.io/dataplane-mode": "ambient"}
+"""The namespace label that enrolls a namespace's pods in the mesh."""
+
+# Run in a pod as `python -c HTTP_GET HOST PORT`: one GET, the body or "ERROR <kind>".
+HTTP_GET = """
+import http.client, sys
+c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=5)
+try:
+    c.request("GET", "/")
+    print(c.getresponse().read().decode())
+except OSError as err:
+    print("ERROR", type(err).__name__, err)
+"""
 
 
 def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.2) -> float:

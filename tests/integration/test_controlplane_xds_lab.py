@@ -28,21 +28,15 @@ from typing import Any
 import pytest
 
 from agent.pinned import BPFFS_ROOT
-from tests.integration.meshlab import teardown_nodes, wait_for, workload_ips
+from tests.integration.meshlab import (
+    AMBIENT,
+    HTTP_GET,
+    teardown_nodes,
+    wait_for,
+    workload_ips,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(300)]
-
-AMBIENT = {"istio.io/dataplane-mode": "ambient"}
-
-HTTP_GET = """
-import http.client, sys
-c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=5)
-try:
-    c.request("GET", "/")
-    print(c.getresponse().read().decode())
-except OSError as err:
-    print("ERROR", type(err).__name__, err)
-"""
 
 FETCH = """
 import sys, urllib.request
