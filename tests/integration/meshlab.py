@@ -54,6 +54,23 @@ def workload_ips(pin_dir: Path) -> set[str]:
         return set()
 
 
+def start_agent(lab: Any, node: Any) -> Any:
+    """``ambient agent run`` in ``node``'s namespace, reading the lab's config folder."""
+    argv = ["python", "-m", "ambient", "agent", "run", "--node", node.name, "--node-id", node.id]
+    argv += ["--config-dir", str(lab.config_dir), "--uplink", node.uplink]
+    return lab.spawn_in_node(node, argv, name=f"agent-{node.name}")
+
+
+def wait_for_enrollment(node: Any, pin_dir: Path, pods: Any, timeout: float = 30) -> None:
+    """Until ``node``'s agent has every one of its ``pods`` (a mapping) in its map.
+
+    Capture must know every pod of the node before traffic starts, or a first
+    connection could leave a not-yet-enrolled pod untouched.
+    """
+    want = {p.ip for p in pods.values() if p.node == node.name}
+    wait_for(lambda: want <= workload_ips(pin_dir), timeout, f"{node.name}'s agent")
+
+
 def teardown_nodes(lab: Any, pin_dirs: list[Path]) -> None:
     """Stops every lab process, then detaches and unpins each node's capture state."""
     from pyroute2 import IPRoute

@@ -31,9 +31,10 @@ from agent.pinned import BPFFS_ROOT
 from tests.integration.meshlab import (
     AMBIENT,
     HTTP_GET,
+    start_agent,
     teardown_nodes,
     wait_for,
-    workload_ips,
+    wait_for_enrollment,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(300)]
@@ -173,13 +174,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                      node.name, "--state-dir", str(state_dir), "--out", str(token)],
                     check=True, timeout=30, capture_output=True,
                 )  # fmt: skip
-                lab.spawn_in_node(
-                    node,
-                    ["python", "-m", "ambient", "agent", "run", "--node", node.name,
-                     "--node-id", node.id, "--config-dir", str(lab.config_dir),
-                     "--uplink", node.uplink],
-                    name=f"agent-{node.name}",
-                )  # fmt: skip
+                start_agent(lab, node)
                 lab.spawn_in_node(
                     node,
                     ["python", "-m", "ambient", "ztunnel", "run", "--node", node.name,
@@ -197,8 +192,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                     f"ztunnel on {node.name}",
                     step=0.3,
                 )
-                want = {p.ip for p in pods.values() if p.node == node.name}
-                wait_for(lambda d=pin_dir, w=want: w <= workload_ips(d), 30, f"{node.name} agent")
+                wait_for_enrollment(node, pin_dir, pods)
             yield result
         finally:
             teardown_nodes(lab, pin_dirs)

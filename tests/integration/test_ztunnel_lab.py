@@ -28,9 +28,10 @@ from agent.pinned import BPFFS_ROOT
 from tests.integration.meshlab import (
     AMBIENT,
     HTTP_GET,
+    start_agent,
     teardown_nodes,
     wait_for,
-    workload_ips,
+    wait_for_enrollment,
 )
 from ztunnel.app import load_or_create_ca
 
@@ -170,33 +171,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             lab.start_workload("neighbor", "http-echo", ["--listen", ":8080"])
             ztunnels = {}
             for node in lab.nodes:
-                lab.spawn_in_node(
-                    node,
-                    [
-                        "python",
-                        "-m",
-                        "ambient",
-                        "agent",
-                        "run",
-                        "--node",
-                        node.name,
-                        "--node-id",
-                        node.id,
-                        "--config-dir",
-                        str(lab.config_dir),
-                        "--uplink",
-                        node.uplink,
-                    ],
-                    name=f"agent-{node.name}",
-                )
+                start_agent(lab, node)
                 ztunnels[node.name] = start_ztunnel(lab, node, ca_dir)
             result = Mesh(lab, pods, ztunnels, ca_dir)
             for node, pin_dir in zip(lab.nodes, pin_dirs, strict=True):
                 wait_ready(result, node.name)
-                # Capture must know every pod of the node before traffic starts, or a
-                # first connection could leave a not-yet-enrolled pod untouched.
-                want = {p.ip for p in pods.values() if p.node == node.name}
-                wait_for(lambda d=pin_dir, w=want: w <= workload_ips(d), 30, f"{node.name}'s agent")
+                wait_for_enrollment(node, pin_dir, pods)
             yield result
         finally:
             teardown_nodes(lab, pin_dirs)
