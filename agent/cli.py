@@ -35,6 +35,15 @@ def cli() -> None:
 @click.option("--exclude-port", "exclude_ports", multiple=True, type=int, help="Outbound port.")
 @click.option("--exclude-inbound-port", "exclude_inbound_ports", multiple=True, type=int)
 @click.option("--exclude-cidr", "exclude_cidrs", multiple=True, help="Outbound destinations.")
+@click.option(
+    "--exclude-namespace",
+    "exclude_namespaces",
+    multiple=True,
+    default=("kube-system", "istio-system"),
+    show_default=True,
+    help="Namespace whose pods are never captured, even if labelled (repeatable; "
+    "given once, it replaces the defaults; --exclude-namespace '' excludes none).",
+)
 @click.option("--mark", default=0x539, show_default=True, help="Mark of assigned packets.")
 @click.option("--detach-on-exit", is_flag=True, help="Detach everything on a clean exit.")
 @click.option(
@@ -55,6 +64,7 @@ def run(  # click passes every flag by name
     exclude_ports: tuple[int, ...],
     exclude_inbound_ports: tuple[int, ...],
     exclude_cidrs: tuple[str, ...],
+    exclude_namespaces: tuple[str, ...],
     mark: int,
     detach_on_exit: bool,
     allow_host_namespace: bool,
@@ -83,6 +93,7 @@ def run(  # click passes every flag by name
         kubernetes=kubernetes,
         kubeconfig=kubeconfig,
         uplink=uplink,
+        excluded_namespaces=frozenset(ns for ns in exclude_namespaces if ns),
         capture=capture,
         metrics_host=metrics_host,
         metrics_port=metrics_port,

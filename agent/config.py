@@ -13,6 +13,8 @@ from agent.pinned import BPFFS_ROOT, pin_dir_for
 DEFAULT_METRICS_PORT = 15029
 DEFAULT_ROUTE_TABLE = 133
 DEFAULT_RULE_PRIORITY = 100
+DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "istio-system")
+"""As istio-cni's ``excludeNamespaces``: the cluster's own system pods and the mesh's."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,13 @@ class AgentConfig:
     """Kubeconfig for the API (None: in-cluster configuration, then the default file)."""
     uplink: str | None = None
     """The node's interface toward other nodes; None: the default route's interface."""
+    excluded_namespaces: frozenset[str] = frozenset(DEFAULT_EXCLUDED_NAMESPACES)
+    """Kubernetes namespaces whose pods are never captured, even when they or their
+    namespace carry ``istio.io/dataplane-mode=ambient`` (default: ``kube-system`` and
+    ``istio-system``, the mesh's own namespace, as istio-cni's ``excludeNamespaces``).
+    Only the agent enforces it: the control plane still lists a labelled pod there as
+    an HBONE workload, which peers reach through this node's ztunnel inbound, while
+    the pod's own outbound connections leave in clear (so a STRICT peer refuses them)."""
     bpffs_root: Path = BPFFS_ROOT
     """Where node pin folders live."""
     capture: CaptureSettings = field(default_factory=CaptureSettings)

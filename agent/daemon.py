@@ -131,12 +131,13 @@ class Agent:
         for ip, (workload, ifindex) in self.maps.applied_workloads().items():
             self.applied[ip] = Applied(workload, ifindex, recorded.get(ifindex, "?"))
         log.info(
-            "started node=%s node_id=%s pin_dir=%s uplink=%s adopted=%d",
+            "started node=%s node_id=%s pin_dir=%s uplink=%s adopted=%d excluded_namespaces=%s",
             self.config.node_name,
             self.config.node_id,
             pin_dir,
             link_name(self.ipr, self.uplink),
             len(self.applied),
+            ",".join(sorted(self.config.excluded_namespaces)) or "-",
         )
 
     # ------------------------------------------------------------------ sync
@@ -144,7 +145,7 @@ class Agent:
     def apply(self, state: ClusterState) -> None:
         """Brings programs and maps in step with ``state`` (idempotent)."""
         assert self.maps is not None
-        desired = local_workloads(state, self.config.node_name)
+        desired = local_workloads(state, self.config.node_name, self.config.excluded_namespaces)
         changes = plan(desired, {ip: a.workload for ip, a in self.applied.items()})
         for workload in changes.remove:
             self._forget(workload)

@@ -12,7 +12,7 @@ ztunnel already carries finish unharmed; a pod that goes is forgotten.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from agent.layout import WorkloadFlags
@@ -47,8 +47,15 @@ class LocalWorkload:
         return zlib.crc32(self.key.encode()) & 0x7FFFFFFF
 
 
-def local_workloads(state: ClusterState, node_name: str) -> dict[str, LocalWorkload]:
-    """The pods of ``node_name`` that have an address of their own, by IP."""
+def local_workloads(
+    state: ClusterState, node_name: str, excluded_namespaces: Collection[str] = ()
+) -> dict[str, LocalWorkload]:
+    """The pods of ``node_name`` that have an address of their own, by IP.
+
+    Pods of ``excluded_namespaces`` are never enrolled, whatever their labels (as
+    istio-cni's ``excludeNamespaces``); they stay known to the programs like any pod
+    outside the mesh, so their connections to enrolled pods still reach ztunnel.
+    """
     out: dict[str, LocalWorkload] = {}
     for pod in state.pods.values():
         if pod.node_name != node_name or not pod.ip or pod.host_network:
@@ -59,7 +66,8 @@ def local_workloads(state: ClusterState, node_name: str) -> dict[str, LocalWorkl
             namespace=pod.namespace,
             name=pod.name,
             ip=pod.ip,
-            enrolled=is_enrolled(pod, state.namespace_of(pod)),
+            enrolled=pod.namespace not in excluded_namespaces
+            and is_enrolled(pod, state.namespace_of(pod)),
         )
     return out
 

@@ -338,6 +338,7 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
         "excludePorts": [22, 9100],
         "excludeInboundPorts": [9100],
     },
+    "excludedNamespaces": ["kube-system", "infra"],
     "node": {"terminationGracePeriodSeconds": 60, "ztunnel": {"workers": 2}},
     "controlPlane": {
         "replicas": 2,

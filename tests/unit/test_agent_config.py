@@ -65,3 +65,37 @@ def test_the_agent_refuses_an_unnamed_namespace_unless_allowed(tmp_path: Path) -
     with pytest.raises(AgentError, match="refuses to run outside a named network namespace"):
         refuse_host_namespace(False, "ambient agent run")
     refuse_host_namespace(True, "ambient agent run")  # a real node, explicitly
+
+
+def _config_from_flags(monkeypatch: pytest.MonkeyPatch, *flags: str) -> AgentConfig:
+    """The AgentConfig `ambient agent run FLAGS` builds (nothing is started)."""
+    import agent.check
+    import agent.daemon
+    import ambient.preflight
+
+    built: list[AgentConfig] = []
+    monkeypatch.setattr(ambient.preflight, "require", lambda *a, **k: None)
+    monkeypatch.setattr(agent.check, "log_startup_check", lambda: None)
+    monkeypatch.setattr(agent.daemon, "run_agent", built.append)
+    result = CliRunner().invoke(cli, ["run", "--node", "n1", "--kubernetes", *flags])
+    assert result.exit_code == 0, result.output
+    return built[0]
+
+
+def test_excluded_namespaces_default_to_the_system_and_mesh_namespaces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agent.config import DEFAULT_EXCLUDED_NAMESPACES
+
+    default = frozenset(DEFAULT_EXCLUDED_NAMESPACES)
+    assert default == {"kube-system", "istio-system"}
+    assert AgentConfig("n1", "n1", None, kubernetes=True).excluded_namespaces == default
+    assert _config_from_flags(monkeypatch).excluded_namespaces == default
+
+
+def test_exclude_namespace_flags_replace_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _config_from_flags(
+        monkeypatch, "--exclude-namespace", "kube-system", "--exclude-namespace", "infra"
+    )
+    assert config.excluded_namespaces == {"kube-system", "infra"}
+    assert _config_from_flags(monkeypatch, "--exclude-namespace", "").excluded_namespaces == set()

@@ -65,3 +65,29 @@ def test_unlabelling_the_namespace_unenrolls_but_keeps_the_pod_known() -> None:
     changes = plan(after, before)
     assert changes.update == (LocalWorkload("mesh", "a", "10.244.1.2", False),)
     assert not changes.remove
+
+
+def test_pods_of_excluded_namespaces_are_never_enrolled_even_if_labelled() -> None:
+    labelled = FrozenMap({"istio.io/dataplane-mode": "ambient"})
+    got = local_workloads(
+        state(
+            pod("a", ip="10.244.1.2"),
+            pod("dns", ns="kube-system", ip="10.244.1.3", labels=labelled),
+            pod("gw", ns="istio-system", ip="10.244.1.4", labels=labelled),
+            pod("b", ns="plain", ip="10.244.1.5", labels=labelled),
+        ),
+        "node1",
+        frozenset({"kube-system", "istio-system"}),
+    )
+    # still known to the programs (their SYNs to enrolled pods must reach ztunnel)
+    assert {ip: w.enrolled for ip, w in got.items()} == {
+        "10.244.1.2": True,
+        "10.244.1.3": False,
+        "10.244.1.4": False,
+        "10.244.1.5": True,
+    }
+
+
+def test_an_excluded_mesh_namespace_drops_out_of_the_mesh() -> None:
+    got = local_workloads(state(pod("a", ip="10.244.1.2")), "node1", ("mesh",))
+    assert not got["10.244.1.2"].enrolled

@@ -178,6 +178,10 @@ def test_values_reach_the_objects(custom_render: list[dict[str, Any]]) -> None:
     assert "--exclude-cidr=169.254.169.254/32" in agent["args"]
     assert "--exclude-port=9100" in agent["args"]
     assert "--exclude-inbound-port=9100" in agent["args"]
+    excluded = [a for a in agent["args"] if a.startswith("--exclude-namespace=")]
+    assert excluded == [
+        f"--exclude-namespace={ns}" for ns in ("kube-system", "infra", "istio-system")
+    ]
     assert "--trust-domain=example.org" in ztunnel["args"]
     assert "--log-level=debug" in ztunnel["args"]
     assert ds["spec"]["template"]["spec"]["nodeSelector"]["mesh"] == "on"
@@ -188,6 +192,20 @@ def test_values_reach_the_objects(custom_render: list[dict[str, Any]]) -> None:
     assert "--cluster-id=east-1" in cp["args"]
     ca = next(v for v in deploy["spec"]["template"]["spec"]["volumes"] if v["name"] == "ca")
     assert ca["secret"]["secretName"] == "corp-intermediate-ca"
+
+
+def test_the_mesh_namespace_and_kube_system_are_excluded_by_default(
+    default_render: list[dict[str, Any]],
+) -> None:
+    agent = containers(by_kind(default_render, "DaemonSet", "ambient-node"))["agent"]
+    excluded = [a for a in agent["args"] if a.startswith("--exclude-namespace=")]
+    assert excluded == ["--exclude-namespace=kube-system", "--exclude-namespace=istio-system"]
+    # given once, the flag replaces the agent's defaults: the list must be whole
+    alone = checks.objects_of(checks.manifest_text({"excludedNamespaces": []}))
+    agent = containers(by_kind(alone, "DaemonSet", "ambient-node"))["agent"]
+    assert [a for a in agent["args"] if "exclude-namespace" in a] == [
+        "--exclude-namespace=istio-system"
+    ]
 
 
 def test_generated_ca_is_one_the_control_plane_accepts(
@@ -218,6 +236,7 @@ def test_notes_say_how_to_enroll() -> None:
         ({"capture": {"excludePorts": [70000]}}, "/capture/excludePorts/0"),
         ({"capture": {"excludeCIDRs": ["10.0.0.0"]}}, "/capture/excludeCIDRs/0"),
         ({"image": {"digest": "latest"}}, "/image/digest"),
+        ({"excludedNamespaces": ["Kube_System"]}, "/excludedNamespaces/0"),
         ({"node": {"ztunnel": {"capabilities": ["net_raw"]}}}, "/node/ztunnel/capabilities/0"),
     ],
 )
