@@ -2,9 +2,9 @@
 
 Kubernetes and Istio objects enter the system through a source
 (:mod:`controlplane.sources`) and are turned into these dataclasses there; nothing past
-that edge sees raw dictionaries. The classes keep what ambient mode uses; objects kept
-only for later waypoint work (``VirtualService``, ``DestinationRule``) keep their
-validated ``spec`` as a deep-frozen mapping.
+that edge sees raw dictionaries. The classes keep what ambient mode uses; objects translated
+for waypoints and gateways (``VirtualService``, ``DestinationRule``, ``Gateway``,
+``HTTPRoute``) keep their validated ``spec`` as a deep-frozen mapping too.
 """
 
 from __future__ import annotations
@@ -491,6 +491,141 @@ class DestinationRule:
         return (self.namespace, self.name)
 
 
+# --- gateways: waypoints and ingress ---------------------------------------------------------
+
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+"""On a gateway's pods and Service: the name of the ``Gateway`` they implement."""
+
+WAYPOINT_CLASS = "istio-waypoint"
+"""``gatewayClassName`` of a waypoint."""
+
+INGRESS_CLASS = "istio"
+"""``gatewayClassName`` of an Istio-deployed ingress gateway."""
+
+ISTIO_GATEWAY_KIND = "Gateway.networking.istio.io"
+"""The kind an Istio ``Gateway`` is known by where it must not be confused with the
+Gateway API's ``Gateway`` (object keys, issue references)."""
+
+
+@dataclass(frozen=True)
+class GatewayListener:
+    """One ``spec.listeners[]`` entry of a Gateway API ``Gateway``."""
+
+    name: str
+    port: int
+    protocol: str
+    """HTTP, HTTPS, TLS, TCP, UDP or HBONE (Istio's waypoint listener)."""
+    hostname: str = ""
+    tls: FrozenMap[str, Any] | None = None
+    """``tls`` (mode, certificateRefs, options), deep-frozen; None when absent."""
+    allowed_routes: FrozenMap[str, Any] | None = None
+    """``allowedRoutes`` (namespaces.from, kinds), deep-frozen; None when absent."""
+
+
+@dataclass(frozen=True)
+class GatewayStaticAddress:
+    """One ``spec.addresses[]`` entry of a Gateway API ``Gateway``."""
+
+    value: str
+    type: str = "IPAddress"
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """A Gateway API ``Gateway`` (gateway.networking.k8s.io v1 or v1beta1).
+
+    Of class ``istio-waypoint`` it declares a waypoint; of class ``istio`` an ingress
+    gateway. Translation to Envoy reads ``spec`` (kept whole, deep-frozen).
+    """
+
+    namespace: str
+    name: str
+    gateway_class: str
+    labels: FrozenMap[str, str] = EMPTY
+    annotations: FrozenMap[str, str] = EMPTY
+    listeners: tuple[GatewayListener, ...] = ()
+    addresses: tuple[GatewayStaticAddress, ...] = ()
+    spec: FrozenMap[str, Any] = field(default_factory=FrozenMap)
+    """The whole validated ``spec``, deep-frozen."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(namespace, name)."""
+        return (self.namespace, self.name)
+
+    @property
+    def is_waypoint(self) -> bool:
+        """Whether this Gateway declares a waypoint."""
+        return self.gateway_class == WAYPOINT_CLASS
+
+
+@dataclass(frozen=True)
+class IstioServer:
+    """One ``spec.servers[]`` entry of an Istio ``Gateway``."""
+
+    port: int
+    protocol: str
+    """HTTP, HTTPS, GRPC, HTTP2, MONGO, TCP or TLS (upper case)."""
+    hosts: tuple[str, ...]
+    port_name: str = ""
+    name: str = ""
+    bind: str = ""
+    tls: FrozenMap[str, Any] | None = None
+    """``tls`` (mode, credentialName, ...), deep-frozen; None when absent."""
+
+
+@dataclass(frozen=True)
+class IstioGateway:
+    """An Istio ``Gateway`` (networking.istio.io v1, v1beta1, v1alpha3): ingress."""
+
+    namespace: str
+    name: str
+    selector: FrozenMap[str, str] = EMPTY
+    """``spec.selector``: labels of the gateway pods (``istio: ingressgateway``)."""
+    servers: tuple[IstioServer, ...] = ()
+    labels: FrozenMap[str, str] = EMPTY
+    annotations: FrozenMap[str, str] = EMPTY
+    spec: FrozenMap[str, Any] = field(default_factory=FrozenMap)
+    """The whole validated ``spec``, deep-frozen."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(namespace, name)."""
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """One ``spec.parentRefs[]`` entry of a route (a Gateway, or a Service for GAMMA)."""
+
+    name: str
+    namespace: str = ""
+    """Empty: the route's own namespace."""
+    kind: str = "Gateway"
+    group: str = "gateway.networking.k8s.io"
+    section_name: str = ""
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class HTTPRoute:
+    """A Gateway API ``HTTPRoute`` (gateway.networking.k8s.io v1 or v1beta1)."""
+
+    namespace: str
+    name: str
+    parent_refs: tuple[ParentRef, ...] = ()
+    hostnames: tuple[str, ...] = ()
+    labels: FrozenMap[str, str] = EMPTY
+    annotations: FrozenMap[str, str] = EMPTY
+    spec: FrozenMap[str, Any] = field(default_factory=FrozenMap)
+    """The whole validated ``spec`` (rules, matches, filters, backendRefs), deep-frozen."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(namespace, name)."""
+        return (self.namespace, self.name)
+
+
 # --- what a source reports -------------------------------------------------------------------
 
 
@@ -555,6 +690,11 @@ class ClusterState:
     )
     virtual_services: Mapping[tuple[str, str], VirtualService] = field(default_factory=dict)
     destination_rules: Mapping[tuple[str, str], DestinationRule] = field(default_factory=dict)
+    gateways: Mapping[tuple[str, str], Gateway] = field(default_factory=dict)
+    """Gateway API ``Gateway`` objects (waypoints and ingress)."""
+    istio_gateways: Mapping[tuple[str, str], IstioGateway] = field(default_factory=dict)
+    """Istio ``Gateway`` objects (ingress)."""
+    http_routes: Mapping[tuple[str, str], HTTPRoute] = field(default_factory=dict)
     errors: tuple[SourceIssue, ...] = ()
     """Objects (or files) rejected; where an earlier good version existed, it stays."""
     warnings: tuple[SourceIssue, ...] = ()
@@ -577,6 +717,9 @@ class ClusterState:
                 "authorization_policies",
                 "virtual_services",
                 "destination_rules",
+                "gateways",
+                "istio_gateways",
+                "http_routes",
             )
         )
 
@@ -590,5 +733,8 @@ ClusterObject = (
     | AuthorizationPolicy
     | VirtualService
     | DestinationRule
+    | Gateway
+    | IstioGateway
+    | HTTPRoute
 )
 """Any domain object a source produces."""

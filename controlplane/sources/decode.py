@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.model import (
+    ISTIO_GATEWAY_KIND,
     ClusterObject,
     Severity,
     SourceIssue,
@@ -30,11 +31,18 @@ from controlplane.sources.fields import (
     is_dns1123_subdomain,
     type_name,
 )
+from controlplane.sources.gateways import (
+    decode_gateway,
+    decode_http_route,
+    decode_istio_gateway,
+)
 from controlplane.sources.networking import decode_destination_rule, decode_virtual_service
 from controlplane.sources.security import decode_authorization_policy, decode_peer_authentication
 
 SECURITY_VERSIONS = ("v1", "v1beta1")
 NETWORKING_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+GATEWAY_API_VERSIONS = ("v1", "v1beta1")
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 
 
 @dataclass
@@ -44,9 +52,16 @@ class Decoded:
     kind: str = ""
     namespace: str = ""
     name: str = ""
+    group: str = ""
+    """The API group of ``apiVersion`` ('' for the core group)."""
     obj: ClusterObject | None = None
     """The domain object; None when rejected or when the kind is ignored."""
     problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def key_kind(self) -> str:
+        """The kind as object keys spell it (Istio's ``Gateway`` set apart)."""
+        return kind_key(self.group, self.kind)
 
     @property
     def rejected(self) -> bool:
@@ -74,6 +89,13 @@ class Decoded:
         ]
 
 
+def kind_key(group: str, kind: str) -> str:
+    """The kind as object keys spell it: Istio's ``Gateway`` is not the Gateway API's."""
+    if group == "networking.istio.io" and kind == "Gateway":
+        return ISTIO_GATEWAY_KIND
+    return kind
+
+
 Decoder = Callable[[Fields, str, str], ClusterObject | None]
 
 
@@ -95,6 +117,7 @@ def decode(raw: Any) -> Decoded:
     if not api_version or not out.kind:
         return out
     group = api_version.rpartition("/")[0]
+    out.group = group
     spec = _KINDS.get((group, out.kind))
     if spec is None:
         reason = _IGNORED.get((group, out.kind), f"unknown kind {api_version} {out.kind}; ignored")
@@ -168,18 +191,14 @@ _KINDS: dict[tuple[str, str], tuple[tuple[str, ...], Decoder, bool]] = {
         decode_destination_rule,
         True,
     ),
+    ("networking.istio.io", "Gateway"): (NETWORKING_VERSIONS, decode_istio_gateway, True),
+    (GATEWAY_API_GROUP, "Gateway"): (GATEWAY_API_VERSIONS, decode_gateway, True),
+    (GATEWAY_API_GROUP, "HTTPRoute"): (GATEWAY_API_VERSIONS, decode_http_route, True),
 }
 """(API group, kind) -> (versions read, decoder, namespaced)."""
 
 _CONTROLLERS = "workload controllers are not expanded into pods here; write Pod objects"
 _IGNORED: dict[tuple[str, str], str] = {
-    ("networking.istio.io", "Gateway"): (
-        "Istio ingress Gateways are not served yet; the object is ignored"
-    ),
-    ("gateway.networking.k8s.io", "Gateway"): (
-        "Gateway API gateways (ingress and waypoints) are not served yet; ignored"
-    ),
-    ("gateway.networking.k8s.io", "HTTPRoute"): "HTTPRoutes need a waypoint; not served yet",
     ("gateway.networking.k8s.io", "GRPCRoute"): "GRPCRoutes need a waypoint; not served yet",
     ("networking.istio.io", "ServiceEntry"): "ServiceEntries are not served yet; ignored",
     ("networking.istio.io", "WorkloadEntry"): "WorkloadEntries are not served yet; ignored",

@@ -51,7 +51,7 @@ def decode_file(
     issues: list[SourceIssue] = []
     for doc in content.documents:
         result = decode(doc.data)
-        key: ObjectKey = (result.kind, result.namespace, result.name)
+        key: ObjectKey = (result.key_kind, result.namespace, result.name)
         if result.obj is not None:
             key = object_key(result.obj)
             if key in objects:
@@ -369,6 +369,9 @@ def _patched(
         authorization_policies=tables["authorization_policies"],
         virtual_services=tables["virtual_services"],
         destination_rules=tables["destination_rules"],
+        gateways=tables["gateways"],
+        istio_gateways=tables["istio_gateways"],
+        http_routes=tables["http_routes"],
     )
 
 

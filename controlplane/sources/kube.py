@@ -65,6 +65,9 @@ DEFAULT_KINDS: tuple[ResourceKind, ...] = (
     ResourceKind("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies"),
     ResourceKind("VirtualService", "networking.istio.io", "v1", "virtualservices"),
     ResourceKind("DestinationRule", "networking.istio.io", "v1", "destinationrules"),
+    ResourceKind("Gateway", "networking.istio.io", "v1", "gateways"),
+    ResourceKind("Gateway", "gateway.networking.k8s.io", "v1", "gateways"),
+    ResourceKind("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes"),
 )
 """What the control plane reads (Istio's current storage versions)."""
 

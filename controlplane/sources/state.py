@@ -6,10 +6,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from controlplane.model import (
+    ISTIO_GATEWAY_KIND,
     AuthorizationPolicy,
     ClusterObject,
     ClusterState,
     DestinationRule,
+    Gateway,
+    HTTPRoute,
+    IstioGateway,
     Namespace,
     PeerAuthentication,
     Pod,
@@ -31,6 +35,9 @@ _FIELD_OF: dict[type, str] = {
     AuthorizationPolicy: "authorization_policies",
     VirtualService: "virtual_services",
     DestinationRule: "destination_rules",
+    Gateway: "gateways",
+    IstioGateway: "istio_gateways",
+    HTTPRoute: "http_routes",
 }
 
 
@@ -38,6 +45,8 @@ def object_key(obj: ClusterObject) -> ObjectKey:
     """The identity of a domain object (its class name is the Kubernetes kind)."""
     if isinstance(obj, Namespace):
         return ("Namespace", "", obj.name)
+    if isinstance(obj, IstioGateway):
+        return (ISTIO_GATEWAY_KIND, obj.namespace, obj.name)
     return (type(obj).__name__, obj.namespace, obj.name)
 
 

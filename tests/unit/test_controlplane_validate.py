@@ -84,14 +84,14 @@ def test_json_output(tmp_path: Path) -> None:
 
 def test_ignored_objects_are_warnings_and_do_not_fail(tmp_path: Path) -> None:
     (tmp_path / "gw.yaml").write_text(
-        "apiVersion: networking.istio.io/v1\nkind: Gateway\n"
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
         "metadata: {name: ingress, namespace: istio-system}\n"
         "---\napiVersion: v1\nkind: Namespace\n"
         "metadata: {name: legacy, labels: {istio-injection: enabled}}\n"
     )
     code, out = run(str(tmp_path))
     assert code == 0
-    assert "gw.yaml:1: warning: Gateway/istio-system/ingress: kind: Istio ingress Gateways" in out
+    assert "gw.yaml:1: warning: ServiceEntry/istio-system/ingress: kind: ServiceEntries" in out
     assert "gw.yaml:5: warning: Namespace/legacy: metadata.labels.istio-injection" in out
     assert "istio.io/dataplane-mode=ambient" in out
     code, out = run("--quiet", str(tmp_path))

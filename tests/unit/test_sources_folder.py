@@ -234,8 +234,8 @@ def test_bad_objects_are_skipped_and_the_rest_loads(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         (
-            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\n",
-            "warning: Gateway/gw: kind: Istio ingress Gateways are not served yet",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: gw}\n",
+            "warning: ServiceEntry/gw: kind: ServiceEntries are not served yet",
         ),
         (
             "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n",
@@ -256,7 +256,7 @@ def test_bad_objects_are_skipped_and_the_rest_loads(tmp_path: Path) -> None:
             "spec.selector: an empty selector selects the whole namespace",
         ),
     ],
-    ids=["ingress-gateway", "unknown-kind", "injection-label", "deployment", "empty-selector"],
+    ids=["service-entry", "unknown-kind", "injection-label", "deployment", "empty-selector"],
 )
 def test_ignored_things_are_warnings(tmp_path: Path, text: str, expected: str) -> None:
     write(tmp_path, "x.yaml", text)
