@@ -400,6 +400,8 @@ def apply(
     for warning in result.warnings:
         click.echo(str(warning), err=True)
     emit(result.rows(), output, ["object", "result", "detail"])
+    for note in result.notes:
+        click.echo(note, err=True)
 
 
 @cli.command()
@@ -424,6 +426,8 @@ def delete(
     lab = Lab.attach(_resolve_name(name, run_root), run_root)
     result = delete_manifests(lab, list(files), namespace=namespace, dry_run=dry_run)
     emit(result.rows(), output, ["object", "result", "detail"])
+    for note in result.notes:
+        click.echo(note, err=True)
 
 
 def _service_port(text: str) -> Any:

@@ -796,10 +796,32 @@ class Lab:
             pod_gateway=self._plan.pod_gateway(index),
         )
 
+    def set_outside_hosts(self, entries: Sequence[tuple[str, Sequence[str]]]) -> None:
+        """The ``outside`` host's ``/etc/hosts``: names of what it may reach from the fabric
+        (the gateways, ``istio-ingressgateway.istio-system``), as a LoadBalancer's DNS
+        name would resolve. Commands in ``outside`` see it from then on."""
+        netns = self.outside.netns
+        with self._mutate() as state:
+            if netns not in state.etc_netns:
+                state.etc_netns.append(netns)
+        folder = dns.ETC_NETNS / netns
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        lines += [f"{ip}\t{' '.join(names)}" for ip, names in entries]
+        with open(folder / "hosts", "w") as f:  # in place: running processes see it
+            f.write("\n".join(lines) + "\n")
+
     def _enter(self, target: Target) -> tuple[str, list[str]]:
         if isinstance(target, str):
             target = self._resolve(target)
         if isinstance(target, Pod):
+            return target.netns, processes.pod_enter_argv(target.netns)
+        if (
+            isinstance(target, Host)
+            and target.name == "outside"
+            and (dns.ETC_NETNS / target.netns / "hosts").exists()
+        ):
+            # its hosts file (the gateways' names) applies, as for a pod
             return target.netns, processes.pod_enter_argv(target.netns)
         return target.netns, processes.node_enter_argv(target.netns)
 

@@ -24,7 +24,7 @@ from controlplane.model import FrozenMap, SourceIssue
 from lab import objects
 from lab.cluster import Lab
 from lab.errors import LabBusyError, LabError
-from lab.manifests import parse, planner
+from lab.manifests import gateways, parse, planner, proxies
 from lab.manifests.model import ConfigManifest, Manifest, ServiceAccountManifest
 from lab.manifests.planner import (
     Action,
@@ -59,6 +59,8 @@ class ApplyResult:
     outcomes: tuple[Outcome, ...]
     warnings: tuple[SourceIssue, ...]
     actions: tuple[Action, ...]
+    notes: tuple[str, ...] = ()
+    """What a user wants to know after the change (a gateway's address, an idle proxy)."""
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per object, for ``emit``."""
@@ -102,6 +104,7 @@ def workload_pods(lab: Lab, namespace: str, name: str) -> list[Pod]:
 
 
 def _execute(lab: Lab, plan: Plan, warnings: tuple[SourceIssue, ...], dry_run: bool) -> ApplyResult:
+    notes: list[str] = []
     if not dry_run:
         try:
             for action in plan.actions:
@@ -110,7 +113,15 @@ def _execute(lab: Lab, plan: Plan, warnings: tuple[SourceIssue, ...], dry_run: b
             # Saved also after a failed action: the next plan compares with the lab itself,
             # so what was not made is made then.
             write_atomic(lab.run_dir / RECORD_FILE, planner.record_to_json(plan.record))
-    return ApplyResult(plan.outcomes, warnings, plan.actions)
+        if any(isinstance(a, AddPod | RemovePod | RemoveNamespace) for a in plan.actions):
+            notes += proxies.publish_gateways(lab)
+        if any(isinstance(a, AddPod) and _is_proxy(a) for a in plan.actions):
+            notes += proxies.start_proxies(lab)
+    return ApplyResult(plan.outcomes, warnings, plan.actions, tuple(notes))
+
+
+def _is_proxy(action: AddPod) -> bool:
+    return any(p.program == gateways.PROXY_PROGRAM for p in action.programs)
 
 
 def run_action(lab: Lab, action: Action) -> None:
@@ -154,6 +165,8 @@ def _add_pod(lab: Lab, action: AddPod) -> None:
     if action.owner:
         _write_owned(lab, pod, action.owner)
     for program in action.programs:
+        if program.program == gateways.PROXY_PROGRAM:
+            continue  # started once every pod and Service exists (proxies.start_proxies)
         lab.start_workload(
             pod,
             program.program,

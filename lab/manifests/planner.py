@@ -23,7 +23,9 @@ import yaml
 
 from controlplane.model import EMPTY, FrozenMap, SourceIssue, selector_matches
 from controlplane.sources.fields import is_dns1123_label
+from lab.manifests import gateways
 from lab.manifests.errors import ManifestError
+from lab.manifests.gateways import GatewayDeployment
 from lab.manifests.images import Program
 from lab.manifests.model import (
     POD_TEMPLATE_HASH,
@@ -317,6 +319,14 @@ class _Planner:
             self.load[pod.node] = self.load.get(pod.node, 0) + 1
         self.namespaces = set(view.namespaces)
         self.vips = {key: svc.vip for key, svc in view.services.items()}
+        self.ingress_ports: dict[str, Mapping[str, int]] = {
+            ref: applied.port_names
+            for ref, applied in record.items()
+            if _INGRESS_KEY in applied.pods
+        }
+        """Istio Gateway ref -> its server ports, for every Gateway the ingress serves."""
+        self.deployed: set[str] = set()
+        """Gateway pods (``ns/name``) already planned by this apply."""
 
     def problem(self, manifest: Manifest, field_path: str, message: str) -> None:
         self.problems.append(
@@ -483,11 +493,76 @@ class _Planner:
         text = object_text(m.plain())
         self.record[m.ref] = Applied(files=(m.filename,))
         current = self.view.files.get(m.filename)
+        deployment = self.gateway(m)
+        detail = ""
+        if deployment is not None:
+            what = "waypoint" if deployment.kind == "waypoint" else "gateway"
+            detail = f"{what} pod {deployment.key}"
         if current == text:
-            self.outcome(m, "unchanged")
+            self.outcome(m, "unchanged", detail)
             return
         self.actions.append(WriteFile(m.filename, text))
-        self.outcome(m, "created" if current is None else "configured")
+        self.outcome(m, "created" if current is None else "configured", detail)
+
+    def gateway(self, m: ConfigManifest) -> GatewayDeployment | None:
+        """The pod and Service a gateway object needs, planned once per apply."""
+        if gateways.is_ingress(m):
+            self.ingress_ports.setdefault(m.ref, FrozenMap(gateways.server_ports(m)))
+            deployment: GatewayDeployment | None = gateways.ingress_deployment(
+                self.ingress_ports[k] for k in sorted(self.ingress_ports)
+            )
+        else:
+            deployment = gateways.deployment_for(m)
+        if deployment is None:
+            return None
+        ports: FrozenMap[str, int] = (
+            FrozenMap(gateways.server_ports(m)) if gateways.is_ingress(m) else FrozenMap()
+        )
+        self.record[m.ref] = Applied(files=(m.filename,), pods=(deployment.key,), port_names=ports)
+        if deployment.key in self.deployed:
+            return deployment
+        self.deployed.add(deployment.key)
+        if deployment.namespace not in self.namespaces:
+            self.actions.append(AddNamespace(deployment.namespace, EMPTY))
+            self.namespaces.add(deployment.namespace)
+        if deployment.key not in self.pods:
+            node = place(self.view.nodes, self.load, {})
+            program = Program(
+                gateways.PROXY_PROGRAM,
+                (deployment.kind, deployment.gateway_name),
+                gateways.STATUS_PORT,
+            )
+            self.actions.append(
+                AddPod(
+                    deployment.namespace,
+                    deployment.name,
+                    node,
+                    deployment.labels,
+                    deployment.name,
+                    (program,),
+                )
+            )
+            self.pods.add(deployment.key)
+            self.load[node] = self.load.get(node, 0) + 1
+        current = self.view.services.get(deployment.key)
+        if current is None:
+            self.actions.append(
+                AddService(
+                    deployment.namespace, deployment.name, deployment.selector, deployment.ports
+                )
+            )
+        elif current.ports != deployment.ports or current.selector != deployment.selector:
+            self.actions.append(RemoveService(deployment.namespace, deployment.name))
+            self.actions.append(
+                AddService(
+                    deployment.namespace,
+                    deployment.name,
+                    deployment.selector,
+                    deployment.ports,
+                    current.vip,
+                )
+            )
+        return deployment
 
     # --- helpers
 
@@ -595,6 +670,9 @@ def plan_apply(manifests: Sequence[Manifest], view: LabView, record: Record) -> 
     """The actions that make the lab hold ``manifests``; raises :class:`ManifestError`
     (nothing to run) when one cannot be placed or resolved."""
     planner = _Planner(view, record)
+    for m in manifests:  # the ingress Service carries the ports of every Gateway it serves
+        if isinstance(m, ConfigManifest) and gateways.is_ingress(m):
+            planner.ingress_ports[m.ref] = FrozenMap(gateways.server_ports(m))
     for m in in_apply_order(manifests):
         if isinstance(m, NamespaceManifest):
             planner.namespace(m)
@@ -624,6 +702,8 @@ def plan_delete(manifests: Sequence[Manifest], view: LabView, record: Record) ->
     for m in reversed(in_apply_order(manifests)):
         applied = kept.pop(m.ref, None)
         found: list[Action] = []
+        if isinstance(m, ConfigManifest):
+            found += _gateway_removal(m, view, kept, gone_namespaces)
         if isinstance(m, ServiceAccountManifest | ConfigManifest):
             filename = (
                 m.filename
@@ -649,6 +729,28 @@ def plan_delete(manifests: Sequence[Manifest], view: LabView, record: Record) ->
             outcomes.append(Outcome(m.ref, "deleted" if found else "not found"))
         actions += found
     return Plan(tuple(actions), tuple(reversed(outcomes)), kept)
+
+
+_INGRESS_KEY = f"{gateways.INGRESS_NAMESPACE}/{gateways.INGRESS_NAME}"
+
+
+def _gateway_removal(
+    m: ConfigManifest, view: LabView, kept: Record, gone_namespaces: set[str]
+) -> list[Action]:
+    """Removal of a gateway object's pod and Service, unless another object still needs
+    them (the ingress gateway serves every Istio Gateway selecting it) or they go with
+    their namespace."""
+    deployment = gateways.deployment_for(m)
+    if deployment is None or deployment.namespace in gone_namespaces:
+        return []
+    if any(deployment.key in applied.pods for applied in kept.values()):
+        return []
+    found: list[Action] = []
+    if deployment.key in view.pods:
+        found.append(RemovePod(deployment.namespace, deployment.name))
+    if deployment.key in view.services:
+        found.append(RemoveService(deployment.namespace, deployment.name))
+    return found
 
 
 def _pods_of(m: WorkloadManifest, view: LabView, applied: Applied | None) -> list[Action]:
