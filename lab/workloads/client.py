@@ -41,57 +41,120 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 
 def http_get(
-    url: str, timeout: float, conn: http.client.HTTPConnection | None = None
+    url: str,
+    timeout: float,
+    conn: http.client.HTTPConnection | None = None,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
 ) -> tuple[int, str, dict[str, str]]:
-    """One GET; returns (status, body, headers). Uses ``conn`` when given (keep-alive)."""
+    """One request (GET unless told); returns (status, body, headers). Uses ``conn``
+    when given (keep-alive)."""
     parts = urllib.parse.urlsplit(url)
     own = conn is None
     if conn is None:
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
     try:
-        conn.request("GET", parts.path or "/", headers={"User-Agent": "ambient-lab-client"})
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        sent = {"User-Agent": "ambient-lab-client", **(headers or {})}
+        conn.request(method, path, body=body, headers=sent)
         resp = conn.getresponse()
-        body = resp.read().decode(errors="replace")
-        return resp.status, body, {k.lower(): v for k, v in resp.getheaders()}
+        text = resp.read().decode(errors="replace")
+        return resp.status, text, {k.lower(): v for k, v in resp.getheaders()}
     finally:
         if own:
             conn.close()
 
 
+def _header_args(values: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, sep, rest = value.partition(":")
+        if not sep:
+            raise SystemExit(f"--header {value!r} is not NAME: VALUE")
+        out[key.strip()] = rest.strip()
+    return out
+
+
+class _Tally:
+    """What the requests of one run saw (shared by the worker threads)."""
+
+    def __init__(self, report_headers: Sequence[str]) -> None:
+        self.lock = threading.Lock()
+        self.statuses: Counter[int] = Counter()
+        self.bodies: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.latencies: list[float] = []
+        self.report = [h.lower() for h in report_headers]
+        self.headers: dict[str, Counter[str]] = {h: Counter() for h in self.report}
+
+    def answer(self, status: int, body: str, headers: dict[str, str], ms: float) -> None:
+        with self.lock:
+            self.latencies.append(ms)
+            self.statuses[status] += 1
+            self.bodies[body] += 1
+            for name in self.report:
+                if name in headers:
+                    self.headers[name][headers[name]] += 1
+
+    def error(self, message: str) -> None:
+        with self.lock:
+            self.errors.append(message)
+
+
 def run_http(args: argparse.Namespace) -> int:
-    """``count`` GETs of ``url``, each on a new connection unless ``--keepalive``."""
-    statuses: Counter[int] = Counter()
-    bodies: Counter[str] = Counter()
-    errors: list[str] = []
-    latencies: list[float] = []
+    """``count`` requests to ``url`` (by ``--concurrency`` threads), each on a new
+    connection unless ``--keepalive``."""
+    tally = _Tally(args.report_header)
     deadline = time.monotonic() + args.deadline
     parts = urllib.parse.urlsplit(args.url)
-    conn = (
-        http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=args.timeout)
-        if args.keepalive
-        else None
-    )
-    for _ in range(args.count):
-        if time.monotonic() >= deadline:
-            errors.append("deadline reached")
-            break
-        start = time.monotonic()
-        try:
-            status, body, _headers = http_get(args.url, args.timeout, conn)
-        except (OSError, http.client.HTTPException) as err:
-            errors.append(f"{type(err).__name__}: {err}")
-            if conn is not None:
-                conn.close()
-        else:
-            latencies.append((time.monotonic() - start) * 1000)
-            statuses[status] += 1
-            bodies[body] += 1
-            if not args.json:
-                print(body, end="" if body.endswith("\n") else "\n", flush=True)
-        if args.interval:
-            time.sleep(args.interval)
-    if conn is not None:
-        conn.close()
+    headers = _header_args(args.header)
+    body = args.data.encode() if args.data is not None else None
+    method = args.method or ("POST" if body is not None else "GET")
+    remaining = [args.count]
+    take = threading.Lock()
+
+    def worker() -> None:
+        conn = (
+            http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=args.timeout)
+            if args.keepalive
+            else None
+        )
+        while True:
+            with take:
+                if remaining[0] <= 0:
+                    break
+                remaining[0] -= 1
+            if time.monotonic() >= deadline:
+                tally.error("deadline reached")
+                break
+            start = time.monotonic()
+            try:
+                status, text, got = http_get(
+                    args.url, args.timeout, conn, method=method, headers=headers, body=body
+                )
+            except (OSError, http.client.HTTPException) as err:
+                tally.error(f"{type(err).__name__}: {err}")
+                if conn is not None:
+                    conn.close()
+            else:
+                tally.answer(status, text, got, (time.monotonic() - start) * 1000)
+                if not args.json:
+                    print(text, end="" if text.endswith("\n") else "\n", flush=True)
+            if args.interval:
+                time.sleep(args.interval)
+        if conn is not None:
+            conn.close()
+
+    threads = [
+        threading.Thread(target=worker, daemon=True) for _ in range(max(1, args.concurrency))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()) + args.timeout + 1)
+    statuses, latencies = tally.statuses, tally.latencies
     ok = sum(n for s, n in statuses.items() if 200 <= s < 400)
     if args.json:
         summary: dict[str, Any] = {
@@ -100,17 +163,19 @@ def run_http(args: argparse.Namespace) -> int:
             "ok": ok,
             "failed": args.count - ok,
             "statuses": {str(k): v for k, v in sorted(statuses.items())},
-            "bodies": dict(bodies.most_common()),
-            "errors": errors[:10],
+            "bodies": dict(tally.bodies.most_common()),
+            "errors": tally.errors[:10],
             "latency_ms": {
                 "p50": round(percentile(latencies, 50), 3),
                 "p99": round(percentile(latencies, 99), 3),
                 "max": round(max(latencies, default=0.0), 3),
             },
         }
+        if tally.report:
+            summary["headers"] = {k: dict(v) for k, v in tally.headers.items()}
         print(json.dumps(summary), flush=True)
     else:
-        for message in errors[:10]:
+        for message in tally.errors[:10]:
             print(f"error: {message}", file=sys.stderr)
     return 0 if ok == args.count else 1
 
@@ -179,8 +244,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Subcommands ``http`` and ``bulk``."""
     parser = argparse.ArgumentParser(prog="client", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    h = sub.add_parser("http", help="GET a URL several times")
+    h = sub.add_parser("http", help="GET (or --method) a URL several times")
     h.add_argument("url")
+    h.add_argument("--method", "-X", default=None, help="GET unless --data is given (POST)")
+    h.add_argument("--header", "-H", action="append", default=[], help="NAME: VALUE")
+    h.add_argument("--data", "-d", default=None, help="request body")
+    h.add_argument("--concurrency", "-c", type=int, default=1, help="parallel clients")
+    h.add_argument(
+        "--report-header",
+        action="append",
+        default=[],
+        help="count the values of this response header (in --json)",
+    )
     h.add_argument("--count", "-n", type=int, default=1)
     h.add_argument("--timeout", type=float, default=5.0, help="per request, seconds")
     h.add_argument("--deadline", type=float, default=120.0, help="for all requests, seconds")

@@ -5,6 +5,11 @@ Every request is answered ``200`` with the configured text, a second line
 ``X-Client-Addr`` header; ``/health`` answers ``ok``. Keep-alive is supported.
 
     python -m lab.workloads.http_echo -text="Hello from v1" -listen=:8080
+
+Faults on demand, for the demo's resilience checks: from inside the pod (loopback only,
+so no caller through the mesh can set them), ``POST /__lab/fault?status=503`` makes every
+other request answer 503, ``?delay_ms=200`` delays every answer, and ``POST /__lab/fault``
+without parameters clears both. ``GET /__lab/fault`` shows them.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lab.workloads.payload import parse_hostport
 from lab.workloads.serving import close_quietly, peer_of, run, serve_until_signalled
@@ -21,6 +27,38 @@ from lab.workloads.serving import close_quietly, peer_of, run, serve_until_signa
 MAX_HEADER_BYTES = 64 * 1024
 IDLE_TIMEOUT = 30.0
 MAX_BODY = 16 * 1024 * 1024
+
+
+FAULT_PATH = "/__lab/fault"
+STATUS_TEXT = {
+    200: "OK",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+@dataclass
+class Faults:
+    """What every answer suffers: a status other than 200, a delay."""
+
+    status: int = 200
+    delay_ms: int = 0
+
+    def set_from(self, query: str) -> None:
+        """Sets the faults from ``status=...&delay_ms=...``; an empty query clears both."""
+        values = urllib.parse.parse_qs(query)
+        status = int(values.get("status", ["200"])[0])
+        delay = int(values.get("delay_ms", ["0"])[0])
+        if not 100 <= status <= 599 or not 0 <= delay <= 60_000:
+            raise ValueError("status must be 100..599 and delay_ms 0..60000")
+        self.status, self.delay_ms = status, delay
+
+    def describe(self) -> bytes:
+        """``status=N delay_ms=M``."""
+        return f"status={self.status} delay_ms={self.delay_ms}\n".encode()
 
 
 @dataclass(frozen=True)
@@ -35,6 +73,8 @@ class EchoConfig:
     """TCP port to listen on."""
     quiet: bool
     """No per-request log line (for benchmarks)."""
+    faults: Faults = field(default_factory=Faults, compare=False, hash=False)
+    """Faults set at run time through ``/__lab/fault`` (mutable)."""
 
 
 def parse_args(argv: Sequence[str]) -> EchoConfig:
@@ -100,17 +140,48 @@ async def _handle(
                 await reader.readexactly(length)
             conn = headers.get("connection", "").lower()
             keep = conn != "close" and (version == "HTTP/1.1" or conn == "keep-alive")
-            body = b"ok\n" if path == "/health" else answer_body(config.text, client)
-            writer.write(response("200 OK", b"" if method == "HEAD" else body, client, keep))
+            body, status = await _answer(config, method, path, client)
+            writer.write(response(status, b"" if method == "HEAD" else body, client, keep))
             await writer.drain()
             if not config.quiet:
-                print(f"{method} {path} from {client} 200", flush=True)
+                print(f"{method} {path} from {client} {status.split()[0]}", flush=True)
             if not keep:
                 return
     except (ConnectionError, asyncio.IncompleteReadError, ValueError):
         return
     finally:
         await close_quietly(writer)
+
+
+async def _answer(config: EchoConfig, method: str, path: str, client: str) -> tuple[bytes, str]:
+    """The body and status line of one request (faults applied)."""
+    route, _, query = path.partition("?")
+    faults = config.faults
+    if route == FAULT_PATH:
+        return _fault_request(faults, method, query, client)
+    if route == "/health":
+        return b"ok\n", "200 OK"
+    if faults.delay_ms:
+        await asyncio.sleep(faults.delay_ms / 1000)
+    body = answer_body(config.text, client)
+    if faults.status != 200:
+        return body, f"{faults.status} {STATUS_TEXT.get(faults.status, 'Fault')}"
+    return body, "200 OK"
+
+
+def _fault_request(faults: Faults, method: str, query: str, client: str) -> tuple[bytes, str]:
+    """``/__lab/fault``: shows (GET) or sets (POST, loopback callers only) the faults."""
+    if method == "GET":
+        return faults.describe(), "200 OK"
+    if method != "POST":
+        return b"GET or POST\n", "405 Method Not Allowed"
+    if not client.startswith(("127.", "[::1]", "::1")):
+        return b"faults are set from inside the pod (127.0.0.1)\n", "403 Forbidden"
+    try:
+        faults.set_from(query)
+    except ValueError as err:
+        return f"{err}\n".encode(), "400 Bad Request"
+    return faults.describe(), "200 OK"
 
 
 async def serve(config: EchoConfig) -> None:

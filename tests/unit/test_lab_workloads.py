@@ -176,3 +176,49 @@ def test_percentile() -> None:
     assert client.percentile(values, 99) == 99.0
     assert client.percentile([], 50) == 0.0
     assert client.percentile([3.0], 99) == 3.0
+
+
+def test_http_echo_faults_on_demand(echo_server: int, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{echo_server}"
+    status, body, _ = client.http_get(f"{url}/__lab/fault?status=503&delay_ms=50", 5, method="POST")
+    assert (status, body) == (200, "status=503 delay_ms=50\n")
+    start = time.monotonic()
+    status, body, _ = client.http_get(f"{url}/", 5)
+    assert status == 503 and body.startswith("Hello from v1")
+    assert time.monotonic() - start >= 0.05
+    assert client.http_get(f"{url}/health", 5)[0] == 200  # probes are not faulted
+    assert client.http_get(f"{url}/__lab/fault?status=99", 5, method="POST")[0] == 400
+    assert client.http_get(f"{url}/__lab/fault", 5, method="POST")[1] == "status=200 delay_ms=0\n"
+    assert client.http_get(f"{url}/", 5)[0] == 200
+
+
+def test_http_echo_faults_are_set_from_loopback_only() -> None:
+    _, status = http_echo._fault_request(http_echo.Faults(), "POST", "status=500", "10.0.0.2:5")
+    assert status.startswith("403")
+
+
+def test_client_concurrency_methods_headers(
+    echo_server: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = client.main(
+        [
+            "http",
+            f"http://127.0.0.1:{echo_server}/x?y=1",
+            "--count",
+            "40",
+            "--concurrency",
+            "8",
+            "-X",
+            "POST",
+            "-H",
+            "end-user: jason",
+            "--data",
+            "hi",
+            "--report-header",
+            "x-client-addr",
+            "--json",
+        ]
+    )
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and summary["ok"] == 40 and summary["statuses"] == {"200": 40}
+    assert sum(summary["headers"]["x-client-addr"].values()) == 40
