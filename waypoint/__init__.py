@@ -1,0 +1,1 @@
+"""The waypoint and gateway process: Envoy and the telemetry exporter beside it."""
