@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
+from controlplane.envoy.rbac import policy_problems
 from controlplane.model import (
     ClusterObject,
     ClusterState,
@@ -33,6 +34,7 @@ def analyze(state: ClusterState, origins: Origins, root_namespace: str) -> list[
     _selectors_matching_nothing(state, pods_by_ns, warn)
     _competing_peer_authentications(state, root_namespace, warn)
     _pods_without_namespace(state, pods_by_ns, warn)
+    _waypoint_policies(state, warn)
     return warn.issues
 
 
@@ -41,16 +43,17 @@ class _Reporter:
         self.origins = origins
         self.issues: list[SourceIssue] = []
 
-    def __call__(self, obj: ClusterObject, field: str, message: str) -> None:
+    def __call__(
+        self, obj: ClusterObject, field: str, message: str, severity: Severity = Severity.WARNING
+    ) -> None:
         key = object_key(obj)
         file, line = self.origins.get(key, ("", 0))
         kind, namespace, name = key
-        self.issues.append(
-            SourceIssue(file, line, kind, namespace, name, field, message, Severity.WARNING)
-        )
+        self.issues.append(SourceIssue(file, line, kind, namespace, name, field, message, severity))
 
 
-Warn = Callable[[ClusterObject, str, str], None]
+Warn = Callable[..., None]
+"""``warn(obj, field, message, severity=WARNING)``."""
 
 
 def _selected(selector: Mapping[str, str], pods: Iterable[Pod]) -> list[Pod]:
@@ -121,3 +124,33 @@ def _pods_without_namespace(
             f"no Namespace object {namespace!r} here; its pods ({len(pods)}) are enrolled "
             "only by their own istio.io/dataplane-mode label",
         )
+
+
+def _waypoint_policies(state: ClusterState, warn: Warn) -> None:
+    """What waypoints and gateways do not do with a policy (CUSTOM: an error), and
+    targets that name nothing."""
+    for policy in sorted(state.authorization_policies.values(), key=lambda p: p.key):
+        for problem in policy_problems(policy):
+            warn(policy, problem.field, problem.message, problem.severity)
+        for i, ref in enumerate(policy.target_refs):
+            namespace = ref.namespace or policy.namespace
+            known = {
+                "Gateway": state.gateways,
+                "Service": state.services,
+            }.get(ref.kind)
+            if known is None:
+                if ref.kind != "GatewayClass":
+                    warn(
+                        policy,
+                        f"spec.targetRefs[{i}].kind",
+                        f"{ref.kind!r} targets are not supported (Gateway, Service, "
+                        "GatewayClass); the policy does not apply through it",
+                    )
+                continue
+            if (namespace, ref.name) not in known:
+                warn(
+                    policy,
+                    f"spec.targetRefs[{i}]",
+                    f"no {ref.kind} {namespace}/{ref.name} here; the policy applies to "
+                    "nothing until it exists",
+                )

@@ -55,7 +55,9 @@ def validate_paths(
         for key in result.objects
     }
     extra = analyze(state, origins, root_namespace)
-    return replace(state, warnings=(*state.warnings, *extra))
+    errors = tuple(i for i in extra if i.severity is Severity.ERROR)
+    warnings = tuple(i for i in extra if i.severity is not Severity.ERROR)
+    return replace(state, errors=(*state.errors, *errors), warnings=(*state.warnings, *warnings))
 
 
 def issue_row(issue: SourceIssue) -> dict[str, Any]:
