@@ -23,6 +23,9 @@ DATAPLANE_MODE_LABEL = "istio.io/dataplane-mode"
 SIDECAR_STATUS_ANNOTATION = "sidecar.istio.io/status"
 """Set by Istio's injector on pods that carry a sidecar; such pods are never captured."""
 
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+"""On a gateway's pods and Service: the name of the ``Gateway`` they implement."""
+
 DEFAULT_ROOT_NAMESPACE = "istio-system"
 """Istio's default root namespace: policies placed there are mesh-wide."""
 
@@ -170,10 +173,13 @@ def is_enrolled(pod: Pod, namespace: Namespace | None) -> bool:
 
     Enrolled when the namespace is labelled ``istio.io/dataplane-mode=ambient`` or the
     pod itself is, unless the pod opts out with ``istio.io/dataplane-mode=none``. Pods
-    without an IP, on the host network, or carrying an Istio sidecar are never enrolled.
+    without an IP, on the host network, carrying an Istio sidecar, or running a gateway
+    (labelled ``gateway.networking.k8s.io/gateway-name``) are never enrolled.
     """
     if not pod.ip or pod.host_network or SIDECAR_STATUS_ANNOTATION in pod.annotations:
         return False
+    if GATEWAY_NAME_LABEL in pod.labels:
+        return False  # a waypoint's or gateway's pod: Envoy speaks HBONE itself
     pod_mode = pod.labels.get(DATAPLANE_MODE_LABEL)
     if pod_mode == "none":
         return False
@@ -492,9 +498,6 @@ class DestinationRule:
 
 
 # --- gateways: waypoints and ingress ---------------------------------------------------------
-
-GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
-"""On a gateway's pods and Service: the name of the ``Gateway`` they implement."""
 
 WAYPOINT_CLASS = "istio-waypoint"
 """``gatewayClassName`` of a waypoint."""

@@ -38,6 +38,7 @@ from controlplane.workloadapi.peerauth import (
     workload_policy_names,
 )
 from controlplane.workloadapi.services import ServiceIndex, is_served, service_message
+from controlplane.workloadapi.waypoints import WaypointIndex, gateway_address
 from controlplane.workloadapi.workloads import is_sent, workload_message
 
 __all__ = [
@@ -98,7 +99,7 @@ def translate(state: ClusterState, mesh: MeshConfig | None = None) -> Snapshot:
     context = TranslationContext.of(state, mesh)
     addresses: dict[str, Any] = {}
     for service in context.services:
-        name, address = service_address(service, mesh)
+        name, address = service_address(service, mesh, context.waypoints)
         addresses[name] = address
     for pod in state.pods.values():
         if is_sent(pod):
@@ -107,11 +108,14 @@ def translate(state: ClusterState, mesh: MeshConfig | None = None) -> Snapshot:
     return Snapshot(addresses, context.authorizations)
 
 
-def service_address(service: Service, mesh: MeshConfig) -> tuple[str, Any]:
-    """A service's resource name and its ``Address`` message."""
+def service_address(
+    service: Service, mesh: MeshConfig, waypoints: WaypointIndex | None = None
+) -> tuple[str, Any]:
+    """A service's resource name and its ``Address`` message (with its waypoint, if any)."""
     hostname = mesh.service_hostname(service.namespace, service.name)
+    waypoint = gateway_address(waypoints.for_service(service).waypoint, mesh) if waypoints else None
     return service_resource_name(service.namespace, hostname), wl.Address(
-        service=service_message(service, mesh)
+        service=service_message(service, mesh, waypoint)
     )
 
 
@@ -136,6 +140,8 @@ class TranslationContext:
     """Converted port-level PeerAuthentication messages by the policy's key."""
     selector_policies: tuple[AuthorizationPolicy, ...]
     """Sent policies with a workload selector, by key."""
+    waypoints: WaypointIndex
+    """The waypoints and binding resolution (``Service.waypoint``, ``Workload.waypoint``)."""
 
     @classmethod
     def of(cls, state: ClusterState, mesh: MeshConfig) -> TranslationContext:
@@ -179,6 +185,7 @@ class TranslationContext:
             peer,
             converted,
             tuple(selector_policies),
+            WaypointIndex(state),
         )
 
     def workload_address(self, pod: Pod) -> tuple[str, Any]:
@@ -192,5 +199,14 @@ class TranslationContext:
         levels = policies_for(pod.namespace, pod.labels, self.peer, root)
         names += workload_policy_names(levels, self.converted, root)
         selecting = self.index.selecting(pod)
-        message = workload_message(pod, self.state.namespace_of(pod), selecting, names, self.mesh)
+        waypoint = gateway_address(self.waypoints.for_pod(pod).waypoint, self.mesh)
+        message = workload_message(
+            pod,
+            self.state.namespace_of(pod),
+            selecting,
+            names,
+            self.mesh,
+            waypoint=waypoint,
+            waypoint_pod=self.waypoints.is_waypoint_pod(pod),
+        )
         return workload_resource_name(message.uid), wl.Address(workload=message)

@@ -13,6 +13,9 @@ re-translates only the workloads a change can affect:
   picks (namespace- and mesh-wide policies are not listed by workloads);
 - a PeerAuthentication changed: the pods of its namespace, or every pod when it is in
   the root namespace (mesh-wide);
+- a Namespace changed: also its services (``istio.io/use-waypoint`` on the namespace);
+- a Gateway changed, or a waypoint's Service (its address): every service and workload
+  (waypoint bindings can cross namespaces);
 - other mesh settings: everything.
 
 Unchanged resources keep their message objects (the same ``is``), so the serializer
@@ -27,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from api.messages import workload_resource_name
-from controlplane.model import ClusterState, Pod, selector_matches
+from controlplane.model import GATEWAY_NAME_LABEL, ClusterState, Pod, selector_matches
 from controlplane.workloadapi import Snapshot, TranslationContext, service_address, translate
 from controlplane.workloadapi.mesh import MeshConfig
 from controlplane.workloadapi.services import is_served
@@ -76,15 +79,9 @@ class IncrementalTranslator:
             return snapshot
         context = TranslationContext.of(state, self.mesh)
         addresses = self._addresses
-        for key in changed_keys(previous.services, state.services):
-            old, new = previous.services.get(key), state.services.get(key)
-            for service in (old, new):
-                if service is not None:
-                    addresses.pop(service_address(service, self.mesh)[0], None)
-            if new is not None and is_served(new):
-                name, address = service_address(new, self.mesh)
-                addresses[name] = address
-        dirty = self._dirty_pods(previous, state)
+        waypoints_moved = _waypoints_changed(previous, state)
+        self._update_services(previous, state, context, everything=waypoints_moved)
+        dirty = EVERY_POD if waypoints_moved else self._dirty_pods(previous, state)
         pods = state.pods.values() if dirty is EVERY_POD else _present(dirty, state)
         if dirty is EVERY_POD:
             for name in [n for n, a in addresses.items() if a.WhichOneof("type") == "workload"]:
@@ -101,6 +98,31 @@ class IncrementalTranslator:
                 count += 1
         self.retranslated = count
         return Snapshot(dict(addresses), context.authorizations)
+
+    def _update_services(
+        self,
+        previous: ClusterState,
+        state: ClusterState,
+        context: TranslationContext,
+        *,
+        everything: bool,
+    ) -> None:
+        """Re-translates the services that changed, or whose namespace did (or all)."""
+        addresses = self._addresses
+        service_keys = set(changed_keys(previous.services, state.services))
+        if everything:
+            service_keys |= set(previous.services) | set(state.services)
+        else:
+            namespaces = set(changed_keys(previous.namespaces, state.namespaces))
+            service_keys |= {k for k in state.services if k[0] in namespaces}
+        for key in sorted(service_keys):
+            old, new = previous.services.get(key), state.services.get(key)
+            for service in (old, new):
+                if service is not None:
+                    addresses.pop(service_address(service, self.mesh)[0], None)
+            if new is not None and is_served(new):
+                name, address = service_address(new, self.mesh, context.waypoints)
+                addresses[name] = address
 
     def _dirty_pods(
         self, previous: ClusterState, state: ClusterState
@@ -125,6 +147,20 @@ class IncrementalTranslator:
                 if pod.namespace in namespaces or _selected(pod, selectors):
                     dirty.add(key)
         return dirty
+
+
+def _waypoints_changed(previous: ClusterState, state: ClusterState) -> bool:
+    """Whether a Gateway, or a Service that may front a waypoint, changed."""
+    if changed_keys(previous.gateways, state.gateways):
+        return True
+    gateways = set(previous.gateways) | set(state.gateways)
+    for key in changed_keys(previous.services, state.services):
+        if key in gateways:
+            return True
+        for service in (previous.services.get(key), state.services.get(key)):
+            if service is not None and GATEWAY_NAME_LABEL in service.labels:
+                return True
+    return False
 
 
 def _selected(pod: Pod, selectors: Iterable[tuple[str, Mapping[str, str]]]) -> bool:

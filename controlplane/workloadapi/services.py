@@ -60,11 +60,11 @@ def app_protocol(port: ServicePort) -> int:
     return int(wl.UNKNOWN)
 
 
-def service_message(service: Service, mesh: MeshConfig) -> Any:
+def service_message(service: Service, mesh: MeshConfig, waypoint: Any | None = None) -> Any:
     """The ``istio.workload.Service`` for a Kubernetes Service.
 
     A numeric target port is sent; a named one is sent as 0, meaning "look it up in
-    the workload's services map".
+    the workload's services map". ``waypoint`` is its ``GatewayAddress``, if any.
     """
     families = set(service.ip_families)
     ip_families = {
@@ -90,6 +90,7 @@ def service_message(service: Service, mesh: MeshConfig) -> Any:
             )
             for p in service.ports
         ],
+        waypoint=waypoint,
     )
 
 

@@ -20,11 +20,16 @@ TUNNEL_LABELS = ("networking.istio.io/tunnel", "networking.agentgateway.io/tunne
 """Comma-separated tunnel protocols a workload terminates itself (``http``: HBONE)."""
 
 
-def tunnel(pod: Pod, namespace: Namespace | None) -> tuple[int, bool]:
-    """(``tunnel_protocol``, ``native_tunnel``) of a pod, as istiod decides them."""
+def tunnel(
+    pod: Pod, namespace: Namespace | None, *, waypoint_pod: bool = False
+) -> tuple[int, bool]:
+    """(``tunnel_protocol``, ``native_tunnel``) of a pod, as istiod decides them.
+
+    A waypoint's pod terminates HBONE itself (Envoy on 15008): HBONE, never captured.
+    """
     native = any("http" in pod.labels.get(label, "").split(",") for label in TUNNEL_LABELS)
     redirected = pod.annotations.get(REDIRECTION_ANNOTATION) == "enabled"
-    if native or redirected or is_enrolled(pod, namespace):
+    if native or redirected or waypoint_pod or is_enrolled(pod, namespace):
         return int(wl.HBONE), native
     return int(wl.NONE), False
 
@@ -69,12 +74,17 @@ def workload_message(
     services: Iterable[Service],
     policies: Sequence[str],
     mesh: MeshConfig,
+    *,
+    waypoint: Any | None = None,
+    waypoint_pod: bool = False,
 ) -> Any:
     """The ``istio.workload.Workload`` for a pod.
 
     ``services`` are the services selecting the pod (they enter its services map);
     ``policies`` are the ``<ns>/<name>`` of the selector-bound authorizations and
-    peer-authentication policies that apply to it.
+    peer-authentication policies that apply to it; ``waypoint`` is the
+    ``GatewayAddress`` of the waypoint serving traffic addressed to the pod;
+    ``waypoint_pod`` says the pod runs a waypoint.
     """
     addresses = pod.ips or ((pod.ip,) if pod.ip else ())
     service_map = {
@@ -82,7 +92,7 @@ def workload_message(
         for s in services
     }
     healthy = pod.ready and not pod.deleting
-    protocol, native = tunnel(pod, namespace)
+    protocol, native = tunnel(pod, namespace, waypoint_pod=waypoint_pod)
     return wl.Workload(
         uid=mesh.workload_uid(pod.namespace, pod.name),
         name=pod.name,
@@ -103,4 +113,5 @@ def workload_message(
         status=wl.HEALTHY if healthy else wl.UNHEALTHY,
         cluster_id=mesh.cluster_id,
         network_mode=wl.HOST_NETWORK if pod.host_network else wl.STANDARD,
+        waypoint=waypoint,
     )

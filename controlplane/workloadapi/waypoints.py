@@ -1,0 +1,297 @@
+"""Waypoint binding: which waypoint serves a Service or a workload, as istiod decides it.
+
+A waypoint is a Gateway API ``Gateway`` of class ``istio-waypoint``. Objects opt in
+with the label ``istio.io/use-waypoint`` (``W``, ``NS/W``, or ``#none`` to opt out)
+on a Namespace, Service or Pod, optionally with ``istio.io/use-waypoint-namespace``
+naming the waypoint's namespace. The most specific label wins: a Service's own label
+over its namespace's, a Pod's own label over its namespace's (a Service's label
+binds traffic addressed to the Service, a Pod's traffic addressed to the pod).
+The waypoint's ``istio.io/waypoint-for`` label (``service`` by default,
+``workload``, ``all``, ``none``) says which of the two kinds of traffic it takes.
+A waypoint's address is the ClusterIP of its Service: a Service in its namespace
+labelled ``gateway.networking.k8s.io/gateway-name: W``, else the Service named W.
+
+Everything here is pure: a :class:`~controlplane.model.ClusterState` in, bindings and
+the reasons for missing ones out.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from api.messages import workload as wl
+from controlplane.model import (
+    GATEWAY_NAME_LABEL,
+    ClusterState,
+    Gateway,
+    Namespace,
+    Pod,
+    Service,
+    Severity,
+    SourceIssue,
+    selector_matches,
+)
+from controlplane.workloadapi.mesh import MeshConfig
+
+USE_WAYPOINT_LABEL = "istio.io/use-waypoint"
+"""On a Namespace, Service or Pod: the waypoint its traffic goes through."""
+USE_WAYPOINT_NAMESPACE_LABEL = "istio.io/use-waypoint-namespace"
+"""Beside ``istio.io/use-waypoint``: the namespace of that waypoint (default: own)."""
+WAYPOINT_FOR_LABEL = "istio.io/waypoint-for"
+"""On a waypoint ``Gateway``: which traffic it takes (service, workload, all, none)."""
+OPT_OUT = "#none"
+"""``istio.io/use-waypoint: '#none'``: no waypoint, whatever the namespace says."""
+WAYPOINT_HBONE_PORT = 15008
+"""istiod always sends ``hbone_mtls_port: 15008`` for waypoints."""
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+class TrafficType(enum.Enum):
+    """``istio.io/waypoint-for``: the traffic a waypoint takes."""
+
+    SERVICE = "service"
+    WORKLOAD = "workload"
+    ALL = "all"
+    NONE = "none"
+
+    def takes(self, kind: TrafficType) -> bool:
+        """Whether a waypoint of this type takes traffic addressed to a ``kind``."""
+        return self is TrafficType.ALL or self is kind
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    """A waypoint Gateway, with what binding needs to know about it."""
+
+    namespace: str
+    name: str
+    traffic_type: TrafficType = TrafficType.SERVICE
+    address: str | None = None
+    """The ClusterIP of its Service; None while it has none (not usable yet)."""
+    gateway: Gateway | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(namespace, name)."""
+        return (self.namespace, self.name)
+
+    @property
+    def service_account(self) -> str:
+        """Istio runs a waypoint ``W`` with the service account ``W``."""
+        return self.name
+
+    def identity(self, mesh: MeshConfig) -> str:
+        """The waypoint's SPIFFE identity."""
+        return f"spiffe://{mesh.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+    def allows_namespace(self, namespace: Namespace | None, name: str) -> bool:
+        """Whether objects of namespace ``name`` may use it (its listeners' ``allowedRoutes``).
+
+        Without ``allowedRoutes`` only its own namespace may (Gateway API's ``Same``).
+        """
+        if name == self.namespace:
+            return True
+        listeners = self.gateway.listeners if self.gateway is not None else ()
+        for listener in listeners:
+            allowed: Mapping[str, Any] = listener.allowed_routes or {}
+            namespaces: Mapping[str, Any] = allowed.get("namespaces") or {}
+            source = namespaces.get("from", "Same")
+            if source == "All":
+                return True
+            if source == "Selector":
+                labels = dict(namespace.labels) if namespace is not None else {}
+                labels.setdefault(NAMESPACE_NAME_LABEL, name)
+                selector: Mapping[str, Any] = namespaces.get("selector") or {}
+                match_labels = selector.get("matchLabels") or {}
+                if isinstance(match_labels, Mapping) and selector_matches(match_labels, labels):
+                    return True
+        return False
+
+
+@dataclass(frozen=True)
+class Binding:
+    """The outcome of resolving one object's waypoint."""
+
+    waypoint: Waypoint | None = None
+    """The waypoint serving it; None when it has none."""
+    requested: tuple[str, str] | None = None
+    """(namespace, name) the labels asked for, if any (also when it cannot be used)."""
+    label_on: str = ""
+    """Where the deciding label was: ``pod``, ``service`` or ``namespace`` ('' for none)."""
+    problem: str = ""
+    """Why the requested waypoint is not used ('' when it is, or none was asked for)."""
+
+
+NO_BINDING = Binding()
+
+
+def requested_waypoint(labels: Mapping[str, str], own_namespace: str) -> tuple[str, str] | None:
+    """The (namespace, name) an object's labels ask for; None when they ask for none.
+
+    Raises nothing: ``#none`` and an absent label both give None (the caller tells them
+    apart with :func:`has_waypoint_label`).
+    """
+    value = labels.get(USE_WAYPOINT_LABEL)
+    if not value or value == OPT_OUT:
+        return None
+    if "/" in value:
+        namespace, _, name = value.partition("/")
+        return (namespace, name)
+    return (labels.get(USE_WAYPOINT_NAMESPACE_LABEL) or own_namespace, value)
+
+
+def has_waypoint_label(labels: Mapping[str, str]) -> bool:
+    """Whether the object decides for itself (a waypoint, or ``#none``)."""
+    return bool(labels.get(USE_WAYPOINT_LABEL))
+
+
+def traffic_type(gateway: Gateway) -> TrafficType:
+    """A waypoint Gateway's ``istio.io/waypoint-for`` (``service`` when absent or unknown)."""
+    value = gateway.labels.get(WAYPOINT_FOR_LABEL, "service")
+    try:
+        return TrafficType(value)
+    except ValueError:
+        return TrafficType.SERVICE
+
+
+def waypoint_service(state: ClusterState, gateway: Gateway) -> Service | None:
+    """The Service fronting a waypoint: labelled with its gateway name, else named after it."""
+    labelled = sorted(
+        (
+            s
+            for s in state.services.values()
+            if s.namespace == gateway.namespace and s.labels.get(GATEWAY_NAME_LABEL) == gateway.name
+        ),
+        key=lambda s: s.name,
+    )
+    if labelled:
+        return labelled[0]
+    return state.services.get(gateway.key)
+
+
+def is_waypoint_object(labels: Mapping[str, str]) -> bool:
+    """A gateway's own pod or Service (it never goes through a waypoint itself)."""
+    return GATEWAY_NAME_LABEL in labels
+
+
+class WaypointIndex:
+    """Every waypoint of a state, and binding resolution against them."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+        self.waypoints: dict[tuple[str, str], Waypoint] = {}
+        for gateway in state.gateways.values():
+            if not gateway.is_waypoint:
+                continue
+            service = waypoint_service(state, gateway)
+            address = (
+                service.cluster_ips[0] if service is not None and service.cluster_ips else None
+            )
+            self.waypoints[gateway.key] = Waypoint(
+                gateway.namespace, gateway.name, traffic_type(gateway), address, gateway
+            )
+
+    def is_waypoint_pod(self, pod: Pod) -> bool:
+        """Whether a pod runs a waypoint (HBONE, never captured)."""
+        name = pod.labels.get(GATEWAY_NAME_LABEL)
+        return name is not None and (pod.namespace, name) in self.waypoints
+
+    def for_service(self, service: Service) -> Binding:
+        """The waypoint of traffic addressed to a Service (its label, else its namespace's)."""
+        if is_waypoint_object(service.labels):
+            return NO_BINDING
+        return self.resolve(service.namespace, service.labels, "service", TrafficType.SERVICE)
+
+    def for_pod(self, pod: Pod) -> Binding:
+        """The waypoint of traffic addressed to a pod (its label, else its namespace's)."""
+        if is_waypoint_object(pod.labels):
+            return NO_BINDING
+        return self.resolve(pod.namespace, pod.labels, "pod", TrafficType.WORKLOAD)
+
+    def resolve(
+        self, namespace: str, labels: Mapping[str, str], kind: str, traffic: TrafficType | None
+    ) -> Binding:
+        """The binding of an object in ``namespace`` with ``labels`` (``kind`` names it).
+
+        ``traffic`` is the kind of traffic bound (None: any, to check a namespace label).
+        """
+        ns = self.state.namespaces.get(namespace)
+        if has_waypoint_label(labels):
+            source, label_on = labels, kind
+        elif ns is not None and has_waypoint_label(ns.labels):
+            source, label_on = ns.labels, "namespace"
+        else:
+            return NO_BINDING
+        requested = requested_waypoint(source, namespace)
+        if requested is None:
+            return NO_BINDING  # '#none'
+        waypoint = self.waypoints.get(requested)
+        problem = ""
+        if waypoint is None:
+            gateway = self.state.gateways.get(requested)
+            what = f"waypoint {requested[0]}/{requested[1]}"
+            problem = (
+                f"{what} is a Gateway of class {gateway.gateway_class!r}, not istio-waypoint"
+                if gateway is not None
+                else f"{what} does not exist (no Gateway of class istio-waypoint by that name)"
+            )
+        elif traffic is not None and not waypoint.traffic_type.takes(traffic):
+            problem = (
+                f"waypoint {requested[0]}/{requested[1]} is for "
+                f"{waypoint.traffic_type.value!r} traffic, not {traffic.value!r} "
+                f"(label {WAYPOINT_FOR_LABEL})"
+            )
+        elif not waypoint.allows_namespace(ns, namespace):
+            problem = (
+                f"waypoint {requested[0]}/{requested[1]} does not allow namespace {namespace!r} "
+                "(its listener's allowedRoutes.namespaces)"
+            )
+        elif waypoint.address is None:
+            problem = (
+                f"waypoint {requested[0]}/{requested[1]} has no address yet (no Service "
+                f"labelled {GATEWAY_NAME_LABEL}={requested[1]} with a ClusterIP)"
+            )
+        if problem:
+            return Binding(None, requested, label_on, problem)
+        return Binding(waypoint, requested, label_on)
+
+
+def gateway_address(waypoint: Waypoint | None, mesh: MeshConfig) -> Any | None:
+    """The ``istio.workload.GatewayAddress`` istiod sends for a waypoint (None: none)."""
+    if waypoint is None or waypoint.address is None:
+        return None
+    return wl.GatewayAddress(
+        address=wl.NetworkAddress(
+            network=mesh.network, address=ipaddress.ip_address(waypoint.address).packed
+        ),
+        hbone_mtls_port=WAYPOINT_HBONE_PORT,
+    )
+
+
+def binding_issues(state: ClusterState) -> list[SourceIssue]:
+    """Warnings for every use-waypoint label whose waypoint cannot be used, and why."""
+    index = WaypointIndex(state)
+    issues: list[SourceIssue] = []
+    field = f"metadata.labels.{USE_WAYPOINT_LABEL}"
+
+    def check(kind: str, namespace: str, name: str, binding: Binding) -> None:
+        if binding.problem:
+            issues.append(
+                SourceIssue("", 0, kind, namespace, name, field, binding.problem, Severity.WARNING)
+            )
+
+    for ns in sorted(state.namespaces.values(), key=lambda n: n.name):
+        if has_waypoint_label(ns.labels):
+            binding = index.resolve(ns.name, ns.labels, "namespace", None)
+            check("Namespace", "", ns.name, binding)
+    for svc in sorted(state.services.values(), key=lambda s: s.key):
+        if has_waypoint_label(svc.labels):
+            check("Service", svc.namespace, svc.name, index.for_service(svc))
+    for pod in sorted(state.pods.values(), key=lambda p: p.key):
+        if has_waypoint_label(pod.labels):
+            check("Pod", pod.namespace, pod.name, index.for_pod(pod))
+    return issues

@@ -1,0 +1,369 @@
+"""Waypoint binding: use-waypoint labels, waypoint-for, addresses, and the workload API."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from api.messages import workload as wl
+from controlplane.model import (
+    ClusterState,
+    FrozenMap,
+    Gateway,
+    GatewayListener,
+    Namespace,
+    Pod,
+    Service,
+    ServicePort,
+    deep_freeze,
+    is_enrolled,
+)
+from controlplane.workloadapi import MeshConfig, translate
+from controlplane.workloadapi.incremental import IncrementalTranslator
+from controlplane.workloadapi.waypoints import (
+    TrafficType,
+    WaypointIndex,
+    binding_issues,
+    requested_waypoint,
+)
+
+MESH = MeshConfig()
+WAYPOINT_VIP = "10.96.0.100"
+OTHER_VIP = "10.96.0.200"
+
+
+def ns(name: str, **labels: str) -> Namespace:
+    return Namespace(name, labels=FrozenMap({"istio.io/dataplane-mode": "ambient", **labels}))
+
+
+def waypoint(
+    name: str = "waypoint",
+    namespace: str = "demo",
+    waypoint_for: str | None = None,
+    allowed: dict[str, Any] | None = None,
+    cls: str = "istio-waypoint",
+) -> Gateway:
+    labels = {"istio.io/waypoint-for": waypoint_for} if waypoint_for else {}
+    return Gateway(
+        namespace,
+        name,
+        cls,
+        labels=FrozenMap(labels),
+        listeners=(
+            GatewayListener(
+                "mesh", 15008, "HBONE", allowed_routes=deep_freeze(allowed) if allowed else None
+            ),
+        ),
+    )
+
+
+def waypoint_service(
+    name: str = "waypoint", namespace: str = "demo", vip: str = WAYPOINT_VIP
+) -> Service:
+    return Service(
+        namespace,
+        name,
+        labels=FrozenMap({"gateway.networking.k8s.io/gateway-name": name}),
+        selector=FrozenMap({"gateway.networking.k8s.io/gateway-name": name}),
+        cluster_ips=(vip,),
+        ports=(ServicePort(15008, 15008, "mesh"),),
+    )
+
+
+def waypoint_pod(name: str = "waypoint", namespace: str = "demo", ip: str = "10.244.1.50") -> Pod:
+    return Pod(
+        namespace,
+        name,
+        labels=FrozenMap(
+            {"gateway.networking.k8s.io/gateway-name": name, "istio.io/dataplane-mode": "none"}
+        ),
+        node_name="node1",
+        service_account=name,
+        ip=ip,
+        phase="Running",
+        ready=True,
+    )
+
+
+def backend_service(**labels: str) -> Service:
+    return Service(
+        "demo",
+        "backend",
+        labels=FrozenMap(labels),
+        selector=FrozenMap({"app": "backend"}),
+        cluster_ips=("10.96.0.10",),
+        ports=(ServicePort(80, 8080, "http"),),
+    )
+
+
+def backend_pod(**labels: str) -> Pod:
+    return Pod(
+        "demo",
+        "backend-1",
+        labels=FrozenMap({"app": "backend", **labels}),
+        node_name="node2",
+        service_account="backend",
+        ip="10.244.2.5",
+        phase="Running",
+        ready=True,
+    )
+
+
+def state(
+    *,
+    namespaces: tuple[Namespace, ...] = (),
+    gateways: tuple[Gateway, ...] = (),
+    services: tuple[Service, ...] = (),
+    pods: tuple[Pod, ...] = (),
+) -> ClusterState:
+    all_ns = {n.name: n for n in (ns("demo"), ns("other"), *namespaces)}
+    return ClusterState(
+        namespaces=all_ns,
+        gateways={g.key: g for g in gateways},
+        services={s.key: s for s in services},
+        pods={p.key: p for p in pods},
+    )
+
+
+def scenario(
+    *,
+    demo_labels: dict[str, str] | None = None,
+    svc_labels: dict[str, str] | None = None,
+    pod_labels: dict[str, str] | None = None,
+    gateways: tuple[Gateway, ...] = (waypoint(),),
+    extra_services: tuple[Service, ...] = (),
+) -> ClusterState:
+    return state(
+        namespaces=(ns("demo", **(demo_labels or {})),),
+        gateways=gateways,
+        services=(
+            backend_service(**(svc_labels or {})),
+            waypoint_service(),
+            waypoint_service("other-wp", "other", OTHER_VIP),
+            *extra_services,
+        ),
+        pods=(backend_pod(**(pod_labels or {})), waypoint_pod()),
+    )
+
+
+def bound(st: ClusterState) -> tuple[str | None, str | None]:
+    """(service waypoint, workload waypoint) as (namespace/name) of the backend."""
+    index = WaypointIndex(st)
+    svc = index.for_service(st.services[("demo", "backend")]).waypoint
+    pod = index.for_pod(st.pods[("demo", "backend-1")]).waypoint
+    return (
+        f"{svc.namespace}/{svc.name}" if svc else None,
+        f"{pod.namespace}/{pod.name}" if pod else None,
+    )
+
+
+USE = "istio.io/use-waypoint"
+USE_NS = "istio.io/use-waypoint-namespace"
+OTHER_ALL = waypoint("other-wp", "other", allowed={"namespaces": {"from": "All"}})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, (None, None)),
+        ({"demo_labels": {USE: "waypoint"}}, ("demo/waypoint", None)),
+        ({"svc_labels": {USE: "waypoint"}}, ("demo/waypoint", None)),
+        ({"demo_labels": {USE: "waypoint"}, "svc_labels": {USE: "#none"}}, (None, None)),
+        ({"pod_labels": {USE: "waypoint"}}, (None, None)),  # a service waypoint
+        (
+            {"pod_labels": {USE: "waypoint"}, "gateways": (waypoint(waypoint_for="workload"),)},
+            (None, "demo/waypoint"),
+        ),
+        (
+            {"demo_labels": {USE: "waypoint"}, "gateways": (waypoint(waypoint_for="all"),)},
+            ("demo/waypoint", "demo/waypoint"),
+        ),
+        (
+            {
+                "demo_labels": {USE: "waypoint"},
+                "pod_labels": {USE: "#none"},
+                "gateways": (waypoint(waypoint_for="all"),),
+            },
+            ("demo/waypoint", None),
+        ),
+        (
+            {"demo_labels": {USE: "waypoint"}, "gateways": (waypoint(waypoint_for="none"),)},
+            (None, None),
+        ),
+        # the most specific label wins: the service's over its namespace's
+        (
+            {
+                "demo_labels": {USE: "waypoint"},
+                "svc_labels": {USE: "other/other-wp"},
+                "gateways": (waypoint(), OTHER_ALL),
+            },
+            ("other/other-wp", None),
+        ),
+        (
+            {"svc_labels": {USE: "other-wp", USE_NS: "other"}, "gateways": (OTHER_ALL,)},
+            ("other/other-wp", None),
+        ),
+        # cross-namespace needs the waypoint's allowedRoutes to allow it
+        (
+            {"svc_labels": {USE: "other/other-wp"}, "gateways": (waypoint("other-wp", "other"),)},
+            (None, None),
+        ),
+        (
+            {
+                "svc_labels": {USE: "other/other-wp"},
+                "gateways": (
+                    waypoint(
+                        "other-wp",
+                        "other",
+                        allowed={
+                            "namespaces": {
+                                "from": "Selector",
+                                "selector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": "demo"}
+                                },
+                            }
+                        },
+                    ),
+                ),
+            },
+            ("other/other-wp", None),
+        ),
+        ({"svc_labels": {USE: "missing"}}, (None, None)),
+        (
+            {"svc_labels": {USE: "ingress"}, "gateways": (waypoint("ingress", cls="istio"),)},
+            (None, None),
+        ),
+    ],
+    ids=[
+        "unlabelled",
+        "namespace",
+        "service",
+        "service-opts-out",
+        "pod-label-service-waypoint",
+        "pod-workload-waypoint",
+        "namespace-all",
+        "pod-opts-out",
+        "waypoint-for-none",
+        "service-beats-namespace",
+        "use-waypoint-namespace",
+        "cross-ns-not-allowed",
+        "cross-ns-selector",
+        "missing-gateway",
+        "not-a-waypoint",
+    ],
+)
+def test_binding_table(kwargs: dict[str, Any], expected: tuple[str | None, str | None]) -> None:
+    assert bound(scenario(**kwargs)) == expected
+
+
+def test_requested_waypoint_forms() -> None:
+    assert requested_waypoint({USE: "w"}, "a") == ("a", "w")
+    assert requested_waypoint({USE: "b/w"}, "a") == ("b", "w")
+    assert requested_waypoint({USE: "w", USE_NS: "c"}, "a") == ("c", "w")
+    assert requested_waypoint({USE: "#none"}, "a") is None
+    assert requested_waypoint({}, "a") is None
+
+
+def test_waypoint_address_is_its_services_cluster_ip_labelled_or_named() -> None:
+    st = scenario()
+    assert WaypointIndex(st).waypoints[("demo", "waypoint")].address == WAYPOINT_VIP
+    named = replace(waypoint_service(), labels=FrozenMap(), cluster_ips=("10.96.0.77",))
+    st2 = state(gateways=(waypoint(),), services=(named,))
+    assert WaypointIndex(st2).waypoints[("demo", "waypoint")].address == "10.96.0.77"
+    st3 = state(gateways=(waypoint(),))
+    assert WaypointIndex(st3).waypoints[("demo", "waypoint")].address is None
+    assert WaypointIndex(st3).waypoints[("demo", "waypoint")].traffic_type is TrafficType.SERVICE
+
+
+def _addresses(st: ClusterState) -> dict[str, Any]:
+    return dict(translate(st, MESH).addresses)
+
+
+def _gateway(address: str) -> Any:
+    return wl.GatewayAddress(
+        address=wl.NetworkAddress(network="", address=ipaddress.ip_address(address).packed),
+        hbone_mtls_port=15008,
+    )
+
+
+def test_workload_api_carries_waypoints_as_istiod_does() -> None:
+    st = scenario(demo_labels={USE: "waypoint"}, gateways=(waypoint(waypoint_for="all"),))
+    out = _addresses(st)
+    svc = out["demo/backend.demo.svc.cluster.local"].service
+    assert svc.waypoint == _gateway(WAYPOINT_VIP)
+    pod = out["Kubernetes//Pod/demo/backend-1"].workload
+    assert pod.waypoint == _gateway(WAYPOINT_VIP)
+    # the waypoint's own Service and pod never use a waypoint; its pod speaks HBONE
+    assert not out["demo/waypoint.demo.svc.cluster.local"].service.HasField("waypoint")
+    wp = out["Kubernetes//Pod/demo/waypoint"].workload
+    assert not wp.HasField("waypoint")
+    assert wp.tunnel_protocol == wl.HBONE
+    assert wp.service_account == "waypoint"
+
+
+def test_waypoint_pods_are_never_enrolled() -> None:
+    labelled_ambient = replace(
+        waypoint_pod(),
+        labels=FrozenMap(
+            {"gateway.networking.k8s.io/gateway-name": "w", "istio.io/dataplane-mode": "ambient"}
+        ),
+    )
+    assert not is_enrolled(labelled_ambient, ns("demo"))
+    assert not is_enrolled(waypoint_pod(), ns("demo"))
+
+
+def test_no_waypoint_without_an_address() -> None:
+    st = state(
+        namespaces=(ns("demo", **{USE: "waypoint"}),),
+        gateways=(waypoint(),),
+        services=(backend_service(),),
+        pods=(backend_pod(),),
+    )
+    svc = _addresses(st)["demo/backend.demo.svc.cluster.local"].service
+    assert not svc.HasField("waypoint")
+    (issue,) = binding_issues(st)
+    assert issue.kind == "Namespace" and "has no address yet" in issue.message
+
+
+def test_binding_issues_name_missing_gateways() -> None:
+    st = scenario(svc_labels={USE: "missing"}, pod_labels={USE: "other/nope"})
+    issues = binding_issues(st)
+    assert [(i.kind, i.name, i.field) for i in issues] == [
+        ("Service", "backend", "metadata.labels.istio.io/use-waypoint"),
+        ("Pod", "backend-1", "metadata.labels.istio.io/use-waypoint"),
+    ]
+    assert "waypoint demo/missing does not exist" in issues[0].message
+    assert "waypoint other/nope does not exist" in issues[1].message
+    assert binding_issues(scenario(svc_labels={USE: "waypoint"})) == []
+
+
+def _relabel_ns(st: ClusterState, **labels: str) -> ClusterState:
+    return replace(st, namespaces={**st.namespaces, "demo": ns("demo", **labels)})
+
+
+def test_incremental_follows_labels_gateways_and_waypoint_services() -> None:
+    steps: list[ClusterState] = []
+    st = scenario()
+    steps.append(st)
+    st = _relabel_ns(st, **{USE: "waypoint"})  # namespace label
+    steps.append(st)
+    st = replace(st, gateways={("demo", "waypoint"): waypoint(waypoint_for="all")})  # Gateway
+    steps.append(st)
+    moved = replace(waypoint_service(), cluster_ips=("10.96.0.101",))  # waypoint Service
+    st = replace(st, services={**st.services, moved.key: moved})
+    steps.append(st)
+    pod = backend_pod(**{USE: "#none"})  # pod label
+    st = replace(st, pods={**st.pods, pod.key: pod})
+    steps.append(st)
+    svc = backend_service(**{USE: "#none"})  # service label
+    st = replace(st, services={**st.services, svc.key: svc})
+    steps.append(st)
+    st = replace(st, gateways={})  # waypoint deleted
+    steps.append(st)
+    translator = IncrementalTranslator(MESH)
+    for step in steps:
+        assert translator.update(step).addresses == translate(step, MESH).addresses
+    assert translator.update(steps[3]).addresses == translate(steps[3], MESH).addresses
