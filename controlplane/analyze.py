@@ -19,6 +19,7 @@ from controlplane.model import (
     selector_matches,
 )
 from controlplane.sources.state import ObjectKey, object_key
+from controlplane.workloadapi.waypoints import binding_problems
 
 Origins = Mapping[ObjectKey, tuple[str, int]]
 """Object -> (file, line) it was read from."""
@@ -35,6 +36,8 @@ def analyze(state: ClusterState, origins: Origins, root_namespace: str) -> list[
     _competing_peer_authentications(state, root_namespace, warn)
     _pods_without_namespace(state, pods_by_ns, warn)
     _waypoint_policies(state, warn)
+    for obj, field, message in binding_problems(state):
+        warn(obj, field, message)
     return warn.issues
 
 

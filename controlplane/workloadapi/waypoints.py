@@ -272,26 +272,36 @@ def gateway_address(waypoint: Waypoint | None, mesh: MeshConfig) -> Any | None:
     )
 
 
-def binding_issues(state: ClusterState) -> list[SourceIssue]:
-    """Warnings for every use-waypoint label whose waypoint cannot be used, and why."""
+def binding_problems(state: ClusterState) -> list[tuple[Namespace | Service | Pod, str, str]]:
+    """(object, field, message) for every use-waypoint label whose waypoint cannot be used.
+
+    ``ambient controlplane validate`` reports them as warnings (istiod reports them as
+    status conditions): the object's traffic goes to its destination directly.
+    """
     index = WaypointIndex(state)
-    issues: list[SourceIssue] = []
     field = f"metadata.labels.{USE_WAYPOINT_LABEL}"
-
-    def check(kind: str, namespace: str, name: str, binding: Binding) -> None:
-        if binding.problem:
-            issues.append(
-                SourceIssue("", 0, kind, namespace, name, field, binding.problem, Severity.WARNING)
-            )
-
+    found: list[tuple[Namespace | Service | Pod, str, str]] = []
     for ns in sorted(state.namespaces.values(), key=lambda n: n.name):
         if has_waypoint_label(ns.labels):
             binding = index.resolve(ns.name, ns.labels, "namespace", None)
-            check("Namespace", "", ns.name, binding)
+            if binding.problem:
+                found.append((ns, field, binding.problem))
     for svc in sorted(state.services.values(), key=lambda s: s.key):
-        if has_waypoint_label(svc.labels):
-            check("Service", svc.namespace, svc.name, index.for_service(svc))
+        if has_waypoint_label(svc.labels) and (problem := index.for_service(svc).problem):
+            found.append((svc, field, problem))
     for pod in sorted(state.pods.values(), key=lambda p: p.key):
-        if has_waypoint_label(pod.labels):
-            check("Pod", pod.namespace, pod.name, index.for_pod(pod))
+        if has_waypoint_label(pod.labels) and (problem := index.for_pod(pod).problem):
+            found.append((pod, field, problem))
+    return found
+
+
+def binding_issues(state: ClusterState) -> list[SourceIssue]:
+    """:func:`binding_problems` as warnings (without file locations)."""
+    issues: list[SourceIssue] = []
+    for obj, field, message in binding_problems(state):
+        kind = type(obj).__name__
+        namespace = "" if isinstance(obj, Namespace) else obj.namespace
+        issues.append(
+            SourceIssue("", 0, kind, namespace, obj.name, field, message, Severity.WARNING)
+        )
     return issues

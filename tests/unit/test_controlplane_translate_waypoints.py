@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from controlplane.model import (
     deep_freeze,
     is_enrolled,
 )
+from controlplane.validate import validate_paths
 from controlplane.workloadapi import MeshConfig, translate
 from controlplane.workloadapi.incremental import IncrementalTranslator
 from controlplane.workloadapi.waypoints import (
@@ -367,3 +369,17 @@ def test_incremental_follows_labels_gateways_and_waypoint_services() -> None:
     for step in steps:
         assert translator.update(step).addresses == translate(step, MESH).addresses
     assert translator.update(steps[3]).addresses == translate(steps[3], MESH).addresses
+
+
+def test_validate_warns_for_a_use_waypoint_naming_no_gateway(tmp_path: Path) -> None:
+    (tmp_path / "ns.yaml").write_text(
+        "apiVersion: v1\nkind: Namespace\n"
+        "metadata: {name: demo, labels: {istio.io/use-waypoint: nowhere}}\n"
+    )
+    state = validate_paths([tmp_path])
+    (warning,) = [w for w in state.warnings if "use-waypoint" in w.field]
+    assert str(warning) == (
+        f"{tmp_path / 'ns.yaml'}:1: warning: Namespace/demo: "
+        "metadata.labels.istio.io/use-waypoint: waypoint demo/nowhere does not exist "
+        "(no Gateway of class istio-waypoint by that name)"
+    )
