@@ -430,6 +430,23 @@ def delete(
         click.echo(note, err=True)
 
 
+@cli.command()
+@_lab_options
+@click.option("--trace-id", default=None, help="Trace to show (default: the newest).")
+@click.option(
+    "--collector", default=None, help="Ask this collector (http://host:port), not the lab's."
+)
+@output_option
+def traces(
+    name: str | None, run_root: Path, trace_id: str | None, collector: str | None, output: str
+) -> None:
+    """Show a request's spans across gateway, waypoint and backend (lab/traces.py)."""
+    from lab.traces import show_trace
+
+    run_dir = run_root / _resolve_name(name, run_root) if collector is None else run_root
+    show_trace(run_dir, trace_id, collector, output)
+
+
 def _service_port(text: str) -> Any:
     from lab.errors import LabSpecError
     from lab.model import ServicePort
