@@ -142,7 +142,12 @@ class Lab:
                 f"no lab named {name!r} under {run_root}",
                 hint="start one with 'ambient lab up --name " + name + "'",
             )
-        lab = cls(store.load())
+        lab_class = cls
+        if cls is Lab and (store.run_dir / "remote.json").is_file():
+            from lab.remote import RemoteLab  # one node of a multi-machine lab (lab/remote.py)
+
+            lab_class = RemoteLab
+        lab = lab_class(store.load())
         for rec in lab._state.processes.values():
             lab._procs[rec.name] = LabProcess.from_record(rec)
         return lab
@@ -168,6 +173,10 @@ class Lab:
         state: LabState | None = None
         with contextlib.suppress(LabError):
             state = store.load()
+        from lab.remote import restore_uplink  # a remote node's uplink goes back first
+
+        with contextlib.suppress(LabError):
+            restore_uplink(store.run_dir)
         return teardown(name, store.run_dir, state, keep_logs)
 
     def destroy(self) -> TeardownReport:
