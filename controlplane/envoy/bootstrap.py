@@ -13,6 +13,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from controlplane.envoy.hbone import SDS_CERTIFICATE, SDS_ROOT
+from controlplane.envoy.proxy import EnvoyResources
 from controlplane.envoy.routes import CORS_FILTER, FAULT_FILTER
 from controlplane.envoy.tcp import TCP_PROXY_FILTER
 from controlplane.envoy.waypoint import WaypointResources
@@ -95,3 +97,82 @@ def static_bootstrap(resources: WaypointResources, *, first_port: int = 20000) -
         )
     clusters = [_static(as_json(c)) for _, c in sorted(resources.clusters.items())]
     return {"static_resources": {"listeners": listeners, "clusters": clusters}}
+
+
+INTERNAL_LISTENER_EXTENSION = {
+    "name": "envoy.bootstrap.internal_listener",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3."
+        "InternalListener"
+    },
+}
+"""The bootstrap extension internal listeners need (``envoy_internal_address``)."""
+
+
+def static_secrets(chain_pem: str, key_pem: str, roots_pem: str) -> list[dict[str, Any]]:
+    """The SDS secrets ``default`` and ``ROOTCA`` as static bootstrap secrets."""
+    return [
+        {
+            "name": SDS_CERTIFICATE,
+            "tls_certificate": {
+                "certificate_chain": {"inline_string": chain_pem},
+                "private_key": {"inline_string": key_pem},
+            },
+        },
+        {"name": SDS_ROOT, "validation_context": {"trusted_ca": {"inline_string": roots_pem}}},
+    ]
+
+
+def _inline(node: Any, routes: dict[str, Any]) -> Any:
+    """``node`` with RDS references replaced by the route configurations and SDS
+    references pointing at static secrets."""
+    if isinstance(node, list):
+        return [_inline(item, routes) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "rds":
+            out["route_config"] = routes[value["route_config_name"]]
+        elif key == "sds_config":
+            continue
+        else:
+            out[key] = _inline(value, routes)
+    return out
+
+
+def proxy_bootstrap(
+    resources: EnvoyResources,
+    secrets: list[dict[str, Any]],
+    *,
+    admin_port: int = 0,
+    extra_clusters: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """What :func:`~controlplane.envoy.proxy.proxy_resources` returned, as one static
+    bootstrap: routes inlined, EDS clusters made STATIC with their assignments, SDS
+    secrets from ``secrets`` (:func:`static_secrets`). For validation and for tests
+    that run a real Envoy without a control plane."""
+    routes = {name: as_json(route) for name, route in resources.routes.items()}
+    listeners = [_inline(as_json(listener), routes) for listener in resources.listeners.values()]
+    clusters = []
+    for name, cluster in resources.clusters.items():
+        config = _inline(as_json(cluster), routes)
+        if "eds_cluster_config" in config:
+            config.pop("eds_cluster_config")
+            config["type"] = "STATIC"
+            assignment = resources.endpoints.get(name)
+            config["load_assignment"] = (
+                as_json(assignment) if assignment is not None else {"cluster_name": name}
+            )
+        clusters.append(config)
+    return {
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
+        "bootstrap_extensions": [INTERNAL_LISTENER_EXTENSION],
+        "static_resources": {
+            "listeners": listeners,
+            "clusters": clusters + list(extra_clusters or ()),
+            "secrets": secrets,
+        },
+    }

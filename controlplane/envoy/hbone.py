@@ -10,6 +10,21 @@ under the keys below (Istio's names, so its filters and access logs read them to
 
 from __future__ import annotations
 
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2  # noqa: F401
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.internal_upstream.v3 import (  # noqa: F401
+    internal_upstream_pb2,
+)
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from google.protobuf import json_format
+
 HBONE_PORT = 15008
 """Where ztunnels and waypoints accept HBONE."""
 
@@ -40,3 +55,190 @@ SDS_CERTIFICATE = "default"
 """SDS secret: the proxy's own certificate chain and key."""
 SDS_ROOT = "ROOTCA"
 """SDS secret: the mesh's trust anchors (validation context)."""
+
+INTERNAL_UPSTREAM = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3."
+    "InternalUpstreamTransport"
+)
+RAW_BUFFER = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+DOWNSTREAM_TLS = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ORIGINAL_DST_FILTER = (
+    "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+)
+HTTP_PROTOCOL_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+ORIGINAL_DST_METADATA = "envoy.filters.listener.original_dst"
+"""Metadata namespace the original-destination listener filter reads on an internal
+listener (field ``local``: the ``ip:port`` the connection is for)."""
+
+# Istio's HBONE window sizes: large, so one tunnel is never starved by the others.
+_STREAM_WINDOW = 4 * 1024 * 1024
+_CONNECTION_WINDOW = 16 * 1024 * 1024
+
+
+def _parse(message: Any, config: dict[str, Any]) -> Any:
+    return json_format.ParseDict(config, message)
+
+
+def sds_secret(name: str, *, ads: bool = True) -> dict[str, Any]:
+    """An SDS secret reference: fetched over ADS, or a static secret of the bootstrap."""
+    if not ads:
+        return {"name": name}
+    return {"name": name, "sds_config": {"ads": {}, "resource_api_version": "V3"}}
+
+
+def mesh_tls_context(*, ads: bool = True) -> dict[str, Any]:
+    """The ``CommonTlsContext`` of HBONE: TLS 1.3, ALPN h2, the proxy's certificate
+    (:data:`SDS_CERTIFICATE`) and the mesh roots (:data:`SDS_ROOT`).
+
+    Peers are verified against the mesh roots only: which identity is acceptable is
+    decided by policy, after the handshake (as ztunnel does).
+    """
+    return {
+        "tls_params": {
+            "tls_minimum_protocol_version": "TLSv1_3",
+            "tls_maximum_protocol_version": "TLSv1_3",
+        },
+        "alpn_protocols": ["h2"],
+        "tls_certificate_sds_secret_configs": [sds_secret(SDS_CERTIFICATE, ads=ads)],
+        "validation_context_sds_secret_config": sds_secret(SDS_ROOT, ads=ads),
+    }
+
+
+def internal_upstream_socket() -> dict[str, Any]:
+    """The transport socket of a cluster whose endpoints are internal listeners.
+
+    Shared filter state crosses with the connection; the host's
+    :data:`ORIGINAL_DST_METADATA` and :data:`TUNNEL_METADATA` become the internal
+    connection's dynamic metadata, where :data:`CONNECT_ORIGINATE` reads its target.
+    """
+    return {
+        "name": "envoy.transport_sockets.internal_upstream",
+        "typed_config": {
+            "@type": INTERNAL_UPSTREAM,
+            "passthrough_metadata": [
+                {"kind": {"host": {}}, "name": ORIGINAL_DST_METADATA},
+                {"kind": {"host": {}}, "name": TUNNEL_METADATA},
+            ],
+            "transport_socket": {
+                "name": "envoy.transport_sockets.raw_buffer",
+                "typed_config": {"@type": RAW_BUFFER},
+            },
+        },
+    }
+
+
+def through_hbone(cluster: Any) -> Any:
+    """``cluster`` (EDS, endpoints from :func:`tunnel_endpoint`) made to carry its
+    connections into :data:`CONNECT_ORIGINATE`; returns a modified copy."""
+    out = type(cluster)()
+    out.CopyFrom(cluster)
+    _parse(out.transport_socket, internal_upstream_socket())
+    return out
+
+
+def tunnel_endpoint(ip: str, port: int, *, hbone_port: int = HBONE_PORT) -> dict[str, Any]:
+    """An ``LbEndpoint`` (as JSON) reached through an HBONE tunnel to ``ip:hbone_port``
+    with ``:authority ip:port``."""
+    target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    tunnel = f"[{ip}]:{hbone_port}" if ":" in ip else f"{ip}:{hbone_port}"
+    return {
+        "endpoint": {
+            "address": {
+                "envoy_internal_address": {
+                    "server_listener_name": CONNECT_ORIGINATE,
+                    "endpoint_id": target,
+                }
+            }
+        },
+        "metadata": {
+            "filter_metadata": {
+                ORIGINAL_DST_METADATA: {"local": target},
+                TUNNEL_METADATA: {TUNNEL_DESTINATION: target, TUNNEL_ADDRESS: tunnel},
+            }
+        },
+    }
+
+
+def load_assignment(cluster: str, endpoints: list[dict[str, Any]]) -> Any:
+    """A ``ClusterLoadAssignment`` of ``endpoints`` (from :func:`tunnel_endpoint`)."""
+    config = {"cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}]}
+    if not endpoints:
+        config["endpoints"] = []
+    return _parse(endpoint_pb2.ClusterLoadAssignment(), config)
+
+
+def connect_originate_listener() -> Any:
+    """The internal listener that opens one HBONE tunnel per connection.
+
+    Its original-destination filter takes the target ``podIP:port`` from the
+    endpoint's metadata as the connection's local address; the TCP proxy sends
+    ``CONNECT`` with that as ``:authority`` through :func:`connect_originate_cluster`.
+    """
+    return _parse(
+        listener_pb2.Listener(),
+        {
+            "name": CONNECT_ORIGINATE,
+            "internal_listener": {},
+            "use_original_dst": False,
+            "listener_filters": [
+                {
+                    "name": "envoy.filters.listener.original_dst",
+                    "typed_config": {"@type": ORIGINAL_DST_FILTER},
+                }
+            ],
+            "filter_chains": [
+                {
+                    "name": CONNECT_ORIGINATE,
+                    "filters": [
+                        {
+                            "name": "envoy.filters.network.tcp_proxy",
+                            "typed_config": {
+                                "@type": TCP_PROXY,
+                                "stat_prefix": CONNECT_ORIGINATE,
+                                "cluster": CONNECT_ORIGINATE,
+                                "tunneling_config": {"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%"},
+                            },
+                        }
+                    ],
+                }
+            ],
+        },
+    )
+
+
+def connect_originate_cluster(*, ads: bool = True, connect_timeout: float = 10.0) -> Any:
+    """The cluster of every tunnel: the target's own address, port 15008, mTLS, HTTP/2."""
+    return _parse(
+        cluster_pb2.Cluster(),
+        {
+            "name": CONNECT_ORIGINATE,
+            "type": "ORIGINAL_DST",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "connect_timeout": f"{connect_timeout}s",
+            "cleanup_interval": "60s",
+            "original_dst_lb_config": {"upstream_port_override": HBONE_PORT},
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": UPSTREAM_TLS,
+                    "common_tls_context": mesh_tls_context(ads=ads),
+                },
+            },
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": HTTP_PROTOCOL_OPTIONS,
+                    "explicit_http_config": {
+                        "http2_protocol_options": {
+                            "allow_connect": True,
+                            "initial_stream_window_size": _STREAM_WINDOW,
+                            "initial_connection_window_size": _CONNECTION_WINDOW,
+                        }
+                    },
+                }
+            },
+        },
+    )

@@ -13,9 +13,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from controlplane.envoy.waypoint import translate_waypoint
-from controlplane.model import ClusterState, Service, SourceIssue
+from api.messages import workload as wl
+from controlplane.envoy import hbone
+from controlplane.envoy.listeners import (
+    ServedPort,
+    connect_terminate_listener,
+    main_internal_cluster,
+    main_internal_listener,
+)
+from controlplane.envoy.names import tcp_proxy_name
+from controlplane.envoy.waypoint import ClusterEndpoints, WaypointResources, translate_waypoint
+from controlplane.model import (
+    ClusterState,
+    Pod,
+    Service,
+    ServicePort,
+    SourceIssue,
+    is_enrolled,
+    selector_matches,
+)
 from controlplane.workloadapi.mesh import MeshConfig
+from controlplane.workloadapi.services import app_protocol
+from controlplane.workloadapi.workloads import is_sent
 
 ProxyKind = Literal["waypoint", "gateway"]
 
@@ -83,16 +102,100 @@ def served_services(state: ClusterState, proxy: EnvoyProxy) -> list[Service]:
     return sorted(served, key=lambda s: s.key)
 
 
+def is_http(port: ServicePort) -> bool:
+    """Whether a service port is served as HTTP (``appProtocol`` or the name's prefix,
+    Istio's rule); any other port is proxied as opaque TCP."""
+    return app_protocol(port) in (int(wl.HTTP11), int(wl.HTTP2), int(wl.GRPC))
+
+
+def _served_ports(
+    services: list[Service], translated: WaypointResources, mesh: MeshConfig
+) -> list[ServedPort]:
+    out = []
+    for service in services:
+        if not service.cluster_ips:
+            continue
+        host = mesh.service_hostname(service.namespace, service.name)
+        for port in service.ports:
+            route = next(
+                name for name in translated.routes if name.endswith(f"|{port.port}|http|{host}")
+            )
+            out.append(
+                ServedPort(
+                    addresses=service.cluster_ips,
+                    port=port.port,
+                    http=is_http(port),
+                    route=route,
+                    tcp_proxy=translated.tcp_proxies[tcp_proxy_name(host, port.port)],
+                )
+            )
+    return out
+
+
+def _healthy(pod: Pod) -> bool:
+    return is_sent(pod) and pod.ready and not pod.deleting
+
+
+def endpoints_of(
+    state: ClusterState, name: str, ends: ClusterEndpoints, *, hbone_port: int = hbone.HBONE_PORT
+) -> Any:
+    """The ``ClusterLoadAssignment`` of one cluster: every ready pod the service selects
+    (and the subset's labels), reached through an HBONE tunnel to the pod.
+
+    Pods outside the mesh (not enrolled) cannot take HBONE and are left out.
+    """
+    service = state.services.get(ends.service) if ends.service else None
+    found: list[dict[str, Any]] = []
+    if service is not None and service.selector:
+        service_port = next((p for p in service.ports if p.port == ends.port), None)
+        for _, pod in sorted(state.pods.items()):
+            if (
+                pod.namespace != service.namespace
+                or not _healthy(pod)
+                or not selector_matches(service.selector, pod.labels)
+                or not selector_matches(dict(ends.subset_labels), pod.labels)
+                or not is_enrolled(pod, state.namespace_of(pod))
+                or service_port is None
+            ):
+                continue
+            target = service_port.target_port
+            port = target if isinstance(target, int) else pod.named_port(target)
+            if port is None or pod.ip is None:
+                continue
+            found.append(hbone.tunnel_endpoint(pod.ip, port, hbone_port=hbone_port))
+    return hbone.load_assignment(name, found)
+
+
 def proxy_resources(
     state: ClusterState, proxy: EnvoyProxy, mesh: MeshConfig | None = None
 ) -> EnvoyResources:
-    """Every resource ``proxy`` is served, given the cluster's state."""
+    """Every resource ``proxy`` is served, given the cluster's state.
+
+    A waypoint: the HBONE listener, the inner listener with a filter chain per port of
+    each service bound to it, the ``connect_originate`` listener and cluster, and per
+    route destination an EDS cluster whose endpoints are HBONE tunnels to the pods.
+    A gateway: nothing yet (ingress translation is not wired in).
+    """
     mesh = mesh or MeshConfig()
     if proxy.kind != "waypoint":
         return EnvoyResources()
-    translated = translate_waypoint(state, served_services(state, proxy), mesh)
+    services = served_services(state, proxy)
+    translated = translate_waypoint(state, services, mesh)
+    listeners = [
+        connect_terminate_listener(),
+        main_internal_listener(_served_ports(services, translated, mesh)),
+        hbone.connect_originate_listener(),
+    ]
+    clusters = {name: hbone.through_hbone(c) for name, c in translated.clusters.items()}
+    clusters[hbone.MAIN_INTERNAL] = main_internal_cluster()
+    clusters[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_cluster()
+    endpoints = {
+        name: endpoints_of(state, name, ends) for name, ends in translated.endpoints.items()
+    }
     return EnvoyResources(
+        listeners={listener.name: listener for listener in listeners},
         routes=dict(translated.routes),
-        clusters=dict(translated.clusters),
+        clusters=dict(sorted(clusters.items())),
+        endpoints=endpoints,
         issues=translated.issues,
     )

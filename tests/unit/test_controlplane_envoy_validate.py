@@ -157,7 +157,7 @@ def _bootstrap() -> dict[str, Any]:
     return static_bootstrap(resources)
 
 
-def _validate(config: dict[str, Any], path: Path) -> subprocess.CompletedProcess[str]:
+def envoy_validate(config: dict[str, Any], path: Path) -> subprocess.CompletedProcess[str]:
     try:
         binary = envoy_binary()
         subprocess.run([str(binary), "--version"], capture_output=True, timeout=30, check=True)
@@ -175,7 +175,7 @@ def _validate(config: dict[str, Any], path: Path) -> subprocess.CompletedProcess
 
 @pytest.mark.timeout(120)
 def test_envoy_accepts_every_translated_field(tmp_path: Path) -> None:
-    done = _validate(_bootstrap(), tmp_path / "waypoint.json")
+    done = envoy_validate(_bootstrap(), tmp_path / "waypoint.json")
     assert done.returncode == 0, f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
 
 
@@ -186,5 +186,5 @@ def test_envoy_validation_can_fail(tmp_path: Path) -> None:
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     route = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]
     route["match"] = {"safe_regex": {"regex": "/(?!admin)"}}
-    done = _validate(config, tmp_path / "broken.json")
+    done = envoy_validate(config, tmp_path / "broken.json")
     assert done.returncode != 0

@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
-from controlplane.envoy.proxy import EnvoyProxy, proxy_resources, served_services
+import datetime as dt
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from controlplane.envoy.bootstrap import as_json, proxy_bootstrap, static_secrets
+from controlplane.envoy.hbone import (
+    CONNECT_ORIGINATE,
+    CONNECT_TERMINATE,
+    MAIN_INTERNAL,
+    ORIGINAL_DST_LOCAL_KEY,
+    PEER_PRINCIPAL_KEY,
+)
+from controlplane.envoy.proxy import EnvoyProxy, EnvoyResources, proxy_resources, served_services
 from controlplane.model import ClusterState, FrozenMap, Namespace, Service, ServicePort
+from tests.unit.test_controlplane_envoy_validate import envoy_validate
+from tests.waypoint_envoy_fixtures import BACKEND_VIP, WAYPOINT, demo_state
+from ztunnel.identity.certs import LocalCA
+from ztunnel.identity.spiffe import SpiffeId
 
 PROXY = EnvoyProxy(
     "waypoint~10.0.0.9~w.demo~demo.svc.cluster.local", "demo", "w", "w", "waypoint", "10.0.0.9"
@@ -40,3 +58,85 @@ def test_waypoint_gets_routes_and_clusters_of_served_services() -> None:
     resources = proxy_resources(state, PROXY)
     assert "inbound-vip|80|http|a.demo.svc.cluster.local" in resources.routes
     assert "outbound|80||a.demo.svc.cluster.local" in resources.clusters
+
+
+def _demo() -> EnvoyResources:
+    return proxy_resources(demo_state(), WAYPOINT)
+
+
+def test_waypoint_listeners_terminate_hbone_and_chain_per_service_port() -> None:
+    resources = _demo()
+    assert list(resources.listeners) == [CONNECT_TERMINATE, MAIN_INTERNAL, CONNECT_ORIGINATE]
+    outer = as_json(resources.listeners[CONNECT_TERMINATE])
+    assert outer["address"]["socket_address"]["port_value"] == 15008
+    tls = outer["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert tls["require_client_certificate"] is True
+    common = tls["common_tls_context"]
+    assert common["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_3"
+    assert common["alpn_protocols"] == ["h2"]
+    assert common["tls_certificate_sds_secret_configs"][0]["name"] == "default"
+    assert common["validation_context_sds_secret_config"]["name"] == "ROOTCA"
+    manager = outer["filter_chains"][0]["filters"][0]["typed_config"]
+    keys = [
+        v["object_key"] for v in manager["http_filters"][0]["typed_config"]["on_request_headers"]
+    ]
+    assert PEER_PRINCIPAL_KEY in keys and ORIGINAL_DST_LOCAL_KEY in keys
+    inner = as_json(resources.listeners[MAIN_INTERNAL])
+    assert "internal_listener" in inner
+    chains = {c["name"]: c for c in inner["filter_chains"]}
+    http = chains["inbound-vip|80|http|backend.demo.svc.cluster.local"]
+    assert http["filter_chain_match"]["destination_port"] == 80
+    assert http["filter_chain_match"]["prefix_ranges"] == [
+        {"address_prefix": BACKEND_VIP, "prefix_len": 32}
+    ]
+    hcm = http["filters"][0]["typed_config"]
+    assert hcm["rds"]["route_config_name"] in resources.routes
+    assert [f["name"] for f in hcm["http_filters"]][-1] == "envoy.filters.http.router"
+    tcp = chains["inbound-vip|5432|tcp|db.demo.svc.cluster.local"]
+    assert tcp["filters"][0]["name"] == "envoy.filters.network.tcp_proxy"
+
+
+def test_endpoints_are_tunnels_to_the_selected_pods() -> None:
+    resources = _demo()
+    v2 = as_json(resources.endpoints["outbound|80|v2|backend.demo.svc.cluster.local"])
+    (endpoint,) = v2["endpoints"][0]["lb_endpoints"]
+    internal = endpoint["endpoint"]["address"]["envoy_internal_address"]
+    assert internal == {"server_listener_name": CONNECT_ORIGINATE, "endpoint_id": "10.1.0.12:5678"}
+    metadata = endpoint["metadata"]["filter_metadata"]
+    assert metadata["envoy.filters.listener.original_dst"] == {"local": "10.1.0.12:5678"}
+    assert metadata["tunnel"] == {"destination": "10.1.0.12:5678", "address": "10.1.0.12:15008"}
+    whole = as_json(resources.endpoints["outbound|80||backend.demo.svc.cluster.local"])
+    assert len(whole["endpoints"][0]["lb_endpoints"]) == 2
+    cluster = as_json(resources.clusters["outbound|80|v2|backend.demo.svc.cluster.local"])
+    assert cluster["type"] == "EDS"
+    assert cluster["transport_socket"]["name"] == "envoy.transport_sockets.internal_upstream"
+    originate = as_json(resources.clusters[CONNECT_ORIGINATE])
+    assert originate["type"] == "ORIGINAL_DST"
+    assert originate["original_dst_lb_config"] == {"upstream_port_override": 15008}
+
+
+def test_unready_and_unenrolled_pods_are_no_endpoints() -> None:
+    state = demo_state()
+    pods = dict(state.pods)
+    pods[("demo", "backend-v1")] = replace(pods[("demo", "backend-v1")], ready=False)
+    labels = {"istio.io/dataplane-mode": "none", "app": "backend", "version": "v2"}
+    pods[("demo", "backend-v2")] = replace(pods[("demo", "backend-v2")], labels=FrozenMap(labels))
+    resources = proxy_resources(replace(state, pods=pods), WAYPOINT)
+    assert not resources.endpoints["outbound|80||backend.demo.svc.cluster.local"].endpoints
+
+
+def test_a_gateway_is_not_served_waypoint_resources() -> None:
+    gateway = replace(WAYPOINT, kind="gateway")
+    assert proxy_resources(demo_state(), gateway) == EnvoyResources()
+
+
+@pytest.mark.timeout(120)
+def test_envoy_accepts_the_waypoint_resources(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    ca = LocalCA.create(now)
+    cert = ca.issue(SpiffeId("cluster.local", "demo", "w"), now)
+    secrets = static_secrets(
+        b"".join(cert.chain_pem).decode(), cert.key_pem.decode(), ca.root_pem.decode()
+    )
+    done = envoy_validate(proxy_bootstrap(_demo(), secrets), tmp_path / "waypoint.json")
+    assert done.returncode == 0, f"{done.stdout[-1500:]}{done.stderr[-1500:]}"

@@ -1,0 +1,271 @@
+"""A waypoint's listeners: HBONE in on 15008, one internal filter chain per service port.
+
+- :func:`connect_terminate_listener` (:data:`~.hbone.CONNECT_TERMINATE`, 15008):
+  mTLS (TLS 1.3, client certificate required, SDS ``default``/``ROOTCA``), HTTP/2 with
+  ``CONNECT``; every tunnel is routed to the :data:`~.hbone.MAIN_INTERNAL` listener.
+  Before that, a filter-state step records what the inner listener must know: the
+  CONNECT ``:authority`` as its local address, the tunnel's source as its remote
+  address, and the peer's and our own SPIFFE URIs, all shared with the upstream.
+- :func:`main_internal_listener`: an internal listener whose original-destination
+  filter restores the ``:authority`` as the local address, so a filter chain per
+  ``VIP:port`` picks the service: an HTTP connection manager with the port's routes
+  (RDS) for HTTP ports, a TCP proxy otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
+from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import json_format
+
+from controlplane.envoy import hbone
+from controlplane.envoy.routes import CORS_FILTER, FAULT_FILTER
+from controlplane.envoy.tcp import TCP_PROXY_FILTER
+
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+SET_FILTER_STATE = "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config"
+CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+
+
+@dataclass(frozen=True)
+class ServedPort:
+    """One service port a waypoint serves: one filter chain of the inner listener."""
+
+    addresses: tuple[str, ...]
+    """The service's VIPs."""
+    port: int
+    """The service port (the CONNECT ``:authority`` port)."""
+    http: bool
+    """HTTP (routes by :attr:`route`) or opaque TCP (:attr:`tcp_proxy`)."""
+    route: str
+    """The ``RouteConfiguration`` name (RDS)."""
+    tcp_proxy: Any
+    """The ``TcpProxy`` message of the port, used when not :attr:`http`."""
+    http_filters: tuple[Any, ...] = ()
+    """``HttpFilter`` messages placed before the fault, CORS and router filters
+    (authorization)."""
+    access_log: tuple[Any, ...] = ()
+    """``AccessLog`` messages of the connection manager."""
+    tracing: Any = None
+    """The connection manager's ``Tracing``, if any."""
+
+
+def _parse(message: Any, config: dict[str, Any]) -> Any:
+    return json_format.ParseDict(config, message)
+
+
+def _format(text: str) -> dict[str, Any]:
+    return {"text_format_source": {"inline_string": text}}
+
+
+def _shared(key: str, text: str, factory: str = "") -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "object_key": key,
+        "format_string": _format(text),
+        "shared_with_upstream": "ONCE",
+    }
+    if factory:
+        value["factory_key"] = factory
+    return value
+
+
+def _rds(name: str, *, ads: bool) -> dict[str, Any]:
+    source: dict[str, Any] = {"ads": {}, "resource_api_version": "V3"} if ads else {}
+    return {"route_config_name": name, "config_source": source}
+
+
+def connect_terminate_listener(
+    *, address: str = "0.0.0.0", port: int = hbone.HBONE_PORT, ads: bool = True
+) -> Any:
+    """The HBONE listener (see the module's docstring)."""
+    set_state = {
+        "on_request_headers": [
+            _shared(hbone.ORIGINAL_DST_LOCAL_KEY, "%REQ(:AUTHORITY)%"),
+            _shared(hbone.ORIGINAL_DST_REMOTE_KEY, "%DOWNSTREAM_REMOTE_ADDRESS%"),
+            _shared(hbone.PEER_PRINCIPAL_KEY, "%DOWNSTREAM_PEER_URI_SAN%", "envoy.string"),
+            _shared(hbone.LOCAL_PRINCIPAL_KEY, "%DOWNSTREAM_LOCAL_URI_SAN%", "envoy.string"),
+        ]
+    }
+    manager = {
+        "@type": HCM,
+        "stat_prefix": hbone.CONNECT_TERMINATE,
+        "route_config": {
+            "name": hbone.CONNECT_TERMINATE,
+            "virtual_hosts": [
+                {
+                    "name": hbone.CONNECT_TERMINATE,
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"connect_matcher": {}},
+                            "route": {
+                                "cluster": hbone.MAIN_INTERNAL,
+                                "upgrade_configs": [
+                                    {"upgrade_type": "CONNECT", "connect_config": {}}
+                                ],
+                            },
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.set_filter_state",
+                "typed_config": {"@type": SET_FILTER_STATE, **set_state},
+            },
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+        ],
+        "http2_protocol_options": {
+            "allow_connect": True,
+            "initial_stream_window_size": 4 * 1024 * 1024,
+            "initial_connection_window_size": 16 * 1024 * 1024,
+        },
+        "upgrade_configs": [{"upgrade_type": "CONNECT"}],
+        "codec_type": "HTTP2",
+        "stream_idle_timeout": "0s",
+    }
+    return _parse(
+        listener_pb2.Listener(),
+        {
+            "name": hbone.CONNECT_TERMINATE,
+            "address": {"socket_address": {"address": address, "port_value": port}},
+            "filter_chains": [
+                {
+                    "name": hbone.CONNECT_TERMINATE,
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.tls",
+                        "typed_config": {
+                            "@type": hbone.DOWNSTREAM_TLS,
+                            "require_client_certificate": True,
+                            "common_tls_context": hbone.mesh_tls_context(ads=ads),
+                        },
+                    },
+                    "filters": [{"name": HCM_FILTER, "typed_config": manager}],
+                }
+            ],
+        },
+    )
+
+
+def _chain_name(served: ServedPort) -> str:
+    return f"{served.route if served.http else served.tcp_proxy.stat_prefix}"
+
+
+def _http_manager(served: ServedPort, *, ads: bool) -> Any:
+    manager = hcm_pb2.HttpConnectionManager()
+    _parse(
+        manager,
+        {
+            "stat_prefix": served.route,
+            "rds": _rds(served.route, ads=ads),
+            "use_remote_address": False,
+            "normalize_path": True,
+            "merge_slashes": True,
+            "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+        },
+    )
+    manager.http_filters.extend(served.http_filters)
+    for name, config in (
+        (FAULT_FILTER, {"@type": FAULT}),
+        (CORS_FILTER, {"@type": CORS}),
+        ("envoy.filters.http.router", {"@type": ROUTER}),
+    ):
+        _parse(manager.http_filters.add(), {"name": name, "typed_config": config})
+    manager.access_log.extend(served.access_log)
+    if served.tracing is not None:
+        manager.tracing.CopyFrom(served.tracing)
+    return manager
+
+
+def _prefix(address: str) -> dict[str, Any]:
+    return {"address_prefix": address, "prefix_len": 128 if ":" in address else 32}
+
+
+def main_internal_listener(served: Sequence[ServedPort], *, ads: bool = True) -> Any:
+    """The inner listener: one filter chain per served ``VIP:port`` (see the module)."""
+    listener = _parse(
+        listener_pb2.Listener(),
+        {
+            "name": hbone.MAIN_INTERNAL,
+            "internal_listener": {},
+            "use_original_dst": False,
+            "listener_filters": [
+                {
+                    "name": "envoy.filters.listener.original_dst",
+                    "typed_config": {"@type": hbone.ORIGINAL_DST_FILTER},
+                }
+            ],
+        },
+    )
+    for port in served:
+        chain = listener.filter_chains.add()
+        chain.name = _chain_name(port)
+        _parse(
+            chain.filter_chain_match,
+            {
+                "destination_port": port.port,
+                "prefix_ranges": [_prefix(a) for a in port.addresses],
+            },
+        )
+        network_filter = chain.filters.add()
+        if port.http:
+            network_filter.name = HCM_FILTER
+            network_filter.typed_config.Pack(_http_manager(port, ads=ads))
+        else:
+            network_filter.name = TCP_PROXY_FILTER
+            network_filter.typed_config.Pack(port.tcp_proxy)
+    return listener
+
+
+def main_internal_cluster() -> Any:
+    """The cluster the HBONE listener hands every tunnel to: the inner listener."""
+    return _parse(
+        cluster_pb2.Cluster(),
+        {
+            "name": hbone.MAIN_INTERNAL,
+            "type": "STATIC",
+            "connect_timeout": "10s",
+            "load_assignment": {
+                "cluster_name": hbone.MAIN_INTERNAL,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "envoy_internal_address": {
+                                            "server_listener_name": hbone.MAIN_INTERNAL
+                                        }
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+            "transport_socket": hbone.internal_upstream_socket(),
+        },
+    )
+
+
+def chains_of(listener: Any) -> Iterable[str]:
+    """The filter chain names of a listener (for tests and status output)."""
+    return [chain.name for chain in listener.filter_chains]

@@ -1,0 +1,105 @@
+"""A small cluster with one waypoint, shared by the waypoint Envoy tests.
+
+Namespace ``demo`` is enrolled and bound to waypoint ``w``; ``backend`` (VIP
+10.96.0.20, port 80 -> 5678) has pods v1 and v2, and a VirtualService splits 80/20
+between the DestinationRule's subsets; ``db`` (port 5432) is TCP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from controlplane.envoy.proxy import EnvoyProxy
+from controlplane.model import (
+    ClusterState,
+    DestinationRule,
+    FrozenMap,
+    Namespace,
+    Pod,
+    Service,
+    ServicePort,
+    VirtualService,
+    deep_freeze,
+)
+
+WAYPOINT = EnvoyProxy(
+    "waypoint~10.1.0.9~w.demo~demo.svc.cluster.local", "demo", "w", "w", "waypoint", "10.1.0.9"
+)
+BACKEND_VIP = "10.96.0.20"
+DB_VIP = "10.96.0.21"
+
+
+def _pod(name: str, ip: str, **labels: str) -> Pod:
+    return Pod(
+        "demo",
+        name,
+        labels=FrozenMap(labels),
+        node_name="node1",
+        service_account="backend",
+        ip=ip,
+        ips=(ip,),
+        phase="Running",
+        ready=True,
+    )
+
+
+def demo_state(
+    weights: tuple[int, int] = (80, 20), v1_ip: str = "10.1.0.11", v2_ip: str = "10.1.0.12"
+) -> ClusterState:
+    """The cluster; ``weights`` of v1 and v2 in the VirtualService."""
+    vs: dict[str, Any] = yaml.safe_load(
+        f"""
+hosts: [backend]
+http:
+- match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+  route: [{{destination: {{host: backend, subset: v2}}}}]
+- route:
+  - {{destination: {{host: backend, subset: v1}}, weight: {weights[0]}}}
+  - {{destination: {{host: backend, subset: v2}}, weight: {weights[1]}}}
+"""
+    )
+    dr: dict[str, Any] = yaml.safe_load(
+        """
+host: backend
+subsets:
+- {name: v1, labels: {version: v1}}
+- {name: v2, labels: {version: v2}}
+"""
+    )
+    backend = Service(
+        "demo",
+        "backend",
+        selector=FrozenMap({"app": "backend"}),
+        cluster_ips=(BACKEND_VIP,),
+        ports=(ServicePort(80, 5678, "http"),),
+    )
+    db = Service(
+        "demo",
+        "db",
+        selector=FrozenMap({"app": "db"}),
+        cluster_ips=(DB_VIP,),
+        ports=(ServicePort(5432, 5432, "tcp-postgres"),),
+    )
+    pods = [
+        _pod("backend-v1", v1_ip, app="backend", version="v1"),
+        _pod("backend-v2", v2_ip, app="backend", version="v2"),
+        _pod("db-0", "10.1.0.13", app="db"),
+    ]
+    labels = {"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "w"}
+    return ClusterState(
+        namespaces={"demo": Namespace("demo", FrozenMap(labels))},
+        pods={p.key: p for p in pods},
+        services={backend.key: backend, db.key: db},
+        virtual_services={
+            ("demo", "backend"): VirtualService(
+                "demo", "backend", ("backend",), (), deep_freeze(vs)
+            )
+        },
+        destination_rules={
+            ("demo", "backend"): DestinationRule(
+                "demo", "backend", "backend", ("v1", "v2"), deep_freeze(dr)
+            )
+        },
+    )
