@@ -71,6 +71,28 @@ def cli() -> None:
     """A cluster of network namespaces on this machine."""
 
 
+def _remote_options(func: F) -> F:
+    """``up``'s flags for one node of a lab spanning machines (lab/remote.py)."""
+    for option in reversed(
+        (
+            click.option("--node-index", type=int, default=None,
+                         help="Build only node<N> of a lab spanning machines (lab/remote.py)."),
+            click.option("--uplink-device", default=None,
+                         help="With --node-index: this machine's interface to the others."),
+            click.option("--fabric-ip", default=None,
+                         help="With --node-index: the node's ADDRESS/PREFIX on that network."),
+            click.option("--peer", "peers", multiple=True, metavar="INDEX=ADDRESS",
+                         help="With --node-index: another node's address (repeatable)."),
+            click.option("--host-netns", default=None,
+                         help="With --node-index: namespace holding the device (default: ours)."),
+            click.option("--allow-host-namespace", is_flag=True,
+                         help="With --node-index: take the device from this namespace (a VM)."),
+        )
+    ):  # fmt: skip
+        func = option(func)
+    return func
+
+
 @cli.command()
 @_lab_options
 @click.option("--nodes", type=int, default=2, show_default=True, help="Number of nodes.")
@@ -80,6 +102,7 @@ def cli() -> None:
 @click.option("--namespace", default="default", show_default=True, help="Namespace of those pods.")
 @click.option("--no-outside", is_flag=True, help="Do not create the 'outside' host.")
 @click.option("--keep-logs", is_flag=True, help="Keep the logs folder when the lab goes down.")
+@_remote_options
 @output_option
 def up(
     *,
@@ -91,19 +114,29 @@ def up(
     no_outside: bool,
     keep_logs: bool,
     output: str,
+    **remote: Any,
 ) -> None:
-    """Build a lab (fabric, nodes, outside, optional pods) and leave it running."""
+    """Build a lab (fabric, nodes, outside, optional pods) and leave it running.
+
+    With --node-index, build only that node of a lab spanning machines (lab/remote.py).
+    """
     require("root", "netns", what="ambient lab up")
     from lab.cluster import Lab, LabSpec
 
-    spec = LabSpec(
-        name=name or "lab",
-        nodes=nodes,
-        run_root=run_root,
-        outside=not no_outside,
-        keep_logs=keep_logs,
-    )
-    lab = Lab.create(spec)
+    lab: Lab
+    if remote["node_index"] is not None:
+        from lab.remote import remote_lab_from_flags
+
+        lab = remote_lab_from_flags(name or "lab", run_root, keep_logs, remote)
+    else:
+        spec = LabSpec(
+            name=name or "lab",
+            nodes=nodes,
+            run_root=run_root,
+            outside=not no_outside,
+            keep_logs=keep_logs,
+        )
+        lab = Lab.create(spec)
     try:
         for node in lab.nodes:
             for i in range(1, pods_per_node + 1):

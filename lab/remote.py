@@ -157,6 +157,30 @@ def parse_peers(values: tuple[str, ...] | list[str]) -> dict[int, str]:
     return peers
 
 
+def remote_lab_from_flags(
+    name: str, run_root: Path, keep_logs: bool, flags: Mapping[str, Any]
+) -> RemoteLab:
+    """``ambient lab up --node-index ...``: the spec from the flags, then the node."""
+    if not flags.get("uplink_device") or not flags.get("fabric_ip"):
+        raise LabSpecError(
+            "--node-index needs --uplink-device and --fabric-ip",
+            hint="e.g. --node-index 2 --uplink-device eth1 --fabric-ip 192.168.56.12/24 "
+            "--peer 1=192.168.56.11 --allow-host-namespace",
+        )
+    spec = RemoteNodeSpec(
+        name=name,
+        node_index=int(flags["node_index"]),
+        uplink_device=str(flags["uplink_device"]),
+        fabric_ip=str(flags["fabric_ip"]),
+        peers=parse_peers(list(flags.get("peers") or ())),
+        host_netns=flags.get("host_netns"),
+        allow_host_namespace=bool(flags.get("allow_host_namespace")),
+        run_root=run_root,
+        keep_logs=keep_logs,
+    )
+    return RemoteLab.create_remote(spec)
+
+
 def is_remote(run_dir: Path) -> bool:
     """Whether the lab in ``run_dir`` is one node of a multi-machine lab."""
     return (run_dir / REMOTE_FILE).is_file()

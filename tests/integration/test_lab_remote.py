@@ -111,10 +111,26 @@ def test_pods_on_two_machines_reach_each_other_over_the_private_network(
     assert not [n for n in network.list_netns() if n.startswith(tuple(names.values()))]
 
 
-def test_down_by_name_gives_the_uplink_back(machines: dict[int, str], tmp_path: Path) -> None:
+def _ambient(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ambient", *args],
+        check=False, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+
+
+def test_up_and_down_from_the_command_line_give_the_uplink_back(
+    machines: dict[int, str], tmp_path: Path
+) -> None:
     name = f"r{uuid.uuid4().hex[:6]}d"
     try:
-        RemoteLab.create_remote(_spec(machines, 1, name, tmp_path))
+        up = _ambient(
+            "lab", "up", "--name", name, "--run-root", str(tmp_path), "--node-index", "1",
+            "--uplink-device", "priv1", "--fabric-ip", "192.168.56.11/24",
+            "--peer", "2=192.168.56.12", "--host-netns", machines[1], "--pods-per-node", "1",
+        )  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        assert "pod-node1-1" in up.stdout
         done = subprocess.run(
             [sys.executable, "-m", "ambient", "lab", "down", "--name", name,
              "--run-root", str(tmp_path)],
