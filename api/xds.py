@@ -17,6 +17,8 @@ from ambient.errors import AmbientError
 
 DELTA_ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 """The gRPC method path of delta ADS (bidirectional stream)."""
+SOTW_ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+"""The gRPC method path of state-of-the-world ADS (bidirectional stream)."""
 CA_METHOD = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
 """The gRPC method path of Istio's CA (unary)."""
 IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
@@ -166,6 +168,97 @@ def decode_response(data: bytes) -> DeltaResponse:
         resources=tuple(resources),
         removed=tuple(msg.removed_resources),
         system_version=str(msg.system_version_info),
+    )
+
+
+# --- state of the world (Envoy's ``ads_config.api_type: GRPC``) -----------------------
+
+
+@dataclass(frozen=True)
+class DiscoveryRequest:
+    """One state-of-the-world ``DiscoveryRequest``: a subscription, an ACK or a NACK."""
+
+    type_url: str
+    version_info: str = ""
+    """The version the client last accepted for this type (empty before the first)."""
+    node_id: str = ""
+    node_metadata: Mapping[str, str] = field(default_factory=dict)
+    resource_names: tuple[str, ...] = ()
+    """The whole subscription (empty for Listener and Cluster: every resource)."""
+    response_nonce: str = ""
+    error: str | None = None
+    """``error_detail.message`` of a NACK; None for an ACK or a subscription."""
+
+
+@dataclass(frozen=True)
+class DiscoveryResponse:
+    """One state-of-the-world ``DiscoveryResponse``."""
+
+    type_url: str
+    nonce: str
+    version_info: str
+    resources: tuple[Resource, ...] = ()
+
+
+def encode_discovery_request(request: DiscoveryRequest) -> bytes:
+    """Serialize a :class:`DiscoveryRequest`."""
+    msg = _discovery().DiscoveryRequest(
+        type_url=request.type_url,
+        version_info=request.version_info,
+        resource_names=list(request.resource_names),
+        response_nonce=request.response_nonce,
+    )
+    if request.node_id:
+        msg.node.id = request.node_id
+        for key, value in request.node_metadata.items():
+            msg.node.metadata.fields[key].string_value = value
+    if request.error is not None:
+        msg.error_detail.code = 3
+        msg.error_detail.message = request.error
+    data: bytes = msg.SerializeToString()
+    return data
+
+
+def decode_discovery_request(data: bytes) -> DiscoveryRequest:
+    """Parse a ``DiscoveryRequest``."""
+    msg = _parse(_discovery().DiscoveryRequest, data, "DiscoveryRequest")
+    nack = msg.HasField("error_detail") and (msg.error_detail.code or msg.error_detail.message)
+    return DiscoveryRequest(
+        type_url=str(msg.type_url),
+        version_info=str(msg.version_info),
+        node_id=str(msg.node.id),
+        node_metadata=_strings(msg.node.metadata),
+        resource_names=tuple(msg.resource_names),
+        response_nonce=str(msg.response_nonce),
+        error=(str(msg.error_detail.message) or "rejected") if nack else None,
+    )
+
+
+def encode_discovery_response(response: DiscoveryResponse) -> bytes:
+    """Serialize a :class:`DiscoveryResponse`, each resource packed in an ``Any``."""
+    msg = _discovery().DiscoveryResponse(
+        type_url=response.type_url, nonce=response.nonce, version_info=response.version_info
+    )
+    for resource in response.resources:
+        entry = msg.resources.add()
+        entry.type_url = response.type_url
+        entry.value = resource.value
+    data: bytes = msg.SerializeToString()
+    return data
+
+
+def decode_discovery_response(data: bytes) -> DiscoveryResponse:
+    """Parse a ``DiscoveryResponse`` (resource names are not on the wire: left empty)."""
+    msg = _parse(_discovery().DiscoveryResponse, data, "DiscoveryResponse")
+    resources = []
+    for entry in msg.resources:
+        if entry.type_url != msg.type_url:
+            raise WireFormatError(
+                f"a resource of type {entry.type_url} in a response of type {msg.type_url}"
+            )
+        resources.append(Resource("", "", bytes(entry.value)))
+    return DiscoveryResponse(
+        str(msg.type_url), str(msg.nonce), str(msg.version_info), tuple(resources)
     )
 
 

@@ -249,6 +249,27 @@ def status(admin: str, output: str) -> None:
                 }
             )
     emit(rows, output, columns=["node", "proxy", "type", "resources", "acked", "sent", "last_nack"])
+    envoy_rows = []
+    for proxy in data.get("envoyProxies", []):
+        for type_url, t in proxy.get("types", {}).items():
+            nack = t.get("lastNack") or {}
+            envoy_rows.append(
+                {
+                    "node": proxy.get("node", ""),
+                    "envoy": f"{proxy.get('kind', '')} {proxy.get('namespace', '')}/"
+                    f"{proxy.get('gateway') or proxy.get('serviceAccount', '')}",
+                    "api": proxy.get("api", "delta"),
+                    "type": type_url.rsplit(".", 1)[-1],
+                    "resources": t.get("resources", 0),
+                    "acked": t.get("ackedVersion", ""),
+                    "nacks": t.get("nacks", 0),
+                    "last_nack": nack.get("error", "")[:80],
+                }
+            )
+    if envoy_rows:
+        click.echo("")
+        columns = ["node", "envoy", "api", "type", "resources", "acked", "nacks", "last_nack"]
+        emit(envoy_rows, output, columns=columns)
     ca = data.get("ca", {})
     click.echo(
         f"snapshot: {json.dumps(data.get('snapshot', {}))}\n"
@@ -256,6 +277,15 @@ def status(admin: str, output: str) -> None:
         f"{ca.get('refusedUnauthenticated', 0)} unauthenticated / "
         f"{ca.get('refusedImpersonation', 0)} impersonation / {ca.get('refusedCsr', 0)} bad CSR"
     )
+    envoy = data.get("envoy") or {}
+    if envoy:
+        ack = envoy.get("pushToAck", {})
+        mean = ack.get("sum", 0.0) / ack["count"] * 1000 if ack.get("count") else 0.0
+        click.echo(
+            f"envoy: {envoy.get('connected', 0)} connected, pushes {envoy.get('pushes', {})}, "
+            f"NACKs {envoy.get('nacks', {})}, refused {envoy.get('refused', 0)}, "
+            f"push-to-ACK mean {mean:.1f} ms over {ack.get('count', 0)}"
+        )
 
 
 @cli.command("node-credential")

@@ -50,6 +50,7 @@ from controlplane.model import ClusterState
 from controlplane.workloadapi import MeshConfig, translate
 from controlplane.workloadapi.incremental import IncrementalTranslator
 from controlplane.xds.core import Debouncer, ServerSnapshot, version_of
+from controlplane.xds.envoy import EnvoyServing, ResourcesFn
 from controlplane.xds.metrics import metrics_registry, render
 from controlplane.xds.server import XdsHub
 from ztunnel.admin import Request, Response, serve_http
@@ -186,8 +187,17 @@ class SnapshotBuilder:
 class ControlPlane:
     """A running control plane: :meth:`start`, then :meth:`stop`."""
 
-    def __init__(self, config: ControlPlaneConfig, *, kube_api_client: Any = None) -> None:
+    def __init__(
+        self,
+        config: ControlPlaneConfig,
+        *,
+        kube_api_client: Any = None,
+        envoy_resources: ResourcesFn | None = None,
+    ) -> None:
         self.config = config
+        self._envoy_resources = envoy_resources
+        """Tests: a stand-in for ``proxy_resources`` (None: the real translation)."""
+        self.envoy: EnvoyServing | None = None
         self.cluster = ClusterState()
         self.snapshot_at: float | None = None
         self._kube_api_client = kube_api_client
@@ -251,8 +261,10 @@ class ControlPlane:
             lambda: self.cluster,
             lambda: dt.datetime.now(dt.UTC),
         )
-        if cfg.authenticate_xds:
-            self.hub = XdsHub(self._authenticate_stream)
+        self.envoy = EnvoyServing(
+            cfg.mesh, self.ca, lambda: self.cluster, resources=self._envoy_resources
+        )
+        self.hub = XdsHub(self._authenticate_stream if cfg.authenticate_xds else None, self.envoy)
         await self._apply(await asyncio.to_thread(source.load))
 
         host, port = split_address(cfg.listen, "--listen")
@@ -278,6 +290,7 @@ class ControlPlane:
         self._admin = await asyncio.start_server(serve_http(self._debug), admin_host, admin_port)
         self.admin_port = self._admin.sockets[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(self._follow(source)))
+        self._tasks.append(asyncio.create_task(self._renew_certificates()))
         log.info(
             "control plane serving xDS and CA on %s:%d, status on %s:%d; CA root in %s",
             host,
@@ -307,6 +320,7 @@ class ControlPlane:
         started = time.perf_counter()
         snapshot = await asyncio.to_thread(self.snapshots.build, state)
         self.cluster = state
+        await self._refresh_envoys(state)
         if self.snapshot_at is not None and snapshot.versions == self.hub.snapshot.versions:
             return  # e.g. a change the workload API does not show (a label nobody selects)
         self.hub.publish(snapshot)
@@ -318,6 +332,35 @@ class ControlPlane:
             (time.perf_counter() - started) * 1000,
             len(self.hub.connections),
         )
+
+    async def _refresh_envoys(self, state: ClusterState | None = None) -> None:
+        """Rebuild the connected Envoys' resources; push to those whose resources changed."""
+        if self.envoy is None or not self.envoy.connected:
+            return
+        started = time.perf_counter()
+        changed = await self.envoy.refresh(state)
+        self.hub.publish_envoy(changed)
+        if changed:
+            log.info(
+                "Envoy resources rebuilt for %d proxies in %.1f ms, pushed to %d",
+                len(self.envoy.connected),
+                (time.perf_counter() - started) * 1000,
+                len(changed),
+            )
+
+    async def _renew_certificates(self) -> None:
+        """Serve each Envoy a new certificate when its current one reaches half-life."""
+        while True:
+            due = self.envoy.next_renewal() if self.envoy is not None else None
+            wait = 60.0
+            if due is not None:
+                wait = min(wait, max(0.0, (due - dt.datetime.now(dt.UTC)).total_seconds()))
+            await asyncio.sleep(wait + 0.01)
+            if due is not None and dt.datetime.now(dt.UTC) >= due:
+                try:
+                    await self._refresh_envoys()
+                except Exception:  # keep renewing; the old certificates stay served
+                    log.exception("cannot renew Envoy certificates (retrying)")
 
     async def _follow(self, source: Any) -> None:
         """Debounce the source's changes into snapshots; survive a failing source or bug."""
@@ -400,9 +443,24 @@ class ControlPlane:
             },
             "sourceErrors": len(self.cluster.errors),
             "proxies": self.hub.status(),
+            "envoyProxies": self.hub.envoy_status(),
+            "envoy": self._envoy_status(),
             "recentlyDisconnected": self.hub.disconnected,
             "pushes": self.hub.pushes,
             "ca": self.certificates.stats.as_dict() if self.certificates else {},
+        }
+
+    def _envoy_status(self) -> dict[str, object]:
+        stats = self.hub.envoy_stats
+        serving = self.envoy
+        return {
+            "connected": len(self.hub.envoy_status()),
+            "pushes": dict(sorted(stats.pushes.items())),
+            "nacks": dict(sorted(stats.nacks.items())),
+            "pushToAck": stats.push_to_ack.as_dict(),
+            "refused": serving.stats.refused if serving else 0,
+            "lastRefusal": serving.stats.last_refusal if serving else "",
+            "certificatesIssued": serving.builder.certificates.issued if serving else 0,
         }
 
     async def _debug(self, request: Request) -> Response:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.xds import DeltaRequest, DeltaResponse, Resource
+from controlplane.xds.envoytypes import push_rank
 
 
 def version_of(data: bytes) -> str:
@@ -153,8 +154,9 @@ class StreamCore:
     def update(self, snapshot: ServerSnapshot) -> list[DeltaResponse]:
         """A new snapshot: one response per subscribed type whose resources changed."""
         out = []
-        for type_url, state in self.types.items():
-            response = self._push(type_url, state, snapshot, always=False)
+        # Envoy's types go clusters, endpoints, listeners, routes, secrets (ADS ordering).
+        for type_url in sorted(self.types, key=push_rank):
+            response = self._push(type_url, self.types[type_url], snapshot, always=False)
             if response:
                 out.append(response)
         return out
@@ -248,6 +250,7 @@ class StreamCore:
                 "resourcesSent": s.resources_sent,
                 "sentVersion": s.sent_version,
                 "ackedVersion": s.acked_version,
+                "ackedAt": s.acked_at,
                 "acks": s.acks,
                 "nacks": s.nacks,
                 "pendingNonces": sorted(s.pending),
