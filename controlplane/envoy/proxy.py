@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from google.protobuf import json_format
+
 from api.messages import workload as wl
-from controlplane.envoy import hbone
+from controlplane.envoy import hbone, telemetry
 from controlplane.envoy.listeners import (
     ServedPort,
     connect_terminate_listener,
@@ -34,7 +36,12 @@ from controlplane.model import (
 )
 from controlplane.workloadapi.mesh import MeshConfig
 from controlplane.workloadapi.services import app_protocol
-from controlplane.workloadapi.workloads import is_sent
+from controlplane.workloadapi.workloads import (
+    canonical_name,
+    canonical_revision,
+    is_sent,
+    workload_name,
+)
 
 ProxyKind = Literal["waypoint", "gateway"]
 
@@ -58,6 +65,9 @@ class EnvoyProxy:
     """``waypoint`` or ``gateway`` (``PROXY_KIND``)."""
     ip: str
     """The proxy pod's IP (first of ``INSTANCE_IPS``)."""
+    tracing: bool = False
+    """Whether its bootstrap has the tracing collector's cluster (node metadata
+    ``TRACING``): only then do its connection managers trace."""
 
 
 @dataclass(frozen=True)
@@ -109,8 +119,10 @@ def is_http(port: ServicePort) -> bool:
 
 
 def _served_ports(
-    services: list[Service], translated: WaypointResources, mesh: MeshConfig
+    services: list[Service], translated: WaypointResources, proxy: EnvoyProxy, mesh: MeshConfig
 ) -> list[ServedPort]:
+    access_log = tuple(telemetry.access_log_config(proxy))
+    tracing = telemetry.tracing_config(proxy) if proxy.tracing else None
     out = []
     for service in services:
         if not service.cluster_ips:
@@ -127,6 +139,8 @@ def _served_ports(
                     http=is_http(port),
                     route=route,
                     tcp_proxy=translated.tcp_proxies[tcp_proxy_name(host, port.port)],
+                    access_log=access_log,
+                    tracing=tracing,
                 )
             )
     return out
@@ -136,8 +150,40 @@ def _healthy(pod: Pod) -> bool:
     return is_sent(pod) and pod.ready and not pod.deleting
 
 
+def _endpoint(pod: Pod, ip: str, port: int, mesh: MeshConfig, hbone_port: int) -> dict[str, Any]:
+    """A tunnel endpoint carrying what the access log reports of the destination."""
+    endpoint = hbone.tunnel_endpoint(ip, port, hbone_port=hbone_port)
+    metadata = telemetry.endpoint_metadata(
+        workload=workload_name(pod),
+        workload_namespace=pod.namespace,
+        app=canonical_name(pod),
+        version=canonical_revision(pod),
+        principal=f"spiffe://{mesh.trust_domain}/ns/{pod.namespace}/sa/{pod.service_account}",
+    )
+    endpoint["metadata"]["filter_metadata"].update(
+        json_format.MessageToDict(metadata, preserving_proto_field_name=True)["filter_metadata"]
+    )
+    return endpoint
+
+
+def _with_metadata(cluster: Any, ends: ClusterEndpoints) -> Any:
+    """``cluster`` carrying the destination service the access log reports."""
+    namespace, name = ends.service or ("", "")
+    cluster.metadata.MergeFrom(
+        telemetry.cluster_metadata(
+            service=ends.host, service_name=name, service_namespace=namespace, subset=ends.subset
+        )
+    )
+    return cluster
+
+
 def endpoints_of(
-    state: ClusterState, name: str, ends: ClusterEndpoints, *, hbone_port: int = hbone.HBONE_PORT
+    state: ClusterState,
+    name: str,
+    ends: ClusterEndpoints,
+    mesh: MeshConfig | None = None,
+    *,
+    hbone_port: int = hbone.HBONE_PORT,
 ) -> Any:
     """The ``ClusterLoadAssignment`` of one cluster: every ready pod the service selects
     (and the subset's labels), reached through an HBONE tunnel to the pod.
@@ -162,7 +208,7 @@ def endpoints_of(
             port = target if isinstance(target, int) else pod.named_port(target)
             if port is None or pod.ip is None:
                 continue
-            found.append(hbone.tunnel_endpoint(pod.ip, port, hbone_port=hbone_port))
+            found.append(_endpoint(pod, pod.ip, port, mesh or MeshConfig(), hbone_port))
     return hbone.load_assignment(name, found)
 
 
@@ -183,14 +229,17 @@ def proxy_resources(
     translated = translate_waypoint(state, services, mesh)
     listeners = [
         connect_terminate_listener(),
-        main_internal_listener(_served_ports(services, translated, mesh)),
+        main_internal_listener(_served_ports(services, translated, proxy, mesh)),
         hbone.connect_originate_listener(),
     ]
-    clusters = {name: hbone.through_hbone(c) for name, c in translated.clusters.items()}
+    clusters = {
+        name: _with_metadata(hbone.through_hbone(c), translated.endpoints[name])
+        for name, c in translated.clusters.items()
+    }
     clusters[hbone.MAIN_INTERNAL] = main_internal_cluster()
     clusters[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_cluster()
     endpoints = {
-        name: endpoints_of(state, name, ends) for name, ends in translated.endpoints.items()
+        name: endpoints_of(state, name, ends, mesh) for name, ends in translated.endpoints.items()
     }
     return EnvoyResources(
         listeners={listener.name: listener for listener in listeners},

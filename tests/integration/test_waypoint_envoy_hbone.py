@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 import pytest
 
 from bench.envoy.proxy import envoy_argv
-from controlplane.envoy.bootstrap import proxy_bootstrap, static_secrets
+from controlplane.envoy import telemetry
+from controlplane.envoy.bootstrap import as_json, proxy_bootstrap, static_secrets
 from controlplane.envoy.hbone import PEER_PRINCIPAL_KEY
 from controlplane.envoy.proxy import proxy_resources
 from tests.waypoint_envoy_fixtures import BACKEND_VIP, DB_VIP, WAYPOINT, demo_state
@@ -255,6 +256,7 @@ def waypoint(netns: str, ca: LocalCA, tmp_path_factory: pytest.TempPathFactory) 
             waypoint_cert.key_pem.decode(),
             roots.decode(),
         ),
+        extra_clusters=[as_json(c) for c in telemetry.static_clusters()],
     )
     listener = config["static_resources"]["listeners"][0]
     listener["address"]["socket_address"]["address"] = WAYPOINT_IP

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.envoy import telemetry
 from controlplane.envoy.bootstrap import as_json, proxy_bootstrap, static_secrets
 from controlplane.envoy.hbone import (
     CONNECT_ORIGINATE,
@@ -92,6 +93,8 @@ def test_waypoint_listeners_terminate_hbone_and_chain_per_service_port() -> None
     hcm = http["filters"][0]["typed_config"]
     assert hcm["rds"]["route_config_name"] in resources.routes
     assert [f["name"] for f in hcm["http_filters"]][-1] == "envoy.filters.http.router"
+    assert hcm["access_log"][0]["name"] == "envoy.access_loggers.http_grpc"
+    assert "tracing" not in hcm  # only when the bootstrap has the collector's cluster
     tcp = chains["inbound-vip|5432|tcp|db.demo.svc.cluster.local"]
     assert tcp["filters"][0]["name"] == "envoy.filters.network.tcp_proxy"
 
@@ -110,6 +113,8 @@ def test_endpoints_are_tunnels_to_the_selected_pods() -> None:
     cluster = as_json(resources.clusters["outbound|80|v2|backend.demo.svc.cluster.local"])
     assert cluster["type"] == "EDS"
     assert cluster["transport_socket"]["name"] == "envoy.transport_sockets.internal_upstream"
+    assert cluster["metadata"]["filter_metadata"]["ambient.telemetry"]["subset"] == "v2"
+    assert metadata["ambient.telemetry"]["version"] == "v2"
     originate = as_json(resources.clusters[CONNECT_ORIGINATE])
     assert originate["type"] == "ORIGINAL_DST"
     assert originate["original_dst_lb_config"] == {"upstream_port_override": 15008}
@@ -138,5 +143,8 @@ def test_envoy_accepts_the_waypoint_resources(tmp_path: Path) -> None:
     secrets = static_secrets(
         b"".join(cert.chain_pem).decode(), cert.key_pem.decode(), ca.root_pem.decode()
     )
-    done = envoy_validate(proxy_bootstrap(_demo(), secrets), tmp_path / "waypoint.json")
+    resources = proxy_resources(demo_state(), replace(WAYPOINT, tracing=True))
+    extra = [as_json(c) for c in telemetry.static_clusters(collector=("127.0.0.1", 9411))]
+    config = proxy_bootstrap(resources, secrets, extra_clusters=extra)
+    done = envoy_validate(config, tmp_path / "waypoint.json")
     assert done.returncode == 0, f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
