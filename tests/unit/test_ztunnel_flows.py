@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 
@@ -204,7 +205,19 @@ def test_strict_refuses_plaintext_and_permissive_admits_with_policy(state: Proxy
     )
     assert isinstance(strict, Refuse) and strict.status is None and strict.flag == "DENY"
     assert "istio_converted_static_strict" in strict.reason
-    # reviews is PERMISSIVE (no strict policy bound), but the namespace ALLOW wants a principal.
+    # reviews is served by a waypoint: plaintext to it bypasses the waypoint.
+    bypass = decide_plaintext(
+        state,
+        source_ip=ip("10.244.2.9"),
+        destination_ip=ip("10.244.2.7"),
+        destination_port=9080,
+        node="node2",
+    )
+    assert isinstance(bypass, Refuse) and bypass.reason.startswith("bypassed waypoint")
+    # Without its waypoint, reviews is PERMISSIVE (no strict policy bound), but the
+    # namespace ALLOW wants a principal.
+    services = [dataclasses.replace(s, waypoint=None) for s in state.services.values()]
+    state = ProxyState(state.workloads.values(), services, state.policies.values())
     permissive = decide_plaintext(
         state,
         source_ip=ip("10.244.2.9"),

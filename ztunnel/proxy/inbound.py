@@ -16,7 +16,8 @@ from ztunnel.metrics import FLAG_CONNECT, FLAG_DENY
 from ztunnel.policy import ConnectionContext, Decision, authorize
 from ztunnel.proxy.hbone import Authority, TunnelRequest
 from ztunnel.state.proxy_state import ProxyState
-from ztunnel.state.workload import IPAddress, NamespacedHostname, Workload
+from ztunnel.state.workload import IPAddress, Workload
+from ztunnel.waypoint import bypass_refusal, waypoint_identities
 
 # ztunnel's own listeners: a tunnel asking for one of them would loop through us.
 PROXY_PORTS = frozenset({15001, 15006, 15008})
@@ -64,28 +65,6 @@ def _local_destination(
     return workload
 
 
-def _waypoint_identities(state: ProxyState, destination: Workload) -> set[SpiffeId]:
-    """Identities of the waypoints serving ``destination`` (directly or through a service)."""
-    gateways = [destination.waypoint]
-    gateways += [
-        state.services[key].waypoint for key in destination.services if key in state.services
-    ]
-    out: set[SpiffeId] = set()
-    for gateway in gateways:
-        if gateway is None:
-            continue
-        dest = gateway.destination
-        if isinstance(dest, NamespacedHostname):
-            service = state.services.get(f"{dest.namespace}/{dest.hostname}")
-            if service is not None:
-                out.update(w.identity for w in state.endpoints(service))
-        else:
-            workload = state.workload_by_ip(dest.address, dest.network)
-            if workload is not None:
-                out.add(workload.identity)
-    return out
-
-
 def client_address(
     state: ProxyState,
     request: TunnelRequest,
@@ -109,7 +88,7 @@ def client_address(
             owner = state.workload_by_ip(claimed, destination.network)
             if owner is not None and owner.identity == peer_identity:
                 return claimed
-            if peer_identity in _waypoint_identities(state, destination):
+            if peer_identity in waypoint_identities(state, destination):
                 return claimed
     return peer_ip
 
@@ -132,6 +111,9 @@ def decide_hbone(
         return Refuse(400, FLAG_CONNECT, f"bad authority {request.authority}: {destination}")
     dst_ip = request.authority.ip
     assert dst_ip is not None  # _local_destination refused host names
+    bypass = bypass_refusal(state, destination, peer_identity)
+    if bypass is not None:
+        return Refuse(401, FLAG_DENY, bypass)
     source_ip = client_address(state, request, peer_identity, peer_ip, destination)
     ctx = ConnectionContext(peer_identity, source_ip, dst_ip, port)
     decision = authorize(state.policies_for(destination), ctx)
@@ -168,6 +150,9 @@ def decide_plaintext(
         return Refuse(
             None, FLAG_CONNECT, f"refusing plaintext to ztunnel's port {destination_port}"
         )
+    bypass = bypass_refusal(state, destination, None)
+    if bypass is not None:
+        return Refuse(None, FLAG_DENY, bypass)
     ctx = ConnectionContext(None, source_ip, destination_ip, destination_port)
     decision = authorize(state.policies_for(destination), ctx)
     if not decision.allowed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from ztunnel import waypoint
 from ztunnel.errors import InvalidSpiffeIdError
 from ztunnel.identity.spiffe import SpiffeId
 from ztunnel.metrics import FLAG_CONNECT
@@ -26,7 +27,6 @@ from ztunnel.state.proxy_state import (
 from ztunnel.state.workload import (
     HBONE_PORT,
     IPAddress,
-    NamespacedHostname,
     Service,
     Workload,
     WorkloadType,
@@ -109,26 +109,13 @@ def _san_identities(service: Service | None) -> set[SpiffeId]:
 
 
 def _waypoint_workload(
-    state: ProxyState, upstream: Upstream, balancer: LoadBalancer
+    state: ProxyState, source: Workload, upstream: Upstream, balancer: LoadBalancer
 ) -> Workload | Refuse | None:
-    gateway = (
-        upstream.service.waypoint if upstream.service else None
-    ) or upstream.workload.waypoint
-    if gateway is None:
+    gateway = waypoint.waypoint_of(upstream)
+    if gateway is None or waypoint.is_waypoint_itself(state, source, gateway):
         return None
-    dest = gateway.destination
-    if isinstance(dest, NamespacedHostname):
-        service = state.services.get(f"{dest.namespace}/{dest.hostname}")
-        if service is None:
-            return Refuse(f"waypoint service {dest.namespace}/{dest.hostname} is unknown")
-        endpoints = tuple(w for w in state.endpoints(service) if w.addresses)
-        if not endpoints:
-            return Refuse(f"waypoint {service.key} has no endpoint")
-        return balancer.pick(f"waypoint:{service.key}", endpoints)
-    resolved = state.resolve(dest.address, gateway.hbone_mtls_port, balancer, dest.network)
-    if isinstance(resolved, Upstream):
-        return resolved.workload
-    return Refuse(f"waypoint address {dest} is not a known workload or service")
+    chosen = waypoint.pick_waypoint(state, gateway, balancer)
+    return Refuse(chosen) if isinstance(chosen, str) else chosen
 
 
 def _request(
@@ -158,17 +145,17 @@ def _tunnel(
     rng: random.Random,
     hbone_port: int,
 ) -> OutboundPlan:
-    waypoint = _waypoint_workload(state, resolved, balancer)
-    if isinstance(waypoint, Refuse):
-        return waypoint
-    if waypoint is not None:
+    via = _waypoint_workload(state, source, resolved, balancer)
+    if isinstance(via, Refuse):
+        return via
+    if via is not None:
         # Through a waypoint the authority keeps the original VIP (or pod IP) and
         # port, so that the waypoint can route it.
         return Tunnel(
-            pool_key=PoolKey(source.identity, waypoint.identity, waypoint.addresses[0], hbone_port),
+            pool_key=PoolKey(source.identity, via.identity, via.addresses[0], hbone_port),
             request=_request(original, source, client, resolved.service, rng),
-            expected_identities=frozenset({waypoint.identity}),
-            destination=waypoint,
+            expected_identities=frozenset({via.identity}),
+            destination=via,
             service=resolved.service,
             via_waypoint=True,
         )

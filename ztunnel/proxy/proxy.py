@@ -198,7 +198,12 @@ class Proxy:
             self.metrics.connection_closed(labels, received=received, sent=sent)
 
     def _is_local(self, plan: outbound.Tunnel) -> bool:
-        """Whether the tunnel would end at this very ztunnel (a pod of this node)."""
+        """Whether the tunnel would end at this very ztunnel (a pod of this node).
+
+        A waypoint is never local: it terminates HBONE itself and is not captured.
+        """
+        if plan.via_waypoint:
+            return False
         return bool(self.config.node_name) and plan.destination.node == self.config.node_name
 
     async def _outbound_same_node(
