@@ -386,11 +386,10 @@ class Collector:
                 for name, sep, value in (line.partition(":") for line in lines[1:])
                 if sep
             }
-            length = int(headers.get("content-length", "0") or 0)
-            if length > MAX_BODY:
+            body = await asyncio.wait_for(_read_body(reader, headers), timeout=10)
+            if body is None:
                 status, answer = 413, {"error": "body too large"}
             else:
-                body = await asyncio.wait_for(reader.readexactly(length), timeout=10)
                 status, answer = self.handle(method, target, body)
             payload = b"" if answer is None else json.dumps(answer).encode()
             writer.write(
@@ -409,6 +408,26 @@ class Collector:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str]) -> bytes | None:
+    """The request body, by ``content-length`` or chunked (Envoy's Zipkin reporter
+    sends chunked); None when it exceeds :data:`MAX_BODY`."""
+    if "chunked" not in headers.get("transfer-encoding", "").lower():
+        length = int(headers.get("content-length", "0") or 0)
+        return None if length > MAX_BODY else await reader.readexactly(length)
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")  # the empty trailer section
+            return b"".join(chunks)
+        total += size
+        if total > MAX_BODY:
+            return None
+        chunks.append(await reader.readexactly(size))
+        await reader.readexactly(2)
 
 
 _REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found"}
