@@ -15,6 +15,7 @@ import pytest
 
 from controlplane.sources import FolderSource
 from controlplane.workloadapi import translate
+from ztunnel.admin import service_json, workload_json
 from ztunnel.identity.spiffe import SpiffeId
 from ztunnel.proxy.hbone import Authority, TunnelRequest
 from ztunnel.proxy.inbound import Admit, Refuse, decide_hbone, decide_plaintext
@@ -231,3 +232,14 @@ def test_an_unresolvable_waypoint_fails_closed(state: ProxyState) -> None:
 
 def test_plain_tcp_destinations_are_unaffected(state: ProxyState) -> None:
     assert outbound(state, "192.0.2.1", 80) == PlainTcp(ip("192.0.2.1"), 80)
+
+
+def test_config_dump_shows_waypoints(state: ProxyState) -> None:
+    ratings = state.workload_by_ip("10.244.2.8")
+    reviews = state.services["demo/reviews.demo.svc.cluster.local"]
+    expected = {"destination": "/10.96.0.99", "hboneMtlsPort": 15008}
+    assert ratings is not None and workload_json(ratings)["waypoint"] == expected
+    assert service_json(reviews, state)["waypoint"] == expected
+    waypoint_pod = state.workload_by_ip("10.244.1.9")
+    assert waypoint_pod is not None and workload_json(waypoint_pod)["waypoint"] is None
+    assert workload_json(waypoint_pod)["protocol"] == "HBONE"
