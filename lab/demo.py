@@ -15,6 +15,20 @@ each node, and proves, each as a named check with evidence:
 7. telemetry: Istio's ``istio_tcp_*`` counters for frontend -> backend on both reporters,
    and the capture maps of each node.
 
+Then the tutorial, unchanged (``deploy/examples/tutorial/``: its ingress Gateway, the
+80/20 canary), with the namespace enrolled and bound to its waypoint as Istio's ambient
+docs do, and L7 on real Envoy (the waypoint and the ingress gateway), configured by the
+control plane over xDS (:mod:`lab.demo_l7` holds checks 8 to 13):
+
+8. canary: 1,000 requests split 80/20 within a binomial 99.9% interval; a live weight
+   change is followed within a second;
+9. header routing: ``end-user: jason`` always reaches v2, others v1;
+10. retries: half the first attempts fail, retries make >= 99% of 1,000 succeed, and the
+    retried attempts show in the waypoint's metrics;
+11. circuit breaking (fast 503s, flag ``UO``) and outlier detection (a 5xx pod ejected);
+12. L7 authorization at the waypoint: GET allowed, POST denied with 403, counted;
+13. ingress: ``curl http://istio-ingressgateway.istio-system/`` from ``outside``.
+
 The pure parts (what counts as a pass) are small functions over what was observed, so
 each check's verdict is unit-tested; the shell drives the lab.
 """
@@ -62,6 +76,14 @@ SABOTAGE = {
     "no-peer-authentication": "never apply the STRICT PeerAuthentication",
     "no-authorization-policy": "never apply the AuthorizationPolicy",
     "no-source-ip": "ztunnel connects to pods from the node's address (--no-preserve-source-ip)",
+    "no-waypoint": "never bind the tutorial namespace to its waypoint (no istio.io/use-waypoint)",
+    "no-canary-change": "never apply the live weight change (the tutorial's 80/20 stays)",
+    "no-header-routing": "apply check 9's VirtualService without its end-user match",
+    "no-retries": "apply check 10's VirtualService without its retries",
+    "no-circuit-breaking": "apply check 11's DestinationRule without connectionPool and "
+    "outlierDetection",
+    "no-l7-authorization": "never apply check 12's AuthorizationPolicy",
+    "no-ingress": "apply the tutorial without its ingress Gateway",
 }
 
 
@@ -79,6 +101,12 @@ class DemoConfig:
     """Leave the lab running at the end (``ambient lab down --name NAME`` removes it)."""
     sabotage: frozenset[str] = frozenset()
     """Properties to break on purpose (keys of :data:`SABOTAGE`), to see checks FAIL."""
+    checks: frozenset[int] = frozenset()
+    """Run only these checks (numbers); empty runs them all."""
+
+    def runs(self, number: int) -> bool:
+        """Whether check ``number`` is part of this run."""
+        return not self.checks or number in self.checks
 
 
 @dataclass(frozen=True)
@@ -168,6 +196,10 @@ class DemoWorld:
     ztunnels: dict[str, LabProcess] = field(default_factory=dict)
     capture: _FabricCapture | None = None
     """The fabric capture running since the mesh came up (read by check 2)."""
+    l7_missing: str = ""
+    """Why L7 through the tutorial's waypoint does not work ('' when it does)."""
+    ingress_missing: str = ""
+    """Why the ingress gateway does not answer ('' when it does)."""
 
     def node_of(self, pod: str) -> Node:
         """The node a demo pod runs on."""
@@ -180,8 +212,20 @@ class DemoWorld:
                 return name
         raise DemoError(f"both backends run on {caller}'s node; the demo needs one elsewhere")
 
-    def http(self, pod: str, url: str, *, count: int = 1, timeout: float = 2.0) -> dict[str, Any]:
-        """GETs ``url`` from a pod with the lab's client; returns its JSON summary."""
+    def http(
+        self,
+        pod: str | Pod,
+        url: str,
+        *,
+        count: int = 1,
+        timeout: float = 2.0,
+        concurrency: int = 1,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        report_headers: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        """Requests ``url`` from a pod with the lab's client; returns its JSON summary."""
+        deadline = count * timeout / max(1, concurrency) + 2
         argv = [
             "python",
             "-m",
@@ -193,10 +237,19 @@ class DemoWorld:
             "--timeout",
             str(timeout),
             "--deadline",
-            str(count * timeout + 2),
+            str(deadline),
+            "--concurrency",
+            str(concurrency),
+            "--method",
+            method,
             "--json",
         ]
-        done = self.lab.exec(self.pods[pod], argv, timeout=count * timeout + 15)
+        for key, value in (headers or {}).items():
+            argv += ["--header", f"{key}: {value}"]
+        for name in report_headers:
+            argv += ["--report-header", name]
+        target = pod if isinstance(pod, Pod) else self.pods[pod]
+        done = self.lab.exec(target, argv, timeout=deadline + 15)
         try:
             summary: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -439,6 +492,10 @@ def build_world(lab: Lab, config: DemoConfig, progress: Progress) -> DemoWorld:
             world.start_ztunnel(node)
         for node in lab.nodes:
             world.wait_ztunnel_ready(node.name)
+    if any(config.runs(n) for n in range(8, 14)):
+        from lab.demo_l7 import build_l7
+
+        build_l7(world, progress)
     # From before the first mesh connection, so the TLS handshakes are in it.
     world.capture = _FabricCapture(lab, "tcp").__enter__()
     return world
@@ -752,7 +809,7 @@ def check_telemetry(world: DemoWorld) -> CheckResult:
     )
 
 
-CHECKS: tuple[Callable[[DemoWorld], CheckResult], ...] = (
+BASE_CHECKS: tuple[Callable[[DemoWorld], CheckResult], ...] = (
     check_service,
     check_mtls,
     check_source_ip,
@@ -843,12 +900,16 @@ def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> DemoReport:
         out.write("\n")
         for check in CHECKS:
             number, _, title = (check.__doc__ or "").partition(". ")
+            if not config.runs(int(number)):
+                continue
             with progress.step(f"check {number}: {title.split(';')[0].rstrip('.')}"):
                 result = check(world)
             report.checks.append(result)
             out.write(f"     {result.status}  {result.title}\n")
             for line in result.evidence:
                 out.write(f"           {line}\n")
+        if world.capture is not None:  # check 2 did not run
+            world.capture.__exit__(None, None, None)
     finally:
         if lab is not None and not config.keep:
             with progress.step("teardown: processes, namespaces, pins"):
@@ -879,3 +940,13 @@ def summary(report: DemoReport, config: DemoConfig) -> str:
     else:
         lines.append("  Run 'ambient demo --keep' to explore the running mesh afterwards.")
     return "\n".join(lines)
+
+
+def _all_checks() -> tuple[Callable[[DemoWorld], CheckResult], ...]:
+    from lab.demo_l7 import L7_CHECKS
+
+    return (*BASE_CHECKS, *L7_CHECKS)
+
+
+CHECKS = _all_checks()
+"""Every check, in order: 1-7 here, 8-13 in :mod:`lab.demo_l7`."""

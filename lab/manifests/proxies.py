@@ -100,16 +100,18 @@ def running(lab: Lab, name: str) -> LabProcess | None:
 
 
 def ensure_traces(lab: Lab, endpoint: mesh.MeshEndpoint) -> mesh.MeshEndpoint:
-    """The lab's trace collector on the fabric (started once); the endpoint with its address."""
+    """The lab's trace collector on the fabric (started once, :mod:`lab.traces`); the
+    endpoint with its address, which every proxy's Zipkin tracer sends spans to."""
     address = f"{lab.fabric.ip}:{mesh.TRACES_PORT}"
     if running(lab, TRACES_PROCESS) is None:
         if importlib.util.find_spec("lab.traces") is None:
             return endpoint  # no collector in this tree: Envoy traces nowhere
-        lab.spawn(
-            lab.fabric,
-            ["python", "-m", "lab.traces", "serve", "--listen", address],
-            name=TRACES_PROCESS,
+        from lab import traces
+
+        argv = traces.collector_argv(
+            lab.run_dir / traces.SNAPSHOT_NAME, host=lab.fabric.ip, port=mesh.TRACES_PORT
         )
+        lab.spawn(lab.fabric, ["python", *argv[1:]], name=TRACES_PROCESS)
     if endpoint.traces_address != address:
         endpoint = endpoint.with_traces(address)
         mesh.register(lab.run_dir, endpoint)

@@ -140,7 +140,10 @@ def run_http(args: argparse.Namespace) -> int:
                     conn.close()
             else:
                 tally.answer(status, text, got, (time.monotonic() - start) * 1000)
-                if not args.json:
+                if args.stamp:
+                    first = text.splitlines()[0] if text else ""
+                    print(f"{time.time():.3f} {status} {first}", flush=True)
+                elif not args.json:
                     print(text, end="" if text.endswith("\n") else "\n", flush=True)
             if args.interval:
                 time.sleep(args.interval)
@@ -262,6 +265,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     h.add_argument("--interval", type=float, default=0.0, help="pause between requests")
     h.add_argument("--keepalive", action="store_true", help="reuse one connection")
     h.add_argument("--json", action="store_true", help="print one JSON summary")
+    h.add_argument(
+        "--stamp", action="store_true", help="print '<unix time> <status> <first line>' per answer"
+    )
     b = sub.add_parser("bulk", help="send N bytes to a tcp_echo server and compare digests")
     b.add_argument("target", help="host:port of a tcp_echo server")
     b.add_argument("--bytes", type=int, default=10_000_000)
