@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ambient.errors import AmbientError
 from bench.envoy.proxy import envoy_argv, envoy_binary
+from controlplane.envoy import telemetry
 from lab.traces import Collector, CollectorConfig
 from tests.unit.test_waypoint_telemetry_config import PEER, telemetry_bootstrap
 from waypoint.telemetry import Exporter, ExporterConfig
@@ -153,7 +154,7 @@ async def _scenario(tmp_path: Path, backend_port: int) -> None:
     )
     # Spans go out one by one (default: batches of 5 or every 5 s).
     config["layered_runtime"] = {
-        "layers": [{"name": "static", "static_layer": {"tracing.zipkin.min_flush_spans": 1}}]
+        "layers": [{"name": "static", "static_layer": telemetry.TRACING_RUNTIME}]
     }
     path = tmp_path / "envoy.json"
     path.write_text(json.dumps(config))
