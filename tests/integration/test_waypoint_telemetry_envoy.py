@@ -172,6 +172,7 @@ async def _scenario(tmp_path: Path, backend_port: int) -> None:
 
         port = exporter.metrics_port
         await _until(lambda: _total(port, "istio_requests_total") >= REQUESTS + 2)
+        await _until(lambda: _total(port, "istio_request_attempts_total") >= REQUESTS + 4)
         ok = {
             "reporter": "waypoint",
             "response_code": "200",
@@ -197,6 +198,9 @@ async def _scenario(tmp_path: Path, backend_port: int) -> None:
             )
             == 2
         )
+        attempts = await asyncio.to_thread(_samples, port, "istio_request_attempts_total")
+        by_code = {labels["response_code"]: value for labels, value in attempts}
+        assert by_code == {"200": REQUESTS + 1, "500": 3}, attempts
         count = await asyncio.to_thread(
             _total, port, "istio_request_duration_milliseconds_count", **ok
         )

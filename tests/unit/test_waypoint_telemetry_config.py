@@ -80,7 +80,16 @@ def telemetry_bootstrap(
                 }
             ],
         },
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": ROUTER,
+                    # One entry per upstream attempt too (istio_request_attempts_total).
+                    "upstream_log": [as_json(log) for log in telemetry.access_log_config(proxy)],
+                },
+            }
+        ],
     }
     if collector is not None:
         manager["tracing"] = as_json(telemetry.tracing_config(proxy))
