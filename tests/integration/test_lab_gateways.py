@@ -1,0 +1,104 @@
+"""``ambient lab apply -f`` of gateway objects in a real lab: the tutorial's waypoint and
+ingress gateway pods and Services, ``outside`` reaching the gateway by name and address,
+proxies started against a registered control plane, and ``delete -f`` removing them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab import Lab, LabSpec, mesh
+from lab.manifests.apply import apply_manifests, delete_manifests
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+REPO = Path(__file__).resolve().parents[2]
+TUTORIAL = REPO / "deploy" / "examples" / "tutorial"
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    name = f"lg{uuid.uuid4().hex[:8]}"
+    try:
+        with Lab.create(LabSpec(name=name, nodes=2, run_root=tmp_path)) as built:
+            yield built
+    finally:
+        Lab.destroy_by_name(name, tmp_path)
+
+
+def test_tutorial_gateways_reachable_from_outside_and_deleted(lab: Lab) -> None:
+    result = apply_manifests(lab, [TUTORIAL])
+    keys = {p.key for p in lab.pods}
+    assert {"tutorial/waypoint", "istio-system/istio-ingressgateway"} <= keys
+    waypoint = lab.pod("tutorial/waypoint")
+    assert waypoint.service_account == "waypoint"
+    assert waypoint.labels["istio.io/dataplane-mode"] == "none"
+    svc = lab.service("waypoint", "tutorial")
+    assert {p.port for p in svc.ports} == {15008, 15020, 15021}
+    assert 80 in {p.port for p in lab.service("istio-ingressgateway", "istio-system").ports}
+    gateway = lab.pod("istio-system/istio-ingressgateway")
+    assert any(gateway.ip in n and "curl http://istio-ingressgateway" in n for n in result.notes)
+    assert any("no control plane is registered" in n for n in result.notes)
+    # Something answering on the gateway pod's port 80 is reached from outside, by the
+    # gateway's name and by its address.
+    lab.start_workload(gateway, "http-echo", ["--text", "at the gateway", "--listen", ":80"])
+    for url in ("http://istio-ingressgateway.istio-system/", f"http://{gateway.ip}/"):
+        done = lab.exec("outside", ["curl", "-s", "-m", "3", url])
+        assert done.stdout.startswith("at the gateway"), (url, done)
+    # Idempotent; then delete -f takes the proxies (the ingress with the namespace's Gateway).
+    again = apply_manifests(lab, [TUTORIAL])
+    assert again.actions == ()
+    delete_manifests(lab, [TUTORIAL])
+    assert not [p for p in lab.pods if p.namespace in ("tutorial", "istio-system")]
+    assert not [s for s in lab.services if s.namespace == "istio-system"]
+    done = lab.exec(
+        "outside", ["curl", "-s", "-m", "2", "http://istio-ingressgateway.istio-system/"]
+    )
+    assert done.returncode != 0
+
+
+def test_proxies_start_against_the_registered_control_plane(lab: Lab) -> None:
+    token = lab.run_dir / "node.token"
+    token.write_text("t0ken\n")
+    mesh.register(
+        lab.run_dir,
+        mesh.MeshEndpoint(
+            xds_address=f"{lab.fabric.ip}:15012",
+            xds_server_name="istiod.istio-system.svc",
+            root_cert=str(lab.run_dir / "root-cert.pem"),
+            tokens={n.name: str(token) for n in lab.nodes},
+        ),
+    )
+    apply_manifests(lab, [TUTORIAL / "app.yaml", TUTORIAL / "waypoint.yaml"])
+    procs = {p.name: p for p in lab.processes}
+    proxy = procs["waypoint.tutorial-proxy"]
+    argv = " ".join(proxy.argv)
+    assert "waypoint run" in argv and "--gateway-name waypoint" in argv
+    assert f"--auth-token-file {token}" in argv
+    if "traces" in procs:  # the collector runs on the fabric, and Envoy is told where
+        assert f"--tracing-address {lab.fabric.ip}:{mesh.TRACES_PORT}" in argv
+
+
+def test_cli_prints_the_gateway_address(lab: Lab) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ambient", "lab", "apply", "--name", lab.name, "-f", str(TUTORIAL)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "AMBIENT_LAB_RUN_ROOT": str(lab.run_dir.parent),
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    gateway = lab.pod("istio-system/istio-ingressgateway")
+    assert f"answers outside the mesh at {gateway.ip}" in done.stderr
+    assert "istio-injection" in done.stderr  # the sidecar-mode warning
