@@ -42,11 +42,25 @@ def _leftovers(name: str) -> tuple[list[str], list[int]]:
     return netns, pids
 
 
-def _run(sabotage: frozenset[str] = frozenset()) -> tuple[DemoReport, str, str]:
+def _run(
+    sabotage: frozenset[str] = frozenset(), checks: frozenset[int] = frozenset()
+) -> tuple[DemoReport, str, str]:
     name = f"e2e{uuid.uuid4().hex[:5]}"
     out = io.StringIO()
-    report = run_demo(DemoConfig(name=name, sabotage=sabotage), out)
+    report = run_demo(DemoConfig(name=name, sabotage=sabotage, checks=checks), out)
     return report, out.getvalue(), name
+
+
+MESH_CHECKS = frozenset(range(1, 8))
+L7_CHECKS = frozenset(range(8, 14))
+L7_BREAKS = {
+    "no-canary-change": 8,
+    "no-header-routing": 9,
+    "no-retries": 10,
+    "no-circuit-breaking": 11,
+    "no-l7-authorization": 12,
+    "no-ingress": 13,
+}
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +106,38 @@ def test_nothing_left_behind(demo_run: tuple[DemoReport, str, str]) -> None:
     ],
 )
 def test_breaking_a_property_fails_its_check(sabotage: str, failing: set[int]) -> None:
-    report, output, name = _run(frozenset({sabotage}))
+    report, output, name = _run(frozenset({sabotage}), MESH_CHECKS)
     failed = {c.number for c in report.checks if not c.passed}
     assert failing <= failed, f"--break {sabotage} should fail checks {failing}:\n{output}"
     assert not report.passed
     assert _leftovers(name) == ([], [])
+
+
+@pytest.fixture(scope="module")
+def l7_broken_run() -> Iterator[tuple[DemoReport, str, str]]:
+    """One run of checks 8-13 with each one's property broken (each break touches only
+    the configuration its own check applies, so one run shows all six)."""
+    yield _run(frozenset(L7_BREAKS), L7_CHECKS)
+
+
+@pytest.mark.parametrize(("sabotage", "number"), list(L7_BREAKS.items()))
+def test_breaking_an_l7_property_fails_its_check(
+    l7_broken_run: tuple[DemoReport, str, str], sabotage: str, number: int
+) -> None:
+    report, output, name = l7_broken_run
+    result = next(c for c in report.checks if c.number == number)
+    assert not result.passed, f"--break {sabotage} should fail check {number}:\n{output}"
+    # It failed because of the break, not because L7 could not be set up at all.
+    assert not result.evidence[0].startswith("not run"), output
+    assert _leftovers(name) == ([], [])
+
+
+def test_without_the_waypoint_l7_routing_fails() -> None:
+    """The namespace not bound to its waypoint: ztunnel spreads by endpoint (2 v1 pods,
+    1 v2), so neither the 80/20 split nor header routing holds."""
+    report, output, _ = _run(frozenset({"no-waypoint"}), frozenset({8, 9}))
+    failed = {c.number for c in report.checks if not c.passed}
+    assert failed == {8, 9}, output
 
 
 def test_ctrl_c_tears_everything_down() -> None:
