@@ -209,7 +209,7 @@ def trace_rows(spans: Sequence[Span]) -> list[dict[str, Any]]:
             "span": "  " * depth + (span.name or span.span_id),
             "service": span.service,
             "kind": span.kind.lower(),
-            "remote": span.remote,
+            "remote": span.remote or span.tags.get("upstream_address", ""),
             "start_ms": round((span.timestamp_us - start) / 1000, 3),
             "duration_ms": round(span.duration_us / 1000, 3),
             "status": span.tags.get("http.status_code", span.tags.get("error", "")),
