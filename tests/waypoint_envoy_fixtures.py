@@ -2,7 +2,8 @@
 
 Namespace ``demo`` is enrolled and bound to waypoint ``w``; ``backend`` (VIP
 10.96.0.20, port 80 -> 5678) has pods v1 and v2, and a VirtualService splits 80/20
-between the DestinationRule's subsets; ``db`` (port 5432) is TCP.
+between the DestinationRule's subsets (``end-user: jason`` always to v2), and an
+AuthorizationPolicy on the waypoint lets only ``frontend`` GET; ``db`` (port 5432) is TCP.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ import yaml
 
 from controlplane.envoy.proxy import EnvoyProxy
 from controlplane.model import (
+    AuthorizationPolicy,
+    Operation,
+    Rule,
+    Source,
+    TargetRef,
     ClusterState,
     DestinationRule,
     FrozenMap,
@@ -88,10 +94,23 @@ subsets:
         _pod("db-0", "10.1.0.13", app="db"),
     ]
     labels = {"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "w"}
+    # At the waypoint: frontend may GET, nothing else is allowed (403).
+    policy = AuthorizationPolicy(
+        "demo",
+        "backend-get-only",
+        target_refs=(TargetRef("Gateway", "w", "gateway.networking.k8s.io"),),
+        rules=(
+            Rule(
+                sources=(Source(principals=("cluster.local/ns/demo/sa/frontend",)),),
+                operations=(Operation(methods=("GET",)),),
+            ),
+        ),
+    )
     return ClusterState(
         namespaces={"demo": Namespace("demo", FrozenMap(labels))},
         pods={p.key: p for p in pods},
         services={backend.key: backend, db.key: db},
+        authorization_policies={policy.key: policy},
         virtual_services={
             ("demo", "backend"): VirtualService(
                 "demo", "backend", ("backend",), (), deep_freeze(vs)

@@ -24,6 +24,7 @@ from controlplane.envoy.listeners import (
     main_internal_listener,
 )
 from controlplane.envoy.names import tcp_proxy_name
+from controlplane.envoy.rbac import rbac_filters
 from controlplane.envoy.waypoint import ClusterEndpoints, WaypointResources, translate_waypoint
 from controlplane.model import (
     ClusterState,
@@ -119,7 +120,11 @@ def is_http(port: ServicePort) -> bool:
 
 
 def _served_ports(
-    services: list[Service], translated: WaypointResources, proxy: EnvoyProxy, mesh: MeshConfig
+    state: ClusterState,
+    services: list[Service],
+    translated: WaypointResources,
+    proxy: EnvoyProxy,
+    mesh: MeshConfig,
 ) -> list[ServedPort]:
     access_log = tuple(telemetry.access_log_config(proxy))
     tracing = telemetry.tracing_config(proxy) if proxy.tracing else None
@@ -139,6 +144,15 @@ def _served_ports(
                     http=is_http(port),
                     route=route,
                     tcp_proxy=translated.tcp_proxies[tcp_proxy_name(host, port.port)],
+                    http_filters=tuple(
+                        rbac_filters(
+                            state,
+                            (proxy.namespace, proxy.gateway_name),
+                            service,
+                            mesh,
+                            port=port.port,
+                        )
+                    ),
                     access_log=access_log,
                     tracing=tracing,
                 )
@@ -229,7 +243,7 @@ def proxy_resources(
     translated = translate_waypoint(state, services, mesh)
     listeners = [
         connect_terminate_listener(),
-        main_internal_listener(_served_ports(services, translated, proxy, mesh)),
+        main_internal_listener(_served_ports(state, services, translated, proxy, mesh)),
         hbone.connect_originate_listener(),
     ]
     clusters = {

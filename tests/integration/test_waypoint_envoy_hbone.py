@@ -209,9 +209,9 @@ async def _open(
     return Tunnel(stream, channel, task)
 
 
-async def _get(tunnel: Tunnel, headers: str = "") -> tuple[str, str]:
-    """One GET on the tunnel; the status line and body."""
-    request = f"GET / HTTP/1.1\r\nhost: backend\r\n{headers}\r\n"
+async def _get(tunnel: Tunnel, headers: str = "", method: str = "GET") -> tuple[str, str]:
+    """One request on the tunnel (no body); the status line and body."""
+    request = f"{method} / HTTP/1.1\r\nhost: backend\r\ncontent-length: 0\r\n{headers}\r\n"
     await tunnel.stream.write(request.encode())
     data = b""
     while b"\r\n\r\n" not in data:
@@ -334,6 +334,30 @@ def test_peer_principal_reaches_the_inner_listener(waypoint: Any) -> None:
     headers = loop.run(scenario()).lower()
     assert f"x-test-peer: {CLIENT_ID}" in headers
     assert "x-test-downstream: 10.1.0.9:" in headers  # the tunnel's source, not 127.0.0.1
+
+
+def test_authorization_policy_at_the_waypoint(waypoint: Any, ca: LocalCA) -> None:
+    """The policy allows only frontend's GETs: the principal comes from the tunnel."""
+    loop, _, client_cert, roots = waypoint
+    stranger = _issue(ca, SpiffeId(TD, "demo", "stranger"))
+
+    async def scenario() -> list[str]:
+        ours = await _open(client_cert, roots, Authority(BACKEND_VIP, 80))
+        theirs = await _open(stranger, roots, Authority(BACKEND_VIP, 80))
+        statuses = [
+            (await _get(ours))[0],
+            (await _get(ours, method="POST"))[0],
+            (await _get(theirs))[0],
+        ]
+        ours.channel.close()
+        theirs.channel.close()
+        return statuses
+
+    assert loop.run(scenario()) == [
+        "HTTP/1.1 200 OK",
+        "HTTP/1.1 403 Forbidden",
+        "HTTP/1.1 403 Forbidden",
+    ]
 
 
 def test_tcp_service_is_proxied_opaquely(waypoint: Any) -> None:
