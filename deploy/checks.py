@@ -11,6 +11,7 @@ this machine allows without a cluster.
 - ``helm lint --strict`` (Helm's engine again), ``yamllint`` over everything YAML that is
   not a Go template, ``hadolint`` over the Dockerfile.
 - The commands and flags the manifests run must exist in our CLI.
+- The chart's requests and limits cover the measured footprint (``deploy/footprint.py``).
 
 Usage (``make deploy-check`` runs ``check``)::
 
@@ -339,7 +340,7 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
         "excludeInboundPorts": [9100],
     },
     "excludedNamespaces": ["kube-system", "infra"],
-    "node": {"terminationGracePeriodSeconds": 60, "ztunnel": {"workers": 2}},
+    "node": {"terminationGracePeriodSeconds": 60, "ztunnel": {"workers": 3}},
     "controlPlane": {
         "replicas": 2,
         "ca": {"existingSecret": "corp-intermediate-ca"},
@@ -366,6 +367,9 @@ def run_all() -> list[str]:
         problems.append(
             f"{MANIFEST} is not the chart's render: run 'python -m deploy.checks render'"
         )
+    from deploy.footprint import chart_defaults, footprint_problems, load_record
+
+    problems += footprint_problems(chart_defaults(), load_record())
     versions = kubernetes_versions()
     problems += helm_lint_problems() + helm_lint_problems(NON_DEFAULT_VALUES)
     problems += problems_of_render(committed, versions)
