@@ -251,10 +251,10 @@ def _wait_proxy(world: DemoWorld, namespace: str, name: str) -> str:
         if not procs[0].alive():
             tail = procs[0].log_text()[-400:].strip().replace("\n", " | ")
             return f"'ambient waypoint run' in {pod.key} exited: {tail}"
-        if "ERROR" not in pod_curl(world, pod, "http://127.0.0.1:15021/healthz/ready"):
-            return ""
+        if "LIVE" in pod_curl(world, pod, "http://127.0.0.1:15000/ready"):
+            return ""  # Envoy's admin: initialized, its first xDS answers applied
         time.sleep(0.3)
-    return f"{pod.key} not ready on :15021/healthz/ready within {READY_TIMEOUT:.0f}s"
+    return f"{pod.key}'s Envoy not LIVE (admin /ready) within {READY_TIMEOUT:.0f}s"
 
 
 def _not_run(number: int, title: str, why: str) -> CheckResult:

@@ -91,13 +91,15 @@ def proxy_argv(
     *,
     kind: str,
     namespace: str,
-    pod: str,
     service_account: str,
     gateway_name: str,
     ip: str,
     node: str,
+    cluster_folder: Path | None = None,
+    work_dir: Path | None = None,
 ) -> list[str]:
-    """``ambient waypoint run`` for a waypoint or gateway pod (run inside the pod)."""
+    """``ambient waypoint run`` for a waypoint or gateway pod (run inside the pod, on
+    ``node``: it proves itself with that node's token, as the node's ztunnel does)."""
     argv = [
         "python",
         "-m",
@@ -108,16 +110,12 @@ def proxy_argv(
         kind,
         "--namespace",
         namespace,
-        "--pod-name",
-        pod,
         "--service-account",
         service_account,
         "--gateway-name",
         gateway_name,
-        "--ip",
+        "--instance-ip",
         ip,
-        "--node",
-        node,
         "--xds-address",
         endpoint.xds_address,
         "--xds-server-name",
@@ -131,5 +129,9 @@ def proxy_argv(
     if token:
         argv += ["--auth-token-file", token]
     if endpoint.traces_address:
-        argv += ["--tracing-address", endpoint.traces_address]
+        argv += ["--collector", endpoint.traces_address]
+    if cluster_folder is not None:
+        argv += ["--cluster-folder", str(cluster_folder)]
+    if work_dir is not None:
+        argv += ["--work-dir", str(work_dir)]
     return argv

@@ -139,11 +139,12 @@ def start_proxies(lab: Lab) -> list[str]:
             endpoint,
             kind=proxy.kind,
             namespace=proxy.pod.namespace,
-            pod=proxy.pod.name,
             service_account=proxy.pod.service_account,
             gateway_name=proxy.gateway_name,
             ip=proxy.pod.ip,
             node=proxy.pod.node,
+            cluster_folder=lab.config_dir,
+            work_dir=lab.run_dir / "proxies" / f"{proxy.pod.namespace}.{proxy.pod.name}",
         )
         proc = lab.spawn(proxy.pod, argv, name=proxy.process_name)
         notes.append(f"{proxy.kind} {proxy.pod.key}: ambient waypoint run (pid {proc.pid})")

@@ -82,7 +82,7 @@ def test_proxies_start_against_the_registered_control_plane(lab: Lab) -> None:
     assert "waypoint run" in argv and "--gateway-name waypoint" in argv
     assert f"--auth-token-file {token}" in argv
     if "traces" in procs:  # the collector runs on the fabric, and Envoy is told where
-        assert f"--tracing-address {lab.fabric.ip}:{mesh.TRACES_PORT}" in argv
+        assert f"--collector {lab.fabric.ip}:{mesh.TRACES_PORT}" in argv
 
 
 def test_cli_prints_the_gateway_address(lab: Lab) -> None:

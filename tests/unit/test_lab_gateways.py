@@ -274,7 +274,6 @@ def test_proxy_argv_carries_the_control_plane_token_and_tracer(tmp_path: Path) -
         back,
         kind="waypoint",
         namespace="tutorial",
-        pod="waypoint",
         service_account="waypoint",
         gateway_name="waypoint",
         ip="10.244.1.7",
@@ -288,7 +287,7 @@ def test_proxy_argv_carries_the_control_plane_token_and_tracer(tmp_path: Path) -
         "--xds-address 172.30.5.1:15012",
         "--xds-root-cert /state/root-cert.pem",
         "--auth-token-file /run/node1.token",
-        "--tracing-address 172.30.5.1:9411",
+        "--collector 172.30.5.1:9411",
     ):
         assert part in text
     assert mesh.registered(tmp_path / "nothing") is None
