@@ -25,6 +25,7 @@ GROUPS: dict[str, str] = {
     "demo": "lab.demo_cli:cli",
     "lab": "lab.cli:cli",
     "maps": "agent.maps_cli:cli",
+    "waypoint": "waypoint.cli:cli",
     "ztunnel": "ztunnel.cli:cli",
     "ztunnel-config": "ztunnel.cli:config_cli",
 }
