@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from envoy.data.accesslog.v3.accesslog_pb2 import AccessLogType, HTTPAccessLogEntry
 from google.protobuf.wrappers_pb2 import StringValue
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from controlplane.envoy.hbone import PEER_PRINCIPAL_KEY
@@ -319,3 +321,28 @@ def test_directory_from_cluster_state() -> None:
     )
     assert directory.by_ip == {"10.244.2.7": BACKEND_V1}
     assert directory.principal_of(BACKEND_V1) == "spiffe://example.org/ns/demo/sa/backend"
+
+
+_TEXT = st.text(max_size=40)
+
+
+_RECORDS = st.builds(
+    RequestRecord,
+    upstream_cluster=st.one_of(_TEXT, st.builds("|".join, st.lists(_TEXT, min_size=4, max_size=4))),
+    upstream_host=_TEXT,
+    downstream_ip=st.one_of(_TEXT, st.sampled_from(["10.244.1.5:1", "[fd00::1]:2", "10.244.2.8"])),
+    peer_principal=st.one_of(_TEXT, st.sampled_from([FRONTEND_ID, BACKEND_ID])),
+    response_code=st.integers(0, 999),
+    tags=st.dictionaries(
+        st.sampled_from(["destination_service", "tunnel_destination"]), _TEXT.filter(bool)
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(record=_RECORDS)
+def test_any_record_gets_every_label(record: RequestRecord) -> None:
+    """Whatever Envoy logged, every label is there and only grpc status may be empty."""
+    labels = request_labels(record, DIRECTORY)
+    assert tuple(labels) == LABEL_NAMES
+    assert all(value for name, value in labels.items() if name != "grpc_response_status")
