@@ -38,6 +38,7 @@ from controlplane.workloadapi.workloads import canonical_name, canonical_revisio
 from waypoint.telemetry_entry import is_final, record_from_entry
 from waypoint.telemetry_labels import (
     DEFAULT_CLUSTER_ID,
+    Reporter,
     WorkloadDirectory,
     WorkloadInfo,
     request_labels,
@@ -69,6 +70,11 @@ class ExporterConfig:
     """The mesh's trust domain (for ``destination_principal``)."""
     cluster_id: str = DEFAULT_CLUSTER_ID
     """``source_cluster``/``destination_cluster`` of known workloads."""
+    proxy_kind: str = "waypoint"
+    """``waypoint`` (``reporter="waypoint"``) or ``gateway`` (``reporter="source"``, the
+    source labels naming the gateway itself, as Istio's ingress gateways report)."""
+    pod_ip: str = ""
+    """The proxy pod's own IP: names its workload (a gateway's source labels)."""
 
 
 def directory_from_state(
@@ -94,9 +100,11 @@ def directory_from_state(
 class AccessLogSink:
     """Turns log entries into metrics against the current workload directory."""
 
-    def __init__(self, metrics: RequestMetrics, directory: WorkloadDirectory) -> None:
+    def __init__(
+        self, metrics: RequestMetrics, directory: WorkloadDirectory, reporter: Reporter
+    ) -> None:
         self.metrics = metrics
-        self.directory = directory
+        self.view = (directory, reporter)
         """Replaced whole by the refresher (a reference swap: no lock needed)."""
         self.entries = 0
 
@@ -104,12 +112,12 @@ class AccessLogSink:
         """Count the HTTP entries of one message (TCP entries are ztunnel's business)."""
         if not message.HasField("http_logs"):
             return
-        directory = self.directory
+        directory, reporter = self.view
         for entry in message.http_logs.log_entry:
             if not is_final(entry):
                 continue
             record = record_from_entry(entry)
-            self.metrics.record(record, request_labels(record, directory))
+            self.metrics.record(record, request_labels(record, directory, reporter))
             self.entries += 1
 
 
@@ -139,6 +147,7 @@ class Exporter:
         self.sink = AccessLogSink(
             RequestMetrics(self.registry),
             WorkloadDirectory(trust_domain=config.trust_domain, cluster_id=config.cluster_id),
+            Reporter.for_proxy(config.proxy_kind, None),
         )
         self._grpc: grpc.Server | None = None
         self._http: asyncio.Server | None = None
@@ -195,9 +204,11 @@ class Exporter:
         except Exception as err:  # keep the last directory; the folder may be mid-write
             log.warning("cannot read cluster folder %s: %s", folder, err)
             return
-        self.sink.directory = directory_from_state(
+        directory = directory_from_state(
             state, trust_domain=self.config.trust_domain, cluster_id=self.config.cluster_id
         )
+        own = directory.by_ip.get(self.config.pod_ip) if self.config.pod_ip else None
+        self.sink.view = (directory, Reporter.for_proxy(self.config.proxy_kind, own))
 
     async def _refresh_forever(self) -> None:
         while True:

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 
 UNKNOWN = "unknown"
 REPORTER = "waypoint"
+"""``reporter`` of a waypoint's metrics."""
+SOURCE_REPORTER = "source"
+"""``reporter`` of an ingress gateway's metrics: Istio's gateways report as the source."""
 DEFAULT_CLUSTER_ID = "Kubernetes"
 """Istio's default ``source_cluster``/``destination_cluster`` for a single cluster."""
 
@@ -149,6 +152,25 @@ class WorkloadDirectory:
     def principal_of(self, info: WorkloadInfo) -> str:
         """A workload's SPIFFE URI."""
         return f"spiffe://{self.trust_domain}/ns/{info.namespace}/sa/{info.service_account}"
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """Who reports: a waypoint (``reporter="waypoint"``, the source is its HBONE peer) or
+    an ingress gateway (``reporter="source"``, the source is the gateway itself, as
+    Istio's gateways report)."""
+
+    reporter: str = REPORTER
+    workload: WorkloadInfo | None = None
+    """The proxy's own workload (used as the source when ``reporter`` is ``source``)."""
+
+    @classmethod
+    def for_proxy(cls, kind: str, own: WorkloadInfo | None) -> Reporter:
+        """The reporter of a proxy of ``kind`` (``waypoint`` or ``gateway``)."""
+        return cls(SOURCE_REPORTER if kind == "gateway" else REPORTER, own)
+
+
+WAYPOINT = Reporter()
 
 
 @dataclass(frozen=True)
@@ -296,16 +318,38 @@ def destination_labels(record: RequestRecord, directory: WorkloadDirectory) -> d
     }
 
 
-def request_labels(record: RequestRecord, directory: WorkloadDirectory) -> dict[str, str]:
+def own_source_labels(reporter: Reporter, directory: WorkloadDirectory) -> dict[str, str]:
+    """The ``source_*`` labels of a gateway: its own workload."""
+    info = reporter.workload
+    if info is None:
+        return source_labels(RequestRecord(), directory)
+    return {
+        "source_workload": _value(info.name),
+        "source_canonical_service": _value(info.app),
+        "source_canonical_revision": _value(info.version),
+        "source_workload_namespace": _value(info.namespace),
+        "source_principal": directory.principal_of(info),
+        "source_app": _value(info.app),
+        "source_version": _value(info.version),
+        "source_cluster": directory.cluster_id,
+    }
+
+
+def request_labels(
+    record: RequestRecord, directory: WorkloadDirectory, reporter: Reporter = WAYPOINT
+) -> dict[str, str]:
     """Every label of the request metrics, in :data:`LABEL_NAMES` order."""
+    gateway = reporter.reporter == SOURCE_REPORTER
     labels = {
-        "reporter": REPORTER,
-        **source_labels(record, directory),
+        "reporter": reporter.reporter,
+        **(own_source_labels(reporter, directory) if gateway else source_labels(record, directory)),
         **destination_labels(record, directory),
         "request_protocol": request_protocol(record),
         "response_code": str(record.response_code),
         "grpc_response_status": record.grpc_status,
         "response_flags": response_flags_label(record.response_flags),
-        "connection_security_policy": "mutual_tls" if record.peer_principal else UNKNOWN,
+        "connection_security_policy": (
+            "mutual_tls" if record.peer_principal and not gateway else UNKNOWN
+        ),
     }
     return {name: labels[name] for name in LABEL_NAMES}

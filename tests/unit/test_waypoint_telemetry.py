@@ -18,6 +18,7 @@ from waypoint.telemetry_entry import is_final, record_from_entry
 from waypoint.telemetry_labels import (
     LABEL_NAMES,
     ClusterName,
+    Reporter,
     RequestRecord,
     WorkloadDirectory,
     WorkloadInfo,
@@ -213,6 +214,34 @@ def test_labels(case: str, record: dict[str, Any], expected: dict[str, str]) -> 
     labels = _labels(**record)
     assert tuple(labels) == LABEL_NAMES
     assert {k: labels[k] for k in expected} == expected, case
+
+
+def test_gateway_reports_as_the_source() -> None:
+    gateway = WorkloadInfo(
+        "istio-ingressgateway",
+        "istio-system",
+        "istio-ingressgateway",
+        "latest",
+        "istio-ingressgateway",
+        "10.244.1.9",
+    )
+    reporter = Reporter.for_proxy("gateway", gateway)
+    record = RequestRecord(
+        upstream_cluster=V1_CLUSTER,
+        upstream_host="10.244.2.7:8080",
+        response_code=200,
+        downstream_ip="172.30.1.99:5000",
+    )
+    labels = request_labels(record, DIRECTORY, reporter)
+    assert labels["reporter"] == "source"
+    assert labels["source_workload"] == "istio-ingressgateway"
+    assert labels["source_principal"] == (
+        "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"
+    )
+    assert labels["destination_workload"] == "backend-v1"
+    assert labels["connection_security_policy"] == "unknown"
+    unknown_self = request_labels(record, DIRECTORY, Reporter.for_proxy("gateway", None))
+    assert unknown_self["source_workload"] == "unknown"
 
 
 def _entry(**overrides: Any) -> HTTPAccessLogEntry:
