@@ -1,0 +1,183 @@
+"""Waypoints in a two-node lab: the source ztunnel sends to the waypoint, bypasses are refused.
+
+    node1: client (demo, enrolled), outsider (plain, not enrolled),
+           waypoint (demo; gateway-name=waypoint, dataplane-mode=none, sa waypoint)
+    node2: backend (demo; http-echo :8080)
+    Namespace demo: istio.io/use-waypoint=waypoint; Gateway demo/waypoint (istio-waypoint)
+    Services: demo/backend 80 -> 8080, demo/waypoint 15008 (the waypoint's address)
+
+Each node runs the agent and ``ambient ztunnel run --cluster-folder`` (the control
+plane's translation of the lab's folder). No Envoy runs in the waypoint pod: the test
+asserts what the source ztunnel did (its access log names the waypoint's identity and
+workload as the tunnel's end), and that the destination ztunnel refuses a tunnel and a
+plaintext connection that bypass the waypoint, with the bypass reason, counted as DENY.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.pinned import BPFFS_ROOT
+from controlplane.workloadapi.waypoints import TrafficType
+from tests.integration.meshlab import (
+    AMBIENT,
+    HTTP_GET,
+    start_agent,
+    teardown_nodes,
+    wait_for,
+    wait_for_enrollment,
+)
+from waypoint.cli import waypoint_gateway
+from ztunnel.app import load_or_create_ca
+
+pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(120)]
+
+WAYPOINT_ID = "spiffe://cluster.local/ns/demo/sa/waypoint"
+CLIENT_ID = "spiffe://cluster.local/ns/demo/sa/client"
+GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"
+
+
+class Mesh:
+    def __init__(self, lab: Any, pods: dict[str, Any], ztunnels: dict[str, Any]) -> None:
+        self.lab, self.pods, self.ztunnels = lab, pods, ztunnels
+
+    def get(self, pod: str, host: str, port: int) -> str:
+        done = self.lab.exec(
+            self.pods[pod], ["python", "-c", HTTP_GET, host, str(port)], timeout=20
+        )
+        return str(done.stdout)
+
+    def records(self, node: str) -> list[dict[str, Any]]:
+        """The JSON access records of a node's ztunnel so far."""
+        out = []
+        for line in self.ztunnels[node].log_path.read_text().splitlines():
+            start = line.find('{"')
+            if start >= 0 and '"direction"' in line:
+                out.append(json.loads(line[start:]))
+        return out
+
+
+def start_ztunnel(lab: Any, node: Any, ca_dir: Path) -> Any:
+    argv = ["python", "-m", "ambient", "ztunnel", "run", "--node", node.name]
+    argv += ["--cluster-folder", str(lab.config_dir), "--ca-dir", str(ca_dir)]
+    argv += ["--access-log-format", "json"]
+    return lab.spawn_in_node(node, argv, name=f"ztunnel-{node.name}-{time.monotonic_ns()}")
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    from lab import Lab, LabSpec, ServicePort
+
+    ca_dir = tmp_path_factory.mktemp("waypoint-ca")
+    load_or_create_ca(ca_dir, "cluster.local", dt.datetime.now(dt.UTC))
+    with Lab.create(LabSpec(name=f"wp{os.getpid() % 100000}", nodes=2, outside=False)) as lab:
+        pin_dirs = [BPFFS_ROOT / n.id for n in lab.nodes]
+        try:
+            lab.add_namespace("demo", labels={**AMBIENT, "istio.io/use-waypoint": "waypoint"})
+            lab.add_namespace("plain")
+            pods = {
+                "client": lab.add_pod(
+                    "client", namespace="demo", node="node1", service_account="client"
+                ),
+                "outsider": lab.add_pod("outsider", namespace="plain", node="node1"),
+                "waypoint": lab.add_pod(
+                    "waypoint",
+                    namespace="demo",
+                    node="node1",
+                    labels={GATEWAY_NAME: "waypoint", "istio.io/dataplane-mode": "none"},
+                    service_account="waypoint",
+                ),
+                "backend": lab.add_pod(
+                    "backend",
+                    namespace="demo",
+                    node="node2",
+                    labels={"app": "backend"},
+                    service_account="backend",
+                ),
+            }
+            lab.add_service(
+                "backend",
+                namespace="demo",
+                selector={"app": "backend"},
+                ports=[ServicePort(port=80, target_port=8080)],
+            )
+            lab.add_service(
+                "waypoint",
+                namespace="demo",
+                selector={GATEWAY_NAME: "waypoint"},
+                ports=[ServicePort(port=15008, target_port=15008)],
+            )
+            gateway = waypoint_gateway("demo", "waypoint", TrafficType.SERVICE)
+            (Path(lab.config_dir) / "zz-waypoint.yaml").write_text(yaml.safe_dump(gateway))
+            lab.start_workload(
+                "backend", "http-echo", ["--text", "Hello from backend", "--listen", ":8080"]
+            )
+            ztunnels = {}
+            for node in lab.nodes:
+                start_agent(lab, node)
+                ztunnels[node.name] = start_ztunnel(lab, node, ca_dir)
+            result = Mesh(lab, pods, ztunnels)
+            enrolled = {k: v for k, v in pods.items() if k in ("client", "backend")}
+            for node, pin_dir in zip(lab.nodes, pin_dirs, strict=True):
+                wait_for(lambda n=node.name: _ready(lab, n), 60, f"ztunnel on {node.name}")
+                wait_for_enrollment(node, pin_dir, enrolled)
+            yield result
+        finally:
+            teardown_nodes(lab, pin_dirs)
+
+
+READY = (
+    "import urllib.request as u\n"
+    "print(u.urlopen('http://127.0.0.1:15021/healthz/ready', timeout=2).status)"
+)
+
+
+def _ready(lab: Any, node: str) -> bool:
+    done = lab.exec(lab.node(node), ["python", "-c", READY], timeout=10, check=False)
+    return str(done.stdout).strip() == "200"
+
+
+def test_the_source_ztunnel_sends_service_traffic_to_the_waypoint(mesh: Mesh) -> None:
+    vip = mesh.lab.service("backend", namespace="demo").vip
+    waypoint_ip = mesh.pods["waypoint"].ip
+    answer = mesh.get("client", vip, 80)
+    # Nothing serves the waypoint here: the call fails, but it went to the waypoint.
+    assert "Hello from backend" not in answer
+    outbound = [
+        r for r in mesh.records("node1") if r["direction"] == "outbound" and r["dst"] == f"{vip}:80"
+    ]
+    assert outbound, mesh.ztunnels["node1"].log_path.read_text()[-3000:]
+    record = outbound[-1]
+    assert (record["dst_identity"], record["dst_workload"]) == (WAYPOINT_ID, "waypoint")
+    assert record["src_identity"] == CLIENT_ID
+    assert record["result"] == "CONNECT" and str(waypoint_ip) in record["reason"]
+
+
+def test_a_direct_tunnel_to_a_waypoint_served_pod_is_refused_as_a_bypass(mesh: Mesh) -> None:
+    answer = mesh.get("client", mesh.pods["backend"].ip, 8080)
+    assert "Hello from backend" not in answer and answer.startswith("ERROR")
+    refused = [
+        r
+        for r in mesh.records("node2")
+        if r["direction"] == "inbound-hbone" and r["result"] == "DENY"
+    ]
+    assert refused, mesh.ztunnels["node2"].log_path.read_text()[-3000:]
+    assert refused[-1]["reason"].startswith("bypassed waypoint")
+    assert CLIENT_ID in refused[-1]["reason"] and WAYPOINT_ID in refused[-1]["reason"]
+
+
+def test_a_plaintext_bypass_from_outside_the_mesh_is_refused(mesh: Mesh) -> None:
+    answer = mesh.get("outsider", mesh.pods["backend"].ip, 8080)
+    assert "Hello from backend" not in answer and answer.startswith("ERROR")
+    refused = [r for r in mesh.records("node2") if r["direction"] == "inbound-plaintext"]
+    assert refused and refused[-1]["result"] == "DENY"
+    assert refused[-1]["reason"].startswith("bypassed waypoint")
