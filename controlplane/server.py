@@ -204,6 +204,8 @@ class ControlPlane:
         self._server: Any = None
         self._admin: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._envoys_stale = asyncio.Event()
+        """Set when the cluster changed after the Envoys' snapshots were last built."""
         self.xds_port = 0
         self.admin_port = 0
         self.ca: CertificateAuthority | None = None
@@ -291,6 +293,7 @@ class ControlPlane:
         self.admin_port = self._admin.sockets[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(self._follow(source)))
         self._tasks.append(asyncio.create_task(self._renew_certificates()))
+        self._tasks.append(asyncio.create_task(self._follow_envoys()))
         log.info(
             "control plane serving xDS and CA on %s:%d, status on %s:%d; CA root in %s",
             host,
@@ -320,7 +323,7 @@ class ControlPlane:
         started = time.perf_counter()
         snapshot = await asyncio.to_thread(self.snapshots.build, state)
         self.cluster = state
-        await self._refresh_envoys(state)
+        self._envoys_stale.set()
         if self.snapshot_at is not None and snapshot.versions == self.hub.snapshot.versions:
             return  # e.g. a change the workload API does not show (a label nobody selects)
         self.hub.publish(snapshot)
@@ -347,6 +350,18 @@ class ControlPlane:
                 (time.perf_counter() - started) * 1000,
                 len(changed),
             )
+
+    async def _follow_envoys(self) -> None:
+        """Rebuild the Envoys' snapshots after each change, apart from the ztunnels' pushes
+        (a waypoint of 1,000 services must not delay the workload API); changes that come
+        during a rebuild are coalesced into the next one."""
+        while True:
+            await self._envoys_stale.wait()
+            self._envoys_stale.clear()
+            try:
+                await self._refresh_envoys(self.cluster)
+            except Exception:  # a translation bug must not stop the control plane
+                log.exception("cannot build the Envoys' resources (last snapshots kept)")
 
     async def _renew_certificates(self) -> None:
         """Serve each Envoy a new certificate when its current one reaches half-life."""
