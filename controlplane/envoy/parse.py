@@ -14,6 +14,7 @@ from typing import Any
 
 from controlplane.envoy.errors import L7ConfigError
 from controlplane.envoy.spec import (
+    WRITTEN_MATCH_KINDS,
     ConnectionPool,
     ConsistentHash,
     Cors,
@@ -130,7 +131,7 @@ def _string_match_in(sub: Fields, *, presence: bool = False) -> StringMatch | No
     """The ``StringMatch`` that ``sub`` is."""
     if presence and not sub.data:
         return StringMatch(MatchKind.PRESENT, "")
-    found = [kind for kind in MatchKind if kind.value in sub.data]
+    found = [kind for kind in WRITTEN_MATCH_KINDS if kind.value in sub.data]
     if len(found) != 1:
         sub.error(None, "must have exactly one of exact, prefix, regex")
         return None
@@ -491,8 +492,10 @@ def parse_virtual_service(vs: VirtualService) -> tuple[VirtualServiceSpec, tuple
     spec = Fields(_thawed(vs.spec), "spec", problems)
     if spec.has("tls"):
         spec.warn("tls", "not translated for waypoints yet; these rules are ignored")
+    in_mesh = not vs.gateways or "mesh" in vs.gateways
     for i, host in enumerate(vs.hosts):
-        if "*" in host:
+        # A gateway serves wildcard hosts (controlplane.envoy.ingress); waypoints do not.
+        if "*" in host and in_mesh:
             spec.warn(f"hosts[{i}]", "wildcard hosts are not translated for waypoints yet")
     http = tuple(_http_route(r) for r in spec.mappings("http"))
     tcp = tuple(_tcp_route(r) for r in spec.mappings("tcp"))
@@ -651,3 +654,11 @@ def parse_destination_rule(dr: DestinationRule) -> tuple[DestinationRuleSpec, tu
 def _thawed(spec: Any) -> dict[str, Any]:
     thawed = deep_thaw(spec)
     return thawed if isinstance(thawed, dict) else {}
+
+
+check_regex = _check_regex
+"""Whether a pattern is one RE2 accepts; records an error otherwise (for other parsers)."""
+duration_field = _duration
+"""A duration field in seconds, or None; records an error when malformed."""
+integer_field = _integer
+"""A bounded integer field, or None; records an error when wrong."""

@@ -92,18 +92,28 @@ def string_matcher(match: StringMatch, *, ignore_case: bool = False) -> Any:
     return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=match.value))
 
 
-def route_match(match: HttpMatch | None) -> Any:
-    """The ``RouteMatch`` of one Istio match (None: every request)."""
-    out = rc.RouteMatch()
-    uri = match.uri if match is not None else None
+def _apply_uri(out: Any, uri: StringMatch | None) -> None:
     if uri is None:
         out.prefix = "/"
     elif uri.kind is MatchKind.EXACT:
         out.path = uri.value
     elif uri.kind is MatchKind.PREFIX:
         out.prefix = uri.value
+    elif uri.kind is MatchKind.PATH_PREFIX:
+        # Envoy refuses a trailing slash here; "/" itself takes every path.
+        trimmed = uri.value.rstrip("/")
+        if trimmed:
+            out.path_separated_prefix = trimmed
+        else:
+            out.prefix = "/"
     else:
         out.safe_regex.regex = uri.value
+
+
+def route_match(match: HttpMatch | None) -> Any:
+    """The ``RouteMatch`` of one Istio match (None: every request)."""
+    out = rc.RouteMatch()
+    _apply_uri(out, match.uri if match is not None else None)
     if match is None:
         return out
     if match.ignore_uri_case:
@@ -212,6 +222,8 @@ def redirect_action(redirect: Redirect) -> Any:
     out = rc.RedirectAction(response_code=_REDIRECT_CODES[redirect.redirect_code])
     if redirect.uri is not None:
         out.path_redirect = redirect.uri
+    if redirect.prefix is not None:
+        out.prefix_rewrite = redirect.prefix
     if redirect.authority is not None:
         out.host_redirect = redirect.authority
     if redirect.port is not None:

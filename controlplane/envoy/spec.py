@@ -20,6 +20,12 @@ class MatchKind(enum.Enum):
     REGEX = "regex"
     PRESENT = "present"
     """An empty match (``{}``) of a header or query parameter: it must be present."""
+    PATH_PREFIX = "path-prefix"
+    """Gateway API ``PathPrefix``: whole path segments (``/a`` takes ``/a/b``, not ``/ab``)."""
+
+
+WRITTEN_MATCH_KINDS = (MatchKind.EXACT, MatchKind.PREFIX, MatchKind.REGEX)
+"""The ``StringMatch`` keys a VirtualService may write."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,8 @@ class Redirect:
     port: int | None = None
     scheme: str | None = None
     redirect_code: int = 301
+    prefix: str | None = None
+    """Replaces the matched path prefix (Gateway API ``ReplacePrefixMatch``)."""
 
 
 @dataclass(frozen=True)

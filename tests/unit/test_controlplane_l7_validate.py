@@ -179,3 +179,133 @@ def test_rbac_validation_can_fail(tmp_path: Path) -> None:
     }
     done = envoy_validate(config, tmp_path / "broken.json")
     assert done.returncode != 0
+
+
+# --- HTTPRoute and the ingress gateway ---------------------------------------------------------
+
+HTTP_ROUTE = """
+parentRefs: [{group: '', kind: Service, name: backend, port: 80}]
+rules:
+- matches:
+  - path: {type: PathPrefix, value: /api/}
+    headers: [{name: end-user, value: jason}, {type: RegularExpression, name: x-id, value: '[0-9]+'}]
+    queryParams: [{name: debug, value: '1'}, {type: RegularExpression, name: v, value: 'a|b'}]
+    method: GET
+  - path: {type: Exact, value: /exact}
+  - path: {type: RegularExpression, value: '/v[0-9]+/.*'}
+  filters:
+  - type: RequestHeaderModifier
+    requestHeaderModifier: {set: [{name: x-a, value: '1'}], add: [{name: x-b, value: '2'}], remove: [x-c]}
+  - type: ResponseHeaderModifier
+    responseHeaderModifier: {set: [{name: x-d, value: '3'}], remove: [server]}
+  - type: URLRewrite
+    urlRewrite: {hostname: b.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+  - type: RequestMirror
+    requestMirror: {backendRef: {name: shadow, port: 80}, fraction: {numerator: 1, denominator: 3}}
+  backendRefs:
+  - name: backend-v1
+    port: 80
+    weight: 90
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-v, value: v1}]}}]
+  - {name: backend-v2, port: 8080, weight: 10}
+  timeouts: {request: 10s, backendRequest: 2s}
+  retry: {attempts: 3, codes: [503]}
+- matches: [{path: {type: Exact, value: /full}}]
+  filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /only}}}]
+  backendRefs: [{name: backend, port: 80}]
+- matches: [{path: {value: /old}}]
+  filters:
+  - type: RequestRedirect
+    requestRedirect: {scheme: https, hostname: new.example, port: 8443, statusCode: 301,
+                      path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+- matches: [{path: {value: /moved}}]
+  filters:
+  - type: RequestRedirect
+    requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /here}, statusCode: 302}
+- matches: [{path: {value: /none}}]
+  backendRefs: [{name: backend, port: 80, weight: 0}]
+"""
+
+
+def httproute_bootstrap() -> dict[str, Any]:
+    from controlplane.envoy.clusters import build_cluster
+    from controlplane.envoy.httproute import gamma_virtual_services
+    from controlplane.envoy.routes import build_routes, route_configuration
+    from controlplane.envoy.waypoint import WaypointResources
+    from controlplane.envoy.bootstrap import static_bootstrap
+    from controlplane.model import ClusterState, HTTPRoute
+    from tests.unit.test_controlplane_l7_httproute import Names, http_route
+
+    route: HTTPRoute = http_route(HTTP_ROUTE, "every-field")
+    (vs,), issues = gamma_virtual_services(ClusterState(http_routes={route.key: route}))
+    assert not [i for i in issues if i.severity is Severity.ERROR], issues
+    built = build_routes(vs.http, 80, Names(), f"{vs.namespace}.{vs.name}")
+    config = route_configuration("inbound-vip|80|http|backend", "backend:80", ["*"], built)
+    names = set()
+    for r in built:
+        action = as_json(r).get("route", {})
+        names |= {action.get("cluster")} | {
+            c["name"] for c in action.get("weighted_clusters", {}).get("clusters", [])
+        }
+        names |= {m["cluster"] for m in action.get("request_mirror_policies", [])}
+    clusters = {n: build_cluster(n, None) for n in names if n}
+    assert len(clusters) == 4
+    resources = WaypointResources(routes={config.name: config}, clusters=clusters)
+    return static_bootstrap(resources)
+
+
+@pytest.mark.timeout(120)
+def test_envoy_accepts_httproute_routes(tmp_path: Path) -> None:
+    done = envoy_validate(httproute_bootstrap(), tmp_path / "httproute.json")
+    assert done.returncode == 0, f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
+
+
+def ingress_bootstrap(tmp_path: Path) -> list[dict[str, Any]]:
+    import datetime as dt
+
+    from controlplane.envoy.bootstrap import proxy_bootstrap, static_secrets
+    from controlplane.envoy.ingress import translate_ingress
+    from controlplane.envoy.proxy import EnvoyResources, endpoints_of
+    from tests.unit import test_controlplane_l7_ingress as ingress
+    from ztunnel.identity.certs import LocalCA
+    from ztunnel.identity.spiffe import SpiffeId
+
+    now = dt.datetime.now(dt.UTC)
+    ca = LocalCA.create(now)
+    cert = ca.issue(SpiffeId("cluster.local", "istio-system", "istio-ingressgateway"), now)
+    chain, key = b"".join(cert.chain_pem).decode(), cert.key_pem.decode()
+    secrets = static_secrets(chain, key, ca.root_pem.decode())
+    for name in ("shop-cert", "secure-cert"):
+        secrets.append(
+            {
+                "name": f"kubernetes://{name}",
+                "tls_certificate": {
+                    "certificate_chain": {"inline_string": chain},
+                    "private_key": {"inline_string": key},
+                },
+            }
+        )
+    state = ingress.state(
+        ingress.CLUSTER, ingress.TUTORIAL.read_text(), ingress.GATEWAY, ingress.API
+    )
+    configs = []
+    for proxy in (ingress.INGRESS, ingress.WEB):
+        out = translate_ingress(state, proxy)
+        assert not [i for i in out.issues if i.severity is Severity.ERROR], out.issues
+        resources = EnvoyResources(
+            listeners=out.listeners,
+            routes=out.routes,
+            clusters=out.clusters,
+            endpoints={n: endpoints_of(state, n, e) for n, e in out.endpoints.items()},
+        )
+        config = proxy_bootstrap(resources, secrets)
+        # Validation binds no port: the listeners' privileged ports stay as they are.
+        configs.append(config)
+    return configs
+
+
+@pytest.mark.timeout(120)
+def test_envoy_accepts_ingress_gateways(tmp_path: Path) -> None:
+    for index, config in enumerate(ingress_bootstrap(tmp_path)):
+        done = envoy_validate(config, tmp_path / f"ingress{index}.json")
+        assert done.returncode == 0, f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
