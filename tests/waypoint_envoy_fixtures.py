@@ -3,7 +3,8 @@
 Namespace ``demo`` is enrolled and bound to waypoint ``w``; ``backend`` (VIP
 10.96.0.20, port 80 -> 5678) has pods v1 and v2, and a VirtualService splits 80/20
 between the DestinationRule's subsets (``end-user: jason`` always to v2), and an
-AuthorizationPolicy on the waypoint lets only ``frontend`` GET; ``db`` (port 5432) is TCP.
+AuthorizationPolicy on the waypoint lets only ``frontend`` GET; ``db`` (port 5432,
+service account ``db``) and ``cache`` (6379, ``cache``) are TCP.
 """
 
 from __future__ import annotations
@@ -35,15 +36,16 @@ WAYPOINT = EnvoyProxy(
 )
 BACKEND_VIP = "10.96.0.20"
 DB_VIP = "10.96.0.21"
+CACHE_VIP = "10.96.0.22"
 
 
-def _pod(name: str, ip: str, **labels: str) -> Pod:
+def _pod(name: str, ip: str, account: str = "backend", **labels: str) -> Pod:
     return Pod(
         "demo",
         name,
         labels=FrozenMap(labels),
         node_name="node1",
-        service_account="backend",
+        service_account=account,
         ip=ip,
         ips=(ip,),
         phase="Running",
@@ -88,10 +90,18 @@ subsets:
         cluster_ips=(DB_VIP,),
         ports=(ServicePort(5432, 5432, "tcp-postgres"),),
     )
+    cache = Service(
+        "demo",
+        "cache",
+        selector=FrozenMap({"app": "cache"}),
+        cluster_ips=(CACHE_VIP,),
+        ports=(ServicePort(6379, 6379, "tcp-redis"),),
+    )
     pods = [
         _pod("backend-v1", v1_ip, app="backend", version="v1"),
         _pod("backend-v2", v2_ip, app="backend", version="v2"),
-        _pod("db-0", "10.1.0.13", app="db"),
+        _pod("db-0", "10.1.0.13", "db", app="db"),
+        _pod("cache-0", "10.1.0.14", "cache", app="cache"),
     ]
     labels = {"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "w"}
     # At the waypoint: frontend may GET, nothing else is allowed (403).
@@ -109,7 +119,7 @@ subsets:
     return ClusterState(
         namespaces={"demo": Namespace("demo", FrozenMap(labels))},
         pods={p.key: p for p in pods},
-        services={backend.key: backend, db.key: db},
+        services={backend.key: backend, db.key: db, cache.key: cache},
         authorization_policies={policy.key: policy},
         virtual_services={
             ("demo", "backend"): VirtualService(

@@ -16,6 +16,9 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2  # noqa: F401
+from envoy.extensions.filters.network.set_filter_state.v3 import (  # noqa: F401
+    set_filter_state_pb2,
+)
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.internal_upstream.v3 import (  # noqa: F401
     internal_upstream_pb2,
@@ -50,6 +53,10 @@ TUNNEL_DESTINATION = "destination"
 """In :data:`TUNNEL_METADATA`: the target ``podIP:targetPort`` (the CONNECT authority)."""
 TUNNEL_ADDRESS = "address"
 """In :data:`TUNNEL_METADATA`: ``podIP:15008``, where the tunnel goes."""
+TUNNEL_PRINCIPAL = "principal"
+"""In :data:`TUNNEL_METADATA`: the SPIFFE URI the endpoint's HBONE server must present."""
+UPSTREAM_SAN_KEY = "envoy.network.upstream_subject_alt_names"
+"""Filter state Envoy checks the upstream certificate's SANs against (per connection)."""
 
 SDS_CERTIFICATE = "default"
 """SDS secret: the proxy's own certificate chain and key."""
@@ -66,6 +73,9 @@ DOWNSTREAM_TLS = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 )
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+NETWORK_SET_FILTER_STATE = (
+    "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config"
+)
 ORIGINAL_DST_FILTER = (
     "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
 )
@@ -140,11 +150,17 @@ def through_hbone(cluster: Any) -> Any:
     return out
 
 
-def tunnel_endpoint(ip: str, port: int, *, hbone_port: int = HBONE_PORT) -> dict[str, Any]:
+def tunnel_endpoint(
+    ip: str, port: int, *, principal: str = "", hbone_port: int = HBONE_PORT
+) -> dict[str, Any]:
     """An ``LbEndpoint`` (as JSON) reached through an HBONE tunnel to ``ip:hbone_port``
-    with ``:authority ip:port``."""
+    with ``:authority ip:port``; with a ``principal``, the tunnel is opened only to a
+    server presenting that SPIFFE identity."""
     target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
     tunnel = f"[{ip}]:{hbone_port}" if ":" in ip else f"{ip}:{hbone_port}"
+    tunnel_metadata = {TUNNEL_DESTINATION: target, TUNNEL_ADDRESS: tunnel}
+    if principal:
+        tunnel_metadata[TUNNEL_PRINCIPAL] = principal
     return {
         "endpoint": {
             "address": {
@@ -157,7 +173,7 @@ def tunnel_endpoint(ip: str, port: int, *, hbone_port: int = HBONE_PORT) -> dict
         "metadata": {
             "filter_metadata": {
                 ORIGINAL_DST_METADATA: {"local": target},
-                TUNNEL_METADATA: {TUNNEL_DESTINATION: target, TUNNEL_ADDRESS: tunnel},
+                TUNNEL_METADATA: tunnel_metadata,
             }
         },
     }
@@ -177,6 +193,9 @@ def connect_originate_listener() -> Any:
     Its original-destination filter takes the target ``podIP:port`` from the
     endpoint's metadata as the connection's local address; the TCP proxy sends
     ``CONNECT`` with that as ``:authority`` through :func:`connect_originate_cluster`.
+    The endpoint's expected identity (:data:`TUNNEL_PRINCIPAL`) becomes the SAN the
+    upstream certificate must carry (:data:`UPSTREAM_SAN_KEY`); without one, any
+    certificate of the mesh's roots is accepted.
     """
     return _parse(
         listener_pb2.Listener(),
@@ -195,6 +214,27 @@ def connect_originate_listener() -> Any:
                     "name": CONNECT_ORIGINATE,
                     "filters": [
                         {
+                            "name": "envoy.filters.network.set_filter_state",
+                            "typed_config": {
+                                "@type": NETWORK_SET_FILTER_STATE,
+                                "on_new_connection": [
+                                    {
+                                        "object_key": UPSTREAM_SAN_KEY,
+                                        "format_string": {
+                                            "text_format_source": {
+                                                "inline_string": "%DYNAMIC_METADATA("
+                                                f"{TUNNEL_METADATA}:{TUNNEL_PRINCIPAL})%"
+                                            },
+                                            # absent: empty (skipped), not "-"
+                                            "omit_empty_values": True,
+                                        },
+                                        "shared_with_upstream": "ONCE",
+                                        "skip_if_empty": True,
+                                    }
+                                ],
+                            },
+                        },
+                        {
                             "name": "envoy.filters.network.tcp_proxy",
                             "typed_config": {
                                 "@type": TCP_PROXY,
@@ -202,7 +242,7 @@ def connect_originate_listener() -> Any:
                                 "cluster": CONNECT_ORIGINATE,
                                 "tunneling_config": {"hostname": "%DOWNSTREAM_LOCAL_ADDRESS%"},
                             },
-                        }
+                        },
                     ],
                 }
             ],

@@ -166,13 +166,14 @@ def _healthy(pod: Pod) -> bool:
 
 def _endpoint(pod: Pod, ip: str, port: int, mesh: MeshConfig, hbone_port: int) -> dict[str, Any]:
     """A tunnel endpoint carrying what the access log reports of the destination."""
-    endpoint = hbone.tunnel_endpoint(ip, port, hbone_port=hbone_port)
+    principal = f"spiffe://{mesh.trust_domain}/ns/{pod.namespace}/sa/{pod.service_account}"
+    endpoint = hbone.tunnel_endpoint(ip, port, principal=principal, hbone_port=hbone_port)
     metadata = telemetry.endpoint_metadata(
         workload=workload_name(pod),
         workload_namespace=pod.namespace,
         app=canonical_name(pod),
         version=canonical_revision(pod),
-        principal=f"spiffe://{mesh.trust_domain}/ns/{pod.namespace}/sa/{pod.service_account}",
+        principal=principal,
     )
     endpoint["metadata"]["filter_metadata"].update(
         json_format.MessageToDict(metadata, preserving_proto_field_name=True)["filter_metadata"]

@@ -30,7 +30,7 @@ from controlplane.envoy import telemetry
 from controlplane.envoy.bootstrap import as_json, proxy_bootstrap, static_secrets
 from controlplane.envoy.hbone import PEER_PRINCIPAL_KEY
 from controlplane.envoy.proxy import proxy_resources
-from tests.waypoint_envoy_fixtures import BACKEND_VIP, DB_VIP, WAYPOINT, demo_state
+from tests.waypoint_envoy_fixtures import BACKEND_VIP, CACHE_VIP, DB_VIP, WAYPOINT, demo_state
 from ztunnel.errors import HboneStreamError
 from ztunnel.identity.certs import CertifiedKey, LocalCA
 from ztunnel.identity.spiffe import SpiffeId
@@ -45,7 +45,7 @@ pytestmark = [
 
 NETNS = f"wpenvoy-{os.getpid()}"
 WAYPOINT_IP = WAYPOINT.ip
-PODS = {"10.1.0.11": "v1", "10.1.0.12": "v2", "10.1.0.13": "db"}
+PODS = {"10.1.0.11": "v1", "10.1.0.12": "v2", "10.1.0.13": "db", "10.1.0.14": "cache"}
 TD = "cluster.local"
 WAYPOINT_ID = SpiffeId(TD, "demo", "w")
 CLIENT_ID = SpiffeId(TD, "demo", "frontend")
@@ -176,7 +176,7 @@ async def _start_pod(ip: str, cert: CertifiedKey, roots: bytes, seen: Seen) -> a
             core.respond(stream.stream_id, 200)
             channel.flush()
             with contextlib.suppress(HboneStreamError):  # the client went away
-                if PODS[ip] == "db":
+                if PODS[ip] in ("db", "cache"):
                     await _echo(stream)
                 else:
                     await _http_server(stream, PODS[ip].encode())
@@ -268,7 +268,11 @@ def waypoint(netns: str, ca: LocalCA, tmp_path_factory: pytest.TempPathFactory) 
     envoy = None
     try:
         backend_cert = _issue(ca, BACKEND_ID)
-        servers = [loop.run(_start_pod(ip, backend_cert, roots, seen)) for ip in PODS]
+        # cache-0 runs as "cache" but its server presents backend's certificate.
+        certs = {"db": _issue(ca, SpiffeId(TD, "demo", "db"))}
+        servers = [
+            loop.run(_start_pod(ip, certs.get(PODS[ip], backend_cert), roots, seen)) for ip in PODS
+        ]
         envoy = subprocess.Popen(
             ["ip", "netns", "exec", netns, *envoy_argv(path, concurrency=1), *DEBUG],
             stdout=log,
@@ -372,6 +376,24 @@ def test_tcp_service_is_proxied_opaquely(waypoint: Any) -> None:
 
     assert loop.run(scenario()) == b"\x00\x01not http at all"
     assert "10.1.0.13:5432" in seen.authorities
+
+
+def test_endpoint_with_the_wrong_identity_is_refused(waypoint: Any) -> None:
+    """The waypoint checks the destination's certificate against the pod's account."""
+    loop, seen, client_cert, roots = waypoint
+
+    async def scenario() -> bytes:
+        tunnel = await _open(client_cert, roots, Authority(CACHE_VIP, 6379))
+        await tunnel.stream.write(b"PING\r\n")
+        try:
+            return bytes(await asyncio.wait_for(tunnel.stream.read(), 5))
+        except HboneStreamError:
+            return b""
+        finally:
+            tunnel.channel.close()
+
+    assert loop.run(scenario()) == b""
+    assert not any(a.startswith("10.1.0.14:") for a in seen.authorities)
 
 
 def test_unknown_authority_gets_no_service(waypoint: Any) -> None:

@@ -107,7 +107,11 @@ def test_endpoints_are_tunnels_to_the_selected_pods() -> None:
     assert internal == {"server_listener_name": CONNECT_ORIGINATE, "endpoint_id": "10.1.0.12:5678"}
     metadata = endpoint["metadata"]["filter_metadata"]
     assert metadata["envoy.filters.listener.original_dst"] == {"local": "10.1.0.12:5678"}
-    assert metadata["tunnel"] == {"destination": "10.1.0.12:5678", "address": "10.1.0.12:15008"}
+    assert metadata["tunnel"] == {
+        "destination": "10.1.0.12:5678",
+        "address": "10.1.0.12:15008",
+        "principal": "spiffe://cluster.local/ns/demo/sa/backend",
+    }
     whole = as_json(resources.endpoints["outbound|80||backend.demo.svc.cluster.local"])
     assert len(whole["endpoints"][0]["lb_endpoints"]) == 2
     cluster = as_json(resources.clusters["outbound|80|v2|backend.demo.svc.cluster.local"])
