@@ -16,17 +16,17 @@ import yaml
 from controlplane.envoy.proxy import EnvoyProxy
 from controlplane.model import (
     AuthorizationPolicy,
-    Operation,
-    Rule,
-    Source,
-    TargetRef,
     ClusterState,
     DestinationRule,
     FrozenMap,
     Namespace,
+    Operation,
     Pod,
+    Rule,
     Service,
     ServicePort,
+    Source,
+    TargetRef,
     VirtualService,
     deep_freeze,
 )
