@@ -152,6 +152,8 @@ class Exporter:
         self._grpc: grpc.Server | None = None
         self._http: asyncio.Server | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._source: FolderSource | None = None
+        """Kept across refreshes: it re-reads only the files that changed."""
         self.access_log_port = 0
         """The bound gRPC port (after :meth:`start`)."""
         self.metrics_port = 0
@@ -200,7 +202,9 @@ class Exporter:
         folder = self.config.cluster_folder
         assert folder is not None
         try:
-            state = await asyncio.to_thread(FolderSource(folder).load)
+            if self._source is None:
+                self._source = FolderSource(folder)
+            state = await asyncio.to_thread(self._source.load)
         except Exception as err:  # keep the last directory; the folder may be mid-write
             log.warning("cannot read cluster folder %s: %s", folder, err)
             return

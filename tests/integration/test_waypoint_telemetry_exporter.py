@@ -4,6 +4,7 @@ the cluster folder names the workloads, ``/metrics`` shows them (127.0.0.1, ~1 s
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -69,6 +70,7 @@ async def _scenario(folder: Path) -> None:
             access_log_address=("127.0.0.1", 0),
             metrics_address=("127.0.0.1", 0),
             cluster_folder=folder,
+            refresh_interval_s=0.1,
         )
     )
     await exporter.start()
@@ -93,5 +95,15 @@ async def _scenario(folder: Path) -> None:
         assert content_type.startswith("application/openmetrics-text")
         assert text.rstrip().endswith("# EOF")
         assert (await asyncio.to_thread(_get, f"{base}/nope"))[0] == 404
+
+        # A relabelled pod is named anew after the next folder read.
+        (folder / "pods.yaml").write_text(PODS.replace("version: v1,", "version: v9,"))
+        deadline = time.monotonic() + 5
+        while exporter.sink.view[0].by_ip["10.244.2.7"].version != "v9":
+            assert time.monotonic() < deadline, "the folder was not re-read"
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(_send, exporter.access_log_port, 1)
+        text = (await asyncio.to_thread(_get, f"{base}/metrics"))[2]
+        assert 'destination_version="v9"' in text
     finally:
         await exporter.stop()
