@@ -119,6 +119,9 @@ class RemoteNode:
     host_netns: str | None
     original_addresses: list[tuple[str, int]]
     """The device's IPv4 addresses before it was taken (put back on teardown)."""
+    host_netns_id: tuple[int, int] | None = None
+    """(device, inode) of the namespace the device was taken from: it goes back only
+    there, never into whatever namespace the process tearing down happens to be in."""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -130,6 +133,7 @@ class RemoteNode:
             "peers": {str(k): v for k, v in self.peers.items()},
             "host_netns": self.host_netns,
             "original_addresses": [list(a) for a in self.original_addresses],
+            "host_netns_id": list(self.host_netns_id) if self.host_netns_id else None,
         }
 
     @classmethod
@@ -143,6 +147,11 @@ class RemoteNode:
             peers={int(k): str(v) for k, v in data.get("peers", {}).items()},
             host_netns=data.get("host_netns"),
             original_addresses=[(str(a), int(p)) for a, p in data.get("original_addresses", [])],
+            host_netns_id=(
+                (int(data["host_netns_id"][0]), int(data["host_netns_id"][1]))
+                if data.get("host_netns_id")
+                else None
+            ),
         )
 
 
@@ -221,6 +230,7 @@ class RemoteLab(Lab):
             peers=dict(spec.peers),
             host_netns=spec.host_netns,
             original_addresses=original,
+            host_netns_id=_netns_id(spec.host_netns),
         )
         state = LabState(
             name=spec.name,
@@ -328,7 +338,9 @@ def restore_uplink(run_dir: Path) -> bool:
 
     Called before the node's namespace is removed (the kernel would return a physical
     interface to the initial namespace without its addresses, and destroy a veth).
-    False when there is nothing to restore (no remote record, or the node is gone).
+    Only into the very namespace it was taken from (by inode), and, when that was the
+    builder's own, only from a process in it: a teardown run from elsewhere leaves the
+    device to the kernel. False when nothing was moved back.
     """
     if not is_remote(run_dir):
         return False
@@ -340,7 +352,10 @@ def restore_uplink(run_dir: Path) -> bool:
     node_netns = plan.node_netns(name, remote.node_index)
     if not network.netns_exists(node_netns):
         return False
-    if remote.host_netns is not None and not network.netns_exists(remote.host_netns):
+    if remote.host_netns_id is None or _netns_id(remote.host_netns) != remote.host_netns_id:
+        # Not the namespace it came from (gone, or this process runs elsewhere): leave
+        # the device in the node's namespace; removing that returns a physical device
+        # to the machine's initial namespace (without addresses) and destroys a veth.
         return False
     with _in(node_netns, f"find {remote.uplink_device}") as ns:
         found = ns.link_lookup(ifname=remote.uplink_device)
@@ -360,6 +375,17 @@ def restore_uplink(run_dir: Path) -> bool:
                 host.addr("add", index=index, address=address, prefixlen=prefixlen)
         host.link("set", index=index, state="up")
     return True
+
+
+def _netns_id(named: str | None) -> tuple[int, int] | None:
+    """(device, inode) of a named namespace, or of this process's own when ``named`` is None."""
+    if named is not None:
+        return network.netns_inode(named)
+    try:
+        st = os.stat("/proc/self/ns/net")
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _take_stock(spec: RemoteNodeSpec) -> list[tuple[str, int]]:

@@ -65,3 +65,5 @@ def test_the_record_round_trips() -> None:
     record = RemoteNode(2, "eth1", "192.168.56.12", 24, {1: "192.168.56.11"}, None,
                         [("192.168.56.12", 24)])  # fmt: skip
     assert RemoteNode.from_json(record.to_json()) == record
+    pinned = RemoteNode(2, "eth1", "192.168.56.12", 24, {}, "vm", [], host_netns_id=(4, 4026531840))
+    assert RemoteNode.from_json(pinned.to_json()).host_netns_id == (4, 4026531840)
