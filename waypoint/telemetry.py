@@ -35,7 +35,7 @@ from controlplane.envoy.telemetry import TELEMETRY_PORT
 from controlplane.model import ClusterState
 from controlplane.sources.folder import FolderSource
 from controlplane.workloadapi.workloads import canonical_name, canonical_revision, workload_name
-from waypoint.telemetry_entry import is_final, record_from_entry
+from waypoint.telemetry_entry import is_final, is_tunnel, record_from_entry
 from waypoint.telemetry_labels import (
     DEFAULT_CLUSTER_ID,
     Reporter,
@@ -114,7 +114,7 @@ class AccessLogSink:
             return
         directory, reporter = self.view
         for entry in message.http_logs.log_entry:
-            if not is_final(entry):
+            if not is_final(entry) or is_tunnel(entry):
                 continue
             record = record_from_entry(entry)
             self.metrics.record(record, request_labels(record, directory, reporter))

@@ -7,6 +7,7 @@ frozen dataclasses.
 from __future__ import annotations
 
 from envoy.config.core.v3.address_pb2 import Address
+from envoy.config.core.v3.base_pb2 import RequestMethod
 from envoy.data.accesslog.v3.accesslog_pb2 import AccessLogType, HTTPAccessLogEntry, ResponseFlags
 from google.protobuf.wrappers_pb2 import StringValue
 
@@ -91,6 +92,12 @@ def is_final(entry: HTTPAccessLogEntry) -> bool:
         AccessLogType.UpstreamPoolReady,
         AccessLogType.UpstreamPeriodic,
     )
+
+
+def is_tunnel(entry: HTTPAccessLogEntry) -> bool:
+    """Whether the entry logs an HBONE ``CONNECT`` (the outer tunnel, not a request: the
+    requests inside it are logged by the inner connection manager)."""
+    return bool(entry.request.request_method == RequestMethod.CONNECT)
 
 
 def record_from_entry(entry: HTTPAccessLogEntry) -> RequestRecord:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from envoy.config.core.v3.base_pb2 import RequestMethod
 from envoy.data.accesslog.v3.accesslog_pb2 import AccessLogType, HTTPAccessLogEntry
 from google.protobuf.wrappers_pb2 import StringValue
 from hypothesis import given, settings
@@ -14,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from controlplane.envoy.hbone import PEER_PRINCIPAL_KEY
 from controlplane.model import ClusterState, FrozenMap, Pod
 from waypoint.telemetry import directory_from_state
-from waypoint.telemetry_entry import is_final, record_from_entry
+from waypoint.telemetry_entry import is_final, is_tunnel, record_from_entry
 from waypoint.telemetry_labels import (
     LABEL_NAMES,
     ClusterName,
@@ -293,6 +294,9 @@ def test_upstream_and_intermediate_entries() -> None:
     assert record_from_entry(_entry(type=AccessLogType.UpstreamEnd)).upstream_attempt
     assert not is_final(_entry(type=AccessLogType.DownstreamPeriodic))
     assert is_final(_entry(type=AccessLogType.NotSet))
+    tunnel = _entry()
+    tunnel.request.request_method = RequestMethod.CONNECT
+    assert is_tunnel(tunnel) and not is_tunnel(_entry())
 
 
 def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
