@@ -38,7 +38,13 @@ from controlplane.workloadapi.peerauth import (
     workload_policy_names,
 )
 from controlplane.workloadapi.services import ServiceIndex, is_served, service_message
-from controlplane.workloadapi.waypoints import WaypointIndex, gateway_address
+from controlplane.workloadapi.waypoints import (
+    Waypoint,
+    WaypointIndex,
+    allow_waypoint_message,
+    allow_waypoint_name,
+    gateway_address,
+)
 from controlplane.workloadapi.workloads import is_sent, workload_message
 
 __all__ = [
@@ -167,6 +173,13 @@ class TranslationContext:
                 converted[pa.key] = message
                 authorizations[authorization_resource_name(pa.namespace, message.name)] = message
         services = tuple(s for s in state.services.values() if is_served(s))
+        waypoints = WaypointIndex(state)
+        for waypoint in waypoints.waypoints.values():
+            if waypoint.address is not None:
+                message = allow_waypoint_message(waypoint, mesh)
+                authorizations[authorization_resource_name(waypoint.namespace, message.name)] = (
+                    message
+                )
         selector_policies = sorted(
             (
                 p
@@ -185,8 +198,11 @@ class TranslationContext:
             peer,
             converted,
             tuple(selector_policies),
-            WaypointIndex(state),
+            waypoints,
         )
+
+    def _service_waypoint(self, service: Service) -> Waypoint | None:
+        return self.waypoints.for_service(service).waypoint
 
     def workload_address(self, pod: Pod) -> tuple[str, Any]:
         """A sent pod's resource name and its ``Address`` message."""
@@ -199,7 +215,13 @@ class TranslationContext:
         levels = policies_for(pod.namespace, pod.labels, self.peer, root)
         names += workload_policy_names(levels, self.converted, root)
         selecting = self.index.selecting(pod)
-        waypoint = gateway_address(self.waypoints.for_pod(pod).waypoint, self.mesh)
+        own = self.waypoints.for_pod(pod).waypoint
+        served_by = {w.key: w for w in (own, *map(self._service_waypoint, selecting)) if w}
+        names += [
+            authorization_resource_name(w.namespace, allow_waypoint_name(w))
+            for _, w in sorted(served_by.items())
+        ]
+        waypoint = gateway_address(own, self.mesh)
         message = workload_message(
             pod,
             self.state.namespace_of(pod),

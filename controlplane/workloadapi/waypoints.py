@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from api.messages import security as sec
 from api.messages import workload as wl
 from controlplane.model import (
     GATEWAY_NAME_LABEL,
@@ -269,6 +270,33 @@ def gateway_address(waypoint: Waypoint | None, mesh: MeshConfig) -> Any | None:
             network=mesh.network, address=ipaddress.ip_address(waypoint.address).packed
         ),
         hbone_mtls_port=WAYPOINT_HBONE_PORT,
+    )
+
+
+def allow_waypoint_name(waypoint: Waypoint) -> str:
+    """istiod's implicit policy letting a waypoint reach what it serves (its short name)."""
+    return f"istio_allow_waypoint_{waypoint.namespace}_{waypoint.name}"
+
+
+def allow_waypoint_message(waypoint: Waypoint, mesh: MeshConfig) -> Any:
+    """``<ns>/istio_allow_waypoint_<ns>_<name>``: ALLOW from the waypoint's identity.
+
+    Listed by every workload the waypoint serves, so that the workload's own ALLOW
+    policies (written for the original callers) do not refuse its waypoint.
+    """
+    principal = waypoint.identity(mesh).removeprefix("spiffe://")
+    return sec.Authorization(
+        name=allow_waypoint_name(waypoint),
+        namespace=waypoint.namespace,
+        scope=sec.WORKLOAD_SELECTOR,
+        action=sec.ALLOW,
+        rules=[
+            sec.Rule(
+                clauses=[
+                    sec.Clause(matches=[sec.Match(principals=[sec.StringMatch(exact=principal)])])
+                ]
+            )
+        ],
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from api.messages import security
 from api.messages import workload as wl
 from controlplane.model import (
     ClusterState,
@@ -383,3 +384,20 @@ def test_validate_warns_for_a_use_waypoint_naming_no_gateway(tmp_path: Path) -> 
         "metadata.labels.istio.io/use-waypoint: waypoint demo/nowhere does not exist "
         "(no Gateway of class istio-waypoint by that name)"
     )
+
+
+def test_served_workloads_list_the_implicit_allow_from_their_waypoint() -> None:
+    st = scenario(svc_labels={USE: "waypoint"})
+    snapshot = translate(st, MESH)
+    policy = snapshot.authorizations["demo/istio_allow_waypoint_demo_waypoint"]
+    assert (policy.action, policy.scope) == (security.ALLOW, security.WORKLOAD_SELECTOR)
+    (rule,) = policy.rules
+    (clause,) = rule.clauses
+    (match,) = clause.matches
+    assert [p.exact for p in match.principals] == ["cluster.local/ns/demo/sa/waypoint"]
+    backend = snapshot.addresses["Kubernetes//Pod/demo/backend-1"].workload
+    assert list(backend.authorization_policies) == ["demo/istio_allow_waypoint_demo_waypoint"]
+    waypoint_pod = snapshot.addresses["Kubernetes//Pod/demo/waypoint"].workload
+    assert list(waypoint_pod.authorization_policies) == []
+    unbound = translate(scenario(), MESH).addresses["Kubernetes//Pod/demo/backend-1"].workload
+    assert list(unbound.authorization_policies) == []

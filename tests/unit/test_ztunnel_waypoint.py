@@ -243,3 +243,23 @@ def test_config_dump_shows_waypoints(state: ProxyState) -> None:
     waypoint_pod = state.workload_by_ip("10.244.1.9")
     assert waypoint_pod is not None and workload_json(waypoint_pod)["waypoint"] is None
     assert workload_json(waypoint_pod)["protocol"] == "HBONE"
+
+
+def test_the_workloads_allow_policies_do_not_refuse_its_waypoint(tmp_path: Path) -> None:
+    only_frontend = """\
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-only-frontend, namespace: demo}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/demo/sa/frontend]}}]}]
+"""
+    state = mesh_state(tmp_path, CLUSTER + only_frontend)
+    admitted = hbone(state, "10.244.2.7:9080", WAYPOINT)
+    assert isinstance(admitted, Admit)
+    assert admitted.decision.policy == "demo/istio_allow_waypoint_demo_waypoint"
+    other = SpiffeId("cluster.local", "demo", "other")
+    refused = hbone(state, "10.244.2.7:9080", other)
+    assert isinstance(refused, Refuse) and refused.reason.startswith(BYPASS_REASON)
