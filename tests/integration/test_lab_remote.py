@@ -148,3 +148,97 @@ def test_refuses_the_default_route_interface(machines: dict[int, str], tmp_path:
     with pytest.raises(LabSpecError, match="default route"):
         RemoteLab.create_remote(_spec(machines, 1, f"r{uuid.uuid4().hex[:6]}x", tmp_path))
     assert "priv1" in _ip("-n", machines[1], "-o", "link")
+
+
+METRICS = """
+import sys, urllib.request
+print(urllib.request.urlopen("http://127.0.0.1:15020/metrics", timeout=3).read().decode())
+"""
+READY = """
+import sys, urllib.request
+try:
+    print(urllib.request.urlopen("http://127.0.0.1:15021/healthz/ready", timeout=2).status)
+except Exception as err:
+    print("no", err)
+"""
+
+
+def test_the_mesh_runs_across_the_machines(machines: dict[int, str], tmp_path: Path) -> None:
+    """Agents and ztunnels on both remote nodes: capture on the real uplink, HBONE over it.
+
+    Each machine's agent reads its own lab's folder (its own pods); the ztunnels share a
+    CA and a folder holding both labs' objects, standing in for what the Kubernetes API
+    (or a control plane both reach) gives them on real machines.
+    """
+    import datetime as dt
+    import shutil
+
+    from agent.pinned import BPFFS_ROOT, pin_dir_for
+    from tests.integration.meshlab import (
+        AMBIENT,
+        start_agent,
+        teardown_nodes,
+        wait_for,
+        wait_for_enrollment,
+    )
+    from ztunnel.app import load_or_create_ca
+
+    names = {1: f"r{uuid.uuid4().hex[:6]}m", 2: f"r{uuid.uuid4().hex[:6]}n"}
+    ca_dir, merged = tmp_path / "ca", tmp_path / "cluster"
+    ca_dir.mkdir()
+    merged.mkdir()
+    load_or_create_ca(ca_dir, "cluster.local", dt.datetime.now(dt.UTC))
+    labs: list[RemoteLab] = []
+    pin_dirs: list[Path] = []
+    try:
+        for index in (1, 2):
+            lab = RemoteLab.create_remote(
+                _spec(machines, index, names[index], tmp_path / f"vm{index}")
+            )
+            labs.append(lab)
+            pin_dirs.append(pin_dir_for(lab.nodes[0].id, BPFFS_ROOT))
+            lab.add_namespace("mesh", labels=AMBIENT)
+        one, two = labs
+        client = one.add_pod("client", namespace="mesh", node="node1", service_account="client")
+        server = two.add_pod("server", namespace="mesh", node="node2", service_account="server")
+        two.start_workload(server, "http-echo", ["--listen", ":8080"])
+        for lab in labs:
+            for entry in sorted(lab.config_dir.iterdir()):
+                shutil.copy(entry, merged / entry.name)
+        for lab in labs:
+            node = lab.nodes[0]
+            start_agent(lab, node)
+            lab.spawn_in_node(
+                node,
+                ["python", "-m", "ambient", "ztunnel", "run", "--node", node.name,
+                 "--cluster-folder", str(merged), "--ca-dir", str(ca_dir)],
+                name=f"ztunnel-{node.name}",
+            )  # fmt: skip
+        for lab, pod, pin_dir in zip(labs, (client, server), pin_dirs, strict=True):
+            node = lab.nodes[0]
+            wait_for_enrollment(node, pin_dir, {pod.name: pod})
+            wait_for(
+                lambda lab=lab, node=node: (
+                    lab.exec(node, ["python", "-c", READY]).stdout.strip() == "200"
+                ),
+                60,
+                f"ztunnel on {node.name}",
+            )
+        got = one.exec(
+            client,
+            ["python", "-m", "lab.workloads.client", "http", f"http://{server.ip}:8080/"],
+            timeout=30,
+        )
+        assert "Hello from server" in got.stdout, got.stdout + got.stderr
+        metrics = one.exec(one.nodes[0], ["python", "-c", METRICS]).stdout
+        opened = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("istio_tcp_connections_opened_total") and 'reporter="source"' in line
+        ]
+        assert opened and float(opened[0].rsplit(" ", 1)[1]) >= 1, metrics[-2000:]
+    finally:
+        for lab, pin_dir in zip(labs, pin_dirs, strict=False):
+            teardown_nodes(lab, [pin_dir])
+        for lab in labs:
+            lab.destroy()
