@@ -12,14 +12,18 @@ from typing import Any
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import config_source_pb2, protocol_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from controlplane.envoy.spec import (
+    ClientTls,
     ConnectionPool,
     LoadBalancer,
     OutlierDetection,
     SimpleLb,
+    TlsMode,
     TrafficPolicy,
 )
 
@@ -123,6 +127,37 @@ def _apply_outlier(cluster: Any, od: OutlierDetection | None) -> None:
     cluster.outlier_detection.CopyFrom(out)
 
 
+UPSTREAM_TLS = "envoy.transport_sockets.tls"
+_SAN = common_pb2.SubjectAltNameMatcher
+
+
+def _apply_tls(cluster: Any, tls: ClientTls | None) -> None:
+    """``tls.mode: SIMPLE``: TLS to the application (inside HBONE, see :class:`ClientTls`)."""
+    if tls is None or tls.mode is not TlsMode.SIMPLE:
+        return
+    context = tls_pb2.UpstreamTlsContext(sni=tls.sni)
+    validation = context.common_tls_context.validation_context
+    if tls.insecure_skip_verify:
+        context.common_tls_context.ClearField("validation_context")
+    else:
+        if tls.ca_certificates:
+            validation.trusted_ca.filename = tls.ca_certificates
+        else:
+            validation.system_root_certs.SetInParent()
+        for san in tls.subject_alt_names:
+            for kind in (
+                common_pb2.SubjectAltNameMatcher.DNS,
+                common_pb2.SubjectAltNameMatcher.URI,
+            ):
+                validation.match_typed_subject_alt_names.append(
+                    common_pb2.SubjectAltNameMatcher(
+                        san_type=kind, matcher=string_pb2.StringMatcher(exact=san)
+                    )
+                )
+    cluster.transport_socket.name = UPSTREAM_TLS
+    cluster.transport_socket.typed_config.CopyFrom(packed(context))
+
+
 def build_cluster(name: str, policy: TrafficPolicy | None) -> Any:
     """The EDS ``Cluster`` called ``name`` under ``policy`` (None: Istio's defaults)."""
     cluster = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS)
@@ -133,4 +168,5 @@ def build_cluster(name: str, policy: TrafficPolicy | None) -> Any:
     _apply_lb(cluster, policy.load_balancer)
     _apply_pool(cluster, policy.connection_pool)
     _apply_outlier(cluster, policy.outlier_detection)
+    _apply_tls(cluster, policy.tls)
     return cluster

@@ -15,6 +15,7 @@ from typing import Any
 from controlplane.envoy.errors import L7ConfigError
 from controlplane.envoy.spec import (
     WRITTEN_MATCH_KINDS,
+    ClientTls,
     ConnectionPool,
     ConsistentHash,
     Cors,
@@ -40,6 +41,7 @@ from controlplane.envoy.spec import (
     StringMatch,
     Subset,
     TcpRoute,
+    TlsMode,
     TrafficPolicy,
     VirtualServiceSpec,
 )
@@ -607,6 +609,7 @@ def _traffic_policy(f: Fields) -> TrafficPolicy | None:
         load_balancer=_load_balancer(sub),
         connection_pool=_connection_pool(sub),
         outlier_detection=_outlier_detection(sub),
+        tls=_client_tls(sub),
         port_level=tuple(port_level),
     )
 
@@ -618,14 +621,62 @@ def _policy_parts(f: Fields) -> TrafficPolicy:
         load_balancer=_load_balancer(f),
         connection_pool=_connection_pool(f),
         outlier_detection=_outlier_detection(f),
+        tls=_client_tls(f),
+    )
+
+
+_TLS_FIELDS = {
+    "mode",
+    "sni",
+    "caCertificates",
+    "subjectAltNames",
+    "insecureSkipVerify",
+    "credentialName",
+    "clientCertificate",
+    "privateKey",
+    "caCrl",
+}
+
+
+def _client_tls(f: Fields) -> ClientTls | None:
+    """``tls``: what applies in ambient mode (see :class:`ClientTls`), the rest warned."""
+    sub = f.mapping("tls")
+    if sub is None:
+        return None
+    sub.reject_unknown(_TLS_FIELDS)
+    text = sub.string("mode", default="DISABLE")
+    try:
+        mode = TlsMode(text)
+    except ValueError:
+        sub.error("mode", f"unknown mode {text!r} (known: {', '.join(m.value for m in TlsMode)})")
+        return None
+    if mode is TlsMode.MUTUAL:
+        sub.warn(
+            "mode",
+            "MUTUAL (client certificates from files or a Secret) is not supported at "
+            "waypoints; nothing is originated inside the HBONE tunnel",
+        )
+        return None
+    if mode is not TlsMode.SIMPLE:
+        for key in sorted(_TLS_FIELDS - {"mode"}):
+            if sub.has(key):
+                sub.warn(key, f"ignored with mode {mode.value}")
+        # HBONE is the mesh's mTLS: ISTIO_MUTUAL is what it does, DISABLE turns off
+        # only TLS inside the tunnel, which there is none of.
+        return ClientTls(mode)
+    for unsupported in ("credentialName", "clientCertificate", "privateKey", "caCrl"):
+        if sub.has(unsupported):
+            sub.warn(unsupported, "not supported at waypoints (no Secrets or files); ignored")
+    return ClientTls(
+        mode,
+        sni=sub.string("sni"),
+        ca_certificates=sub.string("caCertificates"),
+        subject_alt_names=sub.str_list("subjectAltNames"),
+        insecure_skip_verify=sub.boolean("insecureSkipVerify"),
     )
 
 
 def _warn_untranslated_policy(f: Fields) -> None:
-    tls = f.mapping("tls")
-    # ISTIO_MUTUAL is what HBONE does already; other modes need transport sockets.
-    if tls is not None and tls.string("mode") != "ISTIO_MUTUAL":
-        f.warn("tls", "only mode ISTIO_MUTUAL (what the mesh does) applies to waypoints yet")
     for unsupported in ("tunnel", "proxyProtocol"):
         if f.has(unsupported):
             f.warn(unsupported, "not translated for waypoints yet; the field is ignored")

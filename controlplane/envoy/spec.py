@@ -274,6 +274,32 @@ class OutlierDetection:
     max_ejection_percent: int | None = None
 
 
+class TlsMode(enum.Enum):
+    """``trafficPolicy.tls.mode``."""
+
+    DISABLE = "DISABLE"
+    SIMPLE = "SIMPLE"
+    MUTUAL = "MUTUAL"
+    ISTIO_MUTUAL = "ISTIO_MUTUAL"
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """``trafficPolicy.tls``: TLS the proxy originates to the destination.
+
+    In ambient mode the mesh's mTLS is HBONE, underneath: ``ISTIO_MUTUAL`` and
+    ``DISABLE`` add nothing inside the tunnel; ``SIMPLE`` originates TLS to the
+    application inside it (an application that itself serves TLS).
+    """
+
+    mode: TlsMode
+    sni: str = ""
+    ca_certificates: str = ""
+    """A CA bundle file in the proxy's filesystem; empty: the system's roots."""
+    subject_alt_names: tuple[str, ...] = ()
+    insecure_skip_verify: bool = False
+
+
 @dataclass(frozen=True)
 class TrafficPolicy:
     """``trafficPolicy`` (top level or of a subset)."""
@@ -281,6 +307,7 @@ class TrafficPolicy:
     load_balancer: LoadBalancer | None = None
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
+    tls: ClientTls | None = None
     port_level: tuple[tuple[int, TrafficPolicy], ...] = ()
     """``portLevelSettings``: (service port, its policy), applied by :meth:`for_port`."""
 
@@ -296,11 +323,14 @@ class TrafficPolicy:
             load_balancer=self.load_balancer or base.load_balancer,
             connection_pool=self.connection_pool or base.connection_pool,
             outlier_detection=self.outlier_detection or base.outlier_detection,
+            tls=self.tls or base.tls,
         )
 
     def for_port(self, port: int) -> TrafficPolicy:
         """The policy for one service port: its port-level settings over the rest."""
-        here = TrafficPolicy(self.load_balancer, self.connection_pool, self.outlier_detection)
+        here = TrafficPolicy(
+            self.load_balancer, self.connection_pool, self.outlier_detection, self.tls
+        )
         for number, policy in self.port_level:
             if number == port:
                 return policy.over(here)

@@ -811,12 +811,57 @@ def test_port_level_settings_need_a_port_once() -> None:
     }
 
 
-@pytest.mark.parametrize(("mode", "warned"), [("ISTIO_MUTUAL", False), ("SIMPLE", True)])
-def test_tls_mode_other_than_istio_mutual_is_warned_about(mode: str, warned: bool) -> None:
-    resources = _translate(None, f"host: backend\ntrafficPolicy: {{tls: {{mode: {mode}}}}}")
+@pytest.mark.parametrize(
+    ("tls", "warned"),
+    [
+        ("{mode: ISTIO_MUTUAL}", []),
+        ("{mode: DISABLE}", []),
+        ("{mode: ISTIO_MUTUAL, sni: x}", ["spec.trafficPolicy.tls.sni"]),
+        ("{mode: MUTUAL, clientCertificate: /c.pem}", ["spec.trafficPolicy.tls.mode"]),
+        ("{mode: SIMPLE, credentialName: ca}", ["spec.trafficPolicy.tls.credentialName"]),
+    ],
+)
+def test_tls_modes_in_ambient(tls: str, warned: list[str]) -> None:
+    """HBONE is the mesh's mTLS: ISTIO_MUTUAL and DISABLE add nothing inside the tunnel."""
+    resources = _translate(None, f"host: backend\ntrafficPolicy: {{tls: {tls}}}")
     fields = [i.field for i in resources.issues if i.severity is Severity.WARNING]
-    assert fields == (["spec.trafficPolicy.tls"] if warned else [])
-    assert WHOLE in resources.clusters
+    assert fields == warned
+    if "SIMPLE" not in tls:
+        assert not resources.clusters[WHOLE].HasField("transport_socket")
+
+
+def test_tls_simple_originates_tls_to_the_application() -> None:
+    dr = (
+        "host: backend\ntrafficPolicy:\n  tls: {mode: SIMPLE, sni: backend.example, "
+        "caCertificates: /etc/ssl/ca.pem, subjectAltNames: [backend.example]}\n"
+        "  portLevelSettings:\n"
+        "  - {port: {number: 8443}, tls: {mode: SIMPLE, insecureSkipVerify: true}}"
+    )
+    resources = _translate(None, dr, service=_service(ports=(80, 8443)))
+    socket = as_json(resources.clusters[WHOLE])["transport_socket"]
+    assert socket["name"] == "envoy.transport_sockets.tls"
+    context = socket["typed_config"]
+    assert context["sni"] == "backend.example"
+    validation = context["common_tls_context"]["validation_context"]
+    assert validation["trusted_ca"] == {"filename": "/etc/ssl/ca.pem"}
+    assert validation["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "backend.example"}},
+        {"san_type": "URI", "matcher": {"exact": "backend.example"}},
+    ]
+    skip = as_json(resources.clusters[f"outbound|8443||{FQDN}"])["transport_socket"]
+    assert "validation_context" not in skip["typed_config"].get("common_tls_context", {})
+
+
+def test_tls_simple_without_ca_uses_the_system_roots() -> None:
+    resources = _translate(None, "host: backend\ntrafficPolicy: {tls: {mode: SIMPLE}}")
+    context = as_json(resources.clusters[WHOLE])["transport_socket"]["typed_config"]
+    assert context["common_tls_context"]["validation_context"] == {"system_root_certs": {}}
+
+
+def test_tls_unknown_mode_is_an_error() -> None:
+    resources = _translate(None, "host: backend\ntrafficPolicy: {tls: {mode: STRICT}}")
+    (issue,) = [i for i in resources.issues if i.severity is Severity.ERROR]
+    assert issue.field == "spec.trafficPolicy.tls.mode"
 
 
 def _tcp(vs: str, port: int = 80, ports: tuple[int, ...] = (80,)) -> dict[str, Any]:

@@ -188,14 +188,19 @@ parentRefs: [{group: '', kind: Service, name: backend, port: 80}]
 rules:
 - matches:
   - path: {type: PathPrefix, value: /api/}
-    headers: [{name: end-user, value: jason}, {type: RegularExpression, name: x-id, value: '[0-9]+'}]
+    headers:
+    - {name: end-user, value: jason}
+    - {type: RegularExpression, name: x-id, value: '[0-9]+'}
     queryParams: [{name: debug, value: '1'}, {type: RegularExpression, name: v, value: 'a|b'}]
     method: GET
   - path: {type: Exact, value: /exact}
   - path: {type: RegularExpression, value: '/v[0-9]+/.*'}
   filters:
   - type: RequestHeaderModifier
-    requestHeaderModifier: {set: [{name: x-a, value: '1'}], add: [{name: x-b, value: '2'}], remove: [x-c]}
+    requestHeaderModifier:
+      set: [{name: x-a, value: '1'}]
+      add: [{name: x-b, value: '2'}]
+      remove: [x-c]
   - type: ResponseHeaderModifier
     responseHeaderModifier: {set: [{name: x-d, value: '3'}], remove: [server]}
   - type: URLRewrite
@@ -228,11 +233,11 @@ rules:
 
 
 def httproute_bootstrap() -> dict[str, Any]:
+    from controlplane.envoy.bootstrap import static_bootstrap
     from controlplane.envoy.clusters import build_cluster
     from controlplane.envoy.httproute import gamma_virtual_services
     from controlplane.envoy.routes import build_routes, route_configuration
     from controlplane.envoy.waypoint import WaypointResources
-    from controlplane.envoy.bootstrap import static_bootstrap
     from controlplane.model import ClusterState, HTTPRoute
     from tests.unit.test_controlplane_l7_httproute import Names, http_route
 
@@ -309,3 +314,57 @@ def test_envoy_accepts_ingress_gateways(tmp_path: Path) -> None:
     for index, config in enumerate(ingress_bootstrap(tmp_path)):
         done = envoy_validate(config, tmp_path / f"ingress{index}.json")
         assert done.returncode == 0, f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
+
+
+# --- DestinationRule tls ------------------------------------------------------------------------
+
+SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@pytest.mark.timeout(120)
+def test_envoy_accepts_destination_rule_tls(tmp_path: Path) -> None:
+    from controlplane.envoy import translate_waypoint
+    from controlplane.envoy.bootstrap import static_bootstrap
+    from controlplane.model import (
+        ClusterState,
+        DestinationRule,
+        FrozenMap,
+        Service,
+        ServicePort,
+        deep_freeze,
+    )
+
+    ca = SYSTEM_CA if SYSTEM_CA.exists() else tmp_path / "none.pem"
+    spec = yaml.safe_load(
+        f"""
+host: backend
+trafficPolicy:
+  tls: {{mode: SIMPLE, sni: backend.example, caCertificates: {ca},
+         subjectAltNames: [backend.example, spiffe://x/ns/y/sa/z]}}
+  portLevelSettings:
+  - {{port: {{number: 8443}}, tls: {{mode: SIMPLE, insecureSkipVerify: true}}}}
+  - {{port: {{number: 9443}}, tls: {{mode: SIMPLE}}}}
+  - {{port: {{number: 9080}}, tls: {{mode: DISABLE}}}}
+"""
+    )
+    if not SYSTEM_CA.exists():
+        pytest.skip(f"no CA bundle at {SYSTEM_CA} to point caCertificates at")
+    backend = Service(
+        "demo",
+        "backend",
+        selector=FrozenMap({"app": "backend"}),
+        cluster_ips=("10.96.0.10",),
+        ports=tuple(ServicePort(p, p, f"http-{p}") for p in (80, 8443, 9443, 9080)),
+    )
+    state = ClusterState(
+        services={backend.key: backend},
+        destination_rules={
+            ("demo", "backend"): DestinationRule(
+                "demo", "backend", "backend", (), deep_freeze(spec)
+            )
+        },
+    )
+    resources = translate_waypoint(state, [backend])
+    assert not resources.issues, resources.issues
+    done = envoy_validate(static_bootstrap(resources), tmp_path / "tls.json")
+    assert done.returncode == 0, f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
