@@ -12,11 +12,13 @@ from typing import Any
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import config_source_pb2, protocol_pb2
+from envoy.extensions.transport_sockets.internal_upstream.v3 import internal_upstream_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
+from controlplane.envoy import hbone
 from controlplane.envoy.spec import (
     ClientTls,
     ConnectionPool,
@@ -156,6 +158,19 @@ def _apply_tls(cluster: Any, tls: ClientTls | None) -> None:
                 )
     cluster.transport_socket.name = UPSTREAM_TLS
     cluster.transport_socket.typed_config.CopyFrom(packed(context))
+
+
+def through_hbone_with_tls(cluster: Any) -> Any:
+    """``cluster`` tunnelled through HBONE (:func:`controlplane.envoy.hbone.through_hbone`),
+    keeping a DestinationRule's ``SIMPLE`` TLS as the tunnel's inner transport socket:
+    TLS to the application inside the mesh's mTLS. Returns a modified copy."""
+    out = hbone.through_hbone(cluster)
+    if cluster.transport_socket.name == UPSTREAM_TLS:
+        inner = internal_upstream_pb2.InternalUpstreamTransport()
+        out.transport_socket.typed_config.Unpack(inner)
+        inner.transport_socket.CopyFrom(cluster.transport_socket)
+        out.transport_socket.typed_config.Pack(inner)
+    return out
 
 
 def build_cluster(name: str, policy: TrafficPolicy | None) -> Any:

@@ -40,7 +40,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import json_format, wrappers_pb2
 
 from controlplane.envoy import hbone
-from controlplane.envoy.clusters import build_cluster
+from controlplane.envoy.clusters import build_cluster, through_hbone_with_tls
 from controlplane.envoy.httproute import ParsedRoute, ordered_rules, parsed_routes
 from controlplane.envoy.parse import parse_virtual_service
 from controlplane.envoy.rbac import PeerIdentity, build_rbac_filters
@@ -495,7 +495,7 @@ def translate_ingress(
         route_configs[route_config_name(number)] = _route_configuration(slot)
     t = ingress.t
     clusters = {
-        name: hbone.through_hbone(build_cluster(name, t.policy(e.host, e.port, e.subset)))
+        name: through_hbone_with_tls(build_cluster(name, t.policy(e.host, e.port, e.subset)))
         for name, e in sorted(t.needed.items())
     }
     if clusters:

@@ -292,3 +292,20 @@ spec:
     out = translate(API, policy, proxy=WEB)
     names = [f["name"] for f in hcm(out.listeners["0.0.0.0_80"])["http_filters"]]
     assert names[0] == "envoy.filters.http.rbac"
+
+
+def test_destination_rule_tls_stays_inside_the_tunnel() -> None:
+    rule = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: frontend, namespace: tutorial}
+spec: {host: frontend, trafficPolicy: {tls: {mode: SIMPLE, sni: frontend.example}}}
+"""
+    out = translate(TUTORIAL.read_text(), rule)
+    socket = as_json(out.clusters["outbound|80||frontend.tutorial.svc.cluster.local"])[
+        "transport_socket"
+    ]
+    assert socket["name"] == "envoy.transport_sockets.internal_upstream"
+    inner = socket["typed_config"]["transport_socket"]
+    assert inner["name"] == "envoy.transport_sockets.tls"
+    assert inner["typed_config"]["sni"] == "frontend.example"

@@ -290,8 +290,14 @@ def ingress_bootstrap(tmp_path: Path) -> list[dict[str, Any]]:
                 },
             }
         )
+    # TLS to the frontend inside the tunnel (DestinationRule SIMPLE).
+    tls_rule = (
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+        "metadata: {name: frontend, namespace: tutorial}\n"
+        "spec: {host: frontend, trafficPolicy: {tls: {mode: SIMPLE, sni: frontend}}}\n"
+    )
     state = ingress.state(
-        ingress.CLUSTER, ingress.TUTORIAL.read_text(), ingress.GATEWAY, ingress.API
+        ingress.CLUSTER, ingress.TUTORIAL.read_text(), ingress.GATEWAY, ingress.API, tls_rule
     )
     configs = []
     for proxy in (ingress.INGRESS, ingress.WEB):
