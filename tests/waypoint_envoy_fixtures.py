@@ -3,8 +3,9 @@
 Namespace ``demo`` is enrolled and bound to waypoint ``w``; ``backend`` (VIP
 10.96.0.20, port 80 -> 5678) has pods v1 and v2, and a VirtualService splits 80/20
 between the DestinationRule's subsets (``end-user: jason`` always to v2), and an
-AuthorizationPolicy on the waypoint lets only ``frontend`` GET; ``db`` (port 5432,
-service account ``db``) and ``cache`` (6379, ``cache``) are TCP.
+AuthorizationPolicy on the waypoint lets only ``frontend`` GET. ``web`` (8000, on
+backend v1), ``db`` (5432, account ``db``) and ``cache`` (6379, account ``cache``) declare
+no protocol: the waypoint detects it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ WAYPOINT = EnvoyProxy(
 BACKEND_VIP = "10.96.0.20"
 DB_VIP = "10.96.0.21"
 CACHE_VIP = "10.96.0.22"
+WEB_VIP = "10.96.0.23"
 
 
 def _pod(name: str, ip: str, account: str = "backend", **labels: str) -> Pod:
@@ -88,14 +90,21 @@ subsets:
         "db",
         selector=FrozenMap({"app": "db"}),
         cluster_ips=(DB_VIP,),
-        ports=(ServicePort(5432, 5432, "tcp-postgres"),),
+        ports=(ServicePort(5432, 5432),),
     )
     cache = Service(
         "demo",
         "cache",
         selector=FrozenMap({"app": "cache"}),
         cluster_ips=(CACHE_VIP,),
-        ports=(ServicePort(6379, 6379, "tcp-redis"),),
+        ports=(ServicePort(6379, 6379),),
+    )
+    web = Service(
+        "demo",
+        "web",
+        selector=FrozenMap({"app": "backend", "version": "v1"}),
+        cluster_ips=(WEB_VIP,),
+        ports=(ServicePort(8000, 5678),),
     )
     pods = [
         _pod("backend-v1", v1_ip, app="backend", version="v1"),
@@ -119,7 +128,7 @@ subsets:
     return ClusterState(
         namespaces={"demo": Namespace("demo", FrozenMap(labels))},
         pods={p.key: p for p in pods},
-        services={backend.key: backend, db.key: db, cache.key: cache},
+        services={backend.key: backend, db.key: db, cache.key: cache, web.key: web},
         authorization_policies={policy.key: policy},
         virtual_services={
             ("demo", "backend"): VirtualService(

@@ -24,6 +24,7 @@ from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
 from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
+from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -52,8 +53,9 @@ class ServedPort:
     """The service's VIPs."""
     port: int
     """The service port (the CONNECT ``:authority`` port)."""
-    http: bool
-    """HTTP (routes by :attr:`route`) or opaque TCP (:attr:`tcp_proxy`)."""
+    http: bool | None
+    """HTTP (routes by :attr:`route`), opaque TCP (:attr:`tcp_proxy`), or None: the
+    protocol is detected per connection (HTTP/1.1 and h2c by their first bytes)."""
     route: str
     """The ``RouteConfiguration`` name (RDS)."""
     tcp_proxy: Any
@@ -91,10 +93,24 @@ def _rds(name: str, *, ads: bool) -> dict[str, Any]:
     return {"route_config_name": name, "config_source": source}
 
 
+def _authority(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def served_authorities(served: Iterable[ServedPort]) -> list[str]:
+    """Every CONNECT ``:authority`` the waypoint serves (``VIP:port``)."""
+    return sorted({_authority(a, p.port) for p in served for a in p.addresses})
+
+
 def connect_terminate_listener(
-    *, address: str = "0.0.0.0", port: int = hbone.HBONE_PORT, ads: bool = True
+    authorities: Sequence[str] | None = None,
+    *,
+    address: str = "0.0.0.0",
+    port: int = hbone.HBONE_PORT,
+    ads: bool = True,
 ) -> Any:
-    """The HBONE listener (see the module's docstring)."""
+    """The HBONE listener (see the module's docstring). Only tunnels to
+    ``authorities`` (all when None) are accepted; others are answered 404 at once."""
     set_state = {
         "on_request_headers": [
             _shared(hbone.ORIGINAL_DST_LOCAL_KEY, "%REQ(:AUTHORITY)%"),
@@ -111,7 +127,7 @@ def connect_terminate_listener(
             "virtual_hosts": [
                 {
                     "name": hbone.CONNECT_TERMINATE,
-                    "domains": ["*"],
+                    "domains": ["*"] if authorities is None else list(authorities) or ["-"],
                     "routes": [
                         {
                             "match": {"connect_matcher": {}},
@@ -165,10 +181,6 @@ def connect_terminate_listener(
     )
 
 
-def _chain_name(served: ServedPort) -> str:
-    return f"{served.route if served.http else served.tcp_proxy.stat_prefix}"
-
-
 def _http_manager(served: ServedPort, *, ads: bool) -> Any:
     manager = hcm_pb2.HttpConnectionManager()
     _parse(
@@ -199,39 +211,68 @@ def _prefix(address: str) -> dict[str, Any]:
     return {"address_prefix": address, "prefix_len": 128 if ":" in address else 32}
 
 
+DETECTION_TIMEOUT = "5s"
+"""How long the inner listener waits for a client's first bytes to detect its protocol;
+then (a server-first protocol) the connection is proxied as TCP."""
+HTTP_INSPECTOR = (
+    "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+)
+DETECTED_HTTP = ("http/1.1", "h2c")
+"""What the HTTP inspector reports for HTTP traffic (``application_protocols``)."""
+
+
+def _add_chain(listener: Any, port: ServedPort, http: bool, *, detected: bool, ads: bool) -> None:
+    chain = listener.filter_chains.add()
+    chain.name = port.route if http else port.tcp_proxy.stat_prefix
+    match: dict[str, Any] = {
+        "destination_port": port.port,
+        "prefix_ranges": [_prefix(a) for a in port.addresses],
+    }
+    if detected and http:
+        match["application_protocols"] = list(DETECTED_HTTP)
+    _parse(chain.filter_chain_match, match)
+    network_filter = chain.filters.add()
+    if http:
+        network_filter.name = HCM_FILTER
+        network_filter.typed_config.Pack(_http_manager(port, ads=ads))
+    else:
+        network_filter.name = TCP_PROXY_FILTER
+        network_filter.typed_config.Pack(port.tcp_proxy)
+
+
 def main_internal_listener(served: Sequence[ServedPort], *, ads: bool = True) -> Any:
-    """The inner listener: one filter chain per served ``VIP:port`` (see the module)."""
-    listener = _parse(
-        listener_pb2.Listener(),
+    """The inner listener: one filter chain per served ``VIP:port`` (see the module);
+    two for a port whose protocol is detected (HTTP first, TCP for everything else)."""
+    filters = [
         {
-            "name": hbone.MAIN_INTERNAL,
-            "internal_listener": {},
-            "use_original_dst": False,
-            "listener_filters": [
-                {
-                    "name": "envoy.filters.listener.original_dst",
-                    "typed_config": {"@type": hbone.ORIGINAL_DST_FILTER},
-                }
-            ],
-        },
-    )
-    for port in served:
-        chain = listener.filter_chains.add()
-        chain.name = _chain_name(port)
-        _parse(
-            chain.filter_chain_match,
+            "name": "envoy.filters.listener.original_dst",
+            "typed_config": {"@type": hbone.ORIGINAL_DST_FILTER},
+        }
+    ]
+    detecting = any(port.http is None for port in served)
+    if detecting:
+        filters.append(
             {
-                "destination_port": port.port,
-                "prefix_ranges": [_prefix(a) for a in port.addresses],
-            },
+                "name": "envoy.filters.listener.http_inspector",
+                "typed_config": {"@type": HTTP_INSPECTOR},
+            }
         )
-        network_filter = chain.filters.add()
-        if port.http:
-            network_filter.name = HCM_FILTER
-            network_filter.typed_config.Pack(_http_manager(port, ads=ads))
+    config: dict[str, Any] = {
+        "name": hbone.MAIN_INTERNAL,
+        "internal_listener": {},
+        "use_original_dst": False,
+        "listener_filters": filters,
+    }
+    if detecting:
+        config["listener_filters_timeout"] = DETECTION_TIMEOUT
+        config["continue_on_listener_filters_timeout"] = True
+    listener = _parse(listener_pb2.Listener(), config)
+    for port in served:
+        if port.http is None:
+            _add_chain(listener, port, True, detected=True, ads=ads)
+            _add_chain(listener, port, False, detected=True, ads=ads)
         else:
-            network_filter.name = TCP_PROXY_FILTER
-            network_filter.typed_config.Pack(port.tcp_proxy)
+            _add_chain(listener, port, port.http, detected=False, ads=ads)
     return listener
 
 

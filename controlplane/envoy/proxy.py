@@ -22,6 +22,7 @@ from controlplane.envoy.listeners import (
     connect_terminate_listener,
     main_internal_cluster,
     main_internal_listener,
+    served_authorities,
 )
 from controlplane.envoy.names import tcp_proxy_name
 from controlplane.envoy.rbac import rbac_filters
@@ -113,10 +114,21 @@ def served_services(state: ClusterState, proxy: EnvoyProxy) -> list[Service]:
     return sorted(served, key=lambda s: s.key)
 
 
-def is_http(port: ServicePort) -> bool:
-    """Whether a service port is served as HTTP (``appProtocol`` or the name's prefix,
-    Istio's rule); any other port is proxied as opaque TCP."""
-    return app_protocol(port) in (int(wl.HTTP11), int(wl.HTTP2), int(wl.GRPC))
+OPAQUE_PROTOCOLS = frozenset({"tcp", "tls", "https", "mongo", "mysql", "redis", "udp"})
+"""Istio's protocols (``appProtocol`` or port-name prefix) a waypoint proxies as TCP."""
+
+
+def port_protocol(port: ServicePort) -> bool | None:
+    """How a service port is served: True for HTTP (``http``, ``http2``, ``grpc``, ...
+    by ``appProtocol`` or the name's prefix: Istio's rule), False for Istio's other
+    protocols (:data:`OPAQUE_PROTOCOLS`) and non-TCP ports, None for anything else:
+    then the waypoint detects HTTP per connection, as Istio's protocol sniffing does."""
+    if app_protocol(port) in (int(wl.HTTP11), int(wl.HTTP2), int(wl.GRPC)):
+        return True
+    declared = (port.app_protocol or port.name.split("-", 1)[0]).lower()
+    if port.protocol != "TCP" or declared in OPAQUE_PROTOCOLS:
+        return False
+    return None
 
 
 def _served_ports(
@@ -141,7 +153,7 @@ def _served_ports(
                 ServedPort(
                     addresses=service.cluster_ips,
                     port=port.port,
-                    http=is_http(port),
+                    http=port_protocol(port),
                     route=route,
                     tcp_proxy=translated.tcp_proxies[tcp_proxy_name(host, port.port)],
                     http_filters=tuple(
@@ -242,9 +254,10 @@ def proxy_resources(
         return EnvoyResources()
     services = served_services(state, proxy)
     translated = translate_waypoint(state, services, mesh)
+    served = _served_ports(state, services, translated, proxy, mesh)
     listeners = [
-        connect_terminate_listener(),
-        main_internal_listener(_served_ports(state, services, translated, proxy, mesh)),
+        connect_terminate_listener(served_authorities(served)),
+        main_internal_listener(served),
         hbone.connect_originate_listener(),
     ]
     clusters = {

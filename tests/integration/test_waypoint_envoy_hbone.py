@@ -30,7 +30,14 @@ from controlplane.envoy import telemetry
 from controlplane.envoy.bootstrap import as_json, proxy_bootstrap, static_secrets
 from controlplane.envoy.hbone import PEER_PRINCIPAL_KEY
 from controlplane.envoy.proxy import proxy_resources
-from tests.waypoint_envoy_fixtures import BACKEND_VIP, CACHE_VIP, DB_VIP, WAYPOINT, demo_state
+from tests.waypoint_envoy_fixtures import (
+    BACKEND_VIP,
+    CACHE_VIP,
+    DB_VIP,
+    WAYPOINT,
+    WEB_VIP,
+    demo_state,
+)
 from ztunnel.errors import HboneStreamError
 from ztunnel.identity.certs import CertifiedKey, LocalCA
 from ztunnel.identity.spiffe import SpiffeId
@@ -209,9 +216,11 @@ async def _open(
     return Tunnel(stream, channel, task)
 
 
-async def _get(tunnel: Tunnel, headers: str = "", method: str = "GET") -> tuple[str, str]:
+async def _get(
+    tunnel: Tunnel, headers: str = "", method: str = "GET", host: str = "backend"
+) -> tuple[str, str]:
     """One request on the tunnel (no body); the status line and body."""
-    request = f"{method} / HTTP/1.1\r\nhost: backend\r\ncontent-length: 0\r\n{headers}\r\n"
+    request = f"{method} / HTTP/1.1\r\nhost: {host}\r\ncontent-length: 0\r\n{headers}\r\n"
     await tunnel.stream.write(request.encode())
     data = b""
     while b"\r\n\r\n" not in data:
@@ -258,7 +267,7 @@ def waypoint(netns: str, ca: LocalCA, tmp_path_factory: pytest.TempPathFactory) 
         ),
         extra_clusters=[as_json(c) for c in telemetry.static_clusters()],
     )
-    listener = config["static_resources"]["listeners"][0]
+    listener = config["static_resources"]["listeners"][0]  # connect_terminate
     listener["address"]["socket_address"]["address"] = WAYPOINT_IP
     path = tmp_path_factory.mktemp("waypoint") / "envoy.json"
     path.write_text(json.dumps(config))
@@ -364,7 +373,22 @@ def test_authorization_policy_at_the_waypoint(waypoint: Any, ca: LocalCA) -> Non
     ]
 
 
-def test_tcp_service_is_proxied_opaquely(waypoint: Any) -> None:
+def test_http_is_detected_on_an_undeclared_port(waypoint: Any) -> None:
+    loop, _, client_cert, roots = waypoint
+
+    async def scenario() -> tuple[str, str]:
+        tunnel = await _open(client_cert, roots, Authority(WEB_VIP, 8000))
+        status, body = await _get(tunnel, "x-echo-header: 1\r\n", host="web.demo")
+        tunnel.channel.close()
+        return status, body
+
+    status, body = loop.run(scenario())
+    assert status == "HTTP/1.1 200 OK"
+    assert body.startswith("v1")
+    assert "x-request-id" in body.lower()  # it went through the HTTP connection manager
+
+
+def test_tcp_is_detected_and_proxied_opaquely(waypoint: Any) -> None:
     loop, seen, client_cert, roots = waypoint
 
     async def scenario() -> bytes:
@@ -400,7 +424,7 @@ def test_unknown_authority_gets_no_service(waypoint: Any) -> None:
     loop, _, client_cert, roots = waypoint
 
     async def scenario() -> None:
-        tunnel = await _open(client_cert, roots, Authority("10.96.0.99", 80), status=503)
+        tunnel = await _open(client_cert, roots, Authority("10.96.0.99", 80), status=404)
         tunnel.channel.close()
 
     loop.run(scenario())

@@ -17,7 +17,13 @@ from controlplane.envoy.hbone import (
     ORIGINAL_DST_LOCAL_KEY,
     PEER_PRINCIPAL_KEY,
 )
-from controlplane.envoy.proxy import EnvoyProxy, EnvoyResources, proxy_resources, served_services
+from controlplane.envoy.proxy import (
+    EnvoyProxy,
+    EnvoyResources,
+    port_protocol,
+    proxy_resources,
+    served_services,
+)
 from controlplane.model import ClusterState, FrozenMap, Namespace, Service, ServicePort
 from tests.unit.test_controlplane_envoy_validate import envoy_validate
 from tests.waypoint_envoy_fixtures import BACKEND_VIP, WAYPOINT, demo_state
@@ -152,3 +158,35 @@ def test_envoy_accepts_the_waypoint_resources(tmp_path: Path) -> None:
     config = proxy_bootstrap(resources, secrets, extra_clusters=extra)
     done = envoy_validate(config, tmp_path / "waypoint.json")
     assert done.returncode == 0, f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
+
+
+@pytest.mark.parametrize(
+    ("name", "app_protocol", "expected"),
+    [
+        ("http", "", True),
+        ("http2-web", "", True),
+        ("grpc", "", True),
+        ("web", "kubernetes.io/h2c", True),
+        ("tcp-postgres", "", False),
+        ("redis", "", False),
+        ("https", "", False),
+        ("", "", None),
+        ("web", "", None),
+    ],
+)
+def test_port_protocol_follows_istio(name: str, app_protocol: str, expected: bool | None) -> None:
+    assert port_protocol(ServicePort(80, 80, name, app_protocol=app_protocol)) is expected
+
+
+def test_undeclared_port_gets_detection_chains() -> None:
+    inner = as_json(_demo().listeners[MAIN_INTERNAL])
+    assert [f["name"] for f in inner["listener_filters"]] == [
+        "envoy.filters.listener.original_dst",
+        "envoy.filters.listener.http_inspector",
+    ]
+    assert inner["continue_on_listener_filters_timeout"] is True
+    cache = [c for c in inner["filter_chains"] if "cache.demo" in c["name"]]
+    assert [c["filter_chain_match"].get("application_protocols") for c in cache] == [
+        ["http/1.1", "h2c"],
+        None,
+    ]
