@@ -7,7 +7,11 @@ in; warnings out. Used by ``ambient controlplane validate``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
+from controlplane.envoy.errors import L7ConfigError
+from controlplane.envoy.httproute import parse_http_route
+from controlplane.envoy.parse import parse_destination_rule, parse_virtual_service
 from controlplane.envoy.rbac import policy_problems
 from controlplane.model import (
     ClusterObject,
@@ -36,6 +40,8 @@ def analyze(state: ClusterState, origins: Origins, root_namespace: str) -> list[
     _competing_peer_authentications(state, root_namespace, warn)
     _pods_without_namespace(state, pods_by_ns, warn)
     _waypoint_policies(state, warn)
+    _l7_translation(state, warn)
+    _route_attachments(state, warn)
     for obj, field, message in binding_problems(state):
         warn(obj, field, message)
     return warn.issues
@@ -155,5 +161,58 @@ def _waypoint_policies(state: ClusterState, warn: Warn) -> None:
                     policy,
                     f"spec.targetRefs[{i}]",
                     f"no {ref.kind} {namespace}/{ref.name} here; the policy applies to "
+                    "nothing until it exists",
+                )
+
+
+def _l7_translation(state: ClusterState, warn: Warn) -> None:
+    """What waypoints and gateways make of VirtualServices, DestinationRules and
+    HTTPRoutes: fields they ignore (warnings), objects they skip (errors)."""
+    parsers: list[tuple[Mapping[tuple[str, str], Any], Callable[[Any], Any]]] = [
+        (state.virtual_services, parse_virtual_service),
+        (state.destination_rules, parse_destination_rule),
+        (state.http_routes, parse_http_route),
+    ]
+    for objects, parse in parsers:
+        for _, obj in sorted(objects.items()):
+            try:
+                _, warnings = parse(obj)
+            except L7ConfigError as err:
+                for problem in err.problems:
+                    warn(obj, problem.field, problem.message, Severity.ERROR)
+                continue
+            for problem in warnings:
+                warn(obj, problem.field, problem.message)
+
+
+def _route_attachments(state: ClusterState, warn: Warn) -> None:
+    """``gateways:`` and ``parentRefs`` that name nothing here."""
+    for _, vs in sorted(state.virtual_services.items()):
+        for i, entry in enumerate(vs.gateways):
+            if entry == "mesh":
+                continue
+            namespace, _, name = entry.rpartition("/")
+            if ((namespace or vs.namespace), name) not in state.istio_gateways:
+                warn(
+                    vs,
+                    f"spec.gateways[{i}]",
+                    f"no Istio Gateway {namespace or vs.namespace}/{name} here; these routes "
+                    "reach no gateway until it exists",
+                )
+    for _, route in sorted(state.http_routes.items()):
+        for i, parent in enumerate(route.parent_refs):
+            namespace = parent.namespace or route.namespace
+            known = {"Gateway": state.gateways, "Service": state.services}.get(parent.kind)
+            if known is None:
+                warn(
+                    route,
+                    f"spec.parentRefs[{i}].kind",
+                    f"{parent.kind!r} parents are not supported (Gateway, Service)",
+                )
+            elif (namespace, parent.name) not in known:
+                warn(
+                    route,
+                    f"spec.parentRefs[{i}]",
+                    f"no {parent.kind} {namespace}/{parent.name} here; the route attaches to "
                     "nothing until it exists",
                 )

@@ -48,3 +48,41 @@ def test_jwt_and_unknown_targets_are_warnings(tmp_path: Path) -> None:
     assert "no Service demo/backend here" in out
     assert "no Gateway demo/waypoint here" in out
     assert "'ServiceEntry' targets are not supported" in out
+
+
+ROUTING = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: demo}
+spec:
+  hosts: [backend]
+  gateways: [mesh, missing-gateway]
+  http:
+  - route: [{destination: {host: backend}}]
+    retries: {attempts: many}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dr, namespace: demo}
+spec:
+  host: backend
+  trafficPolicy: {tls: {mode: MUTUAL, clientCertificate: /c.pem}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: hr, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, group: '', name: backend}]
+  rules: [{filters: [{type: ExtensionRef}], backendRefs: [{name: backend, port: 80}]}]
+"""
+
+
+def test_l7_translation_problems_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(ROUTING)
+    code, out = run(str(tmp_path))
+    assert code != 0, out  # the VirtualService is skipped by waypoints: an error
+    assert "spec.http[0].retries.attempts: must be an integer" in out
+    assert "no Istio Gateway demo/missing-gateway here" in out
+    assert "MUTUAL (client certificates from files or a Secret) is not supported" in out
+    assert "ExtensionRef filters are not supported" in out
+    assert "no Service demo/backend here" in out
