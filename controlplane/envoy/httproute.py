@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controlplane.envoy.errors import L7ConfigError
+from controlplane.envoy.names import resolve_host
 from controlplane.envoy.parse import check_regex
 from controlplane.envoy.parse import duration_field as duration
 from controlplane.envoy.parse import integer_field as integer
@@ -473,3 +474,25 @@ def _on_port(rule: HttpRoute, port: int) -> HttpRoute:
 def routed_services(routes: Sequence[VirtualServiceSpec]) -> set[str]:
     """The FQDNs that :func:`gamma_virtual_services` routes."""
     return {host for vs in routes for host in vs.hosts}
+
+
+def with_gamma_routes(
+    virtual_services: Sequence[VirtualServiceSpec],
+    state: ClusterState,
+    mesh: MeshConfig | None = None,
+) -> tuple[list[VirtualServiceSpec], list[SourceIssue]]:
+    """The mesh's VirtualServices with the services that HTTPRoutes attach to taken
+    over by their :func:`gamma_virtual_services` (a VirtualService naming such a
+    service is left out, as Istio leaves mixing both undefined).
+
+    For a waypoint's translation: in place of its list of mesh VirtualServices.
+    """
+    mesh = mesh or MeshConfig()
+    gamma, issues = gamma_virtual_services(state, mesh)
+    routed = routed_services(gamma)
+    kept = [
+        vs
+        for vs in virtual_services
+        if not any(resolve_host(h, vs.namespace, mesh) in routed for h in vs.hosts)
+    ]
+    return [*kept, *gamma], issues

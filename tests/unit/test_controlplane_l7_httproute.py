@@ -320,3 +320,21 @@ def test_bad_routes_are_issues_not_exceptions() -> None:
     routes, issues = parsed_routes(ClusterState(http_routes={bad.key: bad}))
     assert routes == []
     assert issues[0].severity is Severity.ERROR and issues[0].kind == "HTTPRoute"
+
+
+def test_httproutes_take_over_their_services_virtual_services() -> None:
+    from controlplane.envoy.spec import VirtualServiceSpec
+
+    route = http_route(PARENT + "rules: [{" + BACKEND + "}]", "a")
+    mesh_vs = [
+        VirtualServiceSpec("demo", "backend", ("backend",)),
+        VirtualServiceSpec("demo", "other", ("other.demo.svc.cluster.local",)),
+    ]
+    from controlplane.envoy.httproute import with_gamma_routes
+
+    kept, issues = with_gamma_routes(mesh_vs, ClusterState(http_routes={route.key: route}))
+    assert [(vs.name, vs.hosts) for vs in kept] == [
+        ("other", ("other.demo.svc.cluster.local",)),
+        ("httproute", (FQDN,)),
+    ]
+    assert issues == []
