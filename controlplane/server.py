@@ -367,7 +367,7 @@ class ControlPlane:
         """Serve each Envoy a new certificate when its current one reaches half-life."""
         while True:
             due = self.envoy.next_renewal() if self.envoy is not None else None
-            wait = 60.0
+            wait = 1.0  # a proxy that connects meanwhile may bring an earlier half-life
             if due is not None:
                 wait = min(wait, max(0.0, (due - dt.datetime.now(dt.UTC)).total_seconds()))
             await asyncio.sleep(wait + 0.01)

@@ -4,8 +4,9 @@ Each variant is a control plane (:class:`controlplane.server.ControlPlane`, in a
 background event loop of the bench process) serving a folder of generated YAML: a
 namespace bound to the waypoint ``wp`` (its pod on node1), N services each with a pod,
 and, for ``s0``, a DestinationRule with subsets v1/v2 and a VirtualService splitting
-between them. A real Envoy 1.40 (``.venv/bin/envoy``) is bootstrapped to it over
-delta ADS (TLS, node1's token, the waypoint's node metadata) and holds the waypoint's
+between them. A real Envoy 1.40 (``.venv/bin/envoy``) is bootstrapped to it with the
+waypoint's own bootstrap (``waypoint.bootstrap``: state-of-the-world ADS over TLS,
+node1's token, the waypoint's node metadata) and holds the waypoint's
 full configuration (per service: an internal filter chain, a route configuration, EDS
 clusters). No root, no lab: the one listener bound to an address (HBONE on 15008) is
 moved to a free port on 127.0.0.1, nothing else changes.
@@ -148,88 +149,21 @@ def on_loopback(port: int) -> Callable[[Any, Any, Any], Any]:
     return resources
 
 
-def ads_bootstrap(
-    xds_port: int,
-    root_cert: Path,
-    token: str,
-    *,
-    namespace: str = NAMESPACE,
-    name: str = "wp",
-    ip: str = "10.250.0.9",
-    api_type: str = "DELTA_GRPC",
-) -> dict[str, Any]:
-    """A minimal waypoint bootstrap: ADS over TLS to 127.0.0.1:``xds_port`` with a token."""
-    http2 = {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}},
-    }
-    tls = {
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        "sni": "localhost",
-        "common_tls_context": {
-            "alpn_protocols": ["h2"],
-            "validation_context": {"trusted_ca": {"filename": str(root_cert)}},
-        },
-    }
-    address = {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}
-    return {
-        "node": {
-            "id": f"waypoint~{ip}~{name}.{namespace}~{namespace}.svc.cluster.local",
-            "cluster": f"{name}.{namespace}",
-            "metadata": {
-                "NAMESPACE": namespace,
-                "SERVICE_ACCOUNT": name,
-                "GATEWAY_NAME": name,
-                "PROXY_KIND": "waypoint",
-                "INSTANCE_IPS": ip,
-            },
-        },
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "bootstrap_extensions": [
-            {
-                "name": "envoy.bootstrap.internal_listener",
-                "typed_config": {
-                    "@type": "type.googleapis.com/"
-                    "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
-                },
-            }
-        ],
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": api_type,
-                "transport_api_version": "V3",
-                "set_node_on_first_message_only": True,
-                "grpc_services": [
-                    {
-                        "envoy_grpc": {"cluster_name": "xds-grpc"},
-                        "initial_metadata": [{"key": "authorization", "value": f"Bearer {token}"}],
-                    }
-                ],
-            },
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-            "lds_config": {"ads": {}, "resource_api_version": "V3"},
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds-grpc",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": http2
-                    },
-                    "load_assignment": {
-                        "cluster_name": "xds-grpc",
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
-                    },
-                    "transport_socket": {
-                        "name": "envoy.transport_sockets.tls",
-                        "typed_config": tls,
-                    },
-                }
-            ]
-        },
-    }
+def waypoint_bootstrap(xds_port: int, root_cert: Path, token: str, admin_port: int) -> Any:
+    """The waypoint's own bootstrap (``waypoint.bootstrap``: SotW ADS over TLS, token)."""
+    from waypoint.bootstrap import WaypointConfig, render_bootstrap
+
+    config = WaypointConfig(
+        namespace=NAMESPACE,
+        service_account="wp",
+        gateway_name="wp",
+        kind="waypoint",
+        instance_ips=("10.250.0.9",),
+        xds_address=f"127.0.0.1:{xds_port}",
+        root_cert=root_cert,
+        admin_port=admin_port,
+    )
+    return render_bootstrap(config, token)
 
 
 class EventLoopThread:
@@ -271,7 +205,7 @@ class EnvoyPushCase(Case):
     )
     data_path = (
         "folder -> FolderSource poll -> debounce -> proxy_resources -> per-proxy snapshot "
-        "-> delta ADS over gRPC/TLS (127.0.0.1) -> Envoy 1.40 applies RDS -> ACK"
+        "-> SotW ADS over gRPC/TLS (127.0.0.1) -> Envoy 1.40 applies RDS -> ACK"
     )
     variants = (
         Variant("10-services", "10 services bound to the waypoint", baseline=True),
@@ -348,7 +282,9 @@ class EnvoyPushCase(Case):
         self._loop.run(plane.start(), START_TIMEOUT_S)
         bootstrap = work / "envoy.json"
         bootstrap.write_text(
-            json.dumps(ads_bootstrap(plane.xds_port, state / "root-cert.pem", token))
+            json.dumps(
+                waypoint_bootstrap(plane.xds_port, state / "root-cert.pem", token, free_port())
+            )
         )
         log = (work / "envoy.log").open("wb")
         envoy = subprocess.Popen(

@@ -27,13 +27,14 @@ class ProxyCertificate:
     key_pem: bytes
     chain_pems: tuple[str, ...]
     """Leaf first, then the CA's chain up to (and including) the root."""
-    not_before: dt.datetime
+    issued_at: dt.datetime
+    """When it was signed (its ``notBefore`` is back-dated a minute for lagging peers)."""
     not_after: dt.datetime
 
     @property
     def renew_at(self) -> dt.datetime:
         """Half-life: when a new certificate replaces this one."""
-        return self.not_before + (self.not_after - self.not_before) / 2
+        return self.issued_at + (self.not_after - self.issued_at) / 2
 
     @property
     def leaf_and_intermediates(self) -> str:
@@ -70,12 +71,7 @@ class ProxyCertificates:
         key = generate_key()
         csr = build_csr(key, identity).decode()
         signed = self.ca.sign(csr, now, 0, identity=identity)
-        from cryptography import x509
-
-        leaf = x509.load_pem_x509_certificate(signed.pems[0].encode())
-        cert = ProxyCertificate(
-            identity, key_to_pem(key), signed.pems, leaf.not_valid_before_utc, signed.not_after
-        )
+        cert = ProxyCertificate(identity, key_to_pem(key), signed.pems, now, signed.not_after)
         self._current[identity] = cert
         self.issued += 1
         return cert

@@ -1,15 +1,18 @@
-"""A real Envoy on the control plane's ADS over TLS with a node token: config, then a live edit.
+"""A real Envoy on the control plane's ADS over TLS with a node token: config, a live edit,
+certificate renewal.
 
 No root needed: the control plane serves a temporary config folder on 127.0.0.1 (a
 namespace bound to the waypoint ``wp``, its pod on node1, a backend with two subsets
-and a VirtualService 80/20). Envoy 1.40 is bootstrapped to it (ADS, delta or state of
-the world, ``authorization: Bearer <node1's token>``, node metadata naming the
-waypoint) and gets listeners, clusters, endpoints, routes and its certificate over
-xDS. Listeners that would bind a pod address are moved to 127.0.0.1 (nothing else is
-touched). Checked through Envoy's admin ``/config_dump``: the listeners and clusters
-are active, ``default`` holds a certificate for exactly ``spiffe://cluster.local/ns/demo/sa/wp``,
-and an edit of the VirtualService's weights reaches the same Envoy process within
-seconds, ACKed, with no NACK.
+and a VirtualService 80/20). Envoy 1.40 runs the waypoint's own bootstrap
+(``waypoint.bootstrap``: ADS, ``authorization: Bearer <node1's token>``, node metadata
+naming the waypoint), on delta and on state-of-the-world ADS, and gets listeners,
+clusters, endpoints, routes and its certificate over xDS. Listeners that would bind an
+address (HBONE on 15008) are moved to free ports on 127.0.0.1, nothing else is
+touched. Checked through Envoy's admin: the listeners and clusters are active,
+``default`` holds a certificate for exactly ``spiffe://cluster.local/ns/demo/sa/wp``,
+an edit of the VirtualService's weights reaches the same Envoy process within seconds,
+ACKed, with no NACK; with a short certificate lifetime the certificate is replaced
+live at half-life.
 """
 
 from __future__ import annotations
@@ -139,98 +142,23 @@ def on_loopback(port: int) -> Callable[[ClusterState, Any, MeshConfig], Any]:
     return resources
 
 
-def bootstrap(xds_port: int, root: Path, token: str, api_type: str) -> dict[str, Any]:
-    """A minimal Envoy bootstrap: ADS over TLS to the control plane, as a waypoint."""
-    return {
-        "node": {
-            "id": "waypoint~10.244.1.9~wp.demo~demo.svc.cluster.local",
-            "cluster": "wp.demo",
-            "metadata": {
-                "NAMESPACE": "demo",
-                "SERVICE_ACCOUNT": "wp",
-                "GATEWAY_NAME": "wp",
-                "PROXY_KIND": "waypoint",
-                "INSTANCE_IPS": "10.244.1.9",
-            },
-        },
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "bootstrap_extensions": [
-            {
-                "name": "envoy.bootstrap.internal_listener",
-                "typed_config": {
-                    "@type": "type.googleapis.com/"
-                    "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
-                },
-            }
-        ],
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": api_type,
-                "transport_api_version": "V3",
-                "set_node_on_first_message_only": True,
-                "grpc_services": [
-                    {
-                        "envoy_grpc": {"cluster_name": "xds-grpc"},
-                        "initial_metadata": [{"key": "authorization", "value": f"Bearer {token}"}],
-                    }
-                ],
-            },
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-            "lds_config": {"ads": {}, "resource_api_version": "V3"},
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds-grpc",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/"
-                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": "xds-grpc",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                    "transport_socket": {
-                        "name": "envoy.transport_sockets.tls",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/"
-                            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                            "sni": "localhost",
-                            "common_tls_context": {
-                                "alpn_protocols": ["h2"],
-                                "validation_context": {
-                                    "trusted_ca": {"filename": str(root)},
-                                    "match_typed_subject_alt_names": [
-                                        {"san_type": "DNS", "matcher": {"exact": "localhost"}}
-                                    ],
-                                },
-                            },
-                        },
-                    },
-                }
-            ]
-        },
-    }
+def bootstrap(xds_port: int, root: Path, token: str, api_type: str, admin: int) -> dict[str, Any]:
+    """The waypoint's own bootstrap (``waypoint.bootstrap``), on ``api_type`` ADS."""
+    from waypoint.bootstrap import WaypointConfig, render_bootstrap
+
+    config = WaypointConfig(
+        namespace="demo",
+        service_account="wp",
+        gateway_name="wp",
+        kind="waypoint",
+        instance_ips=("10.244.1.9",),
+        xds_address=f"127.0.0.1:{xds_port}",
+        root_cert=root,
+        admin_port=admin,
+    )
+    out = render_bootstrap(config, token)
+    out["dynamic_resources"]["ads_config"]["api_type"] = api_type
+    return out
 
 
 class Envoy:
@@ -340,12 +268,15 @@ def certificate_identities(envoy: Envoy) -> set[str]:
     }
 
 
-async def scenario(tmp_path: Path, api_type: str) -> None:
+async def scenario(
+    tmp_path: Path, api_type: str, ttl: dt.timedelta = dt.timedelta(hours=24)
+) -> None:
     config, state = tmp_path / "config", tmp_path / "state"
     config.mkdir()
     (config / "demo.yaml").write_text(CONFIG)
     (config / "vs.yaml").write_text(virtual_service(80, 20))
     token = NodeTokens.load_or_create(state).issue("node1", dt.datetime.now(dt.UTC))
+    ports = free_ports(4)
     plane = ControlPlane(
         ControlPlaneConfig(
             state_dir=state,
@@ -353,11 +284,13 @@ async def scenario(tmp_path: Path, api_type: str) -> None:
             listen="127.0.0.1:0",
             admin_listen="127.0.0.1:0",
             watch_interval=0.05,
+            certificate_ttl=ttl,
         ),
-        envoy_resources=on_loopback(free_ports(4)),
+        envoy_resources=on_loopback(ports),
     )
     await plane.start()
-    envoy = Envoy(tmp_path, bootstrap(plane.xds_port, state / "root-cert.pem", token, api_type))
+    root = state / "root-cert.pem"
+    envoy = Envoy(tmp_path, bootstrap(plane.xds_port, root, token, api_type, ports + 3))
     log = ""
     try:
         first = await eventually(lambda: active_state(envoy), 20, "listeners, clusters", envoy)
@@ -367,6 +300,8 @@ async def scenario(tmp_path: Path, api_type: str) -> None:
             "spiffe://cluster.local/ns/demo/sa/wp"
         }
         pid = envoy.process.pid
+        if ttl < dt.timedelta(minutes=1):
+            await rotation(envoy, ttl)
 
         (config / ".vs.tmp").write_text(virtual_service(10, 90))
         os.replace(config / ".vs.tmp", config / "vs.yaml")
@@ -389,7 +324,12 @@ async def scenario(tmp_path: Path, api_type: str) -> None:
         assert routes["nacks"] == 0 and routes["acks"] >= 2
         assert all(t["nacks"] == 0 for t in proxy["types"].values()), proxy["types"]
         assert status["envoy"]["pushToAck"]["count"] >= 5
-        assert status["envoy"]["certificatesIssued"] == 1
+        renewed = ttl < dt.timedelta(minutes=1)
+        assert (
+            (status["envoy"]["certificatesIssued"] >= 2)
+            if renewed
+            else (status["envoy"]["certificatesIssued"] == 1)
+        )
         shown = await asyncio.to_thread(
             CliRunner().invoke, cli, ["status", "--admin", f"127.0.0.1:{plane.admin_port}"]
         )
@@ -408,6 +348,34 @@ async def scenario(tmp_path: Path, api_type: str) -> None:
     assert "rejected" not in log.lower(), log
 
 
+def certificate_serials(envoy: Envoy) -> set[str]:
+    certs = envoy.admin("/certs")
+    return {
+        str(cert.get("serial_number"))
+        for entry in certs.get("certificates", [])
+        for cert in entry.get("cert_chain", [])
+        if any(san.get("uri") for san in cert.get("subject_alt_names", []))
+    }
+
+
+async def rotation(envoy: Envoy, ttl: dt.timedelta) -> None:
+    """The certificate is replaced at half-life, live, before it expires."""
+    first = await asyncio.to_thread(certificate_serials, envoy)
+    assert len(first) == 1
+    started = time.monotonic()
+    await eventually(
+        lambda: (serials := certificate_serials(envoy)) and serials != first,
+        ttl.total_seconds(),
+        "a renewed certificate",
+        envoy,
+    )
+    assert time.monotonic() - started < ttl.total_seconds() * 0.9
+
+
 @pytest.mark.parametrize("api_type", ["DELTA_GRPC", "GRPC"])
 def test_envoy_gets_its_config_and_a_live_weight_edit(tmp_path: Path, api_type: str) -> None:
     asyncio.run(asyncio.wait_for(scenario(tmp_path, api_type), 50))
+
+
+def test_envoy_certificate_is_renewed_at_half_life(tmp_path: Path) -> None:
+    asyncio.run(asyncio.wait_for(scenario(tmp_path, "GRPC", dt.timedelta(seconds=6)), 50))
