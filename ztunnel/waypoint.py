@@ -14,10 +14,16 @@ ztunnel decides:
 
 from __future__ import annotations
 
+import contextlib
+
+from ztunnel.errors import InvalidSpiffeIdError
 from ztunnel.identity.spiffe import SpiffeId
 from ztunnel.state.proxy_state import LoadBalancer, ProxyState, Upstream
+from ztunnel.state.security import Action, StringMatchKind
 from ztunnel.state.workload import GatewayAddress, NamespacedHostname, Service, Workload
 
+ALLOW_WAYPOINT_PREFIX = "istio_allow_waypoint_"
+"""Name prefix of the implicit policies naming who may reach a waypoint-served workload."""
 BYPASS_REASON = "bypassed waypoint"
 """The start of the reason logged and counted for a connection refused as a bypass."""
 
@@ -98,19 +104,44 @@ def waypoint_identities(state: ProxyState, destination: Workload) -> set[SpiffeI
     }
 
 
+def _exact_principals(state: ProxyState, destination: Workload) -> set[SpiffeId]:
+    """Identities the control plane lets reach a waypoint-served workload directly.
+
+    They are the exact principals of the implicit ``istio_allow_waypoint_*`` ALLOW
+    policies the workload lists (the waypoint's, and the mesh's ingress gateways').
+    """
+    out: set[SpiffeId] = set()
+    for key in destination.authorization_policies:
+        policy = state.policies.get(key)
+        if policy is None or not policy.name.startswith(ALLOW_WAYPOINT_PREFIX):
+            continue
+        if policy.action is not Action.ALLOW:
+            continue
+        for rule in policy.rules:
+            for clause in rule.clauses:
+                for match in clause.matches:
+                    for principal in match.principals:
+                        if principal.kind is StringMatchKind.EXACT:
+                            with contextlib.suppress(InvalidSpiffeIdError):
+                                out.add(SpiffeId.parse(f"spiffe://{principal.value}"))
+    return out
+
+
 def bypass_refusal(
     state: ProxyState, destination: Workload, peer_identity: SpiffeId | None
 ) -> str | None:
     """Why a connection to ``destination`` bypassed its waypoint (None: it did not).
 
     A destination without a waypoint accepts anyone (policy decides). One with a
-    waypoint accepts only that waypoint's identity; when the waypoint cannot be
-    resolved (no workload known yet) it accepts nobody: it fails closed.
+    waypoint accepts only that waypoint's identity, and the peers the control plane
+    names in the implicit ``istio_allow_waypoint_*`` policies the workload lists (the
+    mesh's ingress gateways); when the waypoint cannot be resolved (no workload known
+    yet) it accepts only those: it fails closed.
     """
     gateways = serving_waypoints(state, destination)
     if not gateways:
         return None
-    allowed = waypoint_identities(state, destination)
+    allowed = waypoint_identities(state, destination) | _exact_principals(state, destination)
     if peer_identity is not None and peer_identity in allowed:
         return None
     via = ", ".join(sorted({describe(g) for g in gateways}))

@@ -44,6 +44,8 @@ from controlplane.workloadapi.waypoints import (
     allow_waypoint_message,
     allow_waypoint_name,
     gateway_address,
+    ingress_principals,
+    served_namespaces,
 )
 from controlplane.workloadapi.workloads import is_sent, workload_message
 
@@ -174,12 +176,10 @@ class TranslationContext:
                 authorizations[authorization_resource_name(pa.namespace, message.name)] = message
         services = tuple(s for s in state.services.values() if is_served(s))
         waypoints = WaypointIndex(state)
-        for waypoint in waypoints.waypoints.values():
-            if waypoint.address is not None:
-                message = allow_waypoint_message(waypoint, mesh)
-                authorizations[authorization_resource_name(waypoint.namespace, message.name)] = (
-                    message
-                )
+        ingress = ingress_principals(state, mesh)
+        for namespace, waypoint in served_namespaces(state, waypoints):
+            message = allow_waypoint_message(waypoint, namespace, mesh, ingress)
+            authorizations[authorization_resource_name(namespace, message.name)] = message
         selector_policies = sorted(
             (
                 p
@@ -218,7 +218,7 @@ class TranslationContext:
         own = self.waypoints.for_pod(pod).waypoint
         served_by = {w.key: w for w in (own, *map(self._service_waypoint, selecting)) if w}
         names += [
-            authorization_resource_name(w.namespace, allow_waypoint_name(w))
+            authorization_resource_name(pod.namespace, allow_waypoint_name(w))
             for _, w in sorted(served_by.items())
         ]
         waypoint = gateway_address(own, self.mesh)

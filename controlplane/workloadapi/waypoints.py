@@ -27,6 +27,7 @@ from api.messages import security as sec
 from api.messages import workload as wl
 from controlplane.model import (
     GATEWAY_NAME_LABEL,
+    INGRESS_CLASS,
     ClusterState,
     Gateway,
     Namespace,
@@ -278,26 +279,75 @@ def allow_waypoint_name(waypoint: Waypoint) -> str:
     return f"istio_allow_waypoint_{waypoint.namespace}_{waypoint.name}"
 
 
-def allow_waypoint_message(waypoint: Waypoint, mesh: MeshConfig) -> Any:
-    """``<ns>/istio_allow_waypoint_<ns>_<name>``: ALLOW from the waypoint's identity.
+def ingress_principals(state: ClusterState, mesh: MeshConfig) -> tuple[str, ...]:
+    """Principals of the mesh's ingress gateways (north-south entry points), sorted.
 
-    Listed by every workload the waypoint serves, so that the workload's own ALLOW
-    policies (written for the original callers) do not refuse its waypoint.
+    The service accounts of the pods of Gateway API gateways of class ``istio``
+    (labelled with the gateway's name; ``<name>-istio`` when none runs yet), and of
+    the pods an Istio ``Gateway`` selects (any namespace, istiod's default).
+    """
+    accounts: set[tuple[str, str]] = set()
+    for gateway in state.gateways.values():
+        if gateway.gateway_class != INGRESS_CLASS:
+            continue
+        accounts.add((gateway.namespace, f"{gateway.name}-istio"))
+        accounts.update(
+            (p.namespace, p.service_account)
+            for p in state.pods.values()
+            if p.namespace == gateway.namespace and p.labels.get(GATEWAY_NAME_LABEL) == gateway.name
+        )
+    selectors = [g.selector for g in state.istio_gateways.values() if g.selector]
+    if selectors:
+        accounts.update(
+            (p.namespace, p.service_account)
+            for p in state.pods.values()
+            if any(selector_matches(sel, p.labels) for sel in selectors)
+        )
+    return tuple(sorted(f"{mesh.trust_domain}/ns/{ns}/sa/{sa}" for ns, sa in accounts))
+
+
+def allow_waypoint_message(
+    waypoint: Waypoint, namespace: str, mesh: MeshConfig, ingress: tuple[str, ...] = ()
+) -> Any:
+    """``<namespace>/istio_allow_waypoint_<ns>_<name>``: ALLOW from the waypoint's identity.
+
+    As istiod's implicit policy (``PILOT_AUTO_ALLOW_WAYPOINT_POLICY``), it lives in the
+    namespace of the workloads it serves, which list it, so that their own ALLOW
+    policies (written for the original callers) do not refuse their waypoint. ztunnel
+    also reads it as the list of peers a waypoint-served workload accepts: besides the
+    waypoint, the ``ingress`` gateways' principals, which route north-south traffic
+    to pods themselves (as Istio's ingress does without ``istio.io/ingress-use-waypoint``).
     """
     principal = waypoint.identity(mesh).removeprefix("spiffe://")
+    principals = [sec.StringMatch(exact=p) for p in (principal, *ingress)]
     return sec.Authorization(
         name=allow_waypoint_name(waypoint),
-        namespace=waypoint.namespace,
+        namespace=namespace,
         scope=sec.WORKLOAD_SELECTOR,
         action=sec.ALLOW,
-        rules=[
-            sec.Rule(
-                clauses=[
-                    sec.Clause(matches=[sec.Match(principals=[sec.StringMatch(exact=principal)])])
-                ]
-            )
-        ],
+        rules=[sec.Rule(clauses=[sec.Clause(matches=[sec.Match(principals=principals)])])],
     )
+
+
+def served_namespaces(state: ClusterState, index: WaypointIndex) -> set[tuple[str, Waypoint]]:
+    """(namespace, waypoint) for every namespace with workloads a waypoint may serve."""
+    pairs: set[tuple[str, tuple[str, str]]] = set()
+    found: dict[tuple[str, str], Waypoint] = {}
+
+    def add(namespace: str, waypoint: Waypoint | None) -> None:
+        if waypoint is not None:
+            pairs.add((namespace, waypoint.key))
+            found[waypoint.key] = waypoint
+
+    for ns in state.namespaces.values():
+        if has_waypoint_label(ns.labels):
+            add(ns.name, index.resolve(ns.name, ns.labels, "namespace", None).waypoint)
+    for svc in state.services.values():
+        add(svc.namespace, index.for_service(svc).waypoint)
+    for pod in state.pods.values():
+        if USE_WAYPOINT_LABEL in pod.labels:
+            add(pod.namespace, index.for_pod(pod).waypoint)
+    return {(ns, found[key]) for ns, key in pairs}
 
 
 def binding_problems(state: ClusterState) -> list[tuple[Namespace | Service | Pod, str, str]]:

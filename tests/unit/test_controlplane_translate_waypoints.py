@@ -401,3 +401,23 @@ def test_served_workloads_list_the_implicit_allow_from_their_waypoint() -> None:
     assert list(waypoint_pod.authorization_policies) == []
     unbound = translate(scenario(), MESH).addresses["Kubernetes//Pod/demo/backend-1"].workload
     assert list(unbound.authorization_policies) == []
+
+
+def test_implicit_allow_lives_in_the_served_namespace_and_names_ingress_gateways() -> None:
+    ingress = Gateway(
+        "edge",
+        "web",
+        "istio",
+        listeners=(GatewayListener("http", 80, "HTTP"),),
+    )
+    st = scenario(svc_labels={USE: "other/other-wp"}, gateways=(OTHER_ALL, ingress))
+    snapshot = translate(st, MESH)
+    policy = snapshot.authorizations["demo/istio_allow_waypoint_other_other-wp"]
+    assert policy.namespace == "demo"
+    principals = [p.exact for p in policy.rules[0].clauses[0].matches[0].principals]
+    assert principals == [
+        "cluster.local/ns/other/sa/other-wp",
+        "cluster.local/ns/edge/sa/web-istio",
+    ]
+    backend = snapshot.addresses["Kubernetes//Pod/demo/backend-1"].workload
+    assert list(backend.authorization_policies) == ["demo/istio_allow_waypoint_other_other-wp"]

@@ -221,12 +221,14 @@ def test_pods_without_waypoint_admit_anyone_and_plaintext_bypass_is_refused(
 def test_an_unresolvable_waypoint_fails_closed(state: ProxyState) -> None:
     reviews = state.workload_by_ip("10.244.2.7")
     assert reviews is not None and serving_waypoints(state, reviews)
-    no_waypoint_pod = ProxyState(
-        [w for w in state.workloads.values() if w.name != "waypoint-0"],
-        state.services.values(),
-        state.policies.values(),
-    )
-    reason = bypass_refusal(no_waypoint_pod, reviews, WAYPOINT)
+    workloads = [w for w in state.workloads.values() if w.name != "waypoint-0"]
+    # The control plane still names the waypoint's identity in the implicit policy ...
+    no_waypoint_pod = ProxyState(workloads, state.services.values(), state.policies.values())
+    assert bypass_refusal(no_waypoint_pod, reviews, WAYPOINT) is None
+    assert bypass_refusal(no_waypoint_pod, reviews, FRONTEND) is not None
+    # ... without it, nobody is accepted.
+    nothing_known = ProxyState(workloads, state.services.values())
+    reason = bypass_refusal(nothing_known, reviews, WAYPOINT)
     assert reason is not None and "an unresolved waypoint" in reason
 
 
@@ -263,3 +265,28 @@ spec:
     other = SpiffeId("cluster.local", "demo", "other")
     refused = hbone(state, "10.244.2.7:9080", other)
     assert isinstance(refused, Refuse) and refused.reason.startswith(BYPASS_REASON)
+
+
+def test_ingress_gateways_may_reach_waypoint_served_pods(tmp_path: Path) -> None:
+    ingress = """\
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: istio-ingressgateway
+  namespace: istio-system
+  labels: {istio: ingressgateway, istio.io/dataplane-mode: none}
+spec: {nodeName: node1, serviceAccountName: istio-ingressgateway}
+status: {podIP: 10.244.1.20, phase: Running, conditions: [{type: Ready, status: "True"}]}
+"""
+    state = mesh_state(tmp_path, CLUSTER + ingress)
+    gateway = SpiffeId("cluster.local", "istio-system", "istio-ingressgateway")
+    assert isinstance(hbone(state, "10.244.2.7:9080", gateway), Admit)
+    assert isinstance(hbone(state, "10.244.2.7:9080", FRONTEND), Refuse)
