@@ -16,10 +16,14 @@ import yaml
 
 from controlplane.envoy.proxy import EnvoyProxy
 from controlplane.model import (
+    GATEWAY_NAME_LABEL,
+    WAYPOINT_CLASS,
     AuthorizationPolicy,
     ClusterState,
     DestinationRule,
     FrozenMap,
+    Gateway,
+    GatewayListener,
     Namespace,
     Operation,
     Pod,
@@ -39,6 +43,28 @@ BACKEND_VIP = "10.96.0.20"
 DB_VIP = "10.96.0.21"
 CACHE_VIP = "10.96.0.22"
 WEB_VIP = "10.96.0.23"
+
+
+def waypoint_objects(
+    namespace: str, name: str, vip: str, *, all_namespaces: bool = False
+) -> tuple[Gateway, Service]:
+    """A waypoint Gateway (class istio-waypoint, HBONE on 15008) and its Service."""
+    allowed = FrozenMap({"namespaces": FrozenMap({"from": "All"})}) if all_namespaces else None
+    gateway = Gateway(
+        namespace,
+        name,
+        WAYPOINT_CLASS,
+        listeners=(GatewayListener("mesh", 15008, "HBONE", allowed_routes=allowed),),
+    )
+    service = Service(
+        namespace,
+        name,
+        labels=FrozenMap({GATEWAY_NAME_LABEL: name}),
+        selector=FrozenMap({GATEWAY_NAME_LABEL: name}),
+        cluster_ips=(vip,),
+        ports=(ServicePort(15008, 15008, "mesh"),),
+    )
+    return gateway, service
 
 
 def _pod(name: str, ip: str, account: str = "backend", **labels: str) -> Pod:
@@ -113,6 +139,7 @@ subsets:
         _pod("cache-0", "10.1.0.14", "cache", app="cache"),
     ]
     labels = {"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "w"}
+    gateway, waypoint_service = waypoint_objects("demo", "w", "10.96.0.9")
     # At the waypoint: frontend may GET, nothing else is allowed (403).
     policy = AuthorizationPolicy(
         "demo",
@@ -128,7 +155,14 @@ subsets:
     return ClusterState(
         namespaces={"demo": Namespace("demo", FrozenMap(labels))},
         pods={p.key: p for p in pods},
-        services={backend.key: backend, db.key: db, cache.key: cache, web.key: web},
+        services={
+            backend.key: backend,
+            db.key: db,
+            cache.key: cache,
+            web.key: web,
+            waypoint_service.key: waypoint_service,
+        },
+        gateways={gateway.key: gateway},
         authorization_policies={policy.key: policy},
         virtual_services={
             ("demo", "backend"): VirtualService(

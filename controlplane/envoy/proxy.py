@@ -17,6 +17,8 @@ from google.protobuf import json_format
 
 from api.messages import workload as wl
 from controlplane.envoy import hbone, telemetry
+from controlplane.envoy.clusters import through_hbone_with_tls
+from controlplane.envoy.ingress import translate_ingress
 from controlplane.envoy.listeners import (
     ServedPort,
     connect_terminate_listener,
@@ -38,6 +40,7 @@ from controlplane.model import (
 )
 from controlplane.workloadapi.mesh import MeshConfig
 from controlplane.workloadapi.services import app_protocol
+from controlplane.workloadapi.waypoints import WaypointIndex
 from controlplane.workloadapi.workloads import (
     canonical_name,
     canonical_revision,
@@ -46,9 +49,6 @@ from controlplane.workloadapi.workloads import (
 )
 
 ProxyKind = Literal["waypoint", "gateway"]
-
-USE_WAYPOINT_LABEL = "istio.io/use-waypoint"
-NO_WAYPOINT = "#none"
 
 
 @dataclass(frozen=True)
@@ -88,28 +88,15 @@ class EnvoyResources:
     """Objects skipped (errors) or fields ignored (warnings) while translating."""
 
 
-def _use_waypoint(labels: Mapping[str, str]) -> str | None:
-    return labels.get(USE_WAYPOINT_LABEL)
-
-
-def _binds(value: str, object_namespace: str, proxy: EnvoyProxy) -> bool:
-    """Whether a ``istio.io/use-waypoint`` value names the proxy's Gateway."""
-    if value == NO_WAYPOINT:
-        return False
-    namespace, _, name = value.rpartition("/")
-    return (namespace or object_namespace) == proxy.namespace and name == proxy.gateway_name
-
-
 def served_services(state: ClusterState, proxy: EnvoyProxy) -> list[Service]:
-    """The services bound to the waypoint ``proxy``: a Service's own
-    ``istio.io/use-waypoint`` label, else its namespace's."""
+    """The services bound to the waypoint ``proxy``, exactly as the workload API binds
+    them for the ztunnels (:class:`~controlplane.workloadapi.waypoints.WaypointIndex`:
+    ``istio.io/use-waypoint`` on the Service or its namespace, ``waypoint-for``)."""
+    index = WaypointIndex(state)
     served = []
     for service in state.services.values():
-        value = _use_waypoint(service.labels)
-        if value is None:
-            namespace = state.namespace_of(service)
-            value = _use_waypoint(namespace.labels) if namespace is not None else None
-        if value is not None and _binds(value, service.namespace, proxy):
+        waypoint = index.for_service(service).waypoint
+        if waypoint is not None and waypoint.key == (proxy.namespace, proxy.gateway_name):
             served.append(service)
     return sorted(served, key=lambda s: s.key)
 
@@ -247,11 +234,12 @@ def proxy_resources(
     A waypoint: the HBONE listener, the inner listener with a filter chain per port of
     each service bound to it, the ``connect_originate`` listener and cluster, and per
     route destination an EDS cluster whose endpoints are HBONE tunnels to the pods.
-    A gateway: nothing yet (ingress translation is not wired in).
+    A gateway: :func:`~controlplane.envoy.ingress.translate_ingress` (its listeners,
+    routes and clusters) with the same access log, tracing and endpoints.
     """
     mesh = mesh or MeshConfig()
-    if proxy.kind != "waypoint":
-        return EnvoyResources()
+    if proxy.kind == "gateway":
+        return _gateway_resources(state, proxy, mesh)
     services = served_services(state, proxy)
     translated = translate_waypoint(state, services, mesh)
     served = _served_ports(state, services, translated, proxy, mesh)
@@ -261,7 +249,7 @@ def proxy_resources(
         hbone.connect_originate_listener(),
     ]
     clusters = {
-        name: _with_metadata(hbone.through_hbone(c), translated.endpoints[name])
+        name: _with_metadata(through_hbone_with_tls(c), translated.endpoints[name])
         for name, c in translated.clusters.items()
     }
     clusters[hbone.MAIN_INTERNAL] = main_internal_cluster()
@@ -273,6 +261,32 @@ def proxy_resources(
         listeners={listener.name: listener for listener in listeners},
         routes=dict(translated.routes),
         clusters=dict(sorted(clusters.items())),
+        endpoints=endpoints,
+        issues=translated.issues,
+    )
+
+
+def _gateway_resources(state: ClusterState, proxy: EnvoyProxy, mesh: MeshConfig) -> EnvoyResources:
+    translated = translate_ingress(
+        state,
+        proxy,
+        mesh,
+        access_log=telemetry.access_log_config(proxy),
+        tracing=telemetry.tracing_config(proxy) if proxy.tracing else None,
+    )
+    clusters = {
+        name: _with_metadata(cluster, translated.endpoints[name])
+        if name in translated.endpoints
+        else cluster
+        for name, cluster in translated.clusters.items()
+    }
+    endpoints = {
+        name: endpoints_of(state, name, ends, mesh) for name, ends in translated.endpoints.items()
+    }
+    return EnvoyResources(
+        listeners=dict(translated.listeners),
+        routes=dict(translated.routes),
+        clusters=clusters,
         endpoints=endpoints,
         issues=translated.issues,
     )

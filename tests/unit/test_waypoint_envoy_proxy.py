@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,9 +25,20 @@ from controlplane.envoy.proxy import (
     proxy_resources,
     served_services,
 )
-from controlplane.model import ClusterState, FrozenMap, Namespace, Service, ServicePort
+from controlplane.model import (
+    ClusterState,
+    FrozenMap,
+    IstioGateway,
+    IstioServer,
+    Namespace,
+    Pod,
+    Service,
+    ServicePort,
+    VirtualService,
+    deep_freeze,
+)
 from tests.unit.test_controlplane_envoy_validate import envoy_validate
-from tests.waypoint_envoy_fixtures import BACKEND_VIP, WAYPOINT, demo_state
+from tests.waypoint_envoy_fixtures import BACKEND_VIP, WAYPOINT, demo_state, waypoint_objects
 from ztunnel.identity.certs import LocalCA
 from ztunnel.identity.spiffe import SpiffeId
 
@@ -46,22 +58,39 @@ def _service(name: str, ns: str = "demo", **labels: str) -> Service:
     )
 
 
-def test_service_label_binds_and_overrides_namespace() -> None:
-    state = ClusterState(
+def _with_waypoints(**services: Service) -> ClusterState:
+    w, w_service = waypoint_objects("demo", "w", "10.96.0.9", all_namespaces=True)
+    other, other_service = waypoint_objects("demo", "other", "10.96.0.8")
+    found = {s.key: s for s in (*services.values(), w_service, other_service)}
+    return ClusterState(
         namespaces={"demo": Namespace("demo", FrozenMap({"istio.io/use-waypoint": "w"}))},
-        services={
-            ("demo", "a"): _service("a"),
-            ("demo", "b"): _service("b", **{"istio.io/use-waypoint": "#none"}),
-            ("demo", "c"): _service("c", **{"istio.io/use-waypoint": "other"}),
-            ("x", "d"): _service("d", "x", **{"istio.io/use-waypoint": "demo/w"}),
-            ("x", "e"): _service("e", "x", **{"istio.io/use-waypoint": "w"}),
-        },
+        services=found,
+        gateways={w.key: w, other.key: other},
+    )
+
+
+def test_binding_is_the_workload_apis() -> None:
+    """A Service's label over its namespace's, ``#none``, ``ns/name``, another waypoint."""
+    state = _with_waypoints(
+        a=_service("a"),
+        b=_service("b", **{"istio.io/use-waypoint": "#none"}),
+        c=_service("c", **{"istio.io/use-waypoint": "other"}),
+        d=_service("d", "x", **{"istio.io/use-waypoint": "demo/w"}),
+        e=_service("e", "x", **{"istio.io/use-waypoint": "w"}),
     )
     assert [s.name for s in served_services(state, PROXY)] == ["a", "d"]
 
 
+def test_waypoint_for_workload_serves_no_service() -> None:
+    state = _with_waypoints(a=_service("a"))
+    (gateway,) = [g for g in state.gateways.values() if g.name == "w"]
+    labels = FrozenMap({"istio.io/waypoint-for": "workload"})
+    state = replace(state, gateways={gateway.key: replace(gateway, labels=labels)})
+    assert served_services(state, PROXY) == []
+
+
 def test_waypoint_gets_routes_and_clusters_of_served_services() -> None:
-    state = ClusterState(services={("demo", "a"): _service("a", **{"istio.io/use-waypoint": "w"})})
+    state = _with_waypoints(a=_service("a", **{"istio.io/use-waypoint": "w"}))
     resources = proxy_resources(state, PROXY)
     assert "inbound-vip|80|http|a.demo.svc.cluster.local" in resources.routes
     assert "outbound|80||a.demo.svc.cluster.local" in resources.clusters
@@ -140,22 +169,84 @@ def test_unready_and_unenrolled_pods_are_no_endpoints() -> None:
     assert not resources.endpoints["outbound|80||backend.demo.svc.cluster.local"].endpoints
 
 
-def test_a_gateway_is_not_served_waypoint_resources() -> None:
-    gateway = replace(WAYPOINT, kind="gateway")
-    assert proxy_resources(demo_state(), gateway) == EnvoyResources()
+def _with_ingress() -> tuple[ClusterState, EnvoyProxy]:
+    state = demo_state()
+    pod = Pod(
+        "istio-system",
+        "istio-ingressgateway",
+        labels=FrozenMap({"istio": "ingressgateway"}),
+        service_account="istio-ingressgateway",
+        ip="10.1.0.30",
+        phase="Running",
+        ready=True,
+    )
+    gateway = IstioGateway(
+        "demo",
+        "frontend-gateway",
+        selector=FrozenMap({"istio": "ingressgateway"}),
+        servers=(IstioServer(80, "HTTP", ("*",)),),
+    )
+    spec = {
+        "hosts": ["*"],
+        "gateways": ["frontend-gateway"],
+        "http": [{"route": [{"destination": {"host": "backend", "subset": "v1"}}]}],
+    }
+    vs = VirtualService("demo", "ingress", ("*",), ("frontend-gateway",), deep_freeze(spec))
+    state = replace(
+        state,
+        pods={**state.pods, pod.key: pod},
+        istio_gateways={gateway.key: gateway},
+        virtual_services={**state.virtual_services, vs.key: vs},
+    )
+    proxy = EnvoyProxy(
+        "router~10.1.0.30~istio-ingressgateway.istio-system~istio-system.svc.cluster.local",
+        "istio-system",
+        "istio-ingressgateway",
+        "istio-ingressgateway",
+        "gateway",
+        "10.1.0.30",
+    )
+    return state, proxy
+
+
+def test_a_gateway_is_served_its_ingress_with_tunnel_endpoints() -> None:
+    resources = proxy_resources(*_with_ingress())
+    assert set(resources.listeners) == {"0.0.0.0_80", CONNECT_ORIGINATE}
+    assert set(resources.routes) == {"http.80"}
+    manager = as_json(resources.listeners["0.0.0.0_80"])["filter_chains"][0]["filters"][0]
+    assert manager["typed_config"]["access_log"][0]["name"] == "envoy.access_loggers.http_grpc"
+    v1 = as_json(resources.endpoints["outbound|80|v1|backend.demo.svc.cluster.local"])
+    (endpoint,) = v1["endpoints"][0]["lb_endpoints"]
+    assert endpoint["metadata"]["filter_metadata"]["tunnel"]["destination"] == "10.1.0.11:5678"
+    assert CONNECT_ORIGINATE in resources.clusters
+
+
+@pytest.mark.timeout(120)
+def test_envoy_accepts_the_gateway_resources(tmp_path: Path) -> None:
+    done = envoy_validate(
+        proxy_bootstrap(proxy_resources(*_with_ingress()), _secrets(), extra_clusters=_extra()),
+        tmp_path / "gateway.json",
+    )
+    assert done.returncode == 0, f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
+
+
+def _secrets() -> list[dict[str, Any]]:
+    now = dt.datetime.now(dt.UTC)
+    ca = LocalCA.create(now)
+    cert = ca.issue(SpiffeId("cluster.local", "demo", "w"), now)
+    return static_secrets(
+        b"".join(cert.chain_pem).decode(), cert.key_pem.decode(), ca.root_pem.decode()
+    )
+
+
+def _extra() -> list[dict[str, Any]]:
+    return [as_json(c) for c in telemetry.static_clusters(collector=("127.0.0.1", 9411))]
 
 
 @pytest.mark.timeout(120)
 def test_envoy_accepts_the_waypoint_resources(tmp_path: Path) -> None:
-    now = dt.datetime.now(dt.UTC)
-    ca = LocalCA.create(now)
-    cert = ca.issue(SpiffeId("cluster.local", "demo", "w"), now)
-    secrets = static_secrets(
-        b"".join(cert.chain_pem).decode(), cert.key_pem.decode(), ca.root_pem.decode()
-    )
     resources = proxy_resources(demo_state(), replace(WAYPOINT, tracing=True))
-    extra = [as_json(c) for c in telemetry.static_clusters(collector=("127.0.0.1", 9411))]
-    config = proxy_bootstrap(resources, secrets, extra_clusters=extra)
+    config = proxy_bootstrap(resources, _secrets(), extra_clusters=_extra())
     done = envoy_validate(config, tmp_path / "waypoint.json")
     assert done.returncode == 0, f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
 
