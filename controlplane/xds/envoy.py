@@ -51,6 +51,8 @@ SERVICE_ACCOUNT = "SERVICE_ACCOUNT"
 GATEWAY_NAME = "GATEWAY_NAME"
 PROXY_KIND = "PROXY_KIND"
 INSTANCE_IPS = "INSTANCE_IPS"
+TRACING = "TRACING"
+"""``"true"`` when the proxy's bootstrap has the tracing collector's cluster."""
 PROXY_KINDS = ("waypoint", "gateway")
 
 ResourcesFn = Callable[[ClusterState, Any, MeshConfig], Any]
@@ -93,6 +95,7 @@ def proxy_from_node(node_id: str, metadata: Mapping[str, str]) -> Any:
         gateway_name=metadata.get(GATEWAY_NAME, ""),
         kind=kind,  # type: ignore[arg-type]  # checked against PROXY_KINDS above
         ip=ips[0] if ips else "",
+        tracing=metadata.get(TRACING, "").lower() in ("1", "true", "yes"),
     )
 
 
