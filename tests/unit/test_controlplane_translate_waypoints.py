@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api.messages import security
 from api.messages import workload as wl
@@ -421,3 +423,42 @@ def test_implicit_allow_lives_in_the_served_namespace_and_names_ingress_gateways
     ]
     backend = snapshot.addresses["Kubernetes//Pod/demo/backend-1"].workload
     assert list(backend.authorization_policies) == ["demo/istio_allow_waypoint_other_other-wp"]
+
+
+_NS_LABELS = st.sampled_from(
+    [{}, {USE: "waypoint"}, {USE: "#none"}, {USE: "other/other-wp"}, {USE: "missing"}]
+)
+_OBJ_LABELS = st.sampled_from(
+    [{}, {USE: "waypoint"}, {USE: "#none"}, {USE: "other-wp", USE_NS: "other"}]
+)
+_GATEWAYS = st.sampled_from(
+    [
+        (),
+        (waypoint(),),
+        (waypoint(waypoint_for="all"), OTHER_ALL),
+        (waypoint(waypoint_for="workload"),),
+        (OTHER_ALL,),
+    ]
+)
+_VIPS = st.sampled_from([WAYPOINT_VIP, "10.96.0.101", None])
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(_NS_LABELS, _OBJ_LABELS, _OBJ_LABELS, _GATEWAYS, _VIPS), min_size=2, max_size=5
+    )
+)
+def test_incremental_equals_full_over_random_binding_changes(steps: list[Any]) -> None:
+    translator = IncrementalTranslator(MESH)
+    for ns_labels, svc_labels, pod_labels, gateways, vip in steps:
+        extra = () if vip is None else (waypoint_service(vip=vip),)
+        st_ = scenario(
+            demo_labels=ns_labels, svc_labels=svc_labels, pod_labels=pod_labels, gateways=gateways
+        )
+        services = {k: v for k, v in st_.services.items() if k != ("demo", "waypoint")}
+        st_ = replace(st_, services={**services, **{s.key: s for s in extra}})
+        full = translate(st_, MESH)
+        got = translator.update(st_)
+        assert got.addresses == full.addresses
+        assert got.authorizations == full.authorizations
