@@ -55,8 +55,8 @@ T = TypeVar("T")
 
 
 def config_yaml(services: int) -> str:
-    """The namespace, the waypoint's pod, ``services`` services with one pod each, and
-    v1/v2 pods plus a DestinationRule for ``s0``."""
+    """The namespace, the waypoint (Gateway, Service, pod), ``services`` services with one
+    pod each, and v1/v2 pods plus a DestinationRule for ``s0``."""
     docs = [
         "apiVersion: v1\nkind: Namespace\n"
         f"metadata: {{name: {NAMESPACE}, labels: {{istio.io/dataplane-mode: ambient, "
@@ -66,6 +66,16 @@ def config_yaml(services: int) -> str:
         "{gateway.networking.k8s.io/gateway-name: wp, istio.io/dataplane-mode: none}}\n"
         "spec: {nodeName: node1, serviceAccountName: wp, containers: [{name: envoy}]}\n"
         'status: {phase: Running, podIP: 10.250.0.9, conditions: [{type: Ready, status: "True"}]}',
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n"
+        f"metadata: {{name: wp, namespace: {NAMESPACE}, "
+        "labels: {istio.io/waypoint-for: service}}\n"
+        "spec: {gatewayClassName: istio-waypoint, "
+        "listeners: [{name: mesh, port: 15008, protocol: HBONE}]}",
+        "apiVersion: v1\nkind: Service\n"
+        f"metadata: {{name: wp, namespace: {NAMESPACE}, "
+        "labels: {gateway.networking.k8s.io/gateway-name: wp}}\n"
+        "spec: {clusterIP: 10.97.250.9, selector: {gateway.networking.k8s.io/gateway-name: wp}, "
+        "ports: [{name: mesh, port: 15008}]}",
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
         f"metadata: {{name: s0, namespace: {NAMESPACE}}}\n"
         "spec: {host: s0, subsets: [{name: v1, labels: {version: v1}}, "

@@ -47,6 +47,21 @@ apiVersion: v1
 kind: Namespace
 metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: demo, labels: {istio.io/waypoint-for: service}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: wp, namespace: demo, labels: {gateway.networking.k8s.io/gateway-name: wp}}
+spec:
+  clusterIP: 10.96.0.9
+  selector: {gateway.networking.k8s.io/gateway-name: wp}
+  ports: [{name: mesh, port: 15008}]
+---
 apiVersion: v1
 kind: Pod
 metadata:
