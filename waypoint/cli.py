@@ -298,10 +298,12 @@ class LabStore:
 class KubeStore:
     """The Kubernetes API (a kubeconfig, or the in-cluster configuration)."""
 
-    def __init__(self, kubeconfig: str | None, context: str | None) -> None:
+    def __init__(
+        self, kubeconfig: str | None, context: str | None, api_client: Any | None = None
+    ) -> None:
         from controlplane.sources.kube import KubernetesSource
 
-        self.source = KubernetesSource(kubeconfig=kubeconfig, context=context)
+        self.source = KubernetesSource(api_client, kubeconfig=kubeconfig, context=context)
         self.where = "the Kubernetes API"
 
     def state(self) -> ClusterState:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from click.testing import CliRunner
@@ -157,3 +157,70 @@ def test_delete_keeps_other_documents_of_a_shared_file(tmp_path: Path) -> None:
     assert run("delete", "-n", "demo", "--dir", str(tmp_path)).exit_code == 0
     state = FolderSource(tmp_path).load()
     assert state.gateways == {} and ("demo", "backend") in state.services
+
+
+class _FakeCustom:
+    def __init__(self, store: dict[tuple[str, str], Any]) -> None:
+        self.store = store
+
+    def create_namespaced_custom_object(
+        self, group: str, version: str, ns: str, plural: str, body: Any
+    ) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        assert (group, version, plural) == ("gateway.networking.k8s.io", "v1", "gateways")
+        key = (ns, body["metadata"]["name"])
+        if key in self.store:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.store[key] = {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}}
+
+    def get_namespaced_custom_object(
+        self, group: str, version: str, ns: str, plural: str, name: str
+    ) -> Any:
+        return self.store[(ns, name)]
+
+    def replace_namespaced_custom_object(self, *args: Any) -> None:
+        ns, name, body = args[2], args[4], args[5]
+        assert (
+            body["metadata"]["resourceVersion"]
+            == self.store[(ns, name)]["metadata"]["resourceVersion"]
+        )
+        self.store[(ns, name)] = body
+
+    def delete_namespaced_custom_object(
+        self, group: str, version: str, ns: str, plural: str, name: str
+    ) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        if self.store.pop((ns, name), None) is None:
+            raise ApiException(status=404, reason="NotFound")
+
+
+class _FakeCore:
+    patches: ClassVar[list[tuple[str, Any]]] = []
+
+    def __init__(self, _client: Any) -> None:
+        pass
+
+    def patch_namespace(self, name: str, body: Any) -> None:
+        self.patches.append((name, body))
+
+
+def test_kube_store_creates_replaces_deletes_and_labels(monkeypatch: Any) -> None:
+    from kubernetes import client
+
+    from waypoint.cli import KubeStore
+
+    objects: dict[tuple[str, str], Any] = {}
+    monkeypatch.setattr(client, "CustomObjectsApi", lambda _c: _FakeCustom(objects))
+    monkeypatch.setattr(client, "CoreV1Api", _FakeCore)
+    store = KubeStore(None, None, api_client=object())
+    store.apply(waypoint_gateway("demo", "waypoint", TrafficType.SERVICE))
+    store.apply(waypoint_gateway("demo", "waypoint", TrafficType.ALL))
+    assert objects[("demo", "waypoint")]["metadata"]["labels"] == {"istio.io/waypoint-for": "all"}
+    store.label_namespace("demo", {"istio.io/use-waypoint": "waypoint"})
+    assert _FakeCore.patches[-1] == (
+        "demo",
+        {"metadata": {"labels": {"istio.io/use-waypoint": "waypoint"}}},
+    )
+    assert store.delete("demo", "waypoint") and not store.delete("demo", "waypoint")
