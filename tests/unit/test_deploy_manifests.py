@@ -226,6 +226,7 @@ def test_notes_say_how_to_enroll() -> None:
     text = checks.notes()
     assert "kubectl label namespace <namespace> istio.io/dataplane-mode=ambient" in text
     assert "ambient agent check" in text
+    assert "Never captured, even if labelled: kube-system, istio-system" in text
 
 
 @pytest.mark.parametrize(
