@@ -8,7 +8,7 @@ bootstrap only holds:
   by (``NAMESPACE``, ``SERVICE_ACCOUNT``, ``GATEWAY_NAME``, ``PROXY_KIND``,
   ``INSTANCE_IPS``, ``TRACING``); ``node.cluster`` is ``<gateway>.<namespace>``, the
   name Envoy's spans carry;
-- ADS over gRPC with TLS to the control plane's 15012, the server verified as
+- ADS (delta by default) over gRPC with TLS to the control plane's 15012, the server verified as
   ``istiod.istio-system.svc`` against the mesh root (as the ztunnels do), the bearer
   token of the node's ztunnel as ``authorization`` initial metadata;
 - the admin interface on 127.0.0.1 only, the internal-listener bootstrap extension,
@@ -70,6 +70,8 @@ class WaypointConfig:
     """The cluster's DNS domain (in the node id)."""
     cluster_id: str = "Kubernetes"
     """Istio's ``CLUSTER_ID`` node metadata."""
+    ads_api: Literal["DELTA_GRPC", "GRPC"] = "DELTA_GRPC"
+    """Incremental (delta) ADS, or state of the world; the control plane serves both."""
 
     @property
     def node_id(self) -> str:
@@ -184,7 +186,7 @@ def render_bootstrap(config: WaypointConfig, token: str | None) -> dict[str, Any
         "bootstrap_extensions": [INTERNAL_LISTENER_EXTENSION],
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": config.ads_api,
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [grpc_service],

@@ -50,6 +50,13 @@ def _host_port(text: str, what: str) -> tuple[str, int]:
     help="The node's bearer token ('ambient controlplane node-credential NODE').",
 )
 @click.option("--xds-server-name", default=DEFAULT_SERVER_NAME, show_default=True)
+@click.option(
+    "--xds-api",
+    type=click.Choice(["delta", "sotw"]),
+    default="delta",
+    show_default=True,
+    help="Incremental or state-of-the-world ADS.",
+)
 @click.option("--trust-domain", default="cluster.local", show_default=True)
 @click.option("--admin-port", default=15000, show_default=True, type=int)
 @click.option("--telemetry-port", default=15030, show_default=True, type=int)
@@ -85,6 +92,7 @@ def run(**flags: Any) -> None:
         root_cert=flags["xds_root_cert"],
         token_file=flags["auth_token_file"],
         xds_server_name=flags["xds_server_name"],
+        ads_api="GRPC" if flags["xds_api"] == "sotw" else "DELTA_GRPC",
         admin_port=flags["admin_port"],
         telemetry_port=flags["telemetry_port"],
         collector=_host_port(collector, "--collector") if collector else None,

@@ -51,7 +51,7 @@ def test_bootstrap_names_the_proxy_and_its_control_plane(tmp_path: Path) -> None
     }
     assert bootstrap["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     ads = bootstrap["dynamic_resources"]["ads_config"]
-    assert ads["api_type"] == "GRPC"
+    assert ads["api_type"] == "DELTA_GRPC"
     (service,) = ads["grpc_services"]
     assert {"key": "authorization", "value": "Bearer tok3n"} in service["initial_metadata"]
     xds = bootstrap["static_resources"]["clusters"][0]
