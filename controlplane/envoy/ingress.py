@@ -231,7 +231,11 @@ class _Ingress:
             for domain, vs in domains:
                 destinations = _Destinations(self.t, vs, "", server.port, "spec.http")
                 routes = build_routes(
-                    vs.http, server.port, destinations, f"{vs.namespace}.{vs.name}"
+                    vs.http,
+                    server.port,
+                    destinations,
+                    f"{vs.namespace}.{vs.name}",
+                    gateway=f"{gateway.namespace}/{gateway.name}",
                 )
                 slot.vhosts.setdefault(domain, []).extend(routes)
 

@@ -48,6 +48,8 @@ from controlplane.envoy.spec import (
 from controlplane.model import DestinationRule, Severity, VirtualService, deep_thaw
 from controlplane.sources.fields import Fields, Problem, type_name
 
+MESH = "mesh"
+"""The ``gateways`` entry meaning in-mesh traffic (waypoints)."""
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
@@ -168,7 +170,19 @@ def _string_matches(f: Fields, key: str) -> tuple[tuple[str, StringMatch], ...]:
     return tuple(out)
 
 
-def _match(f: Fields) -> HttpMatch:
+def _gateway_names(f: Fields, namespace: str) -> tuple[str, ...]:
+    """``gateways`` as ``ns/name`` (short names in the VirtualService's namespace) or
+    ``mesh``."""
+    out = []
+    for name in f.str_list("gateways"):
+        if name == MESH or "/" in name:
+            out.append(name)
+        else:
+            out.append(f"{namespace}/{name}")
+    return tuple(out)
+
+
+def _match(f: Fields, namespace: str) -> HttpMatch:
     f.reject_unknown(
         {
             "name",
@@ -187,11 +201,17 @@ def _match(f: Fields) -> HttpMatch:
             "statPrefix",
         }
     )
-    for unsupported in ("scheme", "sourceLabels", "gateways", "sourceNamespace"):
+    for unsupported in ("sourceLabels", "sourceNamespace"):
         if f.has(unsupported):
-            f.warn(unsupported, "not translated for waypoints yet; the condition is ignored")
+            f.warn(
+                unsupported,
+                "not translated: it names the client proxy's workload, which waypoints and "
+                "gateways are not; the condition is ignored",
+            )
     return HttpMatch(
         name=f.string("name"),
+        gateways=_gateway_names(f, namespace),
+        scheme=_string_match(f, "scheme"),
         uri=_string_match(f, "uri"),
         method=_string_match(f, "method"),
         authority=_string_match(f, "authority"),
@@ -392,7 +412,7 @@ def _mirrors(f: Fields) -> tuple[Mirror, ...]:
     return tuple(out)
 
 
-def _http_route(f: Fields) -> HttpRoute:
+def _http_route(f: Fields, namespace: str) -> HttpRoute:
     f.reject_unknown(
         {
             "name",
@@ -436,7 +456,7 @@ def _http_route(f: Fields) -> HttpRoute:
     return HttpRoute(
         direct_response=direct,
         name=f.string("name"),
-        matches=tuple(_match(m) for m in f.mappings("match")),
+        matches=tuple(_match(m, namespace) for m in f.mappings("match")),
         route=route,
         redirect=redirect,
         rewrite=_rewrite(f),
@@ -499,7 +519,7 @@ def parse_virtual_service(vs: VirtualService) -> tuple[VirtualServiceSpec, tuple
         # A gateway serves wildcard hosts (controlplane.envoy.ingress); waypoints do not.
         if "*" in host and in_mesh:
             spec.warn(f"hosts[{i}]", "wildcard hosts are not translated for waypoints yet")
-    http = tuple(_http_route(r) for r in spec.mappings("http"))
+    http = tuple(_http_route(r, vs.namespace) for r in spec.mappings("http"))
     tcp = tuple(_tcp_route(r) for r in spec.mappings("tcp"))
     _raise_errors("VirtualService", vs.namespace, vs.name, problems)
     warnings = tuple(p for p in problems if p.severity is Severity.WARNING)

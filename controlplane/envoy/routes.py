@@ -43,6 +43,8 @@ FAULT_FILTER = "envoy.filters.http.fault"
 """The HTTP filter (and ``typed_per_filter_config`` key) of injected faults."""
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 """Istio's retry conditions when ``retryOn`` is not given."""
+MESH_GATEWAY = "mesh"
+"""Where a waypoint's routes apply (VirtualService ``gateways``)."""
 DEFAULT_RETRY_ATTEMPTS = 2
 """Istio's retries when a route sets none."""
 
@@ -118,7 +120,11 @@ def route_match(match: HttpMatch | None) -> Any:
         return out
     if match.ignore_uri_case:
         out.case_sensitive.value = False
-    pseudo = [(":method", match.method), (":authority", match.authority)]
+    pseudo = [
+        (":method", match.method),
+        (":authority", match.authority),
+        (":scheme", match.scheme),
+    ]
     wanted = [(n, v, False) for n, v in [*pseudo, *match.headers] if v is not None]
     for name, value, invert in [*wanted, *((n, v, True) for n, v in match.without_headers)]:
         header = rc.HeaderMatcher(name=name, invert_match=invert)
@@ -288,19 +294,30 @@ def _route_action(rule: HttpRoute, destinations: Destinations) -> Any:
     return action
 
 
-def build_routes(
-    rules: Sequence[HttpRoute], port: int, destinations: Destinations, prefix: str
-) -> list[Any]:
-    """The Envoy routes of ``rules`` for traffic to ``port``, in order.
+def _applies(match: HttpMatch, port: int, gateway: str) -> bool:
+    return (match.port is None or match.port == port) and (
+        not match.gateways or gateway in match.gateways
+    )
 
-    Matches bound to another port are left out; a rule whose every match is bound
-    elsewhere contributes nothing. Routes are named ``<prefix>.<rule or index>``.
+
+def build_routes(
+    rules: Sequence[HttpRoute],
+    port: int,
+    destinations: Destinations,
+    prefix: str,
+    *,
+    gateway: str = MESH_GATEWAY,
+) -> list[Any]:
+    """The Envoy routes of ``rules`` for traffic to ``port`` at ``gateway`` (``ns/name``,
+    or ``mesh`` for a waypoint), in order.
+
+    Matches bound to another port or other gateways are left out; a rule whose every
+    match is bound elsewhere contributes nothing. Routes are named
+    ``<prefix>.<rule or index>``.
     """
     out: list[Any] = []
     for index, rule in enumerate(rules):
-        matches: list[HttpMatch | None] = [
-            m for m in rule.matches if m.port is None or m.port == port
-        ]
+        matches: list[HttpMatch | None] = [m for m in rule.matches if _applies(m, port, gateway)]
         if rule.matches and not matches:
             continue
         for match in matches or [None]:

@@ -42,6 +42,7 @@ class HttpMatch:
 
     name: str = ""
     uri: StringMatch | None = None
+    scheme: StringMatch | None = None
     method: StringMatch | None = None
     authority: StringMatch | None = None
     headers: tuple[tuple[str, StringMatch], ...] = ()
@@ -52,6 +53,9 @@ class HttpMatch:
     port: int | None = None
     """Only for traffic to this service port (the route is left out of other ports)."""
     ignore_uri_case: bool = False
+    gateways: tuple[str, ...] = ()
+    """Only at these gateways (``ns/name``, ``mesh`` for waypoints); empty: wherever
+    the VirtualService applies."""
 
 
 @dataclass(frozen=True)

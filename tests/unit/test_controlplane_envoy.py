@@ -457,6 +457,31 @@ def test_gateways_select_mesh_traffic(gateways: str, applies: bool) -> None:
     assert cluster == (V2 if applies else WHOLE)
 
 
+@pytest.mark.parametrize(
+    ("match_gateways", "routes"),
+    [("[mesh]", ["v2", "whole"]), ("[gw]", ["whole"]), ("[demo/gw, mesh]", ["v2", "whole"])],
+)
+def test_match_gateways_select_mesh_traffic(match_gateways: str, routes: list[str]) -> None:
+    vs = (
+        "hosts: [backend]\ngateways: [mesh, gw]\nhttp:\n"
+        f"- match: [{{uri: {{prefix: /v2}}, gateways: {match_gateways}}}]\n"
+        "  route: [{destination: {host: backend, subset: v2}}]\n"
+        "- route: [{destination: {host: backend}}]\n"
+    )
+    config = as_json(_translate(vs, f"host: backend\n{SUBSETS}").routes[ROUTE])
+    clusters = [r["route"]["cluster"] for r in config["virtual_hosts"][0]["routes"]]
+    assert clusters == [{"v2": V2, "whole": WHOLE}[r] for r in routes]
+
+
+def test_scheme_match() -> None:
+    vs = (
+        "hosts: [backend]\nhttp: [{match: [{scheme: {exact: https}}], "
+        "route: [{destination: {host: backend}}]}]"
+    )
+    route = as_json(_translate(vs).routes[ROUTE])["virtual_hosts"][0]["routes"][0]
+    assert route["match"]["headers"] == [{"name": ":scheme", "string_match": {"exact": "https"}}]
+
+
 def test_virtual_host_answers_every_name_of_the_service() -> None:
     vhost = as_json(_translate().routes[ROUTE])["virtual_hosts"][0]
     assert vhost["name"] == f"{FQDN}:80"

@@ -146,7 +146,7 @@ spec:
   hosts: [shop.example.com, api.example.com]
   gateways: [tutorial/gw, mesh]
   http:
-  - match: [{uri: {prefix: /api}, port: 8080}]
+  - match: [{uri: {prefix: /api}, port: 8080, scheme: {exact: http}, gateways: [gw]}]
     route: [{destination: {host: backend, port: {number: 80}}}]
   - route: [{destination: {host: frontend}}]
 ---
@@ -309,3 +309,23 @@ spec: {host: frontend, trafficPolicy: {tls: {mode: SIMPLE, sni: frontend.example
     inner = socket["typed_config"]["transport_socket"]
     assert inner["name"] == "envoy.transport_sockets.tls"
     assert inner["typed_config"]["sni"] == "frontend.example"
+
+
+def test_match_gateways_pick_routes_per_gateway() -> None:
+    vs = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: both, namespace: tutorial}
+spec:
+  hosts: [shop.example.com]
+  gateways: [gw, mesh]
+  http:
+  - match: [{uri: {prefix: /mesh-only}, gateways: [mesh]}]
+    route: [{destination: {host: backend}}]
+  - match: [{uri: {prefix: /edge}, gateways: [gw]}]
+    route: [{destination: {host: frontend}}]
+"""
+    gateway = GATEWAY.split("---", maxsplit=1)[0]
+    out = translate(gateway, vs)
+    (vhost,) = as_json(out.routes["http.8080"])["virtual_hosts"]
+    assert [r["match"]["prefix"] for r in vhost["routes"]] == ["/edge"]
