@@ -49,8 +49,10 @@ INGRESS_HOST = "istio-ingressgateway.istio-system"
 ECHO_PORT = 5678
 NO_GATEWAY_COPY = "traffic-without-gateway.yaml"
 """The tutorial's traffic.yaml without its Gateway (``--break no-ingress``)."""
-L7_CONVERGE = 10.0
-"""Seconds allowed for a routing change to reach Envoy (folder poll + xDS push)."""
+L7_CONVERGE = 20.0
+"""Seconds allowed for a routing change to reach Envoy (folder poll + xDS push; the
+machine may be busy)."""
+V1_CLUSTER = "outbound|80|v1|backend.tutorial.svc.cluster.local"
 READY_TIMEOUT = 45.0
 REQUESTS = 1000
 CONCURRENCY = 20
@@ -170,14 +172,58 @@ def apply_doc(
 
 
 def restore_tutorial(world: DemoWorld) -> None:
-    """The tutorial's own VirtualServices and DestinationRule again (80/20, subsets)."""
+    """The tutorial's own VirtualServices and DestinationRule again (80/20, subsets),
+    and until the waypoint has them: v1 unlimited, v2 answering again."""
     copy = world.lab.run_dir / NO_GATEWAY_COPY
     world.apply(copy if copy.exists() else TUTORIAL / "traffic.yaml")
+    waypoint = _proxy(world, NAMESPACE, "waypoint")
+    unlimited = f"{V1_CLUSTER}::default_priority::max_requests::4294967295"
+    _poll(
+        lambda: (
+            unlimited in envoy_clusters(world, waypoint) and "v2" in _versions_now(world, count=20)
+        ),
+        L7_CONVERGE,
+    )
 
 
-def _versions_now(world: DemoWorld, headers: dict[str, str] | None = None) -> dict[str, int]:
-    got = world.http("frontend", BACKEND_URL, count=4, timeout=2.0, headers=headers)
+def _versions_now(
+    world: DemoWorld, headers: dict[str, str] | None = None, count: int = 4
+) -> dict[str, int]:
+    got = world.http("frontend", BACKEND_URL, count=count, timeout=2.0, headers=headers)
     return answers_by_version(got)
+
+
+def _only_v1(world: DemoWorld) -> bool:
+    """Whether 20 answers in a row came from v1 (by chance under 80/20: 1%)."""
+    return _versions_now(world, count=20) == {"v1": 20}
+
+
+def envoy_clusters(world: DemoWorld, pod: Pod | None) -> str:
+    """Envoy's admin ``/clusters`` of a proxy pod (limits, hosts, outlier state)."""
+    return "" if pod is None else pod_curl(world, pod, "http://127.0.0.1:15000/clusters")
+
+
+def metric_delta(
+    world: DemoWorld,
+    pod: Pod | None,
+    before: str,
+    name: str,
+    *,
+    labels: dict[str, str],
+    want: float,
+) -> float:
+    """How much a metric of a proxy grew since ``before``, waiting (up to 5 s) for it to
+    reach ``want``: the access log reaches the exporter in batches."""
+    seen = [0.0]
+
+    def reached() -> bool:
+        seen[0] = metric_value(proxy_metrics(world, pod), name, labels) - metric_value(
+            before, name, labels
+        )
+        return seen[0] >= want
+
+    _poll(reached, 5.0)
+    return seen[0]
 
 
 def build_l7(world: DemoWorld, progress: Progress) -> None:
@@ -343,7 +389,7 @@ def check_header_routing(world: DemoWorld) -> CheckResult:
     apply_doc(world, L7 / "header-routing.yaml", no_match if breaking else None)
     jason = {"end-user": "jason"}
     _poll(
-        lambda: set(_versions_now(world, jason)) == {"v2"} and set(_versions_now(world)) == {"v1"},
+        lambda: _versions_now(world, jason, 10) == {"v2": 10} and _only_v1(world),
         L7_CONVERGE,
     )
     with_header = world.http("frontend", BACKEND_URL, count=100, concurrency=10, headers=jason)
@@ -379,7 +425,7 @@ def check_retries(world: DemoWorld) -> CheckResult:
 
     breaking = "no-retries" in world.config.sabotage
     apply_doc(world, L7 / "retries.yaml", no_retries if breaking else None)
-    _poll(lambda: set(_versions_now(world)) == {"v1"}, L7_CONVERGE)
+    _poll(lambda: _only_v1(world), L7_CONVERGE)
     waypoint = _proxy(world, NAMESPACE, "waypoint")
     before = proxy_metrics(world, waypoint)
     set_fault(world, bad, status=503)
@@ -389,14 +435,18 @@ def check_retries(world: DemoWorld) -> CheckResult:
     finally:
         set_fault(world, bad)
     aborted = answered(world, bad, 503) - aborted_before
-    after = proxy_metrics(world, waypoint)
     labels = {"reporter": "waypoint", "destination_service_name": "backend"}
-    retries = metric_value(after, "istio_request_retries_total", labels) - metric_value(
-        before, "istio_request_retries_total", labels
+    retries = metric_delta(
+        world, waypoint, before, "istio_request_retries_total", labels=labels, want=aborted * 0.9
     )
-    failed_attempts = metric_value(
-        after, "istio_request_attempts_total", {**labels, "response_code": "503"}
-    ) - metric_value(before, "istio_request_attempts_total", {**labels, "response_code": "503"})
+    failed_attempts = metric_delta(
+        world,
+        waypoint,
+        before,
+        "istio_request_attempts_total",
+        labels={**labels, "response_code": "503"},
+        want=1,
+    )
     ok = int(got.get("ok", 0))
     passed = ok >= 0.99 * REQUESTS and aborted >= REQUESTS // 10 and retries >= aborted * 0.9
     restore_tutorial(world)
@@ -432,9 +482,12 @@ def check_circuit_breaking(world: DemoWorld) -> CheckResult:
 
     breaking = "no-circuit-breaking" in world.config.sabotage
     apply_doc(world, L7 / "circuit-breaking.yaml", no_limits if breaking else None)
-    _poll(lambda: set(_versions_now(world)) == {"v1"}, L7_CONVERGE)
-    time.sleep(1.0)  # the DestinationRule comes with the same push; give Envoy a moment
     waypoint = _proxy(world, NAMESPACE, "waypoint")
+    _poll(lambda: _only_v1(world), L7_CONVERGE)
+    limited = f"{V1_CLUSTER}::default_priority::max_requests::1\n"
+    started = time.monotonic()
+    limits_seen = breaking or _poll(lambda: limited in envoy_clusters(world, waypoint), L7_CONVERGE)
+    took = time.monotonic() - started
     before = proxy_metrics(world, waypoint)
     for pod in pods:
         set_fault(world, pod, delay_ms=200)
@@ -450,24 +503,30 @@ def check_circuit_breaking(world: DemoWorld) -> CheckResult:
     finally:
         for pod in pods:
             set_fault(world, pod)
-    after = proxy_metrics(world, waypoint)
-    labels = {"reporter": "waypoint", "response_flags": "UO"}
-    uo = metric_value(after, "istio_requests_total", labels) - metric_value(
-        before, "istio_requests_total", labels
-    )
     overloaded = sum(burst.get("headers", {}).get("x-envoy-overloaded", {}).values())
     refused = status_count(burst, 503)
+    uo = metric_delta(
+        world,
+        waypoint,
+        before,
+        "istio_requests_total",
+        labels={"reporter": "waypoint", "response_flags": "UO"},
+        want=max(1, overloaded),
+    )
     breaker_ok = refused >= 20 and overloaded >= 20 and status_count(burst, 200) >= 1 and uo >= 20
-    # Outlier detection: one pod answers 503; after its first 5xx it is ejected.
+    # Outlier detection: one pod answers 503; after its first 5xx it is ejected, so it
+    # sees (almost) none of the next 100 requests. (Istio's default retry policy retries
+    # a 503 on another host, so the caller sees 200s either way: the pods' own logs tell.)
     set_fault(world, bad, status=503)
-    served_before = answered(world, good, 200)
+    bad_before, served_before = answered(world, bad, 503), answered(world, good, 200)
     try:
         trickle = world.http("frontend", BACKEND_URL, count=100, timeout=3.0)
+        ejected = "health_flags::/failed_outlier_check" in envoy_clusters(world, waypoint)
     finally:
         set_fault(world, bad)
     served = answered(world, good, 200) - served_before
-    failed = status_count(trickle, 503)
-    ejection_ok = failed <= 5 and status_count(trickle, 200) >= 95 and served >= 95
+    hit_bad = answered(world, bad, 503) - bad_before
+    ejection_ok = hit_bad <= 5 and status_count(trickle, 200) >= 95 and served >= 95
     restore_tutorial(world)
     return CheckResult(
         11,
@@ -478,12 +537,16 @@ def check_circuit_breaking(world: DemoWorld) -> CheckResult:
             "(maxConnections 1, http1MaxPendingRequests 1, http2MaxRequests 1; "
             "consecutive5xxErrors 1)"
             + (" WITHOUT its trafficPolicy (--break)" if breaking else ""),
+            "waypoint Envoy's v1 cluster: max_requests 1 "
+            + (f"in effect after {took:.1f}s" if limits_seen else "NOT seen (admin /clusters)"),
             f"v1 pods slowed to 200 ms; 200 requests, {CONCURRENCY} concurrent: statuses "
             f"{burst.get('statuses')}, x-envoy-overloaded on {overloaded}, "
             f"p50 {burst.get('latency_ms', {}).get('p50')} ms",
             f"waypoint istio_requests_total{{response_flags=UO}} +{uo:g}",
             f"{bad.name} answers 503: 100 sequential requests -> statuses "
-            f"{trickle.get('statuses')}; {good.name} served {served}",
+            f"{trickle.get('statuses')}; {bad.name} got {hit_bad} of them (503), "
+            f"{good.name} served {served}; Envoy: "
+            + ("ejected (failed_outlier_check)" if ejected else "not marked ejected"),
         ),
     )
 
@@ -505,11 +568,8 @@ def check_l7_authorization(world: DemoWorld) -> CheckResult:
     before = proxy_metrics(world, waypoint)
     gets = world.http("frontend", BACKEND_URL, count=20, concurrency=5)
     posts = world.http("frontend", BACKEND_URL, count=20, concurrency=5, method="POST")
-    after = proxy_metrics(world, waypoint)
     labels = {"reporter": "waypoint", "response_code": "403"}
-    counted = metric_value(after, "istio_requests_total", labels) - metric_value(
-        before, "istio_requests_total", labels
-    )
+    counted = metric_delta(world, waypoint, before, "istio_requests_total", labels=labels, want=20)
     passed = status_count(gets, 200) == 20 and status_count(posts, 403) == 20 and counted >= 20
     if not breaking:
         from lab.manifests.apply import delete_manifests
@@ -558,6 +618,11 @@ def check_ingress(world: DemoWorld) -> CheckResult:
     answered_name = "Hello from frontend" in body
     answered_address = by_address is not None and "Hello from frontend" in by_address.stdout
     passed = answered_name and answered_address and "envoy" in server
+    listeners = (
+        pod_curl(world, gateway, "http://127.0.0.1:15000/listeners").split()
+        if gateway is not None
+        else []
+    )
     return CheckResult(
         13,
         title,
@@ -572,6 +637,7 @@ def check_ingress(world: DemoWorld) -> CheckResult:
             + ("Hello from frontend" if answered_address else "NO ANSWER"),
             "outside is on the fabric, in no mesh; the gateway pod (istio-system, "
             "istio: ingressgateway) reaches frontend over HBONE with its own identity",
+            f"the gateway's Envoy listeners (admin /listeners): {listeners or 'none'}",
         ),
     )
 
