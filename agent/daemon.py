@@ -267,6 +267,7 @@ def run_agent(config: AgentConfig) -> None:
         signal.signal(sig, lambda *_: stop.set())
     with IPRoute() as ipr:
         metrics = AgentMetrics(config.node_name)
+        metrics.show_excluded_namespaces(config.excluded_namespaces)
         agent = Agent(config=config, ipr=ipr, metrics=metrics)
         agent.start()
         assert agent.maps is not None

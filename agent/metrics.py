@@ -8,10 +8,10 @@ does (attach failures) it counts as it goes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -113,6 +113,17 @@ class AgentMetrics:
             ["node"],
             registry=self.registry,
         ).labels(node=node)
+
+    def show_excluded_namespaces(self, namespaces: Iterable[str]) -> None:
+        """One ``ambient_agent_excluded_namespace`` sample per namespace never captured."""
+        gauge = Gauge(
+            "ambient_agent_excluded_namespace",
+            "Namespaces whose pods this agent never captures, even if labelled (1 each).",
+            ["node", "namespace"],
+            registry=self.registry,
+        )
+        for namespace in sorted(namespaces):
+            gauge.labels(node=self.node, namespace=namespace).set(1)
 
     def watch_maps(self, maps: NodeMaps) -> None:
         """Adds the scrape-time collector of ``maps``."""

@@ -99,3 +99,15 @@ def test_exclude_namespace_flags_replace_the_defaults(monkeypatch: pytest.Monkey
     )
     assert config.excluded_namespaces == {"kube-system", "infra"}
     assert _config_from_flags(monkeypatch, "--exclude-namespace", "").excluded_namespaces == set()
+
+
+def test_the_metrics_show_the_excluded_namespaces() -> None:
+    from prometheus_client import generate_latest
+
+    from agent.metrics import AgentMetrics
+
+    metrics = AgentMetrics("node1")
+    metrics.show_excluded_namespaces({"kube-system", "istio-system"})
+    text = generate_latest(metrics.registry).decode()
+    assert 'ambient_agent_excluded_namespace{namespace="istio-system",node="node1"} 1.0' in text
+    assert 'ambient_agent_excluded_namespace{namespace="kube-system",node="node1"} 1.0' in text
