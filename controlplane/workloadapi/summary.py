@@ -14,6 +14,15 @@ def _ip(raw: bytes) -> str:
     return str(ipaddress.ip_address(raw))
 
 
+def _waypoint(gateway: Any) -> str:
+    """``waypoint=<ip>:<port>`` (or ``ns/hostname``) of a ``GatewayAddress``."""
+    if gateway.WhichOneof("destination") == "hostname":
+        where = f"{gateway.hostname.namespace}/{gateway.hostname.hostname}"
+    else:
+        where = _ip(gateway.address.address)
+    return f"waypoint={where}:{gateway.hbone_mtls_port}"
+
+
 def workload_summary(w: Any) -> str:
     """Addresses, protocol, node, identity, status and services of a workload."""
     parts = [
@@ -27,6 +36,8 @@ def workload_summary(w: Any) -> str:
         parts.append("services=" + ",".join(sorted(w.services)))
     if w.authorization_policies:
         parts.append("policies=" + ",".join(w.authorization_policies))
+    if w.HasField("waypoint"):
+        parts.append(_waypoint(w.waypoint))
     return " ".join(parts)
 
 
@@ -34,7 +45,8 @@ def service_summary(s: Any) -> str:
     """VIPs and ports (``service->target``; 0 means per workload) of a service."""
     vips = ",".join(_ip(a.address) for a in s.addresses) or "headless"
     ports = ",".join(f"{p.service_port}->{p.target_port or 'named'}" for p in s.ports)
-    return f"{vips} ports={ports or '-'}"
+    waypoint = f" {_waypoint(s.waypoint)}" if s.HasField("waypoint") else ""
+    return f"{vips} ports={ports or '-'}{waypoint}"
 
 
 def authorization_summary(a: Any) -> str:

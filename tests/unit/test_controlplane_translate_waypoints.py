@@ -462,3 +462,13 @@ def test_incremental_equals_full_over_random_binding_changes(steps: list[Any]) -
         got = translator.update(st_)
         assert got.addresses == full.addresses
         assert got.authorizations == full.authorizations
+
+
+def test_resource_rows_show_waypoints() -> None:
+    from controlplane.workloadapi.summary import resource_rows
+
+    st_ = scenario(demo_labels={USE: "waypoint"}, gateways=(waypoint(waypoint_for="all"),))
+    rows = {r["name"]: r["summary"] for r in resource_rows(translate(st_, MESH))}
+    assert rows["demo/backend.demo.svc.cluster.local"].endswith(" waypoint=10.96.0.100:15008")
+    assert " waypoint=10.96.0.100:15008" in rows["Kubernetes//Pod/demo/backend-1"]
+    assert "waypoint=" not in rows["Kubernetes//Pod/demo/waypoint"]
