@@ -253,3 +253,25 @@ def test_folder_keeps_last_good_istio_gateway(tmp_path: Path) -> None:
     state = source.load()
     assert ("demo", "web") in state.istio_gateways
     assert "previous version stays in force" in state.errors[0].message
+
+
+def test_the_kubernetes_source_lists_and_decodes_gateway_kinds() -> None:
+    from controlplane.sources.kube import DEFAULT_KINDS, KindTable, state_of
+
+    kinds = {(k.group, k.kind): k for k in DEFAULT_KINDS}
+    tables = []
+    for key, text in (
+        (("gateway.networking.k8s.io", "Gateway"), WAYPOINT),
+        (("networking.istio.io", "Gateway"), INGRESS),
+        (("gateway.networking.k8s.io", "HTTPRoute"), ROUTE),
+    ):
+        raw = load(text)
+        del raw["apiVersion"], raw["kind"]  # list items carry neither
+        table = KindTable(kinds[key])
+        table.replace([raw], "1")
+        tables.append(table)
+    state = state_of(tables)
+    assert state.errors == ()
+    assert set(state.gateways) == {("demo", "waypoint")}
+    assert set(state.istio_gateways) == {("demo", "web")}
+    assert set(state.http_routes) == {("demo", "backend")}
