@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def run_cmd(**flags: Any) -> None:
         runner = uvloop.run
 
     def serve() -> None:
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt), _profiled():
             runner(run(config))
 
     if config.workers == 1:
@@ -149,6 +150,29 @@ def run_cmd(**flags: Any) -> None:
             shutil.rmtree(path, ignore_errors=True)
     if code:
         raise SystemExit(code)
+
+
+PROFILE_DIR_ENV = "ZTUNNEL_PROFILE_DIR"
+"""When set, every ztunnel process (each worker) runs under cProfile and writes
+``<dir>/ztunnel-<pid>.prof`` when it ends (``python -m pstats`` reads it)."""
+
+
+@contextlib.contextmanager
+def _profiled() -> Iterator[None]:
+    directory = os.environ.get(PROFILE_DIR_ENV)
+    if not directory:
+        yield
+        return
+    import cProfile
+
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        profile.dump_stats(str(Path(directory) / f"ztunnel-{os.getpid()}.prof"))
 
 
 SECTIONS = {
