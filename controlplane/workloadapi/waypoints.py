@@ -160,19 +160,29 @@ def traffic_type(gateway: Gateway) -> TrafficType:
         return TrafficType.SERVICE
 
 
-def waypoint_service(state: ClusterState, gateway: Gateway) -> Service | None:
-    """The Service fronting a waypoint: labelled with its gateway name, else named after it."""
-    labelled = sorted(
-        (
-            s
-            for s in state.services.values()
-            if s.namespace == gateway.namespace and s.labels.get(GATEWAY_NAME_LABEL) == gateway.name
-        ),
-        key=lambda s: s.name,
-    )
-    if labelled:
-        return labelled[0]
+def waypoint_service(
+    state: ClusterState,
+    gateway: Gateway,
+    labelled: Mapping[tuple[str, str], list[Service]] | None = None,
+) -> Service | None:
+    """The Service fronting a waypoint: labelled with its gateway name, else named after it.
+
+    ``labelled`` is :func:`labelled_services` of the state, when the caller has it.
+    """
+    found = (labelled if labelled is not None else labelled_services(state)).get(gateway.key)
+    if found:
+        return min(found, key=lambda s: s.name)
     return state.services.get(gateway.key)
+
+
+def labelled_services(state: ClusterState) -> dict[tuple[str, str], list[Service]]:
+    """Services labelled ``gateway.networking.k8s.io/gateway-name``, by (namespace, name)."""
+    out: dict[tuple[str, str], list[Service]] = {}
+    for service in state.services.values():
+        name = service.labels.get(GATEWAY_NAME_LABEL)
+        if name is not None:
+            out.setdefault((service.namespace, name), []).append(service)
+    return out
 
 
 def is_waypoint_object(labels: Mapping[str, str]) -> bool:
@@ -186,10 +196,10 @@ class WaypointIndex:
     def __init__(self, state: ClusterState) -> None:
         self.state = state
         self.waypoints: dict[tuple[str, str], Waypoint] = {}
-        for gateway in state.gateways.values():
-            if not gateway.is_waypoint:
-                continue
-            service = waypoint_service(state, gateway)
+        gateways = [g for g in state.gateways.values() if g.is_waypoint]
+        labelled = labelled_services(state) if gateways else {}
+        for gateway in gateways:
+            service = waypoint_service(state, gateway, labelled)
             address = (
                 service.cluster_ips[0] if service is not None and service.cluster_ips else None
             )
