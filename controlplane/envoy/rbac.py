@@ -33,15 +33,18 @@ import enum
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.type.matcher.v3 import filter_state_pb2, path_pb2, regex_pb2, string_pb2
 
 from controlplane.envoy.clusters import packed
@@ -62,6 +65,8 @@ from controlplane.workloadapi.mesh import MeshConfig
 
 RBAC_FILTER = "envoy.filters.http.rbac"
 """The HTTP filter name (one instance per action, as istiod emits them)."""
+RBAC_NETWORK_FILTER = "envoy.filters.network.rbac"
+"""The network filter name, for TCP chains."""
 WAYPOINT_GATEWAY_CLASS = "istio-waypoint"
 """A ``GatewayClass`` target in the root namespace attaches a policy to every waypoint."""
 DRY_RUN_STAT_PREFIX = "istio_dry_run_"
@@ -75,6 +80,8 @@ _ENVOY_ACTION = {
     AuthorizationAction.DENY: rbac_pb2.RBAC.DENY,
     AuthorizationAction.ALLOW: rbac_pb2.RBAC.ALLOW,
 }
+_HTTP_ONLY_CONDITIONS = ("request.", "experimental.")
+"""``when`` keys a TCP connection does not have (headers, JWT, Envoy attributes)."""
 _HEADER_CONDITION = re.compile(r"^request\.headers\[(.+)\]$")
 
 
@@ -157,21 +164,65 @@ def build_rbac_filters(
     peer: PeerIdentity = PeerIdentity.FILTER_STATE,
 ) -> list[Any]:
     """The RBAC filters enforcing ``policies`` (any attachment), AUDIT, DENY, ALLOW."""
-    by_action: dict[AuthorizationAction, list[AuthorizationPolicy]] = {}
-    for policy in policies:
-        by_action.setdefault(policy.action, []).append(policy)
     filters = []
-    for action in ACTION_ORDER:
-        if action in by_action:
-            config = _rbac_config(action, by_action[action], _Builder(port, peer))
-            filters.append(hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=packed(config)))
+    for _, config in _configs(policies, _Builder(port, peer), http_rbac_pb2.RBAC):
+        filters.append(hcm_pb2.HttpFilter(name=RBAC_FILTER, typed_config=packed(config)))
     return filters
 
 
+def rbac_network_filters(
+    state: ClusterState,
+    gateway: tuple[str, str],
+    service: Service | None,
+    mesh: MeshConfig | None = None,
+    *,
+    port: int | None = None,
+) -> list[Any]:
+    """The network RBAC filters of a waypoint's TCP chain for ``service`` (go before
+    the TCP proxy): the same policies as :func:`rbac_filters`, with Istio's rule for
+    connections that carry no HTTP: an ALLOW rule using HTTP-only attributes (hosts,
+    methods, paths, request headers, JWT) matches nothing; a DENY or AUDIT rule is
+    enforced without them (it denies more)."""
+    policies = waypoint_policies(state, gateway, service, mesh)
+    return build_rbac_network_filters(policies, port=port, peer=PeerIdentity.FILTER_STATE)
+
+
+def build_rbac_network_filters(
+    policies: Iterable[AuthorizationPolicy],
+    *,
+    port: int | None = None,
+    peer: PeerIdentity = PeerIdentity.FILTER_STATE,
+) -> list[Any]:
+    """Network-level RBAC filters (``listener.Filter``) for ``policies``, see
+    :func:`rbac_network_filters`."""
+    filters = []
+    for action, config in _configs(policies, _Builder(port, peer, tcp=True), network_rbac_pb2.RBAC):
+        config.stat_prefix = f"tcp.{action.value.lower()}."
+        filters.append(
+            listener_components_pb2.Filter(name=RBAC_NETWORK_FILTER, typed_config=packed(config))
+        )
+    return filters
+
+
+def _configs(
+    policies: Iterable[AuthorizationPolicy], build: _Builder, message: Any
+) -> list[tuple[AuthorizationAction, Any]]:
+    by_action: dict[AuthorizationAction, list[AuthorizationPolicy]] = {}
+    for policy in policies:
+        by_action.setdefault(policy.action, []).append(policy)
+    return [
+        (action, _rbac_config(action, by_action[action], build, message()))
+        for action in ACTION_ORDER
+        if action in by_action
+    ]
+
+
 def _rbac_config(
-    action: AuthorizationAction, policies: Sequence[AuthorizationPolicy], build: _Builder
+    action: AuthorizationAction,
+    policies: Sequence[AuthorizationPolicy],
+    build: _Builder,
+    config: Any,
 ) -> Any:
-    config = http_rbac_pb2.RBAC()
     envoy_action = _ENVOY_ACTION[action]
     enforced = [p for p in policies if not p.dry_run]
     shadow = [p for p in policies if p.dry_run]
@@ -188,6 +239,20 @@ def _rbac_config(
             for name, envoy_policy in build.policy(policy):
                 config.shadow_rules.policies[name].CopyFrom(envoy_policy)
     return config
+
+
+def _without_http(rule: Rule) -> tuple[Rule, bool]:
+    """``rule`` without its HTTP-only attributes, and whether it had any."""
+    operations = tuple(
+        replace(op, hosts=(), not_hosts=(), methods=(), not_methods=(), paths=(), not_paths=())
+        for op in rule.operations
+    )
+    sources = tuple(
+        replace(s, request_principals=(), not_request_principals=()) for s in rule.sources
+    )
+    conditions = tuple(c for c in rule.conditions if not c.key.startswith(_HTTP_ONLY_CONDITIONS))
+    reduced = Rule(sources, operations, conditions)
+    return reduced, reduced != rule
 
 
 # --- string matching --------------------------------------------------------------------------
@@ -245,17 +310,24 @@ def _cidr(value: str) -> Any:
 class _Builder:
     """Builds permissions and principals of one filter."""
 
-    def __init__(self, port: int | None, peer: PeerIdentity) -> None:
+    def __init__(self, port: int | None, peer: PeerIdentity, *, tcp: bool = False) -> None:
         self.port = port
         self.peer = peer
+        self.tcp = tcp
 
     def policy(self, policy: AuthorizationPolicy) -> list[tuple[str, Any]]:
-        """One Envoy policy per rule (none for a rule-less policy)."""
+        """One Envoy policy per rule (none for a rule-less policy); for TCP, rules
+        reduced to what a connection shows (see :func:`rbac_network_filters`)."""
         prefix = f"ns[{policy.namespace}]-policy[{policy.name}]"
-        return [
-            (f"{prefix}-rule[{i}]", self.rule(rule, policy.namespace))
-            for i, rule in enumerate(policy.rules)
-        ]
+        out = []
+        for i, written in enumerate(policy.rules):
+            rule = written
+            if self.tcp:
+                rule, had_http = _without_http(written)
+                if had_http and policy.action is AuthorizationAction.ALLOW:
+                    continue
+            out.append((f"{prefix}-rule[{i}]", self.rule(rule, policy.namespace)))
+        return out
 
     def rule(self, rule: Rule, namespace: str) -> Any:
         """A rule: any ``to`` entry (and the ``when`` request parts) and any ``from``

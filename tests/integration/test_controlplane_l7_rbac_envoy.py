@@ -7,10 +7,12 @@ so the test chooses who the client is. A few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +40,7 @@ POLICIES = """
   - from: [{source: {principals: [cluster.local/ns/demo/sa/frontend]}}]
     to: [{operation: {paths: ['/api/*']}}]
 """
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 SET_FILTER_STATE = "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config"
 
 
@@ -63,13 +66,53 @@ def _state() -> ClusterState:
     return ClusterState(authorization_policies=found)
 
 
-@pytest.fixture
-def envoy(tmp_path: Path) -> Iterator[tuple[int, int]]:
+def _start(
+    tmp_path: Path,
+    listeners: list[dict[str, Any]],
+    admin: int,
+    *,
+    clusters: list[dict[str, Any]] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Envoy with ``listeners`` and an admin port, on 127.0.0.1; waits until the first
+    listener accepts."""
     try:
         binary = envoy_binary()
         subprocess.run([str(binary), "--version"], capture_output=True, timeout=30, check=True)
     except (AmbientError, OSError, subprocess.SubprocessError) as err:
         pytest.skip(f"the envoy binary cannot run here: {err}")
+    config: dict[str, Any] = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters or []},
+    }
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(config))
+    log = tmp_path / "envoy.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(envoy_argv(path, concurrency=1), stdout=out, stderr=out)
+    port = listeners[0]["address"]["socket_address"]["port_value"]
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _stop(proc)
+                pytest.fail(f"envoy did not start: {log.read_text()}")
+            time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def envoy(tmp_path: Path) -> Iterator[tuple[int, int]]:
     backend = Service("demo", "backend", ports=(ServicePort(80, 8080, "http"),))
     rbac = [as_json(f) for f in rbac_filters(_state(), ("demo", "waypoint"), backend, port=80)]
     peer = {
@@ -88,33 +131,11 @@ def envoy(tmp_path: Path) -> Iterator[tuple[int, int]]:
         },
     }
     port, admin = _free_port(), _free_port()
-    config: dict[str, Any] = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {"listeners": [hcm_listener("wp", port, [peer, *rbac], DIRECT_OK)]},
-    }
-    path = tmp_path / "envoy.json"
-    path.write_text(json.dumps(config))
-    log = (tmp_path / "envoy.log").open("w")
-    proc = subprocess.Popen(envoy_argv(path, concurrency=1), stdout=log, stderr=log)
+    proc = _start(tmp_path, [hcm_listener("wp", port, [peer, *rbac], DIRECT_OK)], admin)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"envoy did not start: {(tmp_path / 'envoy.log').read_text()}")
-                time.sleep(0.05)
         yield port, admin
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+        _stop(proc)
 
 
 def _request(port: int, method: str, path: str, peer: str | None) -> tuple[int, bytes]:
@@ -149,3 +170,119 @@ def test_envoy_enforces_deny_then_allow(envoy: tuple[int, int]) -> None:
     assert _request(port, "GET", "/other", frontend)[0] == 403
     assert _stat(admin, "http.wp.rbac.denied") == 4
     assert _stat(admin, "http.wp.rbac.allowed") >= 1
+
+
+TCP_POLICY = """
+- action: ALLOW
+  targetRefs: [{kind: Service, name: db}]
+  rules:
+  - from: [{source: {ipBlocks: [127.0.0.2]}}]
+  - to: [{operation: {methods: [GET]}}]
+"""
+
+
+def _tcp_exchange(port: int, source: str) -> bytes:
+    """Sends a line from ``source`` and reads until the peer closes (RBAC decides on the
+    first byte)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as s:
+        s.settimeout(5)
+        s.sendall(b"hi\n")
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(4096):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def _echo_server() -> Iterator[int]:
+    """A one-thread echo server on 127.0.0.1 (bounded: closed with the test)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    while data := conn.recv(4096):
+                        conn.sendall(data)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+
+
+@pytest.mark.timeout(60)
+def test_envoy_enforces_network_rbac_on_tcp(tmp_path: Path) -> None:
+    """A TCP chain: the ALLOW rule with an HTTP method matches nothing, the address
+    rule admits 127.0.0.2 only; a refused connection is closed without a byte."""
+    from controlplane.envoy.rbac import rbac_network_filters
+    from tests.unit.test_controlplane_l7_validate import tcp_listener
+
+    found = {}
+    for spec in yaml.safe_load(TCP_POLICY):
+        raw = {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "db", "namespace": "demo"},
+            "spec": spec,
+        }
+        obj = decode(raw).obj
+        assert isinstance(obj, AuthorizationPolicy)
+        found[obj.key] = obj
+    db = Service("demo", "db", ports=(ServicePort(5432, 5432, "tcp"),))
+    state = ClusterState(authorization_policies=found)
+    filters = [as_json(f) for f in rbac_network_filters(state, ("demo", "wp"), db, port=5432)]
+    port, admin = _free_port(), _free_port()
+    with _echo_server() as echo:
+        proxy = {
+            "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {"@type": TCP_PROXY, "stat_prefix": "db", "cluster": "echo"},
+        }
+        listener = tcp_listener("db", port, [*filters, proxy])
+        listener["filter_chains"][0]["filters"].pop()  # the direct response
+        cluster = {
+            "name": "echo",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": "echo",
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {
+                                            "address": "127.0.0.1",
+                                            "port_value": echo,
+                                        }
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+        }
+        proc = _start(tmp_path, [listener], admin, clusters=[cluster])
+        try:
+            assert _tcp_exchange(port, "127.0.0.2") == b"hi\n"
+            assert _tcp_exchange(port, "127.0.0.1") == b""
+            # the readiness probe (from 127.0.0.1) was refused too
+            assert _stat(admin, "tcp.allow.rbac.denied") >= 1
+        finally:
+            _stop(proc)

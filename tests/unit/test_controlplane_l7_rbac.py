@@ -486,3 +486,58 @@ def test_jwt_attributes_are_warned_about() -> None:
 
 def test_plain_policy_has_no_problem() -> None:
     assert policy_problems(policy(TARGETED)) == []
+
+
+# --- TCP chains: network RBAC ---------------------------------------------------------------
+
+
+def network_json(*policies: AuthorizationPolicy, **kw: Any) -> list[dict[str, Any]]:
+    from controlplane.envoy.rbac import build_rbac_network_filters
+
+    return [as_json(f) for f in build_rbac_network_filters(policies, **kw)]
+
+
+def test_network_filters_name_and_stat_prefix() -> None:
+    allow = policy(HEAD + "rules: [{from: [{source: {namespaces: [demo]}}]}]", "a")
+    deny = policy(HEAD + "action: DENY\nrules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}]}]")
+    out = network_json(allow, deny)
+    assert [f["name"] for f in out] == ["envoy.filters.network.rbac"] * 2
+    assert [f["typed_config"]["stat_prefix"] for f in out] == ["tcp.deny.", "tcp.allow."]
+    assert out[0]["typed_config"]["@type"].endswith("filters.network.rbac.v3.RBAC")
+    (rule,) = out[1]["typed_config"]["rules"]["policies"].values()
+    assert rule["principals"] == [
+        _ids(fs({"safe_regex": {"regex": "spiffe://[^/]+/ns/demo/sa/[^/]+"}}))
+    ]
+
+
+def test_allow_rule_with_http_attributes_matches_nothing_over_tcp() -> None:
+    p = policy(
+        HEAD + "rules:\n- to: [{operation: {methods: [GET]}}]\n"
+        "- from: [{source: {namespaces: [demo]}}]\n"
+        "- when: [{key: 'request.headers[x]', values: [y]}]"
+    )
+    (f,) = network_json(p)
+    assert list(f["typed_config"]["rules"]["policies"]) == ["ns[demo]-policy[p]-rule[1]"]
+
+
+def test_deny_rule_drops_http_attributes_over_tcp() -> None:
+    p = policy(
+        HEAD + "action: DENY\nrules:\n"
+        "- to: [{operation: {methods: [POST], ports: ['80']}}]\n"
+        "  from: [{source: {requestPrincipals: ['*'], namespaces: [bad]}}]"
+    )
+    (f,) = network_json(p)
+    (rule,) = f["typed_config"]["rules"]["policies"].values()
+    assert rule["permissions"] == [_or({"destination_port": 80})]
+    assert rule["principals"] == [
+        _ids(fs({"safe_regex": {"regex": "spiffe://[^/]+/ns/bad/sa/[^/]+"}}))
+    ]
+
+
+def test_rbac_network_filters_from_state() -> None:
+    from controlplane.envoy.rbac import rbac_network_filters
+
+    p = policy(TARGETED)
+    state = ClusterState(authorization_policies={p.key: p})
+    (f,) = rbac_network_filters(state, WAYPOINT, BACKEND, port=80)
+    assert f.name == "envoy.filters.network.rbac"

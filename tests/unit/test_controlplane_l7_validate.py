@@ -159,6 +159,37 @@ def rbac_bootstrap() -> dict[str, Any]:
     return {"static_resources": {"listeners": listeners}}
 
 
+def tcp_listener(name: str, port: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
+    """A listener on 127.0.0.1: ``filters`` then a direct response (no upstream)."""
+    answer = {
+        "name": "envoy.filters.network.direct_response",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.direct_response.v3."
+            "Config",
+            "response": {"inline_string": "ok\n"},
+        },
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [*filters, answer]}],
+    }
+
+
+def network_rbac_bootstrap() -> dict[str, Any]:
+    from controlplane.envoy.rbac import build_rbac_network_filters
+
+    filters = [as_json(f) for f in build_rbac_network_filters(policies(), port=80)]
+    assert len(filters) == 3
+    return {"static_resources": {"listeners": [tcp_listener("tcp", 21010, filters)]}}
+
+
+@pytest.mark.timeout(120)
+def test_envoy_accepts_network_rbac_filters(tmp_path: Path) -> None:
+    done = envoy_validate(network_rbac_bootstrap(), tmp_path / "tcp.json")
+    assert done.returncode == 0, f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
+
+
 @pytest.mark.timeout(120)
 def test_envoy_accepts_rbac_filters(tmp_path: Path) -> None:
     done = envoy_validate(rbac_bootstrap(), tmp_path / "rbac.json")
