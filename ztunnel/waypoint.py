@@ -35,6 +35,11 @@ def waypoint_of(upstream: Upstream) -> GatewayAddress | None:
     return upstream.workload.waypoint
 
 
+def is_service_waypoint(upstream: Upstream) -> bool:
+    """Whether the destination's waypoint is its Service's (not its workload's own)."""
+    return upstream.service is not None and upstream.service.waypoint is not None
+
+
 def _gateway_service(state: ProxyState, gateway: GatewayAddress) -> Service | None:
     dest = gateway.destination
     if isinstance(dest, NamespacedHostname):
@@ -157,6 +162,7 @@ __all__ = [
     "BYPASS_REASON",
     "bypass_refusal",
     "describe",
+    "is_service_waypoint",
     "is_waypoint_itself",
     "pick_waypoint",
     "serving_waypoints",

@@ -290,3 +290,23 @@ status: {podIP: 10.244.1.20, phase: Running, conditions: [{type: Ready, status: 
     gateway = SpiffeId("cluster.local", "istio-system", "istio-ingressgateway")
     assert isinstance(hbone(state, "10.244.2.7:9080", gateway), Admit)
     assert isinstance(hbone(state, "10.244.2.7:9080", FRONTEND), Refuse)
+
+
+def test_a_vip_of_a_service_without_waypoint_reaches_a_workload_waypoint_with_the_pod_address(
+    tmp_path: Path,
+) -> None:
+    ratings_svc = """\
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: demo}
+spec:
+  selector: {app: ratings}
+  clusterIP: 10.96.0.50
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"""
+    state = mesh_state(tmp_path, CLUSTER + ratings_svc)
+    plan = outbound(state, "10.96.0.50", 80)
+    assert isinstance(plan, Tunnel) and plan.via_waypoint
+    assert plan.request.authority == Authority("10.244.2.8", 8080)
+    assert plan.expected_identities == {WAYPOINT}

@@ -149,11 +149,16 @@ def _tunnel(
     if isinstance(via, Refuse):
         return via
     if via is not None:
-        # Through a waypoint the authority keeps the original VIP (or pod IP) and
-        # port, so that the waypoint can route it.
+        # Through a Service's waypoint the authority keeps the original VIP and port,
+        # so that the waypoint can route it; a workload's waypoint gets the pod's.
+        authority = (
+            original
+            if waypoint.is_service_waypoint(resolved)
+            else Authority(str(resolved.address), resolved.port)
+        )
         return Tunnel(
             pool_key=PoolKey(source.identity, via.identity, via.addresses[0], hbone_port),
-            request=_request(original, source, client, resolved.service, rng),
+            request=_request(authority, source, client, resolved.service, rng),
             expected_identities=frozenset({via.identity}),
             destination=via,
             service=resolved.service,
