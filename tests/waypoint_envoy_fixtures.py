@@ -1,6 +1,6 @@
 """A small cluster with one waypoint, shared by the waypoint Envoy tests.
 
-Namespace ``demo`` is enrolled and bound to waypoint ``w``; ``backend`` (VIP
+Namespace ``demo`` is enrolled and bound to waypoint ``w`` (for services and pods); ``backend`` (VIP
 10.96.0.20, port 80 -> 5678) has pods v1 and v2, and a VirtualService splits 80/20
 between the DestinationRule's subsets (``end-user: jason`` always to v2), and an
 AuthorizationPolicy on the waypoint lets only ``frontend`` GET. ``web`` (8000, on
@@ -46,14 +46,16 @@ WEB_VIP = "10.96.0.23"
 
 
 def waypoint_objects(
-    namespace: str, name: str, vip: str, *, all_namespaces: bool = False
+    namespace: str, name: str, vip: str, *, all_namespaces: bool = False, traffic: str = ""
 ) -> tuple[Gateway, Service]:
-    """A waypoint Gateway (class istio-waypoint, HBONE on 15008) and its Service."""
+    """A waypoint Gateway (class istio-waypoint, HBONE on 15008, ``waypoint-for:
+    traffic`` if given) and its Service."""
     allowed = FrozenMap({"namespaces": FrozenMap({"from": "All"})}) if all_namespaces else None
     gateway = Gateway(
         namespace,
         name,
         WAYPOINT_CLASS,
+        labels=FrozenMap({"istio.io/waypoint-for": traffic} if traffic else {}),
         listeners=(GatewayListener("mesh", 15008, "HBONE", allowed_routes=allowed),),
     )
     service = Service(
@@ -139,7 +141,7 @@ subsets:
         _pod("cache-0", "10.1.0.14", "cache", app="cache"),
     ]
     labels = {"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "w"}
-    gateway, waypoint_service = waypoint_objects("demo", "w", "10.96.0.9")
+    gateway, waypoint_service = waypoint_objects("demo", "w", "10.96.0.9", traffic="all")
     # At the waypoint: frontend may GET, nothing else is allowed (403).
     policy = AuthorizationPolicy(
         "demo",

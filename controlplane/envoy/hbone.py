@@ -37,6 +37,12 @@ CONNECT_ORIGINATE = "connect_originate"
 """The internal listener and the cluster that originate HBONE to an endpoint."""
 MAIN_INTERNAL = "main_internal"
 """The internal listener serving every tunnel, one filter chain per service port."""
+WORKLOAD_INTERNAL = "workload_internal"
+"""The internal listener serving tunnels addressed to a pod (``waypoint-for`` workload
+or all): one filter chain per pod address, any port."""
+ENCAP = "encap"
+"""The cluster that hands a connection to :data:`CONNECT_ORIGINATE` as it is: its target
+is the connection's own local address (workload-addressed traffic)."""
 
 PEER_PRINCIPAL_KEY = "io.istio.peer_principal"
 """Filter state: the SPIFFE URI of the HBONE client (the outer TLS peer)."""
@@ -280,5 +286,37 @@ def connect_originate_cluster(*, ads: bool = True, connect_timeout: float = 10.0
                     },
                 }
             },
+        },
+    )
+
+
+def encap_cluster() -> Any:
+    """:data:`ENCAP`: one internal endpoint, :data:`CONNECT_ORIGINATE`; the target comes
+    from filter state (:data:`ORIGINAL_DST_LOCAL_KEY`) the sending chain shares."""
+    return _parse(
+        cluster_pb2.Cluster(),
+        {
+            "name": ENCAP,
+            "type": "STATIC",
+            "connect_timeout": "10s",
+            "load_assignment": {
+                "cluster_name": ENCAP,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "envoy_internal_address": {
+                                            "server_listener_name": CONNECT_ORIGINATE
+                                        }
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+            "transport_socket": internal_upstream_socket(),
         },
     )

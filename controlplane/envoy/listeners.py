@@ -69,6 +69,22 @@ class ServedPort:
     """The connection manager's ``Tracing``, if any."""
 
 
+@dataclass(frozen=True)
+class ServedWorkload:
+    """A pod whose own address the waypoint serves (``waypoint-for`` workload or all):
+    every port is passed through to it, over HBONE."""
+
+    address: str
+    """The pod's IP."""
+    principal: str
+    """The SPIFFE URI its HBONE server must present."""
+
+    @property
+    def name(self) -> str:
+        """The chain's name and stat prefix."""
+        return f"inbound-pod|{self.address}"
+
+
 def _parse(message: Any, config: dict[str, Any]) -> Any:
     return json_format.ParseDict(config, message)
 
@@ -98,19 +114,52 @@ def _authority(address: str, port: int) -> str:
 
 
 def served_authorities(served: Iterable[ServedPort]) -> list[str]:
-    """Every CONNECT ``:authority`` the waypoint serves (``VIP:port``)."""
+    """Every CONNECT ``:authority`` of a served service (``VIP:port``)."""
     return sorted({_authority(a, p.port) for p in served for a in p.addresses})
+
+
+def workload_authorities(workloads: Iterable[ServedWorkload]) -> list[str]:
+    """Every CONNECT ``:authority`` of a served pod (``podIP:*``, any port)."""
+    return sorted({_authority(w.address, 0)[:-1] + "*" for w in workloads})
+
+
+def _virtual_host(name: str, domains: Sequence[str], cluster: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "domains": list(domains),
+        "routes": [
+            {
+                "match": {"connect_matcher": {}},
+                "route": {
+                    "cluster": cluster,
+                    "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}],
+                },
+            }
+        ],
+    }
 
 
 def connect_terminate_listener(
     authorities: Sequence[str] | None = None,
+    workloads: Sequence[str] = (),
     *,
     address: str = "0.0.0.0",
     port: int = hbone.HBONE_PORT,
     ads: bool = True,
 ) -> Any:
-    """The HBONE listener (see the module's docstring). Only tunnels to
-    ``authorities`` (all when None) are accepted; others are answered 404 at once."""
+    """The HBONE listener (see the module's docstring). Tunnels to ``authorities``
+    (:func:`served_authorities`; all when None) go to :data:`~.hbone.MAIN_INTERNAL`,
+    tunnels to ``workloads`` (:func:`workload_authorities`) to
+    :data:`~.hbone.WORKLOAD_INTERNAL`; any other is answered 404 at once."""
+    hosts = [
+        _virtual_host(
+            hbone.CONNECT_TERMINATE,
+            ["*"] if authorities is None else list(authorities) or ["-"],
+            hbone.MAIN_INTERNAL,
+        )
+    ]
+    if workloads:
+        hosts.append(_virtual_host("workloads", workloads, hbone.WORKLOAD_INTERNAL))
     set_state = {
         "on_request_headers": [
             _shared(hbone.ORIGINAL_DST_LOCAL_KEY, "%REQ(:AUTHORITY)%"),
@@ -122,26 +171,7 @@ def connect_terminate_listener(
     manager = {
         "@type": HCM,
         "stat_prefix": hbone.CONNECT_TERMINATE,
-        "route_config": {
-            "name": hbone.CONNECT_TERMINATE,
-            "virtual_hosts": [
-                {
-                    "name": hbone.CONNECT_TERMINATE,
-                    "domains": ["*"] if authorities is None else list(authorities) or ["-"],
-                    "routes": [
-                        {
-                            "match": {"connect_matcher": {}},
-                            "route": {
-                                "cluster": hbone.MAIN_INTERNAL,
-                                "upgrade_configs": [
-                                    {"upgrade_type": "CONNECT", "connect_config": {}}
-                                ],
-                            },
-                        }
-                    ],
-                }
-            ],
-        },
+        "route_config": {"name": hbone.CONNECT_TERMINATE, "virtual_hosts": hosts},
         "http_filters": [
             {
                 "name": "envoy.filters.http.set_filter_state",
@@ -240,6 +270,47 @@ def _add_chain(listener: Any, port: ServedPort, http: bool, *, detected: bool, a
         network_filter.typed_config.Pack(port.tcp_proxy)
 
 
+def _workload_chain(listener: Any, workload: ServedWorkload) -> None:
+    """Any port of the pod: the connection's own local address (``podIP:port``) and the
+    pod's principal go with it to :data:`~.hbone.CONNECT_ORIGINATE` through
+    :data:`~.hbone.ENCAP`."""
+    _parse(
+        listener.filter_chains.add(),
+        {
+            "name": workload.name,
+            "filter_chain_match": {"prefix_ranges": [_prefix(workload.address)]},
+            "filters": [
+                {
+                    "name": "envoy.filters.network.set_filter_state",
+                    "typed_config": {
+                        "@type": hbone.NETWORK_SET_FILTER_STATE,
+                        "on_new_connection": [
+                            {
+                                "object_key": hbone.ORIGINAL_DST_LOCAL_KEY,
+                                "format_string": _format("%DOWNSTREAM_LOCAL_ADDRESS%"),
+                                "shared_with_upstream": "ONCE",
+                            },
+                            {
+                                "object_key": hbone.UPSTREAM_SAN_KEY,
+                                "format_string": _format(workload.principal),
+                                "shared_with_upstream": "TRANSITIVE",
+                            },
+                        ],
+                    },
+                },
+                {
+                    "name": TCP_PROXY_FILTER,
+                    "typed_config": {
+                        "@type": hbone.TCP_PROXY,
+                        "stat_prefix": workload.name,
+                        "cluster": hbone.ENCAP,
+                    },
+                },
+            ],
+        },
+    )
+
+
 def main_internal_listener(served: Sequence[ServedPort], *, ads: bool = True) -> Any:
     """The inner listener: one filter chain per served ``VIP:port`` (see the module);
     two for a port whose protocol is detected (HTTP first, TCP for everything else)."""
@@ -276,25 +347,44 @@ def main_internal_listener(served: Sequence[ServedPort], *, ads: bool = True) ->
     return listener
 
 
-def main_internal_cluster() -> Any:
-    """The cluster the HBONE listener hands every tunnel to: the inner listener."""
+def workload_internal_listener(workloads: Sequence[ServedWorkload]) -> Any:
+    """The inner listener of pod-addressed tunnels: one chain per pod address."""
+    listener = _parse(
+        listener_pb2.Listener(),
+        {
+            "name": hbone.WORKLOAD_INTERNAL,
+            "internal_listener": {},
+            "use_original_dst": False,
+            "listener_filters": [
+                {
+                    "name": "envoy.filters.listener.original_dst",
+                    "typed_config": {"@type": hbone.ORIGINAL_DST_FILTER},
+                }
+            ],
+        },
+    )
+    for workload in workloads:
+        _workload_chain(listener, workload)
+    return listener
+
+
+def internal_cluster(listener: str) -> Any:
+    """A cluster whose one endpoint is the internal listener ``listener`` (same name)."""
     return _parse(
         cluster_pb2.Cluster(),
         {
-            "name": hbone.MAIN_INTERNAL,
+            "name": listener,
             "type": "STATIC",
             "connect_timeout": "10s",
             "load_assignment": {
-                "cluster_name": hbone.MAIN_INTERNAL,
+                "cluster_name": listener,
                 "endpoints": [
                     {
                         "lb_endpoints": [
                             {
                                 "endpoint": {
                                     "address": {
-                                        "envoy_internal_address": {
-                                            "server_listener_name": hbone.MAIN_INTERNAL
-                                        }
+                                        "envoy_internal_address": {"server_listener_name": listener}
                                     }
                                 }
                             }
@@ -305,6 +395,11 @@ def main_internal_cluster() -> Any:
             "transport_socket": hbone.internal_upstream_socket(),
         },
     )
+
+
+def main_internal_cluster() -> Any:
+    """The cluster the HBONE listener hands service tunnels to: the inner listener."""
+    return internal_cluster(hbone.MAIN_INTERNAL)
 
 
 def chains_of(listener: Any) -> Iterable[str]:

@@ -21,10 +21,14 @@ from controlplane.envoy.clusters import through_hbone_with_tls
 from controlplane.envoy.ingress import translate_ingress
 from controlplane.envoy.listeners import (
     ServedPort,
+    ServedWorkload,
     connect_terminate_listener,
+    internal_cluster,
     main_internal_cluster,
     main_internal_listener,
     served_authorities,
+    workload_authorities,
+    workload_internal_listener,
 )
 from controlplane.envoy.names import tcp_proxy_name
 from controlplane.envoy.rbac import rbac_filters
@@ -101,6 +105,31 @@ def served_services(state: ClusterState, proxy: EnvoyProxy) -> list[Service]:
     return sorted(served, key=lambda s: s.key)
 
 
+def served_workloads(
+    state: ClusterState, proxy: EnvoyProxy, mesh: MeshConfig
+) -> list[ServedWorkload]:
+    """The pods whose own address is bound to the waypoint ``proxy`` (``waypoint-for:
+    workload`` or ``all``, the workload API's binding), ready and in the mesh."""
+    index = WaypointIndex(state)
+    found = []
+    for _, pod in sorted(state.pods.items()):
+        waypoint = index.for_pod(pod).waypoint
+        if (
+            waypoint is None
+            or waypoint.key != (proxy.namespace, proxy.gateway_name)
+            or not _healthy(pod)
+            or not is_enrolled(pod, state.namespace_of(pod))
+        ):
+            continue
+        principal = _principal(pod, mesh)
+        found += [ServedWorkload(ip, principal) for ip in (pod.ips or (pod.ip,)) if ip]
+    return found
+
+
+def _principal(pod: Pod, mesh: MeshConfig) -> str:
+    return f"spiffe://{mesh.trust_domain}/ns/{pod.namespace}/sa/{pod.service_account}"
+
+
 OPAQUE_PROTOCOLS = frozenset({"tcp", "tls", "https", "mongo", "mysql", "redis", "udp"})
 """Istio's protocols (``appProtocol`` or port-name prefix) a waypoint proxies as TCP."""
 
@@ -165,7 +194,7 @@ def _healthy(pod: Pod) -> bool:
 
 def _endpoint(pod: Pod, ip: str, port: int, mesh: MeshConfig, hbone_port: int) -> dict[str, Any]:
     """A tunnel endpoint carrying what the access log reports of the destination."""
-    principal = f"spiffe://{mesh.trust_domain}/ns/{pod.namespace}/sa/{pod.service_account}"
+    principal = _principal(pod, mesh)
     endpoint = hbone.tunnel_endpoint(ip, port, principal=principal, hbone_port=hbone_port)
     metadata = telemetry.endpoint_metadata(
         workload=workload_name(pod),
@@ -243,16 +272,22 @@ def proxy_resources(
     services = served_services(state, proxy)
     translated = translate_waypoint(state, services, mesh)
     served = _served_ports(state, services, translated, proxy, mesh)
+    workloads = served_workloads(state, proxy, mesh)
     listeners = [
-        connect_terminate_listener(served_authorities(served)),
+        connect_terminate_listener(served_authorities(served), workload_authorities(workloads)),
         main_internal_listener(served),
         hbone.connect_originate_listener(),
     ]
+    if workloads:
+        listeners.append(workload_internal_listener(workloads))
     clusters = {
         name: _with_metadata(through_hbone_with_tls(c), translated.endpoints[name])
         for name, c in translated.clusters.items()
     }
     clusters[hbone.MAIN_INTERNAL] = main_internal_cluster()
+    if workloads:
+        clusters[hbone.WORKLOAD_INTERNAL] = internal_cluster(hbone.WORKLOAD_INTERNAL)
+        clusters[hbone.ENCAP] = hbone.encap_cluster()
     clusters[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_cluster()
     endpoints = {
         name: endpoints_of(state, name, ends, mesh) for name, ends in translated.endpoints.items()

@@ -406,8 +406,8 @@ def test_endpoint_with_the_wrong_identity_is_refused(waypoint: Any) -> None:
     """The waypoint checks the destination's certificate against the pod's account."""
     loop, seen, client_cert, roots = waypoint
 
-    async def scenario() -> bytes:
-        tunnel = await _open(client_cert, roots, Authority(CACHE_VIP, 6379))
+    async def scenario(authority: Authority) -> bytes:
+        tunnel = await _open(client_cert, roots, authority)
         await tunnel.stream.write(b"PING\r\n")
         try:
             return bytes(await asyncio.wait_for(tunnel.stream.read(), 5))
@@ -416,8 +416,24 @@ def test_endpoint_with_the_wrong_identity_is_refused(waypoint: Any) -> None:
         finally:
             tunnel.channel.close()
 
-    assert loop.run(scenario()) == b""
+    assert loop.run(scenario(Authority(CACHE_VIP, 6379))) == b""  # by its service
+    assert loop.run(scenario(Authority("10.1.0.14", 6379))) == b""  # by its own address
     assert not any(a.startswith("10.1.0.14:") for a in seen.authorities)
+
+
+def test_workload_addressed_tunnel_passes_through_to_the_pod(waypoint: Any) -> None:
+    """waypoint-for all: a tunnel to ``podIP:port`` goes to that pod, any port."""
+    loop, seen, client_cert, roots = waypoint
+
+    async def scenario() -> tuple[str, str]:
+        tunnel = await _open(client_cert, roots, Authority("10.1.0.12", 5678))
+        status, body = await _get(tunnel)
+        tunnel.channel.close()
+        return status, body
+
+    assert loop.run(scenario()) == ("HTTP/1.1 200 OK", "v2")
+    assert "10.1.0.12:5678" in seen.authorities
+    assert seen.peers == {str(WAYPOINT_ID)}
 
 
 def test_unknown_authority_gets_no_service(waypoint: Any) -> None:

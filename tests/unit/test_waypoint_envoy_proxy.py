@@ -17,6 +17,8 @@ from controlplane.envoy.hbone import (
     MAIN_INTERNAL,
     ORIGINAL_DST_LOCAL_KEY,
     PEER_PRINCIPAL_KEY,
+    UPSTREAM_SAN_KEY,
+    WORKLOAD_INTERNAL,
 )
 from controlplane.envoy.proxy import (
     EnvoyProxy,
@@ -102,7 +104,12 @@ def _demo() -> EnvoyResources:
 
 def test_waypoint_listeners_terminate_hbone_and_chain_per_service_port() -> None:
     resources = _demo()
-    assert list(resources.listeners) == [CONNECT_TERMINATE, MAIN_INTERNAL, CONNECT_ORIGINATE]
+    assert list(resources.listeners) == [
+        CONNECT_TERMINATE,
+        MAIN_INTERNAL,
+        CONNECT_ORIGINATE,
+        WORKLOAD_INTERNAL,
+    ]
     outer = as_json(resources.listeners[CONNECT_TERMINATE])
     assert outer["address"]["socket_address"]["port_value"] == 15008
     tls = outer["filter_chains"][0]["transport_socket"]["typed_config"]
@@ -132,6 +139,29 @@ def test_waypoint_listeners_terminate_hbone_and_chain_per_service_port() -> None
     assert "tracing" not in hcm  # only when the bootstrap has the collector's cluster
     tcp = chains["inbound-vip|5432|tcp|db.demo.svc.cluster.local"]
     assert tcp["filters"][0]["name"] == "envoy.filters.network.tcp_proxy"
+
+
+def test_pods_bound_for_workload_traffic_get_a_passthrough_chain() -> None:
+    """waypoint-for all: tunnels to a pod's own address, any port, go to that pod."""
+    resources = _demo()
+    outer = as_json(resources.listeners[CONNECT_TERMINATE])
+    hosts = outer["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    (services, workloads) = hosts["virtual_hosts"]
+    assert f"{BACKEND_VIP}:80" in services["domains"]
+    assert "10.1.0.12:*" in workloads["domains"]
+    assert workloads["routes"][0]["route"]["cluster"] == WORKLOAD_INTERNAL
+    inner = as_json(resources.listeners[WORKLOAD_INTERNAL])
+    chain = next(c for c in inner["filter_chains"] if c["name"] == "inbound-pod|10.1.0.12")
+    assert chain["filter_chain_match"] == {
+        "prefix_ranges": [{"address_prefix": "10.1.0.12", "prefix_len": 32}]
+    }
+    state, proxy = chain["filters"]
+    san = state["typed_config"]["on_new_connection"][1]
+    assert san["object_key"] == UPSTREAM_SAN_KEY
+    assert san["format_string"]["text_format_source"]["inline_string"] == (
+        "spiffe://cluster.local/ns/demo/sa/backend"
+    )
+    assert proxy["typed_config"]["cluster"] == "encap"
 
 
 def test_endpoints_are_tunnels_to_the_selected_pods() -> None:
