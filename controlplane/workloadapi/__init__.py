@@ -45,6 +45,7 @@ from controlplane.workloadapi.waypoints import (
     allow_waypoint_name,
     gateway_address,
     ingress_principals,
+    ingress_uses_waypoint,
     served_namespaces,
 )
 from controlplane.workloadapi.workloads import is_sent, workload_message
@@ -122,8 +123,9 @@ def service_address(
     """A service's resource name and its ``Address`` message (with its waypoint, if any)."""
     hostname = mesh.service_hostname(service.namespace, service.name)
     waypoint = gateway_address(waypoints.for_service(service).waypoint, mesh) if waypoints else None
+    ingress = waypoints is not None and ingress_uses_waypoint(waypoints.state, service)
     return service_resource_name(service.namespace, hostname), wl.Address(
-        service=service_message(service, mesh, waypoint)
+        service=service_message(service, mesh, waypoint, ingress_use_waypoint=ingress)
     )
 
 

@@ -60,11 +60,18 @@ def app_protocol(port: ServicePort) -> int:
     return int(wl.UNKNOWN)
 
 
-def service_message(service: Service, mesh: MeshConfig, waypoint: Any | None = None) -> Any:
+def service_message(
+    service: Service,
+    mesh: MeshConfig,
+    waypoint: Any | None = None,
+    *,
+    ingress_use_waypoint: bool = False,
+) -> Any:
     """The ``istio.workload.Service`` for a Kubernetes Service.
 
     A numeric target port is sent; a named one is sent as 0, meaning "look it up in
-    the workload's services map". ``waypoint`` is its ``GatewayAddress``, if any.
+    the workload's services map". ``waypoint`` is its ``GatewayAddress``, if any;
+    ``ingress_use_waypoint`` tells ingress gateways to send to that waypoint too.
     """
     families = set(service.ip_families)
     ip_families = {
@@ -91,6 +98,7 @@ def service_message(service: Service, mesh: MeshConfig, waypoint: Any | None = N
             for p in service.ports
         ],
         waypoint=waypoint,
+        ingress_use_waypoint=ingress_use_waypoint,
     )
 
 

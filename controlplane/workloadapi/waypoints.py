@@ -45,6 +45,8 @@ USE_WAYPOINT_NAMESPACE_LABEL = "istio.io/use-waypoint-namespace"
 """Beside ``istio.io/use-waypoint``: the namespace of that waypoint (default: own)."""
 WAYPOINT_FOR_LABEL = "istio.io/waypoint-for"
 """On a waypoint ``Gateway``: which traffic it takes (service, workload, all, none)."""
+INGRESS_USE_WAYPOINT_LABEL = "istio.io/ingress-use-waypoint"
+"""On a Service or its Namespace (``"true"``): ingress gateways send to its waypoint."""
 OPT_OUT = "#none"
 """``istio.io/use-waypoint: '#none'``: no waypoint, whatever the namespace says."""
 WAYPOINT_HBONE_PORT = 15008
@@ -270,6 +272,15 @@ class WaypointIndex:
         if problem:
             return Binding(None, requested, label_on, problem)
         return Binding(waypoint, requested, label_on)
+
+
+def ingress_uses_waypoint(state: ClusterState, service: Service) -> bool:
+    """``istio.io/ingress-use-waypoint`` on the Service, else on its Namespace."""
+    value = service.labels.get(INGRESS_USE_WAYPOINT_LABEL)
+    if value is None:
+        namespace = state.namespaces.get(service.namespace)
+        value = namespace.labels.get(INGRESS_USE_WAYPOINT_LABEL) if namespace else None
+    return bool(value == "true")
 
 
 def gateway_address(waypoint: Waypoint | None, mesh: MeshConfig) -> Any | None:

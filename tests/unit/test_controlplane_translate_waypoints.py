@@ -472,3 +472,16 @@ def test_resource_rows_show_waypoints() -> None:
     assert rows["demo/backend.demo.svc.cluster.local"].endswith(" waypoint=10.96.0.100:15008")
     assert " waypoint=10.96.0.100:15008" in rows["Kubernetes//Pod/demo/backend-1"]
     assert "waypoint=" not in rows["Kubernetes//Pod/demo/waypoint"]
+
+
+def test_ingress_use_waypoint_from_the_service_or_its_namespace() -> None:
+    label = "istio.io/ingress-use-waypoint"
+    for kwargs, expected in (
+        ({}, False),
+        ({"svc_labels": {label: "true"}}, True),
+        ({"demo_labels": {label: "true"}}, True),
+        ({"demo_labels": {label: "true"}, "svc_labels": {label: "false"}}, False),
+    ):
+        out = translate(scenario(**kwargs), MESH).addresses  # type: ignore[arg-type]
+        svc = out["demo/backend.demo.svc.cluster.local"].service
+        assert svc.ingress_use_waypoint is expected, kwargs
