@@ -1,10 +1,10 @@
 """Waypoints in a two-node lab: the source ztunnel sends to the waypoint, bypasses are refused.
 
-    node1: client (demo, enrolled), outsider (plain, not enrolled),
-           waypoint (demo; gateway-name=waypoint, dataplane-mode=none, sa waypoint)
+    node1: client (demo, enrolled), outsider (plain, not enrolled)
     node2: backend (demo; http-echo :8080)
-    Namespace demo: istio.io/use-waypoint=waypoint; Gateway demo/waypoint (istio-waypoint)
-    Services: demo/backend 80 -> 8080, demo/waypoint 15008 (the waypoint's address)
+    Service demo/backend 80 -> 8080
+    ambient waypoint apply -n demo --enroll-namespace: Gateway demo/waypoint, the lab's
+    waypoint pod and Service demo/waypoint (its address), namespace label use-waypoint
 
 Each node runs the agent and ``ambient ztunnel run --cluster-folder`` (the control
 plane's translation of the lab's folder). No Envoy runs in the waypoint pod: the test
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from click.testing import CliRunner
 
 from agent.pinned import BPFFS_ROOT
-from controlplane.workloadapi.waypoints import TrafficType
+from ambient.cli import root
 from tests.integration.meshlab import (
     AMBIENT,
     HTTP_GET,
@@ -36,14 +36,12 @@ from tests.integration.meshlab import (
     wait_for,
     wait_for_enrollment,
 )
-from waypoint.cli import waypoint_gateway
 from ztunnel.app import load_or_create_ca
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(120)]
 
 WAYPOINT_ID = "spiffe://cluster.local/ns/demo/sa/waypoint"
 CLIENT_ID = "spiffe://cluster.local/ns/demo/sa/client"
-GATEWAY_NAME = "gateway.networking.k8s.io/gateway-name"
 
 
 class Mesh:
@@ -82,20 +80,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     with Lab.create(LabSpec(name=f"wp{os.getpid() % 100000}", nodes=2, outside=False)) as lab:
         pin_dirs = [BPFFS_ROOT / n.id for n in lab.nodes]
         try:
-            lab.add_namespace("demo", labels={**AMBIENT, "istio.io/use-waypoint": "waypoint"})
+            lab.add_namespace("demo", labels=AMBIENT)
             lab.add_namespace("plain")
             pods = {
                 "client": lab.add_pod(
                     "client", namespace="demo", node="node1", service_account="client"
                 ),
                 "outsider": lab.add_pod("outsider", namespace="plain", node="node1"),
-                "waypoint": lab.add_pod(
-                    "waypoint",
-                    namespace="demo",
-                    node="node1",
-                    labels={GATEWAY_NAME: "waypoint", "istio.io/dataplane-mode": "none"},
-                    service_account="waypoint",
-                ),
                 "backend": lab.add_pod(
                     "backend",
                     namespace="demo",
@@ -110,14 +101,15 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 selector={"app": "backend"},
                 ports=[ServicePort(port=80, target_port=8080)],
             )
-            lab.add_service(
-                "waypoint",
-                namespace="demo",
-                selector={GATEWAY_NAME: "waypoint"},
-                ports=[ServicePort(port=15008, target_port=15008)],
+            # As a user would: the lab makes the waypoint's pod and Service (its proxy
+            # stays idle: no control plane is registered with this lab).
+            applied = CliRunner().invoke(
+                root,
+                ["waypoint", "apply", "-n", "demo", "--enroll-namespace", "--lab", lab.name],
+                catch_exceptions=False,
             )
-            gateway = waypoint_gateway("demo", "waypoint", TrafficType.SERVICE)
-            (Path(lab.config_dir) / "zz-waypoint.yaml").write_text(yaml.safe_dump(gateway))
+            assert applied.exit_code == 0, applied.output
+            pods["waypoint"] = lab.pod("demo/waypoint")
             lab.start_workload(
                 "backend", "http-echo", ["--text", "Hello from backend", "--listen", ":8080"]
             )
