@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import ssl
+import struct
 
 import pytest
 import yaml
@@ -335,3 +336,39 @@ async def churn() -> None:
 
 def test_a_thousand_short_connections_leave_nothing_behind() -> None:
     asyncio.run(asyncio.wait_for(churn(), 120))
+
+
+async def reset_at_the_end() -> None:
+    async with Mesh() as mesh:
+        payload = random.Random(3).randbytes(300_000)
+        sock = socket.socket()
+        sock.bind((CLIENT, 0))
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, (VIP, mesh.vip_port))
+        await loop.sock_sendall(sock, payload)
+        echoed = bytearray()
+        while len(echoed) < len(payload):
+            echoed += await loop.sock_recv(sock, 65536)
+        assert echoed == payload
+        # End as wrk and iperf3 do: a reset instead of a FIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        for _ in range(50):
+            await asyncio.sleep(0.05)
+            if counter(mesh.registry, "istio_tcp_connections_closed_total").get("destination/-"):
+                break
+    for name in ("istio_tcp_received_bytes_total", "istio_tcp_sent_bytes_total"):
+        counted = counter(mesh.registry, name)
+        assert counted == {"source/-": len(payload), "destination/-": len(payload)}, name
+    # A tunnel that was up and then reset is closed, not failed.
+    assert counter(mesh.registry, "istio_tcp_connections_failed_total") == {}
+    assert counter(mesh.registry, "istio_tcp_connections_closed_total") == {
+        "source/-": 1.0,
+        "destination/-": 1.0,
+    }
+
+
+def test_a_client_reset_keeps_the_byte_counts() -> None:
+    # wrk and iperf3 end their connections with a reset: the bytes they moved count.
+    asyncio.run(asyncio.wait_for(reset_at_the_end(), 30))

@@ -276,27 +276,48 @@ class HboneChannel:
         return 0
 
 
+class Transfer:
+    """Bytes a relay or splice has moved so far, each way; still right when it fails.
+
+    Clients often end with a reset (wrk and iperf3 do), which ends the copy with an
+    exception: the handlers report these counts (metrics, access record) either way.
+    """
+
+    __slots__ = ("backward", "forward")
+
+    def __init__(self) -> None:
+        self.forward = 0
+        """Into the tunnel (relay) or ``a`` to ``b`` (splice)."""
+        self.backward = 0
+        """Out of the tunnel (relay) or ``b`` to ``a`` (splice)."""
+
+
 async def relay(
-    stream: TunnelStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    stream: TunnelStream,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    transfer: Transfer | None = None,
 ) -> tuple[int, int]:
     """Copy both ways between a plain socket and a tunnel, half-closes included.
 
-    Returns ``(bytes into the tunnel, bytes out of the tunnel)``.
+    Returns ``(bytes into the tunnel, bytes out of the tunnel)``; ``transfer`` (if
+    given) holds them too, also when the copy ends with an exception.
     """
+    counts = transfer or Transfer()
+    copied = Transfer()
 
     async def into_tunnel() -> int:
-        total = 0
         while chunk := await reader.read(READ_SIZE):
-            total += len(chunk)
+            counts.forward += len(chunk)
             await stream.write(chunk)
         await stream.end()
-        return total
+        return counts.forward
 
     stream.sink = writer
     up = asyncio.create_task(into_tunnel())
-    down = asyncio.create_task(copy_to_socket(stream.read, writer))
+    down = asyncio.create_task(copy_to_socket(stream.read, writer, copied))
     try:
-        sent, received = await asyncio.gather(up, down)
+        await asyncio.gather(up, down)
     except BaseException:
         # Whatever failed (a socket, the tunnel, a cancellation), the tunnel is reset so
         # its unread bytes go back to the shared connection window.
@@ -306,37 +327,53 @@ async def relay(
         raise
     finally:
         stream.sink = None
-    return sent, received + stream.sunk
+        counts.backward = copied.forward + stream.sunk
+    return counts.forward, counts.backward
 
 
 async def copy_to_socket(
-    read: Callable[[], Awaitable[Buffer]], writer: asyncio.StreamWriter
+    read: Callable[[], Awaitable[Buffer]],
+    writer: asyncio.StreamWriter,
+    transfer: Transfer | None = None,
 ) -> int:
-    """Write what ``read`` yields to ``writer`` until it yields ``b""``, then half-close."""
-    total = 0
+    """Write what ``read`` yields to ``writer`` until it yields ``b""``, then half-close.
+
+    ``transfer.forward`` (if given) counts the bytes written, also on failure.
+    """
+    counts = transfer or Transfer()
     while chunk := await read():
         if writer.is_closing():
             # uvloop raises RuntimeError (not an OSError) on a write to a closed
             # transport; as a ConnectionError it resets the tunnel like any socket error.
             raise ConnectionResetError("the socket closed before the tunnel's bytes were written")
-        total += len(chunk)
+        counts.forward += len(chunk)
         writer.write(chunk)
         await writer.drain()
     if writer.can_write_eof() and not writer.is_closing():
         writer.write_eof()
-    return total
+    return counts.forward
 
 
 async def splice(
     a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    transfer: Transfer | None = None,
 ) -> tuple[int, int]:
-    """Copy both ways between two plain sockets, half-closes included; bytes a->b, b->a."""
+    """Copy both ways between two plain sockets, half-closes included; bytes a->b, b->a.
+
+    ``transfer`` (if given) holds the counts too, also when the copy ends with an exception.
+    """
+    counts = transfer or Transfer()
+    backward = Transfer()
 
     def reading(reader: asyncio.StreamReader) -> Callable[[], Awaitable[bytes]]:
         return lambda: reader.read(READ_SIZE)
 
-    forward, backward = await asyncio.gather(
-        copy_to_socket(reading(a[0]), b[1]), copy_to_socket(reading(b[0]), a[1])
-    )
-    return forward, backward
+    try:
+        await asyncio.gather(
+            copy_to_socket(reading(a[0]), b[1], counts),
+            copy_to_socket(reading(b[0]), a[1], backward),
+        )
+    finally:
+        counts.backward = backward.forward
+    return counts.forward, counts.backward

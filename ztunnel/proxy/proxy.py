@@ -35,7 +35,7 @@ from ztunnel.metrics import (
 from ztunnel.proxy import inbound, outbound
 from ztunnel.proxy.connector import HboneConnector, TunnelRefusedError
 from ztunnel.proxy.hbone import CONNECT_ERROR, HboneServer, TunnelRequest
-from ztunnel.proxy.hbone_io import HboneChannel, TunnelStream, relay, splice
+from ztunnel.proxy.hbone_io import HboneChannel, Transfer, TunnelStream, relay, splice
 from ztunnel.proxy.sockets import SocketFactory, set_nodelay
 from ztunnel.state.proxy_state import LoadBalancer, ProxyState
 from ztunnel.state.workload import IPAddress, Service
@@ -145,11 +145,12 @@ class Proxy:
             if isinstance(plan, outbound.PlainTcp):
                 upstream = await self.sockets.connect(plan.address, plan.port)
                 record.dst_workload = plan.workload.name if plan.workload else "-"
+                passed = Transfer()
                 try:
-                    received, sent = await splice((reader, writer), upstream)
+                    await splice((reader, writer), upstream, passed)
                 finally:
                     upstream[1].close()
-                record.bytes_received, record.bytes_sent = received, sent
+                    record.bytes_received, record.bytes_sent = passed.forward, passed.backward
                 return
             labels = connection_labels(
                 reporter="source",
@@ -190,12 +191,17 @@ class Proxy:
     ) -> None:
         stream = await self.connector.open(plan)
         self.metrics.connection_opened(labels)
-        received = sent = 0
+        moved = Transfer()
         try:
-            received, sent = await relay(stream, reader, writer)
+            await relay(stream, reader, writer, moved)
+        except (HboneError, OSError) as err:
+            # The tunnel was up and then reset (by the client, as wrk and iperf3 end, or
+            # by the peer): a closed connection with the bytes it moved, not a failed one.
+            record.result, record.reason = "reset", str(err) or type(err).__name__
+            writer.transport.abort()
         finally:
-            record.bytes_received, record.bytes_sent = received, sent
-            self.metrics.connection_closed(labels, received=received, sent=sent)
+            record.bytes_received, record.bytes_sent = moved.forward, moved.backward
+            self.metrics.connection_closed(labels, received=moved.forward, sent=moved.backward)
 
     def _is_local(self, plan: outbound.Tunnel) -> bool:
         """Whether the tunnel would end at this very ztunnel (a pod of this node).
@@ -241,14 +247,14 @@ class Proxy:
         )
         self.metrics.connection_opened(labels)
         self.metrics.connection_opened(dest_labels)
-        received = sent = 0
+        moved = Transfer()
         try:
-            received, sent = await splice(conn, upstream)
+            await splice(conn, upstream, moved)
         finally:
             upstream[1].close()
-            record.bytes_received, record.bytes_sent = received, sent
+            record.bytes_received, record.bytes_sent = moved.forward, moved.backward
             for side in (labels, dest_labels):
-                self.metrics.connection_closed(side, received=received, sent=sent)
+                self.metrics.connection_closed(side, received=moved.forward, sent=moved.backward)
 
     # --- inbound HBONE (15008) --------------------------------------------
 
@@ -360,16 +366,16 @@ class Proxy:
             core.respond(stream.stream_id, 200)
             await channel.drain()
             self.metrics.connection_opened(labels)
-            sent = received = 0
+            moved = Transfer()  # forward: server to client (into the tunnel), here
             try:
-                sent, received = await relay(stream, *upstream)
+                await relay(stream, *upstream, moved)
             except (HboneError, OSError) as err:
                 record.result, record.reason = "reset", str(err)
                 stream.reset(CONNECT_ERROR)
             finally:
                 upstream[1].close()
-                record.bytes_sent, record.bytes_received = sent, received
-                self.metrics.connection_closed(labels, received=received, sent=sent)
+                record.bytes_sent, record.bytes_received = moved.forward, moved.backward
+                self.metrics.connection_closed(labels, received=moved.backward, sent=moved.forward)
         finally:
             record.emit(self.config.access_log_format)
 
@@ -405,13 +411,13 @@ class Proxy:
                 decision.upstream_ip, decision.upstream_port, source=decision.source_ip
             )
             self.metrics.connection_opened(labels)
-            received = sent = 0
+            moved = Transfer()
             try:
-                received, sent = await splice((reader, writer), upstream)
+                await splice((reader, writer), upstream, moved)
             finally:
                 upstream[1].close()
-                record.bytes_received, record.bytes_sent = received, sent
-                self.metrics.connection_closed(labels, received=received, sent=sent)
+                record.bytes_received, record.bytes_sent = moved.forward, moved.backward
+                self.metrics.connection_closed(labels, received=moved.forward, sent=moved.backward)
         except (OSError, TimeoutError) as err:
             self.metrics.connection_failed(labels, FLAG_CONNECT)
             record.result, record.reason = FLAG_CONNECT, str(err)
