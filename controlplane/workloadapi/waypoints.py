@@ -77,6 +77,8 @@ class Waypoint:
     address: str | None = None
     """The ClusterIP of its Service; None while it has none (not usable yet)."""
     gateway: Gateway | None = None
+    pod_service_accounts: tuple[str, ...] = ()
+    """Service accounts of its running pods (sorted; empty before any runs)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -88,9 +90,20 @@ class Waypoint:
         """Istio runs a waypoint ``W`` with the service account ``W``."""
         return self.name
 
+    @property
+    def service_accounts(self) -> tuple[str, ...]:
+        """Its pods' service accounts, or Istio's ``W`` while none runs."""
+        return self.pod_service_accounts or (self.service_account,)
+
     def identity(self, mesh: MeshConfig) -> str:
-        """The waypoint's SPIFFE identity."""
+        """The waypoint's SPIFFE identity (by Istio's convention, service account ``W``)."""
         return f"spiffe://{mesh.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+    def principals(self, mesh: MeshConfig) -> tuple[str, ...]:
+        """Its identities as authorization principals (``<td>/ns/<ns>/sa/<sa>``)."""
+        return tuple(
+            f"{mesh.trust_domain}/ns/{self.namespace}/sa/{sa}" for sa in self.service_accounts
+        )
 
     def allows_namespace(self, namespace: Namespace | None, name: str) -> bool:
         """Whether objects of namespace ``name`` may use it (its listeners' ``allowedRoutes``).
@@ -200,13 +213,24 @@ class WaypointIndex:
         self.waypoints: dict[tuple[str, str], Waypoint] = {}
         gateways = [g for g in state.gateways.values() if g.is_waypoint]
         labelled = labelled_services(state) if gateways else {}
+        accounts: dict[tuple[str, str], set[str]] = {}
+        if gateways:
+            for pod in state.pods.values():
+                name = pod.labels.get(GATEWAY_NAME_LABEL)
+                if name is not None:
+                    accounts.setdefault((pod.namespace, name), set()).add(pod.service_account)
         for gateway in gateways:
             service = waypoint_service(state, gateway, labelled)
             address = (
                 service.cluster_ips[0] if service is not None and service.cluster_ips else None
             )
             self.waypoints[gateway.key] = Waypoint(
-                gateway.namespace, gateway.name, traffic_type(gateway), address, gateway
+                gateway.namespace,
+                gateway.name,
+                traffic_type(gateway),
+                address,
+                gateway,
+                tuple(sorted(accounts.get(gateway.key, ()))),
             )
 
     def is_waypoint_pod(self, pod: Pod) -> bool:
@@ -339,8 +363,7 @@ def allow_waypoint_message(
     waypoint, the ``ingress`` gateways' principals, which route north-south traffic
     to pods themselves (as Istio's ingress does without ``istio.io/ingress-use-waypoint``).
     """
-    principal = waypoint.identity(mesh).removeprefix("spiffe://")
-    principals = [sec.StringMatch(exact=p) for p in (principal, *ingress)]
+    principals = [sec.StringMatch(exact=p) for p in (*waypoint.principals(mesh), *ingress)]
     return sec.Authorization(
         name=allow_waypoint_name(waypoint),
         namespace=namespace,

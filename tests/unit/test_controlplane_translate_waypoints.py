@@ -485,3 +485,12 @@ def test_ingress_use_waypoint_from_the_service_or_its_namespace() -> None:
         out = translate(scenario(**kwargs), MESH).addresses  # type: ignore[arg-type]
         svc = out["demo/backend.demo.svc.cluster.local"].service
         assert svc.ingress_use_waypoint is expected, kwargs
+
+
+def test_implicit_allow_names_the_waypoint_pods_service_accounts() -> None:
+    st_ = scenario(svc_labels={USE: "waypoint"})
+    custom = replace(waypoint_pod(), service_account="custom-sa")
+    st_ = replace(st_, pods={**st_.pods, custom.key: custom})
+    policy = translate(st_, MESH).authorizations["demo/istio_allow_waypoint_demo_waypoint"]
+    principals = [p.exact for p in policy.rules[0].clauses[0].matches[0].principals]
+    assert principals == ["cluster.local/ns/demo/sa/custom-sa"]
