@@ -919,8 +919,8 @@ def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> DemoReport:
 
 def summary(report: DemoReport, config: DemoConfig) -> str:
     """The closing table and what to try next."""
-    lines = ["", "  #  RESULT  CHECK"]
-    lines += [f"  {c.number}  {c.status:<6}  {c.title}" for c in report.checks]
+    lines = ["", "   #  RESULT  CHECK"]
+    lines += [f"  {c.number:>2}  {c.status:<6}  {c.title}" for c in report.checks]
     passed = sum(c.passed for c in report.checks)
     lines.append(f"\n  {passed}/{len(report.checks)} checks passed")
     n = config.name

@@ -412,7 +412,7 @@ def check_header_routing(world: DemoWorld) -> CheckResult:
 
 def check_retries(world: DemoWorld) -> CheckResult:
     """10. Retries: half the first attempts fail, >= 99% of 1,000 succeed, retries counted."""
-    title = "retries: one of two v1 pods aborts (503), attempts 3 -> >= 99% of 1,000 succeed"
+    title = "retries: one of two v1 pods aborts (500), attempts 3 -> >= 99% of 1,000 succeed"
     if world.l7_missing:
         return _not_run(10, title, world.l7_missing)
     pods = _tutorial_pods(world)["backend-v1"]
@@ -428,13 +428,15 @@ def check_retries(world: DemoWorld) -> CheckResult:
     _poll(lambda: _only_v1(world), L7_CONVERGE)
     waypoint = _proxy(world, NAMESPACE, "waypoint")
     before = proxy_metrics(world, waypoint)
-    set_fault(world, bad, status=503)
-    aborted_before = answered(world, bad, 503)
+    # 500, not 503: Istio's default retry policy (retriable status 503) would retry a 503
+    # without the VirtualService asking; a 500 is retried only by its retryOn 5xx.
+    set_fault(world, bad, status=500)
+    aborted_before = answered(world, bad, 500)
     try:
         got = world.http("frontend", BACKEND_URL, count=REQUESTS, concurrency=CONCURRENCY)
     finally:
         set_fault(world, bad)
-    aborted = answered(world, bad, 503) - aborted_before
+    aborted = answered(world, bad, 500) - aborted_before
     labels = {"reporter": "waypoint", "destination_service_name": "backend"}
     retries = metric_delta(
         world, waypoint, before, "istio_request_retries_total", labels=labels, want=aborted * 0.9
@@ -444,7 +446,7 @@ def check_retries(world: DemoWorld) -> CheckResult:
         waypoint,
         before,
         "istio_request_attempts_total",
-        labels={**labels, "response_code": "503"},
+        labels={**labels, "response_code": "500"},
         want=1,
     )
     ok = int(got.get("ok", 0))
@@ -457,12 +459,12 @@ def check_retries(world: DemoWorld) -> CheckResult:
         (
             "VirtualService backend: deploy/examples/tutorial-l7/retries.yaml (v1; retries "
             "attempts 3 on 5xx)" + (" WITHOUT its retries (--break)" if breaking else ""),
-            f"{bad.name} answers every request 503 (/__lab/fault), {good.name} is healthy",
+            f"{bad.name} answers every request 500 (/__lab/fault), {good.name} is healthy",
             f"frontend -> {BACKEND_URL} x{REQUESTS} ({CONCURRENCY} concurrent): {ok} succeeded "
             f"({ok / REQUESTS:.1%}), statuses {got.get('statuses')}",
-            f"{bad.name} aborted {aborted} attempts with 503",
+            f"{bad.name} aborted {aborted} attempts with 500",
             f"waypoint istio_request_retries_total +{retries:g}, "
-            f"istio_request_attempts_total{{response_code=503}} +{failed_attempts:g}",
+            f"istio_request_attempts_total{{response_code=500}} +{failed_attempts:g}",
         ),
     )
 
@@ -486,7 +488,9 @@ def check_circuit_breaking(world: DemoWorld) -> CheckResult:
     _poll(lambda: _only_v1(world), L7_CONVERGE)
     limited = f"{V1_CLUSTER}::default_priority::max_requests::1\n"
     started = time.monotonic()
-    limits_seen = breaking or _poll(lambda: limited in envoy_clusters(world, waypoint), L7_CONVERGE)
+    limits_seen = not breaking and _poll(
+        lambda: limited in envoy_clusters(world, waypoint), L7_CONVERGE
+    )
     took = time.monotonic() - started
     before = proxy_metrics(world, waypoint)
     for pod in pods:
@@ -538,7 +542,12 @@ def check_circuit_breaking(world: DemoWorld) -> CheckResult:
             "consecutive5xxErrors 1)"
             + (" WITHOUT its trafficPolicy (--break)" if breaking else ""),
             "waypoint Envoy's v1 cluster: max_requests 1 "
-            + (f"in effect after {took:.1f}s" if limits_seen else "NOT seen (admin /clusters)"),
+            + (
+                f"in effect after {took:.1f}s"
+                if limits_seen
+                else "NOT seen (admin /clusters)"
+                + (": the DestinationRule has no limits (--break)" if breaking else "")
+            ),
             f"v1 pods slowed to 200 ms; 200 requests, {CONCURRENCY} concurrent: statuses "
             f"{burst.get('statuses')}, x-envoy-overloaded on {overloaded}, "
             f"p50 {burst.get('latency_ms', {}).get('p50')} ms",
