@@ -76,7 +76,9 @@ GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 READY_TIMEOUT_S = 90.0
 """Bound on the mesh (control plane, ztunnels, the waypoint's Envoy) coming up."""
 SOURCE, WAYPOINT_ROLE, DESTINATION = "src", "waypoint", "dst"
-ROLES = (SOURCE, WAYPOINT_ROLE, DESTINATION)
+WAYPOINT_ENVOY = "waypoint_envoy"
+"""The Envoy process alone inside the waypoint's tree (without the Python exporter)."""
+ROLES = (SOURCE, WAYPOINT_ROLE, WAYPOINT_ENVOY, DESTINATION)
 REFERENCE = "envoy-mtls"
 """The variant the notes' second set of ratios divides by (the sidecar reference)."""
 
@@ -85,6 +87,7 @@ def _role_metrics() -> tuple[Metric, ...]:
     where = {
         SOURCE: "the source proxy (node1's ztunnel, or the client pod's Envoy)",
         WAYPOINT_ROLE: "the waypoint (ambient waypoint run: Envoy and its telemetry exporter)",
+        WAYPOINT_ENVOY: "the waypoint's Envoy process alone",
         DESTINATION: "the destination proxy (node2's ztunnel, or the server pod's Envoy)",
     }
     metrics = []
@@ -180,21 +183,33 @@ def ratio_lines(
     return lines
 
 
-def tree_breakdown(root: int) -> list[tuple[str, float, int]]:
-    """(command name, own CPU seconds, peak RSS bytes) of ``root`` and each descendant."""
+def _process_tree(root: int) -> list[int]:
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, ValueError):
                 parents[int(entry.name)] = parse_ppid((entry / "stat").read_text())
+    return descendants(root, parents)
+
+
+def find_in_tree(root: int, comm: str) -> int | None:
+    """The first process of ``root``'s tree whose command name is ``comm``."""
+    for pid in _process_tree(root):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
+                return pid
+    return None
+
+
+def tree_breakdown(root: int) -> list[tuple[str, float, int]]:
+    """(command name, own CPU seconds, peak RSS bytes) of ``root`` and each descendant."""
     rows = []
     ticks = os.sysconf("SC_CLK_TCK")
-    for pid in descendants(root, parents):
+    for pid in _process_tree(root):
         with contextlib.suppress(OSError, ValueError):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
             name = Path(f"/proc/{pid}/comm").read_text().strip()
-            if b"telemetry" in cmdline and b"envoy" not in cmdline.split(b" ")[0]:
-                name = f"{name} (telemetry)"
+            if pid == root:
+                name = "ambient waypoint run (Python: supervisor + telemetry exporter)"
             stat = Path(f"/proc/{pid}/stat").read_text()
             status = Path(f"/proc/{pid}/status").read_text()
             rows.append((name, parse_cpu_seconds(stat, ticks), parse_peak_rss_bytes(status)))
@@ -263,6 +278,8 @@ class AmbientMesh:
         self.apps: list[NetnsProcess] = []
         self.live: dict[str, LivePath] = {}
         self.waypoint_pid = 0
+        self.extra_roles: dict[str, dict[str, ProxyProcess]] = {}
+        """Per variant, proxies accounted by role but not part of the path's sum."""
 
     @contextlib.contextmanager
     def up(self, lab: Any, settings: RunSettings) -> Iterator[None]:
@@ -333,6 +350,14 @@ class AmbientMesh:
                 READY_TIMEOUT_S,
                 "the waypoint's Envoy to be LIVE (admin /ready)",
             )
+            envoy = find_in_tree(waypoint.pid, "envoy")
+            if envoy is None:
+                raise BenchError("the waypoint runs no envoy process")
+            self.extra_roles = {
+                "waypoint": {
+                    WAYPOINT_ENVOY: WatchedProcess("waypoint-envoy", proxy.pod.netns, envoy)
+                }
+            }
             zt1 = WatchedProcess(f"ztunnel-{node1.name}", node1.netns, ztunnels[node1.name].pid)
             zt2 = WatchedProcess(f"ztunnel-{node2.name}", node2.netns, ztunnels[node2.name].pid)
             wp = WatchedProcess(f"waypoint-{proxy.pod.node}", proxy.pod.netns, waypoint.pid)
@@ -477,7 +502,7 @@ class WaypointCase(PodToPod):
         live = self._live.get(variant.name)
         if live is None:
             raise BenchError(f"case {self.name}: measure() called outside environment()")
-        by_role = roles(live.proxies)
+        by_role = {**roles(live.proxies), **MESH.extra_roles.get(variant.name, {})}
         before = {r: (p.usage().cpu_s, p.usage().peak_rss_bytes) for r, p in by_role.items()}
         figures = dict(super().measure(variant, probe, round_index))
         after = {r: (p.usage().cpu_s, p.usage().peak_rss_bytes) for r, p in by_role.items()}
