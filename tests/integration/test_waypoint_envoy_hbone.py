@@ -11,17 +11,12 @@ that the tunnels come from the waypoint's identity to ``podIP:targetPort``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import datetime as dt
 import json
 import os
 import subprocess
-import threading
-import time
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -30,6 +25,17 @@ from controlplane.envoy import telemetry
 from controlplane.envoy.bootstrap import as_json, proxy_bootstrap, static_secrets
 from controlplane.envoy.hbone import PEER_PRINCIPAL_KEY
 from controlplane.envoy.proxy import proxy_resources
+from tests.integration.waypoint_envoy_peers import (
+    NetnsLoop,
+    Seen,
+    Tunnel,
+    issue,
+    netns_with,
+    open_tunnel,
+    request,
+    start_pod,
+    wait_for,
+)
 from tests.waypoint_envoy_fixtures import (
     BACKEND_VIP,
     CACHE_VIP,
@@ -39,11 +45,9 @@ from tests.waypoint_envoy_fixtures import (
     demo_state,
 )
 from ztunnel.errors import HboneStreamError
-from ztunnel.identity.certs import CertifiedKey, LocalCA
+from ztunnel.identity.certs import LocalCA
 from ztunnel.identity.spiffe import SpiffeId
-from ztunnel.identity.tls import client_context, peer_identity, server_context, verify_peer
-from ztunnel.proxy.hbone import Authority, HboneClient, HboneServer, TunnelRequest
-from ztunnel.proxy.hbone_io import HboneChannel, TunnelStream
+from ztunnel.proxy.hbone import Authority
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
@@ -57,8 +61,6 @@ TD = "cluster.local"
 WAYPOINT_ID = SpiffeId(TD, "demo", "w")
 CLIENT_ID = SpiffeId(TD, "demo", "frontend")
 BACKEND_ID = SpiffeId(TD, "demo", "backend")
-CLONE_NEWNET = 0x40000000
-T = TypeVar("T")
 DEBUG = (
     [
         "--component-log-level",
@@ -69,66 +71,10 @@ DEBUG = (
 )
 
 
-@dataclass
-class Seen:
-    """What the pods' HBONE servers saw."""
-
-    peers: set[str] = field(default_factory=set)
-    authorities: set[str] = field(default_factory=set)
-
-
-class NetnsLoop:
-    """An asyncio loop on a thread that lives in the test's network namespace."""
-
-    def __init__(self, netns: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, args=(netns,), daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error is not None:
-            raise self._error
-
-    def _main(self, netns: str) -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns failed")
-            finally:
-                os.close(fd)
-        except BaseException as err:
-            self._error = err
-            self._ready.set()
-            return
-        asyncio.set_event_loop(self.loop)
-        self._ready.set()
-        self.loop.run_forever()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
-    _ip("netns", "add", NETNS)
-    try:
-        _ip("-n", NETNS, "link", "set", "lo", "up")
-        for address in (WAYPOINT_IP, *PODS):
-            _ip("-n", NETNS, "addr", "add", f"{address}/32", "dev", "lo")
-        yield NETNS
-    finally:
-        subprocess.run(["ip", "netns", "del", NETNS], check=False, timeout=10)
+    with netns_with(NETNS, (WAYPOINT_IP, *PODS)) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -136,119 +82,14 @@ def ca() -> LocalCA:
     return LocalCA.create(dt.datetime.now(dt.UTC))
 
 
-def _issue(ca: LocalCA, identity: SpiffeId) -> CertifiedKey:
-    return ca.issue(identity, dt.datetime.now(dt.UTC))
-
-
-async def _http_server(stream: TunnelStream, body: bytes) -> None:
-    """HTTP/1.1 with keep-alive over one tunnel: answers every request with ``body``."""
-    buffered = b""
-    while True:
-        data = bytes(await stream.read())
-        if not data:
-            await stream.end()
-            return
-        buffered += data
-        while b"\r\n\r\n" in buffered:
-            head, _, buffered = buffered.partition(b"\r\n\r\n")
-            echo = b"" if b"x-echo-header" not in head.lower() else head
-            payload = body + echo
-            await stream.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
-                + f"content-length: {len(payload)}\r\n\r\n".encode()
-                + payload
-            )
-
-
-async def _echo(stream: TunnelStream) -> None:
-    while data := bytes(await stream.read()):
-        await stream.write(data)
-    await stream.end()
-
-
-async def _start_pod(ip: str, cert: CertifiedKey, roots: bytes, seen: Seen) -> asyncio.Server:
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = peer_identity(writer.get_extra_info("ssl_object"))
-        seen.peers.add(str(peer))
-        channel = HboneChannel(HboneServer(), reader, writer)
-
-        async def on_request(stream: TunnelStream, request: TunnelRequest) -> None:
-            seen.authorities.add(str(request.authority))
-            core = channel.core
-            assert isinstance(core, HboneServer)
-            if peer != WAYPOINT_ID or request.authority.host != ip:
-                core.respond(stream.stream_id, 401)
-                channel.flush()
-                return
-            core.respond(stream.stream_id, 200)
-            channel.flush()
-            with contextlib.suppress(HboneStreamError):  # the client went away
-                if PODS[ip] in ("db", "cache"):
-                    await _echo(stream)
-                else:
-                    await _http_server(stream, PODS[ip].encode())
-
-        await channel.run(on_request)
-
-    return await asyncio.start_server(handle, ip, 15008, ssl=server_context(cert, roots))
-
-
-@dataclass
-class Tunnel:
-    stream: TunnelStream
-    channel: HboneChannel
-    task: asyncio.Task[None]
-
-
-async def _open(
-    cert: CertifiedKey, roots: bytes, authority: Authority, status: int = 200
-) -> Tunnel:
-    reader, writer = await asyncio.open_connection(
-        WAYPOINT_IP, 15008, ssl=client_context(cert, roots)
-    )
-    verify_peer(writer.get_extra_info("ssl_object"), expected={WAYPOINT_ID})
-    channel = HboneChannel(HboneClient(), reader, writer)
-    task = asyncio.get_running_loop().create_task(channel.run())
-    await asyncio.sleep(0)  # the channel sends the HTTP/2 preface first
-    stream = channel.open_tunnel(TunnelRequest(authority, forwarded_for="10.1.0.50:40000"))
-    response = await asyncio.wait_for(stream.response, 5)
-    assert response.status == status, response
-    return Tunnel(stream, channel, task)
-
-
-async def _get(
-    tunnel: Tunnel, headers: str = "", method: str = "GET", host: str = "backend"
-) -> tuple[str, str]:
-    """One request on the tunnel (no body); the status line and body."""
-    request = f"{method} / HTTP/1.1\r\nhost: {host}\r\ncontent-length: 0\r\n{headers}\r\n"
-    await tunnel.stream.write(request.encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += bytes(await asyncio.wait_for(tunnel.stream.read(), 5))
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length")
-    )
-    while len(body) < length:
-        body += bytes(await asyncio.wait_for(tunnel.stream.read(), 5))
-    return head.split(b"\r\n")[0].decode(), body.decode()
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+async def _open(cert: Any, roots: bytes, authority: Authority, status: int = 200) -> Tunnel:
+    return await open_tunnel((WAYPOINT_IP, WAYPOINT_ID), cert, roots, authority, status)
 
 
 @pytest.fixture(scope="module")
 def waypoint(netns: str, ca: LocalCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     roots = ca.root_pem
-    waypoint_cert = _issue(ca, WAYPOINT_ID)
+    waypoint_cert = issue(ca, WAYPOINT_ID)
     resources = proxy_resources(demo_state(), WAYPOINT)
     for route in resources.routes.values():
         # Shows what the inner listener knows of the outer connection.
@@ -276,11 +117,22 @@ def waypoint(netns: str, ca: LocalCA, tmp_path_factory: pytest.TempPathFactory) 
     log = path.with_suffix(".log").open("w")
     envoy = None
     try:
-        backend_cert = _issue(ca, BACKEND_ID)
+        backend_cert = issue(ca, BACKEND_ID)
         # cache-0 runs as "cache" but its server presents backend's certificate.
-        certs = {"db": _issue(ca, SpiffeId(TD, "demo", "db"))}
+        certs = {"db": issue(ca, SpiffeId(TD, "demo", "db"))}
         servers = [
-            loop.run(_start_pod(ip, certs.get(PODS[ip], backend_cert), roots, seen)) for ip in PODS
+            loop.run(
+                start_pod(
+                    ip,
+                    certs.get(PODS[ip], backend_cert),
+                    roots,
+                    seen,
+                    waypoint=WAYPOINT_ID,
+                    answer=PODS[ip],
+                    echo=PODS[ip] in ("db", "cache"),
+                )
+            )
+            for ip in PODS
         ]
         envoy = subprocess.Popen(
             ["ip", "netns", "exec", netns, *envoy_argv(path, concurrency=1), *DEBUG],
@@ -296,8 +148,8 @@ def waypoint(netns: str, ca: LocalCA, tmp_path_factory: pytest.TempPathFactory) 
             writer.close()
             return True
 
-        _wait_for(lambda: envoy.poll() is None and loop.run(listening()), 20, "envoy on 15008")
-        yield loop, seen, _issue(ca, CLIENT_ID), roots
+        wait_for(lambda: envoy.poll() is None and loop.run(listening()), 20, "envoy on 15008")
+        yield loop, seen, issue(ca, CLIENT_ID), roots
         for server in servers:
             server.close()
     finally:
@@ -319,11 +171,11 @@ def test_weighted_split_through_the_waypoint(waypoint: Any) -> None:
         tunnel = await _open(client_cert, roots, Authority(BACKEND_VIP, 80))
         counts = {"v1": 0, "v2": 0}
         for _ in range(200):
-            status, body = await _get(tunnel)
+            status, body = await request(tunnel)
             assert status == "HTTP/1.1 200 OK", status
             counts[body] += 1
         for _ in range(20):
-            assert (await _get(tunnel, "end-user: jason\r\n"))[1] == "v2"
+            assert (await request(tunnel, "end-user: jason\r\n"))[1] == "v2"
         tunnel.channel.close()
         return counts
 
@@ -340,7 +192,7 @@ def test_peer_principal_reaches_the_inner_listener(waypoint: Any) -> None:
 
     async def scenario() -> str:
         tunnel = await _open(client_cert, roots, Authority(BACKEND_VIP, 80))
-        _, body = await _get(tunnel, "x-echo-header: 1\r\n")
+        _, body = await request(tunnel, "x-echo-header: 1\r\n")
         tunnel.channel.close()
         return body
 
@@ -352,15 +204,15 @@ def test_peer_principal_reaches_the_inner_listener(waypoint: Any) -> None:
 def test_authorization_policy_at_the_waypoint(waypoint: Any, ca: LocalCA) -> None:
     """The policy allows only frontend's GETs: the principal comes from the tunnel."""
     loop, _, client_cert, roots = waypoint
-    stranger = _issue(ca, SpiffeId(TD, "demo", "stranger"))
+    stranger = issue(ca, SpiffeId(TD, "demo", "stranger"))
 
     async def scenario() -> list[str]:
         ours = await _open(client_cert, roots, Authority(BACKEND_VIP, 80))
         theirs = await _open(stranger, roots, Authority(BACKEND_VIP, 80))
         statuses = [
-            (await _get(ours))[0],
-            (await _get(ours, method="POST"))[0],
-            (await _get(theirs))[0],
+            (await request(ours))[0],
+            (await request(ours, method="POST"))[0],
+            (await request(theirs))[0],
         ]
         ours.channel.close()
         theirs.channel.close()
@@ -378,7 +230,7 @@ def test_http_is_detected_on_an_undeclared_port(waypoint: Any) -> None:
 
     async def scenario() -> tuple[str, str]:
         tunnel = await _open(client_cert, roots, Authority(WEB_VIP, 8000))
-        status, body = await _get(tunnel, "x-echo-header: 1\r\n", host="web.demo")
+        status, body = await request(tunnel, "x-echo-header: 1\r\n", host="web.demo")
         tunnel.channel.close()
         return status, body
 
@@ -427,7 +279,7 @@ def test_workload_addressed_tunnel_passes_through_to_the_pod(waypoint: Any) -> N
 
     async def scenario() -> tuple[str, str]:
         tunnel = await _open(client_cert, roots, Authority("10.1.0.12", 5678))
-        status, body = await _get(tunnel)
+        status, body = await request(tunnel)
         tunnel.channel.close()
         return status, body
 
