@@ -394,3 +394,72 @@ def test_envoy_gets_its_config_and_a_live_weight_edit(tmp_path: Path, api_type: 
 
 def test_envoy_certificate_is_renewed_at_half_life(tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(scenario(tmp_path, "GRPC", dt.timedelta(seconds=6)), 50))
+
+
+async def refusals(tmp_path: Path) -> None:
+    """Over gRPC: another node's token, no token, or no identity get no config and no key."""
+    import grpc
+
+    from api.xds import (
+        SOTW_ADS_METHOD,
+        DiscoveryRequest,
+        decode_discovery_response,
+        encode_discovery_request,
+    )
+
+    config, state = tmp_path / "config", tmp_path / "state"
+    config.mkdir()
+    (config / "demo.yaml").write_text(CONFIG)
+    tokens = NodeTokens.load_or_create(state)
+    plane = ControlPlane(
+        ControlPlaneConfig(
+            state_dir=state, config_dir=config, listen="127.0.0.1:0", admin_listen="127.0.0.1:0"
+        )
+    )
+    await plane.start()
+    credentials = grpc.ssl_channel_credentials((state / "root-cert.pem").read_bytes())
+    metadata = {
+        "NAMESPACE": "demo",
+        "SERVICE_ACCOUNT": "wp",
+        "GATEWAY_NAME": "wp",
+        "PROXY_KIND": "waypoint",
+    }
+
+    async def ask(node: str | None, meta: dict[str, str]) -> Any:
+        headers = []
+        if node is not None:
+            token = tokens.issue(node, dt.datetime.now(dt.UTC))
+            headers.append(("authorization", f"Bearer {token}"))
+        request = DiscoveryRequest(
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            node_id="waypoint~10.244.1.9~wp.demo~demo.svc.cluster.local",
+            node_metadata=meta,
+            resource_names=("default", "ROOTCA"),
+        )
+        async with grpc.aio.secure_channel(
+            f"127.0.0.1:{plane.xds_port}",
+            credentials,
+            options=[("grpc.ssl_target_name_override", "localhost")],
+        ) as channel:
+            call = channel.stream_stream(SOTW_ADS_METHOD)(metadata=headers)
+            await call.write(encode_discovery_request(request))
+            try:
+                return decode_discovery_response(await asyncio.wait_for(call.read(), 5))
+            except grpc.aio.AioRpcError as err:
+                return err.code()
+
+    try:
+        assert await ask("node2", metadata) == grpc.StatusCode.PERMISSION_DENIED  # wp: node1
+        assert await ask(None, metadata) == grpc.StatusCode.UNAUTHENTICATED
+        no_account = {k: v for k, v in metadata.items() if k != "SERVICE_ACCOUNT"}
+        assert await ask("node1", no_account) == grpc.StatusCode.INVALID_ARGUMENT
+        served = await ask("node1", metadata)
+        assert len(served.resources) == 2  # the rightful caller gets default and ROOTCA
+        status = plane.status()["envoy"]
+        assert status["refused"] == 2 and status["certificatesIssued"] == 1  # type: ignore[index]
+    finally:
+        await plane.stop(0.2)
+
+
+def test_envoy_streams_refused_without_the_right_node(tmp_path: Path) -> None:
+    asyncio.run(asyncio.wait_for(refusals(tmp_path), 30))
