@@ -9,12 +9,11 @@ from agent.attach import LocalDelivery
 from agent.capture import CaptureSettings
 from agent.errors import ConfigError
 from agent.pinned import BPFFS_ROOT, pin_dir_for
+from controlplane import DEFAULT_EXCLUDED_NAMESPACES
 
 DEFAULT_METRICS_PORT = 15029
 DEFAULT_ROUTE_TABLE = 133
 DEFAULT_RULE_PRIORITY = 100
-DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "istio-system")
-"""As istio-cni's ``excludeNamespaces``: the cluster's own system pods and the mesh's."""
 
 
 @dataclass(frozen=True)
@@ -39,9 +38,8 @@ class AgentConfig:
     """Kubernetes namespaces whose pods are never captured, even when they or their
     namespace carry ``istio.io/dataplane-mode=ambient`` (default: ``kube-system`` and
     ``istio-system``, the mesh's own namespace, as istio-cni's ``excludeNamespaces``).
-    Only the agent enforces it: the control plane still lists a labelled pod there as
-    an HBONE workload, which peers reach through this node's ztunnel inbound, while
-    the pod's own outbound connections leave in clear (so a STRICT peer refuses them)."""
+    The control plane takes the same list (``ambient controlplane run
+    --exclude-namespace``) and does not announce such a pod as an HBONE workload."""
     bpffs_root: Path = BPFFS_ROOT
     """Where node pin folders live."""
     capture: CaptureSettings = field(default_factory=CaptureSettings)

@@ -10,6 +10,7 @@ import click
 
 from ambient.errors import UsageError
 from ambient.output import emit, output_option
+from controlplane import DEFAULT_EXCLUDED_NAMESPACES
 
 
 @click.group(name="controlplane")
@@ -149,6 +150,14 @@ def resources(
 @click.option("--domain-suffix", default="cluster.local", show_default=True)
 @click.option("--root-namespace", default="istio-system", show_default=True)
 @click.option(
+    "--exclude-namespace",
+    "excluded_namespaces",
+    multiple=True,
+    default=DEFAULT_EXCLUDED_NAMESPACES,
+    show_default=True,
+    help="Pods here are never HBONE workloads, labelled or not (repeatable; as the agents').",
+)
+@click.option(
     "--trusted-node-account",
     multiple=True,
     default=("istio-system/ztunnel",),
@@ -171,6 +180,7 @@ def run(
     trust_domain: str,
     domain_suffix: str,
     root_namespace: str,
+    excluded_namespaces: tuple[str, ...],
     trusted_node_account: tuple[str, ...],
 ) -> None:
     """Serve delta xDS and the CA on 15012 (TLS) until interrupted.
@@ -202,6 +212,7 @@ def run(
             trust_domain=trust_domain,
             domain_suffix=domain_suffix,
             root_namespace=root_namespace,
+            excluded_namespaces=frozenset(excluded_namespaces),
         ),
         ca_files=CaFiles(ca_cert, ca_key, ca_chain) if ca_cert and ca_key else None,
         trusted_node_accounts=trusted_node_account,

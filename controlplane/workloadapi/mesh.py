@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from controlplane import DEFAULT_EXCLUDED_NAMESPACES
+
 
 @dataclass(frozen=True)
 class MeshConfig:
@@ -19,6 +21,10 @@ class MeshConfig:
     """Policies placed here without a selector apply mesh-wide."""
     network: str = ""
     """The network every workload and VIP belongs to (empty: the default network)."""
+    excluded_namespaces: frozenset[str] = frozenset(DEFAULT_EXCLUDED_NAMESPACES)
+    """Namespaces whose pods are never in the mesh, labelled or not (istio-cni's
+    ``excludeNamespaces``). The node agents take the same list (``--exclude-namespace``),
+    so a pod there is neither captured nor announced as an HBONE workload."""
 
     def service_hostname(self, namespace: str, name: str) -> str:
         """The cluster-local DNS name of a service."""

@@ -21,15 +21,22 @@ TUNNEL_LABELS = ("networking.istio.io/tunnel", "networking.agentgateway.io/tunne
 
 
 def tunnel(
-    pod: Pod, namespace: Namespace | None, *, waypoint_pod: bool = False
+    pod: Pod,
+    namespace: Namespace | None,
+    *,
+    waypoint_pod: bool = False,
+    excluded_namespaces: frozenset[str] = frozenset(),
 ) -> tuple[int, bool]:
     """(``tunnel_protocol``, ``native_tunnel``) of a pod, as istiod decides them.
 
     A waypoint's pod terminates HBONE itself (Envoy on 15008): HBONE, never captured.
+    A pod in an excluded namespace is never captured, so its enrollment labels do not
+    make it HBONE (the agents skip it too).
     """
     native = any("http" in pod.labels.get(label, "").split(",") for label in TUNNEL_LABELS)
     redirected = pod.annotations.get(REDIRECTION_ANNOTATION) == "enabled"
-    if native or redirected or waypoint_pod or is_enrolled(pod, namespace):
+    enrolled = is_enrolled(pod, namespace) and pod.namespace not in excluded_namespaces
+    if native or redirected or waypoint_pod or enrolled:
         return int(wl.HBONE), native
     return int(wl.NONE), False
 
@@ -92,7 +99,9 @@ def workload_message(
         for s in services
     }
     healthy = pod.ready and not pod.deleting
-    protocol, native = tunnel(pod, namespace, waypoint_pod=waypoint_pod)
+    protocol, native = tunnel(
+        pod, namespace, waypoint_pod=waypoint_pod, excluded_namespaces=mesh.excluded_namespaces
+    )
     return wl.Workload(
         uid=mesh.workload_uid(pod.namespace, pod.name),
         name=pod.name,

@@ -85,7 +85,7 @@ def _config_from_flags(monkeypatch: pytest.MonkeyPatch, *flags: str) -> AgentCon
 def test_excluded_namespaces_default_to_the_system_and_mesh_namespaces(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from agent.config import DEFAULT_EXCLUDED_NAMESPACES
+    from controlplane import DEFAULT_EXCLUDED_NAMESPACES
 
     default = frozenset(DEFAULT_EXCLUDED_NAMESPACES)
     assert default == {"kube-system", "istio-system"}

@@ -200,6 +200,21 @@ def test_pod_cases(tmp_path: Path, pod: str, expected: dict[str, Any]) -> None:
             assert getattr(msg, field) == value, field
 
 
+def test_excluded_namespaces_are_never_hbone(tmp_path: Path) -> None:
+    """A labelled pod in an excluded namespace stays plain TCP (the agents never capture it)."""
+    pod = pod_yaml(
+        "coredns", namespace="kube-system", labels="{app: dns, istio.io/dataplane-mode: ambient}"
+    )
+    default = wl_of(snapshot(tmp_path, pod), "kube-system", "coredns")
+    assert default is not None
+    assert default.tunnel_protocol == workload.NONE
+    opened = snapshot(tmp_path, pod, MeshConfig(excluded_namespaces=frozenset()))
+    assert wl_of(opened, "kube-system", "coredns").tunnel_protocol == workload.HBONE
+    # The list is the mesh's: any namespace can be excluded, enrolled ones included.
+    closed = snapshot(tmp_path, mesh=MeshConfig(excluded_namespaces=frozenset({"demo"})))
+    assert wl_of(closed, "demo", "backend-v1").tunnel_protocol == workload.NONE
+
+
 @pytest.mark.parametrize(
     "status",
     ["{}", "{phase: Pending}", "{podIP: 10.244.1.9, phase: Succeeded}", "{podIP: 10.244.1.9, phase: Failed}"],
