@@ -324,7 +324,11 @@ def _retries(f: Fields | None, per_try: float | None) -> Retries | None:
     if f.has("backoff"):
         f.warn("backoff", "not translated; Envoy's default back-off (25 ms base) applies")
     codes = []
-    for i, code in enumerate(f.data.get("codes") or ()):
+    written = f.data.get("codes") or []
+    if not isinstance(written, list):
+        f.error("codes", f"must be a list of HTTP statuses, not {written!r}")
+        written = []
+    for i, code in enumerate(written):
         if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
             codes.append(str(code))
         else:
