@@ -291,6 +291,7 @@ class AmbientMesh:
 
         node1, node2 = lab.nodes[:2]
         client, servers, services = declare_mesh(lab)
+        self.apps = []
         for pod in (client, *servers.values()):
             tune_pod(pod)
         world = DemoWorld(lab, DemoConfig(name=lab.name), settings.work_dir / "controlplane")
