@@ -35,6 +35,13 @@ DEFAULT_SERVER_NAME = "istiod.istio-system.svc"
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 HTTP_PROTOCOL_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
+DOWNSTREAM_CONNECTIONS = (
+    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
+    "DownstreamConnectionsConfig"
+)
+MAX_DOWNSTREAM_CONNECTIONS = 100_000
+"""Connections Envoy accepts at once (then it refuses new ones)."""
+
 ProxyKind = Literal["waypoint", "gateway"]
 
 
@@ -195,13 +202,14 @@ def render_bootstrap(config: WaypointConfig, token: str | None) -> dict[str, Any
             "cds_config": ads_source,
         },
         "static_resources": {"clusters": clusters},
-        "layered_runtime": {
-            "layers": [
+        "overload_manager": {
+            "resource_monitors": [
                 {
-                    "name": "static",
-                    "static_layer": {
-                        # Envoy's own advice for a proxy facing untrusted downstreams.
-                        "overload.global_downstream_max_connections": 100000,
+                    # Envoy's own advice for a proxy facing untrusted downstreams.
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": DOWNSTREAM_CONNECTIONS,
+                        "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
                     },
                 }
             ]

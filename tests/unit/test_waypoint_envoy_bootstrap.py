@@ -144,9 +144,12 @@ def test_sigterm_is_forwarded_and_the_exporter_stopped(tmp_path: Path) -> None:
 
 
 def test_envoy_dying_ends_the_run_with_its_last_words(tmp_path: Path) -> None:
-    envoy = _fake_envoy(tmp_path, "echo 'critical: listener bind failed' >&2; exit 3")
+    envoy = _fake_envoy(
+        tmp_path,
+        "echo '[critical][main] listener bind failed' >&2; echo '[info] bye' >&2; exit 3",
+    )
     config = RunConfig(_config(tmp_path), tmp_path / "work", envoy=envoy)
-    with pytest.raises(EnvoyExitedError, match="status 3: critical: listener bind failed"):
+    with pytest.raises(EnvoyExitedError, match=r"status 3: \[critical\]\[main\] listener bind"):
         asyncio.run(supervise(config, stop=asyncio.Event()))
 
 
