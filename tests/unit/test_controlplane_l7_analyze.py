@@ -86,3 +86,12 @@ def test_l7_translation_problems_are_reported(tmp_path: Path) -> None:
     assert "MUTUAL (client certificates from files or a Secret) is not supported" in out
     assert "ExtensionRef filters are not supported" in out
     assert "no Service demo/backend here" in out
+
+
+def test_https_certificates_from_secrets_are_warned_about(tmp_path: Path) -> None:
+    from tests.unit.test_controlplane_l7_ingress import API, GATEWAY
+
+    (tmp_path / "g.yaml").write_text(GATEWAY + "---" + API)
+    _, out = run(str(tmp_path))
+    assert "'shop-cert' is asked for over SDS as kubernetes://shop-cert" in out
+    assert "'secure-cert' is asked for over SDS as kubernetes://secure-cert" in out
