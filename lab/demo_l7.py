@@ -347,8 +347,13 @@ def check_canary(world: DemoWorld) -> CheckResult:
         world.lab.stop(watcher)
     stamped = stamped_versions(watcher.log_text())
     after = [v for t, v in stamped if t >= since]
+    before_change = {v for t, v in stamped if t < since}
     delay = switch_delay(stamped, since, "v2")
-    change_ok = delay is not None and delay <= 1.0 and len(after) > 20
+    # Before the write the same client saw both versions (per request, on one kept-alive
+    # connection: L7), so "all v2 after" is a change, not one connection's one pod.
+    change_ok = (
+        before_change == {"v1", "v2"} and delay is not None and delay <= 1.0 and len(after) > 20
+    )
     restore_tutorial(world)
     _poll(lambda: "v1" in _versions_now(world), L7_CONVERGE)
     return CheckResult(
@@ -366,7 +371,8 @@ def check_canary(world: DemoWorld) -> CheckResult:
                 if delay is not None
                 else "answers never settled on v2"
             )
-            + f" ({len(after)} answers after the write)",
+            + f" ({len(after)} answers after the write; before it, one kept-alive connection "
+            f"saw {sorted(before_change) or 'nothing'})",
         ),
     )
 
