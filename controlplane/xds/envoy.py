@@ -23,6 +23,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from controlplane.ca.auth import Caller, check_impersonation
@@ -153,6 +154,10 @@ def with_empty_assignments(
     return out
 
 
+_NO_RESOURCES = SimpleNamespace(listeners={}, routes={}, clusters={}, endpoints={}, issues=())
+"""What a proxy is served while its translation fails (its secrets still are)."""
+
+
 def _default_resources(state: ClusterState, proxy: Any, mesh: MeshConfig) -> Any:
     from controlplane.envoy.proxy import proxy_resources
 
@@ -173,7 +178,19 @@ class EnvoySnapshots:
 
     def build(self, state: ClusterState, proxy: Any, now: dt.datetime) -> ServerSnapshot:
         """Everything ``proxy`` is served, for ``state`` at ``now``."""
-        translated = self._resources(state, proxy, self.mesh)
+        return self._snapshot(self._resources(state, proxy, self.mesh), proxy, now)
+
+    def build_first(self, state: ClusterState, proxy: Any, now: dt.datetime) -> ServerSnapshot:
+        """:meth:`build` for a proxy that has nothing yet: a translation that fails (a
+        bug, logged) leaves it with its secrets only, until a change builds it again."""
+        try:
+            translated = self._resources(state, proxy, self.mesh)
+        except Exception:
+            log.exception("cannot translate the resources of Envoy %s", proxy.node_id)
+            translated = _NO_RESOURCES
+        return self._snapshot(translated, proxy, now)
+
+    def _snapshot(self, translated: Any, proxy: Any, now: dt.datetime) -> ServerSnapshot:
         issues = frozenset(str(issue) for issue in translated.issues)
         if issues != self._issues.get(proxy):
             for issue in sorted(issues - self._issues.get(proxy, frozenset())):
@@ -242,7 +259,7 @@ class EnvoyServing:
                 authorize(caller_node, proxy, state, self.mesh.trust_domain)
                 if proxy not in self.snapshots:
                     self.snapshots[proxy] = await asyncio.to_thread(
-                        self.builder.build, state, proxy, self._clock()
+                        self.builder.build_first, state, proxy, self._clock()
                     )
                 self.connected[proxy] = self.connected.get(proxy, 0) + 1
         except ControlPlaneError as err:

@@ -346,3 +346,20 @@ def test_push_to_ack_histogram_buckets() -> None:
         h.observe(value)
     assert h.buckets() == [("0.01", 1.0), ("0.1", 3.0), ("+Inf", 4.0)]
     assert h.count == 4 and h.as_dict()["sum"] == pytest.approx(3.105)
+
+
+def test_a_failing_translation_serves_secrets_first_and_keeps_the_last_good_after() -> None:
+    def broken(state: ClusterState, proxy: Any, mesh: MeshConfig) -> EnvoyResources:
+        raise RuntimeError("translation bug")
+
+    envoy, _ = serving()
+    envoy.builder._resources = broken
+    proxy = asyncio.run(envoy.attach("node1", NODE_ID, META))
+    first = envoy.snapshot(proxy)
+    assert set(first.of(SECRET)) == {"default", "ROOTCA"} and not first.of(LISTENER)
+    envoy.builder._resources = fake_resources
+    good = asyncio.run(envoy.refresh(STATE))[proxy]
+    assert set(good.of(LISTENER)) == {"main"}
+    envoy.builder._resources = broken
+    assert asyncio.run(envoy.refresh(STATE)) == {}
+    assert envoy.snapshot(proxy) is good
