@@ -463,3 +463,61 @@ async def refusals(tmp_path: Path) -> None:
 
 def test_envoy_streams_refused_without_the_right_node(tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(refusals(tmp_path), 30))
+
+
+async def restarts(tmp_path: Path, api_type: str) -> None:
+    """Envoy keeps its config while the control plane is down, converges when it returns
+    (an edit made meanwhile arrives), and a new Envoy process gets everything again."""
+    config, state = tmp_path / "config", tmp_path / "state"
+    config.mkdir()
+    (config / "demo.yaml").write_text(CONFIG)
+    (config / "vs.yaml").write_text(virtual_service(80, 20))
+    token = NodeTokens.load_or_create(state).issue("node1", dt.datetime.now(dt.UTC))
+    ports = free_ports(4)
+
+    def make_plane(port: int) -> ControlPlane:
+        return ControlPlane(
+            ControlPlaneConfig(
+                state_dir=state,
+                config_dir=config,
+                listen=f"127.0.0.1:{port}",
+                admin_listen="127.0.0.1:0",
+                watch_interval=0.05,
+            ),
+            envoy_resources=on_loopback(ports),
+        )
+
+    plane = make_plane(0)
+    await plane.start()
+    port = plane.xds_port
+    config_json = bootstrap(port, state / "root-cert.pem", token, api_type, ports + 3)
+    envoy = Envoy(tmp_path, config_json)
+    try:
+        await eventually(lambda: active_state(envoy), 20, "the first config", envoy)
+        await plane.stop(0.2)
+        (config / ".vs.tmp").write_text(virtual_service(30, 70))
+        os.replace(config / ".vs.tmp", config / "vs.yaml")
+        await asyncio.sleep(0.5)
+        held = await asyncio.to_thread(envoy.config_dump)
+        assert route_weights(held) == {"v1": 80, "v2": 20}  # kept while the plane is down
+        plane = make_plane(port)
+        await plane.start()
+        await eventually(
+            lambda: route_weights(envoy.config_dump()) == {"v1": 30, "v2": 70},
+            20,
+            "the edit made while the control plane was down",
+            envoy,
+        )
+        envoy.stop()
+        envoy = Envoy(tmp_path, config_json)
+        again = await eventually(lambda: active_state(envoy), 20, "a new Envoy's config", envoy)
+        assert route_weights(again["dump"]) == {"v1": 30, "v2": 70}
+        await eventually(lambda: len(plane.hub.envoy_status()) == 1, 5, "one stream", envoy)
+    finally:
+        envoy.stop()
+        await plane.stop(0.2)
+
+
+@pytest.mark.parametrize("api_type", ["DELTA_GRPC", "GRPC"])
+def test_envoy_survives_control_plane_and_envoy_restarts(tmp_path: Path, api_type: str) -> None:
+    asyncio.run(asyncio.wait_for(restarts(tmp_path, api_type), 55))
