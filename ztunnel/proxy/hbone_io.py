@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from ztunnel.errors import HboneStreamError
 from ztunnel.proxy.hbone import (
@@ -33,6 +34,8 @@ from ztunnel.proxy.hbone import (
     TunnelRequested,
     TunnelResponse,
 )
+
+log = logging.getLogger("ztunnel.hbone")
 
 HIGH_WATER = 1024 * 1024
 READ_SIZE = 256 * 1024
@@ -172,6 +175,62 @@ class TunnelStream:
 
 RequestHandler = Callable[[TunnelStream, TunnelRequest], Coroutine[Any, Any, None]]
 
+WRITE_HIGH_WATER = 4 * 1024 * 1024
+"""Encrypted bytes waiting in a channel's transport above which it stops reading the peer."""
+
+
+class HboneProtocol(asyncio.StreamReaderProtocol):
+    """The TLS transport's protocol for an HBONE connection: received bytes go straight
+    to the channel, in the transport's own callback.
+
+    A ``StreamReader`` costs a copy into its buffer, a future and a task wake-up per
+    read, on each hop of every request. The writer side (``StreamWriter``, ``drain``)
+    is the usual one. Until :class:`HboneChannel` takes over, bytes are kept here.
+    """
+
+    def __init__(self) -> None:
+        self.reader = asyncio.StreamReader(limit=2**20)
+        """The stream the writer checks for errors (the protocol itself holds it weakly)."""
+        super().__init__(self.reader)
+        self._receiver: HboneChannel | None = None
+        self._early: list[bytes] = []
+        self._ended: BaseException | bool = False
+
+    def attach(self, channel: HboneChannel) -> None:
+        """Hand every received byte (those already here first) to ``channel``."""
+        self._receiver = channel
+        early, self._early = self._early, []
+        for data in early:
+            channel._received(data)
+        if self._ended:
+            channel._ended(self._ended if isinstance(self._ended, BaseException) else None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._receiver is None:
+            self._early.append(data)
+        else:
+            self._receiver._received(data)
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        self._end(None)
+        return False  # close the transport: HBONE has no half-closed connections
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._end(exc)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._receiver is not None:
+            self._receiver._writable()
+
+    def _end(self, exc: BaseException | None) -> None:
+        if self._receiver is not None:
+            self._receiver._ended(exc)
+        elif not self._ended:
+            self._ended = exc or True
+
 
 class HboneChannel:
     """Drives one HBONE connection over an asyncio stream pair."""
@@ -189,6 +248,9 @@ class HboneChannel:
         self.done = asyncio.Event()
         self.error: ConnectionEnded | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._on_request: RequestHandler | None = None
+        self._over: asyncio.Future[None] | None = None
+        self._reading_paused = False
 
     def flush(self) -> None:
         """Hand the core's pending output to the transport."""
@@ -217,6 +279,10 @@ class HboneChannel:
     async def run(self, on_request: RequestHandler | None = None) -> None:
         """Read until the connection ends; hand each server-side request to ``on_request``."""
         self.core.initiate()
+        protocol = getattr(self.writer, "_protocol", None)
+        if isinstance(protocol, HboneProtocol):
+            await self._run_driven(protocol, on_request)
+            return
         await self.drain()
         try:
             while not self.core.closed:
@@ -230,6 +296,54 @@ class HboneChannel:
             self.error = ConnectionEnded(CANCEL, f"transport failed: {err}", remote=True)
         finally:
             self._finish()
+
+    async def _run_driven(self, protocol: HboneProtocol, on_request: RequestHandler | None) -> None:
+        """:meth:`run` over an :class:`HboneProtocol`: bytes are handled as they arrive."""
+        self._on_request = on_request
+        self._over = asyncio.get_running_loop().create_future()
+        self.flush()
+        protocol.attach(self)
+        try:
+            await self._over
+        finally:
+            self._finish()
+
+    def _received(self, data: bytes) -> None:
+        """The protocol's callback: feed the core, act on its events, write its answer."""
+        over = self._over
+        if over is None or over.done():
+            return
+        try:
+            for event in self.core.receive_data(data):
+                self._dispatch(event, self._on_request)
+            self.flush()
+            if self.core.closed:
+                over.set_result(None)
+                return
+            transport = cast(asyncio.Transport, self.writer.transport)
+            if transport.get_write_buffer_size() > WRITE_HIGH_WATER and not self._reading_paused:
+                # The peer sends faster than the transport drains our answers: stop
+                # reading it until the transport catches up (as run()'s drain did).
+                self._reading_paused = True
+                transport.pause_reading()
+        except Exception as err:
+            # A bug, not the peer's doing: this connection ends, the process goes on.
+            log.exception("HBONE channel failed")
+            self.error = ConnectionEnded(CANCEL, f"channel failed: {err!r}", remote=False)
+            over.set_result(None)
+
+    def _writable(self) -> None:
+        if self._reading_paused and not self.writer.is_closing():
+            self._reading_paused = False
+            cast(asyncio.Transport, self.writer.transport).resume_reading()
+
+    def _ended(self, exc: BaseException | None) -> None:
+        over = self._over
+        if over is None or over.done():
+            return
+        if exc is not None:
+            self.error = ConnectionEnded(CANCEL, f"transport failed: {exc}", remote=True)
+        over.set_result(None)
 
     def _dispatch(self, event: HboneEvent, on_request: RequestHandler | None) -> None:
         if isinstance(event, TunnelRequested):

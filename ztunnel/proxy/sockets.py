@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from ztunnel.proxy.hbone_io import HboneProtocol
 from ztunnel.state.workload import IPAddress
 
 # From <linux/in.h>; the socket module does not name it on every build.
@@ -83,9 +84,17 @@ class SocketFactory:
             raise
         if tls is None:
             return await asyncio.open_connection(sock=sock)
-        return await asyncio.open_connection(
-            sock=sock, ssl=tls, server_hostname="", ssl_handshake_timeout=self.connect_timeout
+        # TLS is HBONE here: its protocol hands received bytes straight to the channel.
+        loop = asyncio.get_running_loop()
+        protocol = HboneProtocol()
+        transport, _ = await loop.create_connection(
+            lambda: protocol,
+            sock=sock,
+            ssl=tls,
+            server_hostname="",
+            ssl_handshake_timeout=self.connect_timeout,
         )
+        return protocol.reader, asyncio.StreamWriter(transport, protocol, protocol.reader, loop)
 
     async def accept_tls(
         self, conn: socket.socket, tls: ssl.SSLContext
@@ -97,12 +106,11 @@ class SocketFactory:
         read into a plain stream, so nothing of the ClientHello can be lost.
         """
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=2**20)
-        protocol = asyncio.StreamReaderProtocol(reader)
+        protocol = HboneProtocol()  # TLS is HBONE here: bytes go straight to the channel
         transport, _ = await loop.connect_accepted_socket(
             lambda: protocol, conn, ssl=tls, ssl_handshake_timeout=self.connect_timeout
         )
-        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+        return protocol.reader, asyncio.StreamWriter(transport, protocol, protocol.reader, loop)
 
 
 async def _connect(sock: socket.socket, address: tuple[str, int]) -> None:
