@@ -114,18 +114,35 @@ def _role_metrics() -> tuple[Metric, ...]:
 
 
 ROLE_METRICS = _role_metrics()
+PER_REQUEST = (
+    Metric(
+        "proxy_cpu_us_per_req",
+        "us",
+        higher_is_better=False,
+        description="CPU of all the path's proxies per completed request (proxy_cpu_s / "
+        "requests): what each path costs for the same work, whatever rate it reached",
+        cost=True,
+    ),
+    Metric(
+        "waypoint_cpu_us_per_req",
+        "us",
+        higher_is_better=False,
+        description="CPU of the waypoint (Envoy and its telemetry exporter) per request",
+        cost=True,
+    ),
+)
 PROBES = (
     Probe(
         "rr-1",
         "wrk, 1 thread, 1 keep-alive connection, closed loop of small HTTP/1.1 GETs to an "
         "Envoy direct_response origin: round-trip latency of the path",
-        (P50, P99, RPS, *COSTS, *ROLE_METRICS),
+        (P50, P99, RPS, *COSTS, *PER_REQUEST, *ROLE_METRICS),
     ),
     Probe(
         "rr-16",
         "wrk, 1 thread, 16 keep-alive connections (closed loop): latency and rate under "
         "load, bounded by the 2 CPUs shared by wrk, origin and proxies",
-        (P50, P99, RPS, *COSTS, *ROLE_METRICS),
+        (P50, P99, RPS, *COSTS, *PER_REQUEST, *ROLE_METRICS),
     ),
 )
 
@@ -143,6 +160,20 @@ def roles(proxies: Sequence[ProxyProcess]) -> dict[str, ProxyProcess]:
     return named
 
 
+def per_request(figures: Mapping[str, float], duration_s: float) -> dict[str, float]:
+    """CPU microseconds per request of the path's proxies and of the waypoint, from a
+    measurement's ``rate`` (req/s over ``duration_s``) and CPU seconds; none without
+    requests."""
+    requests = figures.get("rate", 0.0) * duration_s
+    if requests <= 0:
+        return {}
+    out = {}
+    for cpu, name in (("proxy_cpu_s", "proxy"), (f"{WAYPOINT_ROLE}_cpu_s", WAYPOINT_ROLE)):
+        if cpu in figures:
+            out[f"{name}_cpu_us_per_req"] = figures[cpu] * 1e6 / requests
+    return out
+
+
 def role_costs(
     before: Mapping[str, tuple[float, int]], after: Mapping[str, tuple[float, int]]
 ) -> dict[str, float]:
@@ -157,7 +188,7 @@ def role_costs(
 def ratio_lines(
     samples: Mapping[tuple[str, str, str], Sequence[float]],
     reference: str,
-    metrics: Sequence[str] = ("rate", "p50", "p99", "proxy_cpu_s"),
+    metrics: Sequence[str] = ("rate", "p50", "p99", "proxy_cpu_us_per_req"),
 ) -> list[str]:
     """``variant / reference`` ratios of medians, per probe and metric, from samples
     keyed (variant, probe, metric); pairs without a usable reference figure are skipped."""
@@ -508,6 +539,8 @@ class WaypointCase(PodToPod):
         figures = dict(super().measure(variant, probe, round_index))
         after = {r: (p.usage().cpu_s, p.usage().peak_rss_bytes) for r, p in by_role.items()}
         figures |= role_costs(before, after)
+        if self._settings is not None:
+            figures |= per_request(figures, self._settings.duration_s)
         for metric, value in figures.items():
             self._samples.setdefault((variant.name, probe.name, metric), []).append(value)
         return figures

@@ -15,6 +15,7 @@ from bench.cases.waypoint import (
     WAYPOINT_ROLE,
     WaypointCase,
     find_in_tree,
+    per_request,
     ratio_lines,
     role_costs,
     roles,
@@ -38,6 +39,7 @@ def test_the_case_is_consistent_and_compares_the_four_paths() -> None:
     for probe in case.probes:
         names = {m.name for m in probe.metrics}
         assert {"rate", "p50", "p99", "proxy_cpu_s", "proxy_rss_mb"} <= names
+        assert {"proxy_cpu_us_per_req", "waypoint_cpu_us_per_req"} <= names
         for role in (SOURCE, WAYPOINT_ROLE, WAYPOINT_ENVOY, DESTINATION):
             assert {f"{role}_cpu_s", f"{role}_rss_mb"} <= names
     assert set(case.paths) == {v.name for v in case.variants}
@@ -64,6 +66,15 @@ def test_role_costs_are_cpu_deltas_and_peak_rss_in_mb() -> None:
         "waypoint_rss_mb": 5.0,
     }
     assert role_costs({}, {}) == {}
+
+
+def test_per_request_cpu_divides_by_the_requests_completed() -> None:
+    figures = {"rate": 1000.0, "proxy_cpu_s": 0.6, "waypoint_cpu_s": 0.3}
+    assert per_request(figures, 3.0) == pytest.approx(
+        {"proxy_cpu_us_per_req": 200.0, "waypoint_cpu_us_per_req": 100.0}
+    )
+    assert per_request({"rate": 1000.0}, 3.0) == {}  # direct: no proxies
+    assert per_request({"rate": 0.0, "proxy_cpu_s": 1.0}, 3.0) == {}
 
 
 def test_ratio_lines_divide_medians_by_the_reference() -> None:
