@@ -393,7 +393,7 @@ def test_envoy_gets_its_config_and_a_live_weight_edit(tmp_path: Path, api_type: 
 
 
 def test_envoy_certificate_is_renewed_at_half_life(tmp_path: Path) -> None:
-    asyncio.run(asyncio.wait_for(scenario(tmp_path, "GRPC", dt.timedelta(seconds=6)), 50))
+    asyncio.run(asyncio.wait_for(scenario(tmp_path, "GRPC", dt.timedelta(seconds=10)), 50))
 
 
 async def refusals(tmp_path: Path) -> None:
