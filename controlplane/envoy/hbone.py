@@ -10,10 +10,12 @@ under the keys below (Istio's names, so its filters and access logs read them to
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2  # noqa: F401
 from envoy.extensions.filters.network.set_filter_state.v3 import (  # noqa: F401
@@ -152,45 +154,70 @@ def through_hbone(cluster: Any) -> Any:
     connections into :data:`CONNECT_ORIGINATE`; returns a modified copy."""
     out = type(cluster)()
     out.CopyFrom(cluster)
-    _parse(out.transport_socket, internal_upstream_socket())
+    out.transport_socket.CopyFrom(_internal_upstream_message())
     return out
+
+
+@functools.cache
+def _internal_upstream_message() -> Any:
+    """:func:`internal_upstream_socket` as a message (copied, never changed)."""
+    return _parse(base_pb2.TransportSocket(), internal_upstream_socket())
+
+
+def _address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def tunnel_lb_endpoint(
+    ip: str,
+    port: int,
+    *,
+    principal: str = "",
+    hbone_port: int = HBONE_PORT,
+    metadata: Any = None,
+) -> Any:
+    """An ``LbEndpoint`` reached through an HBONE tunnel to ``ip:hbone_port`` with
+    ``:authority ip:port``; with a ``principal``, the tunnel is opened only to a server
+    presenting that SPIFFE identity. ``metadata`` (a ``Metadata``) is merged in."""
+    target = _address(ip, port)
+    lb = endpoint_components_pb2.LbEndpoint()
+    internal = lb.endpoint.address.envoy_internal_address
+    internal.server_listener_name = CONNECT_ORIGINATE
+    internal.endpoint_id = target
+    filter_metadata = lb.metadata.filter_metadata
+    filter_metadata[ORIGINAL_DST_METADATA].update({"local": target})
+    tunnel = {TUNNEL_DESTINATION: target, TUNNEL_ADDRESS: _address(ip, hbone_port)}
+    if principal:
+        tunnel[TUNNEL_PRINCIPAL] = principal
+    filter_metadata[TUNNEL_METADATA].update(tunnel)
+    if metadata is not None:
+        lb.metadata.MergeFrom(metadata)
+    return lb
 
 
 def tunnel_endpoint(
     ip: str, port: int, *, principal: str = "", hbone_port: int = HBONE_PORT
 ) -> dict[str, Any]:
-    """An ``LbEndpoint`` (as JSON) reached through an HBONE tunnel to ``ip:hbone_port``
-    with ``:authority ip:port``; with a ``principal``, the tunnel is opened only to a
-    server presenting that SPIFFE identity."""
-    target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-    tunnel = f"[{ip}]:{hbone_port}" if ":" in ip else f"{ip}:{hbone_port}"
-    tunnel_metadata = {TUNNEL_DESTINATION: target, TUNNEL_ADDRESS: tunnel}
-    if principal:
-        tunnel_metadata[TUNNEL_PRINCIPAL] = principal
-    return {
-        "endpoint": {
-            "address": {
-                "envoy_internal_address": {
-                    "server_listener_name": CONNECT_ORIGINATE,
-                    "endpoint_id": target,
-                }
-            }
-        },
-        "metadata": {
-            "filter_metadata": {
-                ORIGINAL_DST_METADATA: {"local": target},
-                TUNNEL_METADATA: tunnel_metadata,
-            }
-        },
-    }
+    """:func:`tunnel_lb_endpoint` as Envoy's JSON."""
+    out: dict[str, Any] = json_format.MessageToDict(
+        tunnel_lb_endpoint(ip, port, principal=principal, hbone_port=hbone_port),
+        preserving_proto_field_name=True,
+    )
+    return out
 
 
-def load_assignment(cluster: str, endpoints: list[dict[str, Any]]) -> Any:
-    """A ``ClusterLoadAssignment`` of ``endpoints`` (from :func:`tunnel_endpoint`)."""
-    config = {"cluster_name": cluster, "endpoints": [{"lb_endpoints": endpoints}]}
-    if not endpoints:
-        config["endpoints"] = []
-    return _parse(endpoint_pb2.ClusterLoadAssignment(), config)
+def load_assignment(cluster: str, endpoints: list[Any]) -> Any:
+    """A ``ClusterLoadAssignment`` of ``endpoints`` (``LbEndpoint`` messages from
+    :func:`tunnel_lb_endpoint`, or their JSON from :func:`tunnel_endpoint`)."""
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster)
+    if endpoints:
+        group = assignment.endpoints.add()
+        for endpoint in endpoints:
+            if isinstance(endpoint, dict):
+                _parse(group.lb_endpoints.add(), endpoint)
+            else:
+                group.lb_endpoints.append(endpoint)
+    return assignment
 
 
 def connect_originate_listener() -> Any:

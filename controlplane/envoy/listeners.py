@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -211,26 +212,41 @@ def connect_terminate_listener(
     )
 
 
-def _http_manager(served: ServedPort, *, ads: bool) -> Any:
-    manager = hcm_pb2.HttpConnectionManager()
-    _parse(
-        manager,
+@functools.cache
+def _manager_template(ads: bool) -> Any:
+    """What every inner HTTP connection manager shares (copied, never changed)."""
+    return _parse(
+        hcm_pb2.HttpConnectionManager(),
         {
-            "stat_prefix": served.route,
-            "rds": _rds(served.route, ads=ads),
+            "rds": _rds("", ads=ads),
             "use_remote_address": False,
             "normalize_path": True,
             "merge_slashes": True,
             "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
         },
     )
+
+
+@functools.cache
+def _last_filters() -> tuple[Any, ...]:
+    """The HTTP filters after authorization: fault, CORS, router (copied, never changed)."""
+    return tuple(
+        _parse(hcm_pb2.HttpFilter(), {"name": name, "typed_config": {"@type": kind}})
+        for name, kind in (
+            (FAULT_FILTER, FAULT),
+            (CORS_FILTER, CORS),
+            ("envoy.filters.http.router", ROUTER),
+        )
+    )
+
+
+def _http_manager(served: ServedPort, *, ads: bool) -> Any:
+    manager = hcm_pb2.HttpConnectionManager()
+    manager.CopyFrom(_manager_template(ads))
+    manager.stat_prefix = served.route
+    manager.rds.route_config_name = served.route
     manager.http_filters.extend(served.http_filters)
-    for name, config in (
-        (FAULT_FILTER, {"@type": FAULT}),
-        (CORS_FILTER, {"@type": CORS}),
-        ("envoy.filters.http.router", {"@type": ROUTER}),
-    ):
-        _parse(manager.http_filters.add(), {"name": name, "typed_config": config})
+    manager.http_filters.extend(_last_filters())
     manager.access_log.extend(served.access_log)
     if served.tracing is not None:
         manager.tracing.CopyFrom(served.tracing)
@@ -254,13 +270,14 @@ DETECTED_HTTP = ("http/1.1", "h2c")
 def _add_chain(listener: Any, port: ServedPort, http: bool, *, detected: bool, ads: bool) -> None:
     chain = listener.filter_chains.add()
     chain.name = port.route if http else port.tcp_proxy.stat_prefix
-    match: dict[str, Any] = {
-        "destination_port": port.port,
-        "prefix_ranges": [_prefix(a) for a in port.addresses],
-    }
+    match = chain.filter_chain_match
+    match.destination_port.value = port.port
+    for address in port.addresses:
+        match.prefix_ranges.add(address_prefix=address).prefix_len.value = (
+            128 if ":" in address else 32
+        )
     if detected and http:
-        match["application_protocols"] = list(DETECTED_HTTP)
-    _parse(chain.filter_chain_match, match)
+        match.application_protocols.extend(DETECTED_HTTP)
     network_filter = chain.filters.add()
     if http:
         network_filter.name = HCM_FILTER
@@ -400,8 +417,3 @@ def internal_cluster(listener: str) -> Any:
 def main_internal_cluster() -> Any:
     """The cluster the HBONE listener hands service tunnels to: the inner listener."""
     return internal_cluster(hbone.MAIN_INTERNAL)
-
-
-def chains_of(listener: Any) -> Iterable[str]:
-    """The filter chain names of a listener (for tests and status output)."""
-    return [chain.name for chain in listener.filter_chains]

@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from google.protobuf import json_format
-
 from api.messages import workload as wl
 from controlplane.envoy import hbone, telemetry
 from controlplane.envoy.clusters import through_hbone_with_tls
@@ -30,7 +28,7 @@ from controlplane.envoy.listeners import (
     workload_authorities,
     workload_internal_listener,
 )
-from controlplane.envoy.names import tcp_proxy_name
+from controlplane.envoy.names import route_name, tcp_proxy_name
 from controlplane.envoy.rbac import rbac_filters
 from controlplane.envoy.waypoint import ClusterEndpoints, WaypointResources, translate_waypoint
 from controlplane.model import (
@@ -162,9 +160,7 @@ def _served_ports(
             continue
         host = mesh.service_hostname(service.namespace, service.name)
         for port in service.ports:
-            route = next(
-                name for name in translated.routes if name.endswith(f"|{port.port}|http|{host}")
-            )
+            route = route_name(host, port.port)
             out.append(
                 ServedPort(
                     addresses=service.cluster_ips,
@@ -192,10 +188,9 @@ def _healthy(pod: Pod) -> bool:
     return is_sent(pod) and pod.ready and not pod.deleting
 
 
-def _endpoint(pod: Pod, ip: str, port: int, mesh: MeshConfig, hbone_port: int) -> dict[str, Any]:
+def _endpoint(pod: Pod, port: int, mesh: MeshConfig, hbone_port: int) -> Any:
     """A tunnel endpoint carrying what the access log reports of the destination."""
     principal = _principal(pod, mesh)
-    endpoint = hbone.tunnel_endpoint(ip, port, principal=principal, hbone_port=hbone_port)
     metadata = telemetry.endpoint_metadata(
         workload=workload_name(pod),
         workload_namespace=pod.namespace,
@@ -203,10 +198,35 @@ def _endpoint(pod: Pod, ip: str, port: int, mesh: MeshConfig, hbone_port: int) -
         version=canonical_revision(pod),
         principal=principal,
     )
-    endpoint["metadata"]["filter_metadata"].update(
-        json_format.MessageToDict(metadata, preserving_proto_field_name=True)["filter_metadata"]
+    assert pod.ip is not None  # PodIndex holds pods with an address only
+    return hbone.tunnel_lb_endpoint(
+        pod.ip, port, principal=principal, hbone_port=hbone_port, metadata=metadata
     )
-    return endpoint
+
+
+class PodIndex:
+    """The pods that can be endpoints (ready, with an address, in the mesh), by
+    namespace and label, in key order: built once per translation, so finding a
+    selector's pods does not test every pod of the cluster."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self._by_pair: dict[tuple[str, str, str], list[Pod]] = {}
+        for _, pod in sorted(state.pods.items()):
+            if pod.ip is None or not _healthy(pod):
+                continue
+            if not is_enrolled(pod, state.namespace_of(pod)):
+                continue
+            for key, value in pod.labels.items():
+                self._by_pair.setdefault((pod.namespace, key, value), []).append(pod)
+
+    def selecting(self, namespace: str, selector: Mapping[str, str]) -> list[Pod]:
+        """The pods of ``namespace`` whose labels match ``selector`` (empty: none)."""
+        if not selector:
+            return []
+        candidates = min(
+            (self._by_pair.get((namespace, k, v), []) for k, v in selector.items()), key=len
+        )
+        return [pod for pod in candidates if selector_matches(selector, pod.labels)]
 
 
 def _with_metadata(cluster: Any, ends: ClusterEndpoints) -> Any:
@@ -227,31 +247,25 @@ def endpoints_of(
     mesh: MeshConfig | None = None,
     *,
     hbone_port: int = hbone.HBONE_PORT,
+    pods: PodIndex | None = None,
 ) -> Any:
     """The ``ClusterLoadAssignment`` of one cluster: every ready pod the service selects
-    (and the subset's labels), reached through an HBONE tunnel to the pod.
+    (and the subset's labels), reached through an HBONE tunnel to the pod. ``pods``:
+    the index to search (built from ``state`` when not given).
 
     Pods outside the mesh (not enrolled) cannot take HBONE and are left out.
     """
     service = state.services.get(ends.service) if ends.service else None
-    found: list[dict[str, Any]] = []
+    found: list[Any] = []
     if service is not None and service.selector:
         service_port = next((p for p in service.ports if p.port == ends.port), None)
-        for _, pod in sorted(state.pods.items()):
-            if (
-                pod.namespace != service.namespace
-                or not _healthy(pod)
-                or not selector_matches(service.selector, pod.labels)
-                or not selector_matches(dict(ends.subset_labels), pod.labels)
-                or not is_enrolled(pod, state.namespace_of(pod))
-                or service_port is None
-            ):
-                continue
-            target = service_port.target_port
+        selector = {**service.selector, **dict(ends.subset_labels)}
+        index = pods if pods is not None else PodIndex(state)
+        for pod in index.selecting(service.namespace, selector) if service_port else ():
+            target = service_port.target_port if service_port else 0
             port = target if isinstance(target, int) else pod.named_port(target)
-            if port is None or pod.ip is None:
-                continue
-            found.append(_endpoint(pod, pod.ip, port, mesh or MeshConfig(), hbone_port))
+            if port is not None:
+                found.append(_endpoint(pod, port, mesh or MeshConfig(), hbone_port))
     return hbone.load_assignment(name, found)
 
 
@@ -289,8 +303,10 @@ def proxy_resources(
         clusters[hbone.WORKLOAD_INTERNAL] = internal_cluster(hbone.WORKLOAD_INTERNAL)
         clusters[hbone.ENCAP] = hbone.encap_cluster()
     clusters[hbone.CONNECT_ORIGINATE] = hbone.connect_originate_cluster()
+    pods = PodIndex(state)
     endpoints = {
-        name: endpoints_of(state, name, ends, mesh) for name, ends in translated.endpoints.items()
+        name: endpoints_of(state, name, ends, mesh, pods=pods)
+        for name, ends in translated.endpoints.items()
     }
     return EnvoyResources(
         listeners={listener.name: listener for listener in listeners},
@@ -315,8 +331,10 @@ def _gateway_resources(state: ClusterState, proxy: EnvoyProxy, mesh: MeshConfig)
         else cluster
         for name, cluster in translated.clusters.items()
     }
+    pods = PodIndex(state)
     endpoints = {
-        name: endpoints_of(state, name, ends, mesh) for name, ends in translated.endpoints.items()
+        name: endpoints_of(state, name, ends, mesh, pods=pods)
+        for name, ends in translated.endpoints.items()
     }
     return EnvoyResources(
         listeners=dict(translated.listeners),

@@ -259,9 +259,12 @@ def test_endpoint_with_the_wrong_identity_is_refused(waypoint: Any) -> None:
     loop, seen, client_cert, roots = waypoint
 
     async def scenario(authority: Authority) -> bytes:
-        tunnel = await _open(client_cert, roots, authority)
-        await tunnel.stream.write(b"PING\r\n")
+        try:  # the waypoint may reset the tunnel at any point once the TLS check fails
+            tunnel = await _open(client_cert, roots, authority)
+        except HboneStreamError:
+            return b""
         try:
+            await tunnel.stream.write(b"PING\r\n")
             return bytes(await asyncio.wait_for(tunnel.stream.read(), 5))
         except HboneStreamError:
             return b""
