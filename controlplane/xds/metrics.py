@@ -63,8 +63,8 @@ class StatusCollector:
         """One scrape."""
         status = self._status()
         proxies = status.get("proxies", [])
-        yield GaugeMetricFamily("pilot_xds", "Connected xDS clients.", value=len(proxies))
-        pushes = CounterMetricFamily("pilot_xds_pushes", "Delta xDS responses sent.")
+        yield GaugeMetricFamily("pilot_xds", "Connected ztunnel xDS clients.", value=len(proxies))
+        pushes = CounterMetricFamily("pilot_xds_pushes", "xDS responses sent (ztunnels, Envoys).")
         pushes.add_metric([], status.get("pushes", 0))
         yield pushes
         nacks = CounterMetricFamily(
