@@ -405,7 +405,7 @@ class AmbientMesh:
                     http=Endpoint(services["wserver"].vip, SERVICE_PORT),
                     bulk=Endpoint(servers["wserver"].ip, BULK_PORT),
                     proxies=(zt1, wp, zt2),
-                    summary=lambda: _waypoint_summary(self.waypoint_pid),
+                    summary=lambda: _waypoint_summary(lab, proxy.pod, self.waypoint_pid),
                 ),
             }
             for live in self.live.values():
@@ -428,18 +428,37 @@ class AmbientMesh:
         return build
 
 
-def _admin_ready(lab: Any, pod: Any) -> str:
-    done = lab.exec(pod, ["curl", "-s", "-m", "3", "http://127.0.0.1:15000/ready"], timeout=20)
+def _admin(lab: Any, pod: Any, path: str) -> str:
+    """Envoy's admin answer at ``path`` in the waypoint pod ('' if it did not answer)."""
+    argv = ["curl", "-s", "-m", "3", f"http://127.0.0.1:15000{path}"]
+    done = lab.exec(pod, argv, timeout=20)
     return str(done.stdout) if done.returncode == 0 else ""
 
 
-def _waypoint_summary(pid: int) -> list[str]:
+def _admin_ready(lab: Any, pod: Any) -> str:
+    return _admin(lab, pod, "/ready")
+
+
+def stat_sum(stats_text: str, suffix: str) -> int:
+    """Sum of the counters in Envoy's admin ``/stats`` text whose name ends in ``suffix``."""
+    total = 0
+    for line in stats_text.splitlines():
+        name, _, value = line.partition(": ")
+        if name.endswith(suffix) and value.strip().isdigit():
+            total += int(value)
+    return total
+
+
+def _waypoint_summary(lab: Any, pod: Any, pid: int) -> list[str]:
     rows = tree_breakdown(pid)
     if not rows:
         raise BenchError("the waypoint's process tree is gone")
+    stats_text = _admin(lab, pod, "/stats?filter=downstream_rq_completed")
     return [
         "waypoint tree over the run: "
-        + ", ".join(f"{name} {cpu:.2f} CPU s / {rss / 1e6:.0f} MB peak" for name, cpu, rss in rows)
+        + ", ".join(f"{name} {cpu:.2f} CPU s / {rss / 1e6:.0f} MB peak" for name, cpu, rss in rows),
+        f"the waypoint's Envoy completed {stat_sum(stats_text, '.downstream_rq_completed')} "
+        "HTTP streams (admin /stats, every connection manager: requests and HBONE CONNECTs)",
     ]
 
 

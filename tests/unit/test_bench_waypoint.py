@@ -19,6 +19,7 @@ from bench.cases.waypoint import (
     ratio_lines,
     role_costs,
     roles,
+    stat_sum,
     tree_breakdown,
 )
 from bench.errors import BenchError
@@ -98,3 +99,15 @@ def test_the_process_tree_of_this_test() -> None:
     rows = tree_breakdown(os.getpid())
     assert rows and rows[0][1] > 0 and rows[0][2] > 0
     assert find_in_tree(os.getpid(), "no-such-command") is None
+
+
+def test_stat_sum_adds_the_counters_with_the_suffix() -> None:
+    text = (
+        "http.hbone.downstream_rq_completed: 12\n"
+        "http.inbound_vip.downstream_rq_completed: 3400\n"
+        "http.inbound_vip.downstream_rq_completed_x: 9\n"
+        "cluster.x.upstream_rq_completed: 5\n"
+        "http.broken.downstream_rq_completed: n/a\n"
+    )
+    assert stat_sum(text, ".downstream_rq_completed") == 3412
+    assert stat_sum("", ".downstream_rq_completed") == 0
