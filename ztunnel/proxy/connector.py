@@ -113,7 +113,7 @@ class HboneConnector:
         except BaseException:
             self.pool.release(checkout.connection_id, self._monotonic())
             raise
-        self._spawn(self._release_when_closed(checkout.connection_id, stream))
+        stream.on_closed = lambda: self._release(checkout.connection_id, stream)
         try:
             response = await asyncio.wait_for(stream.response, self.response_timeout)
         except BaseException:
@@ -124,10 +124,9 @@ class HboneConnector:
             raise TunnelRefusedError(response.status)
         return stream
 
-    async def _release_when_closed(self, connection_id: int, stream: TunnelStream) -> None:
-        await stream.closed.wait()
-        channel = stream.channel
-        channel.streams.pop(stream.stream_id, None)
+    def _release(self, connection_id: int, stream: TunnelStream) -> None:
+        """The tunnel is over: its stream slot goes back to the pool."""
+        stream.channel.streams.pop(stream.stream_id, None)
         self.pool.release(connection_id, self._monotonic())
 
     def expire_idle(self) -> int:

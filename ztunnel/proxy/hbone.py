@@ -434,7 +434,14 @@ class _HboneConnection:
 
     def __init__(self, settings: HboneSettings, *, client_side: bool) -> None:
         self.settings = settings
-        config = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
+        # Our own header blocks are well-formed by construction: h2 need not check and
+        # normalise them again on every tunnel (received ones are still validated).
+        config = h2.config.H2Configuration(
+            client_side=client_side,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self._h2: Any = _ZeroCopyH2(config)
         # Per stream: buffers not yet framed (no window yet) and their total length.
         self._pending: dict[int, collections.deque[memoryview]] = {}

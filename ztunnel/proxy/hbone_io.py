@@ -60,6 +60,8 @@ class TunnelStream:
         """Where :func:`relay` sends this tunnel's bytes: written straight from the channel."""
         self.sunk = 0
         """Bytes written straight to ``sink`` (not handed out by :meth:`read`)."""
+        self.on_closed: Callable[[], None] | None = None
+        """Called once when the tunnel is over (a callback: no task waits per tunnel)."""
 
     # called by the channel
     def _feed(self, event: HboneEvent) -> None:
@@ -122,6 +124,9 @@ class TunnelStream:
     def _mark_closed(self) -> None:
         self.closed.set()
         self.channel.streams.pop(self.stream_id, None)
+        callback, self.on_closed = self.on_closed, None
+        if callback is not None:
+            callback()
 
     async def read(self) -> Buffer:
         """The next chunk from the peer (often a view, never mutated); ``b""`` at half-close."""
