@@ -33,6 +33,7 @@ from tests.integration.waypoint_envoy_peers import (
     open_tunnel,
     request,
     start_pod,
+    wait_for,
 )
 from ztunnel.errors import ZtunnelError
 from ztunnel.identity.certs import CertifiedKey, LocalCA
@@ -229,6 +230,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         )
         loop = NetnsLoop(NETNS)
         try:
+            wait_for((state / "root-cert.pem").exists, 20, "the control plane's root")
             seen = Seen()
             backend = issue(ca, SpiffeId(TD, "demo", "backend"))
             servers = [
