@@ -29,6 +29,7 @@ from controlplane.envoy.proxy import (
 )
 from controlplane.model import (
     ClusterState,
+    ContainerPort,
     FrozenMap,
     IstioGateway,
     IstioServer,
@@ -311,3 +312,21 @@ def test_undeclared_port_gets_detection_chains() -> None:
         ["http/1.1", "h2c"],
         None,
     ]
+
+
+def test_named_target_port_resolves_per_pod() -> None:
+    state = demo_state()
+    backend = state.services[("demo", "backend")]
+    named = replace(backend, ports=(ServicePort(80, "http-alt", "http"),))
+    pods = dict(state.pods)
+    v1 = pods[("demo", "backend-v1")]
+    pods[v1.key] = replace(v1, ports=(ContainerPort(9090, "http-alt"),))
+    state = replace(state, services={**state.services, named.key: named}, pods=pods)
+    whole = as_json(
+        proxy_resources(state, WAYPOINT).endpoints["outbound|80||backend.demo.svc.cluster.local"]
+    )
+    # v2 has no port of that name: it is no endpoint of this port.
+    (endpoint,) = whole["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"]["envoy_internal_address"]["endpoint_id"] == (
+        "10.1.0.11:9090"
+    )
