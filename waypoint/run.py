@@ -2,9 +2,10 @@
 
 Writes the bootstrap (:mod:`waypoint.bootstrap`), starts Envoy and the exporter
 (:mod:`waypoint.telemetry`), and supervises both: SIGTERM or SIGINT is forwarded to
-Envoy (which drains and exits), the exporter is stopped, and the run ends with status
-0; Envoy or the exporter ending on its own stops the other and ends the run with a
-:class:`~waypoint.errors.WaypointError` naming the cause (Envoy's last log line).
+Envoy (which exits), the exporter is stopped, and the run ends with status 0. Envoy
+or the exporter ending on its own stops the other and ends the run with a
+:class:`~waypoint.errors.WaypointError` naming the cause (Envoy's worst last log line).
+Should the run itself be killed, the kernel stops Envoy too (parent-death signal).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -120,6 +122,16 @@ async def _stop_envoy(process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the Envoy child before exec: SIGTERM when ``waypoint run`` dies, even by
+    SIGKILL, so no orphan Envoy keeps 15008 bound against the next run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _default_exporter(config: Any) -> Awaitable[None]:
     from waypoint.telemetry import serve_exporter
 
@@ -148,6 +160,7 @@ async def supervise(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=_die_with_parent,
     )
     log.info("envoy started (pid %d) with %s", process.pid, bootstrap)
     tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
