@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
-from ztunnel.errors import HboneStreamError
+from ztunnel.errors import HboneError, HboneStreamError
 from ztunnel.proxy.hbone import (
     CANCEL,
     Buffer,
@@ -62,6 +62,10 @@ class TunnelStream:
         """Bytes written straight to ``sink`` (not handed out by :meth:`read`)."""
         self.on_closed: Callable[[], None] | None = None
         """Called once when the tunnel is over (a callback: no task waits per tunnel)."""
+        self.on_drained: Callable[[], None] | None = None
+        """Called when this tunnel's send backlog has gone out (a paused feeder resumes)."""
+        """Called when this tunnel's send backlog has gone out (a :class:`_Feeder` resumes)."""
+        """Called once when the tunnel is over (a callback: no task waits per tunnel)."""
 
     # called by the channel
     def _feed(self, event: HboneEvent) -> None:
@@ -93,6 +97,8 @@ class TunnelStream:
             self._drop_unread()
             self._readable.set()
             self._writable.set()
+            if self.on_drained is not None:
+                self.on_drained()  # a paused feeder reads on, and learns of the reset
             if not self.response.done():
                 self.response.set_exception(
                     HboneStreamError("tunnel reset before a response", error_code=self._reset)
@@ -102,6 +108,8 @@ class TunnelStream:
             self._mark_closed()
         elif isinstance(event, Drained):
             self._writable.set()
+            if self.on_drained is not None:
+                self.on_drained()
         elif isinstance(event, TunnelResponse) and not self.response.done():
             self.response.set_result(event)
 
@@ -145,6 +153,25 @@ class TunnelStream:
         self.channel.core.acknowledge(self.stream_id, flow_controlled)
         self.channel.flush()
         return data
+
+    def send_nowait(self, data: Buffer) -> None:
+        """Queue ``data`` and hand what the windows allow to the transport (no waiting)."""
+        if self._reset is not None:
+            raise HboneStreamError(
+                f"tunnel {self.stream_id} was reset",
+                error_code=self._reset,
+                stream_id=self.stream_id,
+            )
+        self.channel.core.send_data(self.stream_id, data)
+        self.channel.flush()
+
+    def end_nowait(self) -> None:
+        """Half-close our direction (once the queued bytes have gone)."""
+        if self._reset is None and not self._ended_locally:
+            self._ended_locally = True
+            self.channel.core.end_stream(self.stream_id)
+            self.channel.flush()
+            self._maybe_closed()
 
     async def write(self, data: Buffer) -> None:
         """Send ``data``; waits while this stream's unsent backlog is above ``HIGH_WATER``."""
@@ -200,6 +227,8 @@ class HboneProtocol(asyncio.StreamReaderProtocol):
         self._receiver: HboneChannel | None = None
         self._early: list[bytes] = []
         self._ended: BaseException | bool = False
+        self.writing_paused = False
+        """The transport's write buffer is over its high-water mark (feeders stop reading)."""
 
     def attach(self, channel: HboneChannel) -> None:
         """Hand every received byte (those already here first) to ``channel``."""
@@ -225,8 +254,13 @@ class HboneProtocol(asyncio.StreamReaderProtocol):
         super().connection_lost(exc)
         self._end(exc)
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.writing_paused = True
+
     def resume_writing(self) -> None:
         super().resume_writing()
+        self.writing_paused = False
         if self._receiver is not None:
             self._receiver._writable()
 
@@ -254,6 +288,8 @@ class HboneChannel:
         self.error: ConnectionEnded | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_request: RequestHandler | None = None
+        self.feeders_waiting: list[Callable[[], None]] = []
+        """Feeders paused until this connection's transport can take more (its writer drains)."""
         self._over: asyncio.Future[None] | None = None
         self._reading_paused = False
 
@@ -341,6 +377,9 @@ class HboneChannel:
         if self._reading_paused and not self.writer.is_closing():
             self._reading_paused = False
             cast(asyncio.Transport, self.writer.transport).resume_reading()
+        waiting, self.feeders_waiting = self.feeders_waiting, []
+        for resume in waiting:
+            resume()
 
     def _ended(self, exc: BaseException | None) -> None:
         over = self._over
@@ -411,6 +450,116 @@ class Transfer:
         """Out of the tunnel (relay) or ``b`` to ``a`` (splice)."""
 
 
+class _Feeder(asyncio.Protocol):
+    """A plain socket's bytes into a tunnel, from the transport's callbacks.
+
+    Takes the place of the socket's ``StreamReaderProtocol`` (which it still tells
+    about write pauses and the end, so the socket's ``StreamWriter`` works as before):
+    no task wakes up, no ``StreamReader`` copies, per chunk. Reading pauses while the
+    tunnel's backlog is over ``HIGH_WATER`` or the HBONE connection's transport is
+    over its high-water mark, and resumes when they drain.
+    """
+
+    def __init__(
+        self,
+        stream: TunnelStream,
+        previous: asyncio.StreamReaderProtocol,
+        transport: asyncio.Transport,
+        counts: Transfer,
+    ) -> None:
+        self.stream = stream
+        self.previous = previous
+        self.transport = transport
+        self.counts = counts
+        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.paused = False
+        protocol = stream.channel.writer.transport.get_protocol()
+        assert isinstance(protocol, HboneProtocol)
+        self.channel_protocol = protocol
+
+    @classmethod
+    def install(
+        cls, stream: TunnelStream, reader: asyncio.StreamReader, counts: Transfer
+    ) -> _Feeder | None:
+        """Take over ``reader``'s socket; ``None`` when it cannot be (then read as usual)."""
+        # The reader's transport and buffer are private to asyncio (stable in 3.11 and
+        # 3.12); anything unexpected falls back to the task that reads the stream.
+        transport = cast(asyncio.Transport | None, getattr(reader, "_transport", None))
+        previous = transport.get_protocol() if transport is not None else None
+        buffer = getattr(reader, "_buffer", None)
+        if (
+            transport is None  # uvloop's transports are not asyncio.Transport subclasses
+            or transport.is_closing()
+            or not isinstance(previous, asyncio.StreamReaderProtocol)
+            or not isinstance(buffer, bytearray)
+            or reader.exception() is not None
+            or not isinstance(stream.channel.writer.transport.get_protocol(), HboneProtocol)
+        ):
+            return None
+        feeder = cls(stream, previous, transport, counts)
+        early, eof = bytes(buffer), reader.at_eof() or getattr(reader, "_eof", False)
+        buffer.clear()
+        transport.set_protocol(feeder)
+        if early:
+            feeder.data_received(early)
+        if eof:
+            feeder.eof_received()
+        elif not feeder.paused:
+            transport.resume_reading()  # the StreamReader may have paused it
+        return feeder
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        self.counts.forward += len(data)
+        stream = self.stream
+        try:
+            stream.send_nowait(data)
+        except (HboneStreamError, HboneError) as err:
+            self.done.set_exception(err)
+            return
+        if stream.channel.core.pending(stream.stream_id) > HIGH_WATER:
+            self._pause()
+            stream.on_drained = self._resume
+        elif self.channel_protocol.writing_paused:
+            self._pause()
+            stream.channel.feeders_waiting.append(self._resume)
+
+    def eof_received(self) -> bool:
+        if not self.done.done():
+            try:
+                self.stream.end_nowait()
+            except (HboneStreamError, HboneError) as err:
+                self.done.set_exception(err)
+                return True
+            self.done.set_result(self.counts.forward)
+        return True  # keep the socket open for the other direction (a half-close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.previous.connection_lost(exc)
+        if not self.done.done():
+            self.done.set_exception(
+                exc or ConnectionResetError("the socket closed before its end of stream")
+            )
+
+    def pause_writing(self) -> None:
+        self.previous.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.previous.resume_writing()
+
+    def _pause(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        self.stream.on_drained = None
+        if self.paused and not self.done.done() and not self.transport.is_closing():
+            self.paused = False
+            self.transport.resume_reading()
+
+
 async def relay(
     stream: TunnelStream,
     reader: asyncio.StreamReader,
@@ -420,7 +569,9 @@ async def relay(
     """Copy both ways between a plain socket and a tunnel, half-closes included.
 
     Returns ``(bytes into the tunnel, bytes out of the tunnel)``; ``transfer`` (if
-    given) holds them too, also when the copy ends with an exception.
+    given) holds them too, also when the copy ends with an exception. The socket's
+    bytes go into the tunnel from its transport's callbacks (:class:`_Feeder`) when
+    it can take the socket over, else from a task.
     """
     counts = transfer or Transfer()
     copied = Transfer()
@@ -433,7 +584,8 @@ async def relay(
         return counts.forward
 
     stream.sink = writer
-    up = asyncio.create_task(into_tunnel())
+    feeder = _Feeder.install(stream, reader, counts)
+    up: asyncio.Future[int] = feeder.done if feeder else asyncio.create_task(into_tunnel())
     down = asyncio.create_task(copy_to_socket(stream.read, writer, copied))
     try:
         await asyncio.gather(up, down)
@@ -446,6 +598,7 @@ async def relay(
         raise
     finally:
         stream.sink = None
+        stream.on_drained = None
         counts.backward = copied.forward + stream.sunk
     return counts.forward, counts.backward
 
