@@ -14,6 +14,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api.xds import (
     DeltaRequest,
@@ -363,3 +365,119 @@ def test_a_failing_translation_serves_secrets_first_and_keeps_the_last_good_afte
     envoy.builder._resources = broken
     assert asyncio.run(envoy.refresh(STATE)) == {}
     assert envoy.snapshot(proxy) is good
+
+
+# --- property: a SotW client model converges whatever the storm ------------------------
+
+SOTW_NAMES = ["a", "b", "c", "d"]
+
+
+def sotw_snapshot(clusters: dict[str, int], endpoints: dict[str, int]) -> ServerSnapshot:
+    return ServerSnapshot.build(
+        {
+            CLUSTER: {n: cluster(n, t) for n, t in clusters.items()},
+            ENDPOINT: {n: assignment(n, port) for n, port in endpoints.items()},
+        }
+    )
+
+
+class SotwClient:
+    """Envoy's SotW behaviour, reduced: wildcard types replace, named types merge, a
+    NACKed response changes nothing; every response is answered at once."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, dict[str, bytes]] = {CLUSTER: {}, ENDPOINT: {}}
+        self.names: dict[str, tuple[str, ...]] = {CLUSTER: (), ENDPOINT: ()}
+        self.version: dict[str, str] = {CLUSTER: "", ENDPOINT: ""}
+
+    def answer(self, response: DiscoveryResponse, reject: bool) -> DiscoveryRequest:
+        type_url = response.type_url
+        if reject:
+            return DiscoveryRequest(
+                type_url,
+                self.version[type_url],
+                resource_names=self.names[type_url],
+                response_nonce=response.nonce,
+                error="rejected",
+            )
+        decoded = {
+            _name(type_url, r.value): r.value for r in response.resources
+        }  # SotW carries no names: they are inside the messages
+        if type_url == CLUSTER:
+            self.held[type_url] = decoded
+        else:
+            self.held[type_url].update(decoded)
+        self.version[type_url] = response.version_info
+        return DiscoveryRequest(
+            type_url,
+            response.version_info,
+            resource_names=self.names[type_url],
+            response_nonce=response.nonce,
+        )
+
+
+def _name(type_url: str, value: bytes) -> str:
+    if type_url == CLUSTER:
+        return str(cluster_pb2.Cluster.FromString(value).name)
+    return str(endpoint_pb2.ClusterLoadAssignment.FromString(value).cluster_name)
+
+
+contents = st.dictionaries(st.sampled_from(SOTW_NAMES), st.integers(1, 3))
+steps: st.SearchStrategy[list[tuple[str, Any, Any]]] = st.lists(
+    st.one_of(
+        st.tuples(st.just("snapshot"), contents, contents),
+        st.tuples(st.just("subscribe"), st.sets(st.sampled_from(SOTW_NAMES)), st.just({})),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=steps, rejects=st.lists(st.booleans(), min_size=40, max_size=40))
+def test_sotw_client_converges_after_any_storm(
+    steps: list[tuple[str, Any, Any]], rejects: list[bool]
+) -> None:
+    core, client = SotwStreamCore("s"), SotwClient()
+    snapshot = sotw_snapshot({}, {})
+    decisions = iter(rejects)
+    inbox: list[DiscoveryResponse] = []
+
+    def deliver(final: bool) -> None:
+        while inbox:
+            response = inbox.pop(0)
+            request = client.answer(response, reject=not final and next(decisions, False))
+            inbox.extend(core.receive(request, snapshot, 0.0))
+
+    for type_url in (CLUSTER, ENDPOINT):
+        inbox.extend(core.receive(DiscoveryRequest(type_url), snapshot, 0.0))
+    last: tuple[dict[str, int], dict[str, int]] = ({}, {})
+    for kind, first, second in steps:
+        if kind == "snapshot":
+            snapshot, last = sotw_snapshot(first, second), (first, second)
+            inbox.extend(core.update(snapshot))
+        else:
+            client.names[ENDPOINT] = tuple(sorted(first))
+            inbox.extend(
+                core.receive(
+                    DiscoveryRequest(
+                        ENDPOINT,
+                        client.version[ENDPOINT],
+                        resource_names=client.names[ENDPOINT],
+                        response_nonce=core.types[ENDPOINT].last_nonce,
+                    ),
+                    snapshot,
+                    0.0,
+                )
+            )
+        deliver(final=False)
+    # One more change of one resource each, everything accepted: the client is on the
+    # whole snapshot (what it rejected before is sent again with it).
+    clusters, endpoints = dict(last[0]), dict(last[1])
+    clusters["a"], endpoints["a"] = 9, 9
+    snapshot = sotw_snapshot(clusters, endpoints)
+    inbox.extend(core.update(snapshot))
+    deliver(final=True)
+    assert client.held[CLUSTER] == {n: r.value for n, r in snapshot.of(CLUSTER).items()}
+    subscribed = set(client.names[ENDPOINT])
+    wanted = {n: r.value for n, r in snapshot.of(ENDPOINT).items() if n in subscribed}
+    assert {n: v for n, v in client.held[ENDPOINT].items() if n in wanted} == wanted
