@@ -289,7 +289,9 @@ class XdsHub:
                 connection.core.stream_id,
                 short_name(request.type_url),
                 request.response_nonce,
-                getattr(request, "resource_names", None) or getattr(request, "subscribe", ()),
+                request.resource_names
+                if isinstance(request, DiscoveryRequest)
+                else (request.subscribe, request.unsubscribe),
                 request.error,
             )
             if request.response_nonce:
