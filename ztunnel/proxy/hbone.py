@@ -36,6 +36,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hyperframe.frame
 
 from ztunnel.errors import HboneError, HboneStreamError
@@ -201,6 +202,21 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
                 data = frame.data
                 self._chunks.append(data.view if isinstance(data, _Payload) else data)
 
+    def send_data_frame(self, stream_id: int, payload: Buffer) -> None:
+        """Queue one DATA frame (no END_STREAM, no padding) whose windows the caller took.
+
+        What ``send_data`` does for a stream that may send (the caller checks the
+        connection and stream states and the windows, and charges the windows), minus
+        its state machines' lookups, two log calls and frame objects per chunk.
+        """
+        self._move_control_frames()
+        length = len(payload)
+        self._chunks.append(
+            _FRAME_HEADER.pack((length >> 8) & 0xFFFF, length & 0xFF, _DATA_TYPE, 0, stream_id)
+        )
+        if length:
+            self._chunks.append(payload)
+
     def _move_control_frames(self) -> None:
         if self._data_to_send:
             self._chunks.append(bytes(self._data_to_send))
@@ -212,6 +228,11 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
         chunks, self._chunks = self._chunks, []
         return chunks
 
+
+_CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
+_SERVER_OPEN = h2.connection.ConnectionState.SERVER_OPEN
+_STREAM_OPEN = h2.stream.StreamState.OPEN
+_STREAM_HALF_CLOSED_REMOTE = h2.stream.StreamState.HALF_CLOSED_REMOTE
 
 _HTTP2_MAX_WINDOW = 2**31 - 1
 _HTTP2_DEFAULT_WINDOW = 65_535
@@ -631,11 +652,30 @@ class _HboneConnection:
         if buffer is None:
             return False
         had_data = bool(buffer)
+        conn = self._h2
+        stream = conn.streams.get(stream_id)
+        # A stream that may send on an open connection (the usual case): frames are
+        # queued directly, windows charged as h2 would; anything else goes through h2.
+        direct = (
+            stream is not None
+            and (
+                conn.state_machine.state is _CLIENT_OPEN or conn.state_machine.state is _SERVER_OPEN
+            )
+            and (
+                stream.state_machine.state is _STREAM_OPEN
+                or stream.state_machine.state is _STREAM_HALF_CLOSED_REMOTE
+            )
+        )
         try:
             while buffer:
-                window = int(self._h2.local_flow_control_window(stream_id))
+                if direct:
+                    window = min(
+                        conn.outbound_flow_control_window, stream.outbound_flow_control_window
+                    )
+                else:
+                    window = int(conn.local_flow_control_window(stream_id))
                 head = buffer[0]
-                size = min(window, int(self._h2.max_outbound_frame_size), len(head))
+                size = min(window, int(conn.max_outbound_frame_size), len(head))
                 if size <= 0:
                     return False
                 if size < len(head):
@@ -644,7 +684,12 @@ class _HboneConnection:
                 else:
                     buffer.popleft()
                 self._pending_bytes[stream_id] -= size
-                self._h2.send_data(stream_id, _Payload(head))
+                if direct:
+                    conn.outbound_flow_control_window -= size
+                    stream.outbound_flow_control_window -= size
+                    conn.send_data_frame(stream_id, head)
+                else:
+                    conn.send_data(stream_id, _Payload(head))
             if stream_id in self._end_after_flush:
                 self._h2.end_stream(stream_id)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
