@@ -297,3 +297,40 @@ def test_outside_names_of_a_gateway() -> None:
     dep = gateways.ingress_deployment([{"http": 80}])
     assert gateways.outside_names(dep)[0] == "istio-ingressgateway.istio-system"
     assert gateways.outside_names(gateways.waypoint_deployment("ns", "w")) == []
+
+
+def test_proxy_pods_are_recognised_by_their_labels() -> None:
+    from types import SimpleNamespace
+
+    from lab.manifests.proxies import proxy_pods
+    from lab.model import Pod
+
+    def pod(ns: str, name: str, labels: dict[str, str]) -> Pod:
+        return Pod(
+            name=name,
+            namespace=ns,
+            node="node1",
+            netns=f"x-pod-{name}",
+            ip="10.244.1.9",
+            host_ifname="veth0",
+            uid="u",
+            service_account=name,
+            labels=labels,
+        )
+
+    gw = gateways.GATEWAY_NAME_LABEL
+    lab = SimpleNamespace(
+        pods=[
+            pod("istio-system", "istio-ingressgateway", {"istio": "ingressgateway"}),
+            pod("tutorial", "waypoint", {gw: "waypoint"}),
+            pod("shop", "web-istio", {gw: "web"}),
+            pod("shop", "impostor", {gw: "web"}),
+            pod("tutorial", "backend", {"app": "backend"}),
+        ]
+    )
+    found = {(p.pod.key, p.kind, p.gateway_name) for p in proxy_pods(lab)}  # type: ignore[arg-type]
+    assert found == {
+        ("istio-system/istio-ingressgateway", "gateway", "istio-ingressgateway"),
+        ("tutorial/waypoint", "waypoint", "waypoint"),
+        ("shop/web-istio", "gateway", "web"),
+    }
