@@ -3,7 +3,8 @@
 Namespace ``demo`` is enrolled and bound to waypoint ``w`` (for services and pods); ``backend`` (VIP
 10.96.0.20, port 80 -> 5678) has pods v1 and v2, and a VirtualService splits 80/20
 between the DestinationRule's subsets (``end-user: jason`` always to v2), and an
-AuthorizationPolicy on the waypoint lets only ``frontend`` GET. ``web`` (8000, on
+AuthorizationPolicy on it lets only ``frontend`` GET; another lets only ``frontend``
+connect to ``db``. ``web`` (8000, on
 backend v1), ``db`` (5432, account ``db``) and ``cache`` (6379, account ``cache``) declare
 no protocol: the waypoint detects it.
 """
@@ -142,17 +143,20 @@ subsets:
     ]
     labels = {"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "w"}
     gateway, waypoint_service = waypoint_objects("demo", "w", "10.96.0.9", traffic="all")
-    # At the waypoint: frontend may GET, nothing else is allowed (403).
-    policy = AuthorizationPolicy(
+    # At the waypoint: frontend may GET backend, nothing else is allowed there (403),
+    # and only frontend may connect to db.
+    frontend = Source(principals=("cluster.local/ns/demo/sa/frontend",))
+    get_only = AuthorizationPolicy(
         "demo",
         "backend-get-only",
-        target_refs=(TargetRef("Gateway", "w", "gateway.networking.k8s.io"),),
-        rules=(
-            Rule(
-                sources=(Source(principals=("cluster.local/ns/demo/sa/frontend",)),),
-                operations=(Operation(methods=("GET",)),),
-            ),
-        ),
+        target_refs=(TargetRef("Service", "backend"),),
+        rules=(Rule(sources=(frontend,), operations=(Operation(methods=("GET",)),)),),
+    )
+    db_policy = AuthorizationPolicy(
+        "demo",
+        "db-frontend-only",
+        target_refs=(TargetRef("Service", "db"),),
+        rules=(Rule(sources=(frontend,)),),
     )
     return ClusterState(
         namespaces={"demo": Namespace("demo", FrozenMap(labels))},
@@ -165,7 +169,7 @@ subsets:
             waypoint_service.key: waypoint_service,
         },
         gateways={gateway.key: gateway},
-        authorization_policies={policy.key: policy},
+        authorization_policies={p.key: p for p in (get_only, db_policy)},
         virtual_services={
             ("demo", "backend"): VirtualService(
                 "demo", "backend", ("backend",), (), deep_freeze(vs)

@@ -29,6 +29,7 @@ from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_p
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import json_format
 
 from controlplane.envoy import hbone
@@ -64,6 +65,8 @@ class ServedPort:
     http_filters: tuple[Any, ...] = ()
     """``HttpFilter`` messages placed before the fault, CORS and router filters
     (authorization)."""
+    network_filters: tuple[Any, ...] = ()
+    """Network ``Filter`` messages placed before the TCP proxy (authorization)."""
     access_log: tuple[Any, ...] = ()
     """``AccessLog`` messages of the connection manager."""
     tracing: Any = None
@@ -79,6 +82,8 @@ class ServedWorkload:
     """The pod's IP."""
     principal: str
     """The SPIFFE URI its HBONE server must present."""
+    network_filters: tuple[Any, ...] = ()
+    """Network ``Filter`` messages placed before the TCP proxy (authorization)."""
 
     @property
     def name(self) -> str:
@@ -278,20 +283,18 @@ def _add_chain(listener: Any, port: ServedPort, http: bool, *, detected: bool, a
         )
     if detected and http:
         match.application_protocols.extend(DETECTED_HTTP)
-    network_filter = chain.filters.add()
     if http:
-        network_filter.name = HCM_FILTER
-        network_filter.typed_config.Pack(_http_manager(port, ads=ads))
+        chain.filters.add(name=HCM_FILTER).typed_config.Pack(_http_manager(port, ads=ads))
     else:
-        network_filter.name = TCP_PROXY_FILTER
-        network_filter.typed_config.Pack(port.tcp_proxy)
+        chain.filters.extend(port.network_filters)
+        chain.filters.add(name=TCP_PROXY_FILTER).typed_config.Pack(port.tcp_proxy)
 
 
 def _workload_chain(listener: Any, workload: ServedWorkload) -> None:
     """Any port of the pod: the connection's own local address (``podIP:port``) and the
     pod's principal go with it to :data:`~.hbone.CONNECT_ORIGINATE` through
     :data:`~.hbone.ENCAP`."""
-    _parse(
+    chain = _parse(
         listener.filter_chains.add(),
         {
             "name": workload.name,
@@ -315,17 +318,12 @@ def _workload_chain(listener: Any, workload: ServedWorkload) -> None:
                         ],
                     },
                 },
-                {
-                    "name": TCP_PROXY_FILTER,
-                    "typed_config": {
-                        "@type": hbone.TCP_PROXY,
-                        "stat_prefix": workload.name,
-                        "cluster": hbone.ENCAP,
-                    },
-                },
             ],
         },
     )
+    chain.filters.extend(workload.network_filters)
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=workload.name, cluster=hbone.ENCAP)
+    chain.filters.add(name=TCP_PROXY_FILTER).typed_config.Pack(proxy)
 
 
 def main_internal_listener(served: Sequence[ServedPort], *, ads: bool = True) -> Any:

@@ -29,7 +29,7 @@ from controlplane.envoy.listeners import (
     workload_internal_listener,
 )
 from controlplane.envoy.names import route_name, tcp_proxy_name
-from controlplane.envoy.rbac import rbac_filters
+from controlplane.envoy.rbac import rbac_filters, rbac_network_filters
 from controlplane.envoy.waypoint import ClusterEndpoints, WaypointResources, translate_waypoint
 from controlplane.model import (
     ClusterState,
@@ -109,6 +109,9 @@ def served_workloads(
     """The pods whose own address is bound to the waypoint ``proxy`` (``waypoint-for:
     workload`` or ``all``, the workload API's binding), ready and in the mesh."""
     index = WaypointIndex(state)
+    # Pod-addressed traffic is TCP: the policies attached to the waypoint itself.
+    gateway = (proxy.namespace, proxy.gateway_name)
+    policies = tuple(rbac_network_filters(state, gateway, None, mesh))
     found = []
     for _, pod in sorted(state.pods.items()):
         waypoint = index.for_pod(pod).waypoint
@@ -120,7 +123,7 @@ def served_workloads(
         ):
             continue
         principal = _principal(pod, mesh)
-        found += [ServedWorkload(ip, principal) for ip in (pod.ips or (pod.ip,)) if ip]
+        found += [ServedWorkload(ip, principal, policies) for ip in (pod.ips or (pod.ip,)) if ip]
     return found
 
 
@@ -154,6 +157,7 @@ def _served_ports(
 ) -> list[ServedPort]:
     access_log = tuple(telemetry.access_log_config(proxy))
     tracing = telemetry.tracing_config(proxy) if proxy.tracing else None
+    gateway = (proxy.namespace, proxy.gateway_name)
     out = []
     for service in services:
         if not service.cluster_ips:
@@ -168,14 +172,9 @@ def _served_ports(
                     http=port_protocol(port),
                     route=route,
                     tcp_proxy=translated.tcp_proxies[tcp_proxy_name(host, port.port)],
-                    http_filters=tuple(
-                        rbac_filters(
-                            state,
-                            (proxy.namespace, proxy.gateway_name),
-                            service,
-                            mesh,
-                            port=port.port,
-                        )
+                    http_filters=tuple(rbac_filters(state, gateway, service, mesh, port=port.port)),
+                    network_filters=tuple(
+                        rbac_network_filters(state, gateway, service, mesh, port=port.port)
                     ),
                     access_log=access_log,
                     tracing=tracing,

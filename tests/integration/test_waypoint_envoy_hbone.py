@@ -254,6 +254,25 @@ def test_tcp_is_detected_and_proxied_opaquely(waypoint: Any) -> None:
     assert "10.1.0.13:5432" in seen.authorities
 
 
+def test_authorization_policy_on_a_tcp_service(waypoint: Any, ca: LocalCA) -> None:
+    """db's policy admits only frontend: a stranger's connection is closed unanswered."""
+    loop, _, client_cert, roots = waypoint
+    stranger = issue(ca, SpiffeId(TD, "demo", "stranger"))
+
+    async def echo(cert: Any) -> bytes:
+        tunnel = await _open(cert, roots, Authority(DB_VIP, 5432))
+        try:
+            await tunnel.stream.write(b"\x00\x01hello")
+            return bytes(await asyncio.wait_for(tunnel.stream.read(), 5))
+        except HboneStreamError:
+            return b""
+        finally:
+            tunnel.channel.close()
+
+    assert loop.run(echo(client_cert)) == b"\x00\x01hello"
+    assert loop.run(echo(stranger)) == b""
+
+
 def test_endpoint_with_the_wrong_identity_is_refused(waypoint: Any) -> None:
     """The waypoint checks the destination's certificate against the pod's account."""
     loop, seen, client_cert, roots = waypoint

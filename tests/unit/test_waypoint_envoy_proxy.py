@@ -139,7 +139,10 @@ def test_waypoint_listeners_terminate_hbone_and_chain_per_service_port() -> None
     assert hcm["access_log"][0]["name"] == "envoy.access_loggers.http_grpc"
     assert "tracing" not in hcm  # only when the bootstrap has the collector's cluster
     tcp = chains["inbound-vip|5432|tcp|db.demo.svc.cluster.local"]
-    assert tcp["filters"][0]["name"] == "envoy.filters.network.tcp_proxy"
+    assert [f["name"] for f in tcp["filters"]] == [
+        "envoy.filters.network.rbac",  # db's policy, for TCP
+        "envoy.filters.network.tcp_proxy",
+    ]
 
 
 def test_pods_bound_for_workload_traffic_get_a_passthrough_chain() -> None:
