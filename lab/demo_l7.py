@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -611,8 +612,20 @@ def check_ingress(world: DemoWorld) -> CheckResult:
     if world.ingress_missing:
         return _not_run(13, title, world.ingress_missing)
     gateway = _proxy(world, "istio-system", "istio-ingressgateway")
+    trace_id, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     by_name = world.lab.exec(
-        "outside", ["curl", "-s", "-i", "-m", "3", f"http://{INGRESS_HOST}/"], timeout=20
+        "outside",
+        [
+            "curl",
+            "-s",
+            "-i",
+            "-m",
+            "3",
+            "-H",
+            f"traceparent: 00-{trace_id}-{parent_id}-01",
+            f"http://{INGRESS_HOST}/",
+        ],
+        timeout=20,
     )
     address = gateway.ip if gateway is not None else ""
     by_address = (
@@ -633,6 +646,7 @@ def check_ingress(world: DemoWorld) -> CheckResult:
     answered_name = "Hello from frontend" in body
     answered_address = by_address is not None and "Hello from frontend" in by_address.stdout
     passed = answered_name and answered_address and "envoy" in server
+    spans = traced_spans(world, trace_id)
     listeners = (
         pod_curl(world, gateway, "http://127.0.0.1:15000/listeners").split()
         if gateway is not None
@@ -653,8 +667,33 @@ def check_ingress(world: DemoWorld) -> CheckResult:
             "outside is on the fabric, in no mesh; the gateway pod (istio-system, "
             "istio: ingressgateway) reaches frontend over HBONE with its own identity",
             f"the gateway's Envoy listeners (admin /listeners): {listeners or 'none'}",
+            f"trace {trace_id} (traceparent sent by curl) at the lab's collector: "
+            + (
+                ", ".join(f"{sp.service} {sp.kind.lower() or 'span'} {sp.name}" for sp in spans)
+                if spans
+                else "no spans (yet)"
+            ),
         ),
     )
+
+
+def traced_spans(world: DemoWorld, trace_id: str) -> list[Any]:
+    """The spans of one trace in the lab's collector snapshot (waiting up to 6 s for
+    Envoy's flush); [] when there are none."""
+    from lab import traces
+
+    found: list[Any] = []
+
+    def arrived() -> bool:
+        try:
+            spans = traces.read_snapshot(world.lab.run_dir / traces.SNAPSHOT_NAME)
+        except traces.TraceError:
+            return False
+        found[:] = traces.spans_of_trace(spans, trace_id)
+        return bool(found)
+
+    _poll(arrived, 6.0)
+    return found
 
 
 L7_CHECKS: tuple[Callable[[DemoWorld], CheckResult], ...] = (
