@@ -115,8 +115,9 @@ def _execute(lab: Lab, plan: Plan, warnings: tuple[SourceIssue, ...], dry_run: b
             write_atomic(lab.run_dir / RECORD_FILE, planner.record_to_json(plan.record))
         if any(isinstance(a, AddPod | RemovePod | RemoveNamespace) for a in plan.actions):
             notes += proxies.publish_gateways(lab)
-        if any(isinstance(a, AddPod) and _is_proxy(a) for a in plan.actions):
-            notes += proxies.start_proxies(lab)
+        # Also restarts a proxy that died since (re-applying is how a user asks for it).
+        new_proxy = any(isinstance(a, AddPod) and _is_proxy(a) for a in plan.actions)
+        notes += proxies.start_proxies(lab, quiet_if_idle=not new_proxy)
     return ApplyResult(plan.outcomes, warnings, plan.actions, tuple(notes))
 
 

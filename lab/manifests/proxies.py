@@ -118,13 +118,17 @@ def ensure_traces(lab: Lab, endpoint: mesh.MeshEndpoint) -> mesh.MeshEndpoint:
     return endpoint
 
 
-def start_proxies(lab: Lab) -> list[str]:
-    """Starts ``ambient waypoint run`` in every proxy pod without one; notes what it did."""
+def start_proxies(lab: Lab, *, quiet_if_idle: bool = False) -> list[str]:
+    """Starts ``ambient waypoint run`` in every proxy pod without one running; notes what
+    it did (and, unless ``quiet_if_idle``, that the pods stay idle without a control
+    plane)."""
     pods = proxy_pods(lab)
     if not pods:
         return []
     endpoint = mesh.registered(lab.run_dir)
     if endpoint is None:
+        if quiet_if_idle:
+            return []
         return [
             f"no control plane is registered with lab {lab.name!r}: the proxy pods "
             f"({', '.join(p.pod.key for p in pods)}) stay idle until one is "

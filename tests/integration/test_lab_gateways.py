@@ -102,3 +102,23 @@ def test_cli_prints_the_gateway_address(lab: Lab) -> None:
     gateway = lab.pod("istio-system/istio-ingressgateway")
     assert f"answers outside the mesh at {gateway.ip}" in done.stderr
     assert "istio-injection" in done.stderr  # the sidecar-mode warning
+
+
+def test_reapplying_restarts_a_proxy_that_died(lab: Lab) -> None:
+    mesh.register(
+        lab.run_dir,
+        mesh.MeshEndpoint(
+            xds_address=f"{lab.fabric.ip}:15012",
+            xds_server_name="istiod.istio-system.svc",
+            root_cert=str(lab.run_dir / "root-cert.pem"),
+        ),
+    )
+    apply_manifests(lab, [TUTORIAL / "app.yaml", TUTORIAL / "waypoint.yaml"])
+    first = next(p for p in lab.processes if p.name == "waypoint.tutorial-proxy")
+    first_pid = first.pid
+    lab.stop(first)  # (here it would exit anyway: no control plane answers)
+    again = apply_manifests(lab, [TUTORIAL / "app.yaml", TUTORIAL / "waypoint.yaml"])
+    assert again.actions == ()
+    assert any("waypoint tutorial/waypoint: ambient waypoint run" in n for n in again.notes)
+    second = next(p for p in lab.processes if p.name == "waypoint.tutorial-proxy")
+    assert second.pid != first_pid
