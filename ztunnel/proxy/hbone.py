@@ -147,6 +147,11 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
             ):
                 events.extend(super().receive_data(raw))
                 continue
+            if not flags & _END_STREAM_FLAG:
+                fast = self._data_received(stream_id, raw[9:], length)
+                if fast is not None:
+                    events.append(fast)
+                    continue
             frame = hyperframe.frame.DataFrame(stream_id)
             frame.data = raw[9:]  # type: ignore[assignment]  # a view: h2 only slices and len()s it
             if flags & _END_STREAM_FLAG:
@@ -157,6 +162,42 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
                 self._terminate_connection(err.error_code)
                 raise
         return events
+
+    def _data_received(self, stream_id: int, data: memoryview, length: int) -> Any:
+        """A DATA frame (no END_STREAM, no padding) on a stream that may receive it.
+
+        What h2's frame handler does for it (windows charged, the stream's byte count,
+        a ``DataReceived`` event), minus its two state machines' lookups and a frame
+        object per chunk; ``None`` sends the frame through h2 instead (any other
+        state, a window it would overflow, a content-length to check), so every
+        error is still h2's, with its codes.
+        """
+        state = self.state_machine.state
+        if state is not _CLIENT_OPEN and state is not _SERVER_OPEN:
+            return None
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return None
+        machine = stream.state_machine
+        if (
+            machine.state is not _STREAM_OPEN and machine.state is not _STREAM_HALF_CLOSED_LOCAL
+        ) or not machine.headers_received:
+            return None
+        connection_window = self._inbound_flow_control_window_manager
+        stream_window = stream._inbound_window_manager
+        if (
+            length > connection_window.current_window_size
+            or length > stream_window.current_window_size
+            or stream._expected_content_length is not None
+        ):
+            return None
+        connection_window.window_consumed(length)
+        stream_window.window_consumed(length)
+        stream._actual_content_length += length
+        event = h2.events.DataReceived(stream_id=stream_id)
+        event.data = data  # type: ignore[assignment]  # a view, as on h2's own path here
+        event.flow_controlled_length = length
+        return event
 
     def _peek(self, size: int) -> bytes:
         first = self._rx[0]
@@ -233,6 +274,7 @@ _CLIENT_OPEN = h2.connection.ConnectionState.CLIENT_OPEN
 _SERVER_OPEN = h2.connection.ConnectionState.SERVER_OPEN
 _STREAM_OPEN = h2.stream.StreamState.OPEN
 _STREAM_HALF_CLOSED_REMOTE = h2.stream.StreamState.HALF_CLOSED_REMOTE
+_STREAM_HALF_CLOSED_LOCAL = h2.stream.StreamState.HALF_CLOSED_LOCAL
 
 _HTTP2_MAX_WINDOW = 2**31 - 1
 _HTTP2_DEFAULT_WINDOW = 65_535
