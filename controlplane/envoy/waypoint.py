@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from controlplane.envoy.clusters import build_cluster
 from controlplane.envoy.errors import L7ConfigError
+from controlplane.envoy.httproute import with_gamma_routes
 from controlplane.envoy.names import (
     cluster_name,
     resolve_host,
@@ -233,6 +234,10 @@ def translate_waypoint(
     """
     mesh = mesh or MeshConfig()
     t = _Translation(state, mesh)
+    # HTTPRoutes whose parentRefs name a Service (GAMMA) route that service here,
+    # in place of any VirtualService for it.
+    t.virtual_services, gamma_issues = with_gamma_routes(t.virtual_services, state, mesh)
+    t.issues += gamma_issues
     routes: dict[str, Any] = {}
     tcp_proxies: dict[str, Any] = {}
     for service in sorted(served, key=lambda s: s.key):

@@ -338,3 +338,45 @@ def test_httproutes_take_over_their_services_virtual_services() -> None:
         ("httproute", (FQDN,)),
     ]
     assert issues == []
+
+
+def test_waypoint_serves_a_services_httproute() -> None:
+    """GAMMA end to end: an HTTPRoute whose parentRef is a Service routes it at its waypoint."""
+    from controlplane.envoy import translate_waypoint
+    from controlplane.model import FrozenMap, Service, ServicePort
+
+    backend = Service(
+        "demo",
+        "backend",
+        selector=FrozenMap({"app": "backend"}),
+        cluster_ips=("10.96.0.10",),
+        ports=(ServicePort(80, 8080, "http"),),
+    )
+    v2 = Service(
+        "demo",
+        "backend-v2",
+        selector=FrozenMap({"app": "backend", "version": "v2"}),
+        cluster_ips=("10.96.0.11",),
+        ports=(ServicePort(80, 8080, "http"),),
+    )
+    route = http_route(
+        PARENT + "rules:\n"
+        "- matches: [{headers: [{name: end-user, value: jason}]}]\n"
+        "  backendRefs: [{name: backend-v2, port: 80}]\n"
+        "- " + BACKEND + "\n",
+        "canary",
+    )
+    services = {s.key: s for s in (backend, v2)}
+    state = ClusterState(services=services, http_routes={route.key: route})
+    resources = translate_waypoint(state, [backend])
+    config = as_json(resources.routes[f"inbound-vip|80|http|{FQDN}"])
+    routes = config["virtual_hosts"][0]["routes"]
+    assert [r["route"]["cluster"] for r in routes] == [
+        "outbound|80||backend-v2.demo.svc.cluster.local",
+        f"outbound|80||{FQDN}",
+    ]
+    assert routes[0]["match"]["headers"][0]["name"] == "end-user"
+    # without the HTTPRoute the service keeps its plain route
+    plain = translate_waypoint(ClusterState(services=services), [backend])
+    plain_routes = as_json(plain.routes[f"inbound-vip|80|http|{FQDN}"])["virtual_hosts"][0]
+    assert [r["route"]["cluster"] for r in plain_routes["routes"]] == [f"outbound|80||{FQDN}"]
