@@ -219,24 +219,95 @@ def _route_attachments(state: ClusterState, warn: Warn) -> None:
                 )
 
 
-_NO_SECRETS = (
-    "is asked for over SDS as kubernetes://{name}, but Kubernetes Secrets are not read by "
-    "the control plane yet: this HTTPS {what} gets no certificate (plain HTTP works)"
+_MISSING_CREDENTIAL = (
+    "no TLS Secret {where} here: the gateway's HTTPS {what} gets no certificate until it "
+    "exists (a gateway reads credentials from its own namespace only; create it with "
+    "'kubectl create -n <namespace> secret tls {name} --cert=... --key=...')"
+)
+_NO_CA = (
+    "tls.mode {mode} needs client roots: ca.crt in Secret {where}, or a Secret "
+    "{name}-cacert beside it; none here, so the server gets no validation context"
 )
 
 
 def _gateway_certificates(state: ClusterState, warn: Warn) -> None:
-    """HTTPS servers and listeners whose certificate (a Secret) cannot be served."""
+    """HTTPS servers and listeners whose certificate Secret is missing where the gateway
+    runs (or lacks the client roots MUTUAL needs)."""
+    by_name: dict[str, set[str]] = {}
+    for namespace, name in state.secrets:
+        by_name.setdefault(name, set()).add(namespace)
     for _, gateway in sorted(state.istio_gateways.items()):
+        pods = _selected(gateway.selector, state.pods.values()) if gateway.selector else []
+        namespaces = sorted({p.namespace for p in pods})
         for i, server in enumerate(gateway.servers):
-            name = dict(server.tls or {}).get("credentialName")
-            if server.protocol == "HTTPS" and name:
-                message = _NO_SECRETS.format(name=name, what="server")
-                warn(gateway, f"spec.servers[{i}].tls.credentialName", f"{name!r} {message}")
+            tls = dict(server.tls or {})
+            name = str(tls.get("credentialName") or "")
+            if server.protocol != "HTTPS" or not name:
+                continue
+            field = f"spec.servers[{i}].tls.credentialName"
+            mode = str(tls.get("mode", "SIMPLE"))
+            for namespace in namespaces or [""]:
+                _check_credential(
+                    state, by_name, warn, gateway, field, name=name, namespace=namespace, mode=mode
+                )
     for _, api_gateway in sorted(state.gateways.items()):
         for i, listener in enumerate(api_gateway.listeners):
             refs = list(dict(listener.tls or {}).get("certificateRefs") or ())
-            if listener.protocol == "HTTPS" and refs:
-                name = dict(refs[0]).get("name", "")
-                message = _NO_SECRETS.format(name=name, what="listener")
-                warn(api_gateway, f"spec.listeners[{i}].tls.certificateRefs", f"{name!r} {message}")
+            if listener.protocol != "HTTPS" or not refs:
+                continue
+            ref = dict(refs[0])
+            field = f"spec.listeners[{i}].tls.certificateRefs[0]"
+            if ref.get("namespace", api_gateway.namespace) != api_gateway.namespace:
+                warn(
+                    api_gateway,
+                    field,
+                    "a Secret in another namespace is not served (ReferenceGrants are not "
+                    "read); put the Secret in the Gateway's namespace",
+                )
+                continue
+            name = str(ref.get("name", ""))
+            _check_credential(
+                state,
+                by_name,
+                warn,
+                api_gateway,
+                field,
+                name=name,
+                namespace=api_gateway.namespace,
+                mode="SIMPLE",
+            )
+
+
+def _check_credential(
+    state: ClusterState,
+    by_name: Mapping[str, set[str]],
+    warn: Warn,
+    obj: ClusterObject,
+    field: str,
+    *,
+    name: str,
+    namespace: str,
+    mode: str,
+) -> None:
+    """One credential, where the gateway runs (``namespace``; '' when no gateway pod is
+    known: then a Secret of that name anywhere will do)."""
+    what = "listener" if field.startswith("spec.listeners") else "server"
+    if namespace:
+        where = f"{namespace}/{name}"
+        secret = state.secrets.get((namespace, name))
+        found = secret is not None and secret.has_certificate
+    else:
+        where = name
+        found = any(state.secrets[(ns, name)].has_certificate for ns in by_name.get(name, ()))
+    if not found:
+        warn(obj, field, _MISSING_CREDENTIAL.format(where=where, what=what, name=name))
+        return
+    if mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
+        candidates = [namespace] if namespace else sorted(by_name.get(name, ()))
+        has_ca = any(
+            (ns, f"{name}-cacert") in state.secrets or state.secrets[(ns, name)].ca_certificates
+            for ns in candidates
+            if (ns, name) in state.secrets
+        )
+        if not has_ca:
+            warn(obj, field, _NO_CA.format(mode=mode, where=where, name=name))

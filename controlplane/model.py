@@ -629,6 +629,62 @@ class HTTPRoute:
         return (self.namespace, self.name)
 
 
+TLS_SECRET_TYPE = "kubernetes.io/tls"  # noqa: S105 - a Secret type, not a secret
+"""The Secret type of a certificate and key (``tls.crt``, ``tls.key``, optional ``ca.crt``)."""
+
+
+@dataclass(frozen=True, repr=False)
+class Secret:
+    """A Kubernetes ``Secret`` holding TLS credentials for a gateway (Istio's
+    ``credentialName``): ``kubernetes.io/tls``, or ``Opaque`` with the same keys.
+
+    Only validated PEM is kept (chain parsed, key matching the leaf, leaf not expired);
+    other keys, annotations (``last-applied-configuration`` copies the data) and Secrets
+    holding no TLS material never enter the model. The repr names the Secret and what
+    it holds, never the key.
+    """
+
+    namespace: str
+    name: str
+    certificate_chain: bytes = b""
+    """``tls.crt`` (or ``cert``): the leaf first, PEM; empty for a CA-only Secret."""
+    private_key: bytes = b""
+    """``tls.key`` (or ``key``), PEM; never printed."""
+    ca_certificates: bytes = b""
+    """``ca.crt`` (or ``cacert``), PEM: client roots for ``tls.mode: MUTUAL``."""
+    type: str = TLS_SECRET_TYPE
+    not_after: str = ""
+    """Expiry of the leaf certificate (ISO 8601 UTC), for status and messages."""
+    labels: FrozenMap[str, str] = EMPTY
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(namespace, name)."""
+        return (self.namespace, self.name)
+
+    @property
+    def has_certificate(self) -> bool:
+        """Whether it holds a certificate and key (not only CA certificates)."""
+        return bool(self.certificate_chain and self.private_key)
+
+    def __repr__(self) -> str:
+        held = [
+            name
+            for name, value in (
+                ("tls.crt", self.certificate_chain),
+                ("tls.key", self.private_key),
+                ("ca.crt", self.ca_certificates),
+            )
+            if value
+        ]
+        return (
+            f"Secret({self.namespace}/{self.name}, type={self.type}, "
+            f"holds=[{', '.join(held)}], not_after={self.not_after or '-'})"
+        )
+
+    __str__ = __repr__
+
+
 # --- what a source reports -------------------------------------------------------------------
 
 
@@ -698,6 +754,8 @@ class ClusterState:
     istio_gateways: Mapping[tuple[str, str], IstioGateway] = field(default_factory=dict)
     """Istio ``Gateway`` objects (ingress)."""
     http_routes: Mapping[tuple[str, str], HTTPRoute] = field(default_factory=dict)
+    secrets: Mapping[tuple[str, str], Secret] = field(default_factory=dict)
+    """TLS Secrets (gateway certificates); their keys never appear in a repr."""
     errors: tuple[SourceIssue, ...] = ()
     """Objects (or files) rejected; where an earlier good version existed, it stays."""
     warnings: tuple[SourceIssue, ...] = ()
@@ -723,6 +781,7 @@ class ClusterState:
                 "gateways",
                 "istio_gateways",
                 "http_routes",
+                "secrets",
             )
         )
 
@@ -739,5 +798,6 @@ ClusterObject = (
     | Gateway
     | IstioGateway
     | HTTPRoute
+    | Secret
 )
 """Any domain object a source produces."""

@@ -10,7 +10,10 @@
   name in the VirtualService's namespace) and sharing a host with the server;
   ``HTTPS`` servers with ``tls.mode: SIMPLE`` terminate TLS with the certificate
   ``kubernetes://<credentialName>`` fetched over SDS (ADS), one filter chain per
-  server, chosen by SNI; ``tls.httpsRedirect`` answers plain HTTP with a redirect;
+  server, chosen by SNI; ``MUTUAL`` (and ``OPTIONAL_MUTUAL``) also verify client
+  certificates against ``kubernetes://<credentialName>-cacert`` (the Secret's
+  ``ca.crt``, or a Secret ``<credentialName>-cacert``), as istiod does;
+  ``tls.httpsRedirect`` answers plain HTTP with a redirect;
 - a Gateway API ``Gateway`` of class ``istio`` named by the proxy: one listener per
   listener port, the HTTPRoutes whose ``parentRefs`` name it (``sectionName``,
   ``port``, ``allowedRoutes`` namespaces Same/All honoured), hostnames intersected
@@ -70,6 +73,9 @@ FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 CREDENTIAL_PREFIX = "kubernetes://"
 """SDS name of a gateway certificate from a Secret: ``kubernetes://<credentialName>``
 (istiod's), in the gateway's namespace."""
+CA_SUFFIX = "-cacert"
+"""Appended to a credential's SDS name for its client roots (istiod's)."""
+_SERVED_TLS_MODES = ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL")
 HTTP_PROTOCOLS = ("HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB")
 """Server and listener protocols served by an HTTP connection manager."""
 
@@ -114,8 +120,9 @@ class _Port:
     port: int
     vhosts: dict[str, list[Any]] = field(default_factory=dict)
     """Domain -> routes, in order."""
-    tls_servers: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
-    """(server names, credential) of each HTTPS server."""
+    tls_servers: list[tuple[tuple[str, ...], str, str]] = field(default_factory=list)
+    """(server names, credential, client mode) of each HTTPS server; the client mode
+    is ``""`` (SIMPLE), ``MUTUAL`` or ``OPTIONAL_MUTUAL``."""
     plain: bool = False
     """Whether some server takes plain HTTP on this port."""
     https_redirect: set[str] = field(default_factory=set)
@@ -213,17 +220,19 @@ class _Ingress:
             if server.protocol == "HTTPS":
                 mode = str(tls.get("mode", "SIMPLE"))
                 credential = str(tls.get("credentialName", ""))
-                if mode != "SIMPLE" or not credential:
+                if mode not in _SERVED_TLS_MODES or not credential:
                     self.warn(
                         "Gateway",
                         gateway.namespace,
                         gateway.name,
                         f"{where}.tls",
-                        f"only tls.mode SIMPLE with a credentialName is served (not {mode})",
+                        "only tls.mode SIMPLE, MUTUAL or OPTIONAL_MUTUAL with a credentialName "
+                        f"is served (not {mode}{'' if credential else ' without one'})",
                     )
                     continue
                 names = tuple(sorted({_server_host(h, gateway.namespace)[1] for h in server.hosts}))
-                slot.tls_servers.append((names, f"{CREDENTIAL_PREFIX}{credential}"))
+                client = "" if mode == "SIMPLE" else mode
+                slot.tls_servers.append((names, f"{CREDENTIAL_PREFIX}{credential}", client))
             else:
                 slot.plain = True
                 if tls.get("httpsRedirect") is True:
@@ -273,7 +282,7 @@ class _Ingress:
                 credential = self._certificate(gateway, listener)
                 if credential is None:
                     continue
-                slot.tls_servers.append(((listener.hostname or "*",), credential))
+                slot.tls_servers.append(((listener.hostname or "*",), credential, ""))
             else:
                 slot.plain = True
             attached = [r for r in routes if self._attaches(r, gateway, listener)]
@@ -418,24 +427,26 @@ def _listener(slot: _Port, manager: Any, *, ads: bool) -> Any:
     listener = listener_pb2.Listener(name=listener_name(slot.port))
     listener.address.socket_address.address = "0.0.0.0"
     listener.address.socket_address.port_value = slot.port
-    for names, credential in slot.tls_servers:
+    for names, credential, client in slot.tls_servers:
         chain = listener.filter_chains.add(name=f"https.{slot.port}.{credential}")
         named = [n for n in names if n != "*"]
         if named and "*" not in names:
             chain.filter_chain_match.server_names.extend(named)
         chain.filter_chain_match.transport_protocol = "tls"
         secret = hbone.sds_secret(credential, ads=ads)
+        context: dict[str, Any] = {
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificate_sds_secret_configs": [secret],
+        }
+        downstream: dict[str, Any] = {"@type": hbone.DOWNSTREAM_TLS}
+        if client:
+            context["validation_context_sds_secret_config"] = hbone.sds_secret(
+                credential + CA_SUFFIX, ads=ads
+            )
+            downstream["require_client_certificate"] = client == "MUTUAL"
+        downstream["common_tls_context"] = context
         json_format.ParseDict(
-            {
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": hbone.DOWNSTREAM_TLS,
-                    "common_tls_context": {
-                        "alpn_protocols": ["h2", "http/1.1"],
-                        "tls_certificate_sds_secret_configs": [secret],
-                    },
-                },
-            },
+            {"name": "envoy.transport_sockets.tls", "typed_config": downstream},
             chain.transport_socket,
         )
         chain.filters.add(name=HCM_FILTER).typed_config.Pack(manager)

@@ -37,6 +37,7 @@ from controlplane.sources.gateways import (
     decode_istio_gateway,
 )
 from controlplane.sources.networking import decode_destination_rule, decode_virtual_service
+from controlplane.sources.secrets import decode_secret
 from controlplane.sources.security import decode_authorization_policy, decode_peer_authentication
 
 SECURITY_VERSIONS = ("v1", "v1beta1")
@@ -175,6 +176,7 @@ _KINDS: dict[tuple[str, str], tuple[tuple[str, ...], Decoder, bool]] = {
     ("", "Pod"): (("v1",), decode_pod, True),
     ("", "Service"): (("v1",), decode_service, True),
     ("", "ServiceAccount"): (("v1",), decode_service_account, True),
+    ("", "Secret"): (("v1",), decode_secret, True),
     ("security.istio.io", "PeerAuthentication"): (
         SECURITY_VERSIONS,
         decode_peer_authentication,
@@ -219,7 +221,6 @@ _IGNORED: dict[tuple[str, str], str] = {
         "endpoints are computed from Service selectors and Pods; ignored"
     ),
     ("", "ConfigMap"): "ConfigMaps are not read by the mesh; ignored",
-    ("", "Secret"): "Secrets are not read by the mesh; ignored",
     ("networking.k8s.io", "NetworkPolicy"): "NetworkPolicies are the CNI's job, not the mesh's",
 }
 """Kinds we know and deliberately ignore, with the reason given to the user."""

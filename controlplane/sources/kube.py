@@ -61,6 +61,7 @@ DEFAULT_KINDS: tuple[ResourceKind, ...] = (
     ResourceKind("Pod", "", "v1", "pods"),
     ResourceKind("Service", "", "v1", "services"),
     ResourceKind("ServiceAccount", "", "v1", "serviceaccounts"),
+    ResourceKind("Secret", "", "v1", "secrets"),
     ResourceKind("PeerAuthentication", "security.istio.io", "v1", "peerauthentications"),
     ResourceKind("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies"),
     ResourceKind("VirtualService", "networking.istio.io", "v1", "virtualservices"),

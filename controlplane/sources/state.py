@@ -17,6 +17,7 @@ from controlplane.model import (
     Namespace,
     PeerAuthentication,
     Pod,
+    Secret,
     Service,
     ServiceAccount,
     Severity,
@@ -38,6 +39,7 @@ _FIELD_OF: dict[type, str] = {
     Gateway: "gateways",
     IstioGateway: "istio_gateways",
     HTTPRoute: "http_routes",
+    Secret: "secrets",
 }
 
 

@@ -10,8 +10,9 @@ impersonation rule (a pod running as that service account on the caller's node).
 :class:`EnvoySnapshots` is pure: state + proxy + ``now`` -> a per-proxy
 :class:`~controlplane.xds.core.ServerSnapshot` holding LDS, RDS, CDS and EDS from
 :func:`controlplane.envoy.proxy.proxy_resources`, and SDS: ``default`` (the proxy's
-own key and chain, made by :class:`~controlplane.ca.proxycerts.ProxyCertificates`)
-and ``ROOTCA`` (the mesh root). :class:`EnvoyServing` is the asyncio part: which
+own key and chain, made by :class:`~controlplane.ca.proxycerts.ProxyCertificates`),
+``ROOTCA`` (the mesh root) and, for gateways only, the TLS Secrets of the gateway's own
+namespace (:func:`credential_secrets`). :class:`EnvoyServing` is the asyncio part: which
 proxies are connected, their current snapshots, rebuilding them on each change and at
 certificate half-life.
 """
@@ -30,7 +31,7 @@ from controlplane.ca.auth import Caller, check_impersonation
 from controlplane.ca.authority import CertificateAuthority
 from controlplane.ca.proxycerts import ProxyCertificates
 from controlplane.errors import ControlPlaneError
-from controlplane.model import ClusterState
+from controlplane.model import ClusterState, Secret
 from controlplane.workloadapi.mesh import MeshConfig
 from controlplane.xds.core import ServerSnapshot
 from controlplane.xds.envoytypes import (
@@ -134,6 +135,64 @@ def secrets(certificate: Any, root_pem: str) -> dict[str, Any]:
     return {DEFAULT_SECRET: default, ROOT_SECRET: root}
 
 
+CREDENTIAL_PREFIX = "kubernetes://"
+"""SDS names of gateway certificates from Secrets (istiod's): ``kubernetes://<name>``."""
+CA_SUFFIX = "-cacert"
+"""Suffix of the SDS name (and optional Secret) holding a credential's client roots."""
+
+
+def credential_secrets(state: ClusterState, proxy: Any) -> dict[str, Any]:
+    """SDS secrets from Kubernetes Secrets, for a gateway proxy only, and only from the
+    gateway's own namespace (Istio's rule: ``credentialName`` names a Secret beside the
+    gateway deployment; a waypoint, or another namespace, gets nothing).
+
+    Each Secret ``X`` with a certificate and key is served as ``kubernetes://X``, as
+    ``kubernetes://<namespace>/X`` and as plain ``X``; its ``ca.crt`` as the validation
+    context ``kubernetes://X-cacert`` (and ``X-cacert``), where a Secret actually
+    named ``X-cacert`` takes precedence, as in istiod. Plain names never shadow the
+    proxy's own ``default`` and ``ROOTCA``.
+    """
+    if getattr(proxy, "kind", "") != "gateway":
+        return {}
+    mine = sorted(
+        (s for (namespace, _), s in state.secrets.items() if namespace == proxy.namespace),
+        key=lambda s: (s.name.endswith(CA_SUFFIX), s.name),  # explicit -cacert Secrets last
+    )
+    out: dict[str, Any] = {}
+    for secret in mine:
+        if secret.has_certificate:
+            for name in _names(secret.name, proxy.namespace):
+                out[name] = _certificate_secret(name, secret)
+        if secret.ca_certificates:
+            explicit = secret.name.endswith(CA_SUFFIX) and not secret.has_certificate
+            ca_name = secret.name if explicit else secret.name + CA_SUFFIX
+            for name in _names(ca_name, proxy.namespace):
+                out[name] = _validation_secret(name, secret)
+    return out
+
+
+def _names(name: str, namespace: str) -> tuple[str, ...]:
+    plain = () if name in (DEFAULT_SECRET, ROOT_SECRET) else (name,)
+    return (f"{CREDENTIAL_PREFIX}{name}", f"{CREDENTIAL_PREFIX}{namespace}/{name}", *plain)
+
+
+def _certificate_secret(name: str, secret: Secret) -> Any:
+    from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+
+    out = secret_pb2.Secret(name=name)
+    out.tls_certificate.certificate_chain.inline_bytes = secret.certificate_chain
+    out.tls_certificate.private_key.inline_bytes = secret.private_key
+    return out
+
+
+def _validation_secret(name: str, secret: Secret) -> Any:
+    from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+
+    out = secret_pb2.Secret(name=name)
+    out.validation_context.trusted_ca.inline_bytes = secret.ca_certificates
+    return out
+
+
 def with_empty_assignments(
     clusters: Mapping[str, Any], endpoints: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -178,7 +237,7 @@ class EnvoySnapshots:
 
     def build(self, state: ClusterState, proxy: Any, now: dt.datetime) -> ServerSnapshot:
         """Everything ``proxy`` is served, for ``state`` at ``now``."""
-        return self._snapshot(self._resources(state, proxy, self.mesh), proxy, now)
+        return self._snapshot(self._resources(state, proxy, self.mesh), proxy, now, state)
 
     def build_first(self, state: ClusterState, proxy: Any, now: dt.datetime) -> ServerSnapshot:
         """:meth:`build` for a proxy that has nothing yet: a translation that fails (a
@@ -188,9 +247,11 @@ class EnvoySnapshots:
         except Exception:
             log.exception("cannot translate the resources of Envoy %s", proxy.node_id)
             translated = _NO_RESOURCES
-        return self._snapshot(translated, proxy, now)
+        return self._snapshot(translated, proxy, now, state)
 
-    def _snapshot(self, translated: Any, proxy: Any, now: dt.datetime) -> ServerSnapshot:
+    def _snapshot(
+        self, translated: Any, proxy: Any, now: dt.datetime, state: ClusterState
+    ) -> ServerSnapshot:
         issues = frozenset(str(issue) for issue in translated.issues)
         if issues != self._issues.get(proxy):
             for issue in sorted(issues - self._issues.get(proxy, frozenset())):
@@ -204,7 +265,10 @@ class EnvoySnapshots:
                 ENDPOINT: with_empty_assignments(translated.clusters, translated.endpoints),
                 LISTENER: translated.listeners,
                 ROUTE: translated.routes,
-                SECRET: secrets(certificate, self.ca.root_pem),
+                SECRET: {
+                    **credential_secrets(state, proxy),
+                    **secrets(certificate, self.ca.root_pem),
+                },
             }
         )
 
