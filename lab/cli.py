@@ -480,6 +480,66 @@ def traces(
     show_trace(run_dir, trace_id, collector, output)
 
 
+@cli.command()
+@_lab_options
+@click.option("--xds-address", required=True, help="The control plane's xDS, host:port.")
+@click.option(
+    "--xds-root-cert",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The mesh root (root-cert.pem) that verifies it.",
+)
+@click.option("--xds-server-name", default="istiod.istio-system.svc", show_default=True)
+@click.option("--trust-domain", default="cluster.local", show_default=True)
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    metavar="NODE=FILE",
+    help="A node's bootstrap token (repeatable; what its ztunnel uses).",
+)
+def connect(
+    *,
+    name: str | None,
+    run_root: Path,
+    xds_address: str,
+    xds_root_cert: Path,
+    xds_server_name: str,
+    trust_domain: str,
+    tokens: tuple[str, ...],
+) -> None:
+    """Register the lab's control plane; start the waypoint and gateway proxies.
+
+    Waypoints and gateways made by 'apply' run 'ambient waypoint run' against it (with
+    the token of their node) from now on; those already made start now.
+    """
+    require("root", "netns", what="ambient lab connect")
+    from lab import mesh
+    from lab.cluster import Lab
+    from lab.errors import LabSpecError
+    from lab.manifests import proxies
+
+    by_node: dict[str, str] = {}
+    for item in tokens:
+        node, sep, file = item.partition("=")
+        if not sep or not node or not file:
+            raise LabSpecError(f"--token {item!r} is not NODE=FILE")
+        by_node[node] = str(Path(file).resolve())
+    lab = Lab.attach(_resolve_name(name, run_root), run_root)
+    mesh.register(
+        lab.run_dir,
+        mesh.MeshEndpoint(
+            xds_address=xds_address,
+            xds_server_name=xds_server_name,
+            root_cert=str(xds_root_cert.resolve()),
+            trust_domain=trust_domain,
+            tokens=by_node,
+        ),
+    )
+    for note in proxies.start_proxies(lab, quiet_if_idle=True):
+        click.echo(note)
+
+
 def _service_port(text: str) -> Any:
     from lab.errors import LabSpecError
     from lab.model import ServicePort

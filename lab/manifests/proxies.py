@@ -132,7 +132,7 @@ def start_proxies(lab: Lab, *, quiet_if_idle: bool = False) -> list[str]:
         return [
             f"no control plane is registered with lab {lab.name!r}: the proxy pods "
             f"({', '.join(p.pod.key for p in pods)}) stay idle until one is "
-            "(lab.mesh.register, as ambient demo does)"
+            "(ambient lab connect, or lab.mesh.register as ambient demo does)"
         ]
     endpoint = ensure_traces(lab, endpoint)
     notes = []

@@ -122,3 +122,47 @@ def test_reapplying_restarts_a_proxy_that_died(lab: Lab) -> None:
     assert any("waypoint tutorial/waypoint: ambient waypoint run" in n for n in again.notes)
     second = next(p for p in lab.processes if p.name == "waypoint.tutorial-proxy")
     assert second.pid != first_pid
+
+
+def test_connect_registers_and_starts_idle_proxies(lab: Lab) -> None:
+    apply_manifests(lab, [TUTORIAL / "app.yaml", TUTORIAL / "waypoint.yaml"])
+    assert not [p for p in lab.processes if p.name.endswith("-proxy")]
+    root = lab.run_dir / "root.pem"
+    root.write_text("not a real root\n")
+    token = lab.run_dir / "n1.token"
+    token.write_text("t\n")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ambient",
+            "lab",
+            "connect",
+            "--name",
+            lab.name,
+            "--xds-address",
+            f"{lab.fabric.ip}:15012",
+            "--xds-root-cert",
+            str(root),
+            "--token",
+            f"node1={token}",
+            "--token",
+            f"node2={token}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "AMBIENT_LAB_RUN_ROOT": str(lab.run_dir.parent),
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    assert "waypoint tutorial/waypoint: ambient waypoint run" in done.stdout
+    endpoint = mesh.registered(lab.run_dir)
+    assert endpoint is not None and endpoint.tokens["node2"] == str(token)
+    lab.refresh()
+    proxy = next(p for p in lab.processes if p.name == "waypoint.tutorial-proxy")
+    assert f"--xds-root-cert {root}" in " ".join(proxy.argv)
