@@ -288,9 +288,13 @@ def proxy_resources(
     workloads = served_workloads(state, proxy, mesh)
     listeners = [
         connect_terminate_listener(served_authorities(served), workload_authorities(workloads)),
-        main_internal_listener(served),
         hbone.connect_originate_listener(),
     ]
+    if served:
+        # Envoy refuses a listener without filter chains, and one refused listener
+        # NACKs the whole LDS update: a waypoint nothing is bound to yet (the first
+        # step of Istio's tutorials) has no inner listener; its tunnels get 404s.
+        listeners.insert(1, main_internal_listener(served))
     if workloads:
         listeners.append(workload_internal_listener(workloads))
     clusters = {

@@ -333,3 +333,15 @@ def test_named_target_port_resolves_per_pod() -> None:
     assert endpoint["endpoint"]["address"]["envoy_internal_address"]["endpoint_id"] == (
         "10.1.0.11:9090"
     )
+
+
+@pytest.mark.timeout(120)
+def test_envoy_accepts_a_waypoint_nothing_is_bound_to(tmp_path: Path) -> None:
+    """`waypoint apply` before any label: Envoy must accept the (empty) config, not NACK it."""
+    w, w_service = waypoint_objects("demo", "w", "10.96.0.9")
+    state = ClusterState(services={w_service.key: w_service}, gateways={w.key: w})
+    resources = proxy_resources(state, PROXY)
+    assert MAIN_INTERNAL not in resources.listeners
+    config = proxy_bootstrap(resources, _secrets(), extra_clusters=_extra())
+    done = envoy_validate(config, tmp_path / "unbound.json")
+    assert done.returncode == 0, f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
