@@ -197,9 +197,11 @@ class ZtunnelPath:
                     raise BenchError(f"node1's ztunnel metrics did not answer: {text[:80]}")
                 body = text.split("\n", 1)[1]
                 opened = _metric_sum(body, "istio_tcp_connections_opened_total", reporter="source")
+                sent = _metric_sum(body, "istio_tcp_received_bytes_total", reporter="source")
                 return [
                     f"node1's ztunnel (source reporter) counted {opened:.0f} connections "
-                    f"through HBONE; {self.workers} workers per ztunnel"
+                    f"and {sent / 1e9:.2f} GB sent by the client through HBONE; "
+                    f"{self.workers} workers per ztunnel"
                 ]
 
             live = LivePath(

@@ -61,6 +61,8 @@ def test_quick_run_compares_the_ztunnel_pair(tmp_path: Path) -> None:
     # the hold probe's 1,000 and the connect probe's, all through HBONE
     counted = next(n for n in case.notes if "through HBONE" in n)
     assert int(counted.split("counted ")[1].split()[0]) > 1000, counted
+    # and the bulk probes' bytes (iperf3 ends with a reset: the bytes must still count)
+    assert float(counted.split(" and ")[1].split()[0]) > 0.01, counted
 
     report = (out_dir / "report.md").read_text()
     assert "## ztunnel" in report and "| bulk-1 | throughput" in report

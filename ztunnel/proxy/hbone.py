@@ -37,6 +37,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.stream
+import hpack
 import hyperframe.frame
 
 from ztunnel.errors import HboneError, HboneStreamError
@@ -89,6 +90,19 @@ class _Payload:
         return len(self.view)
 
 
+class _RawLiteralEncoder(hpack.Encoder):  # type: ignore[misc]
+    """HPACK without Huffman coding, which every HPACK decoder reads.
+
+    Our header blocks are short, and hpack's Huffman coder and decoder work a
+    symbol at a time in Python: a CONNECT's decoding was a large part of a new
+    tunnel's CPU at the peer.
+    """
+
+    def encode(self, headers: Any, huffman: bool = False) -> bytes:
+        del huffman
+        return bytes(super().encode(headers, huffman=False))
+
+
 class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
     """``h2``'s connection whose DATA frames leave as (header, payload view), not copied.
 
@@ -101,6 +115,7 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
 
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config=config)
+        self.encoder = _RawLiteralEncoder()
         self._chunks: list[Buffer] = []
         # Received bytes not yet forming a whole frame, and how many there are.
         self._rx: collections.deque[memoryview] = collections.deque()
