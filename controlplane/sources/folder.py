@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -346,7 +347,7 @@ def _patched(
     """
     if state.errors or state.warnings:
         return None
-    tables: dict[str, dict[Any, Any]] = {name: dict(getattr(state, name)) for name in _TABLES}
+    tables: dict[str, Any] = {name: dict(getattr(state, name)) for name in _TABLES}
     for old, new in changes:
         before = old.result.objects if old is not None else {}
         after = new.result.objects if new is not None else {}
@@ -360,19 +361,7 @@ def _patched(
             if key not in before and table_key in tables[table]:
                 return None  # defined in another file too
             tables[table][table_key] = obj
-    return ClusterState(
-        namespaces=tables["namespaces"],
-        pods=tables["pods"],
-        services=tables["services"],
-        service_accounts=tables["service_accounts"],
-        peer_authentications=tables["peer_authentications"],
-        authorization_policies=tables["authorization_policies"],
-        virtual_services=tables["virtual_services"],
-        destination_rules=tables["destination_rules"],
-        gateways=tables["gateways"],
-        istio_gateways=tables["istio_gateways"],
-        http_routes=tables["http_routes"],
-    )
+    return dataclasses.replace(state, **tables)  # every table (secrets too), no issues
 
 
 _TABLES = ("namespaces", *sorted(set(_FIELD_OF.values())))

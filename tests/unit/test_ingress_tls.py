@@ -417,3 +417,21 @@ def test_docs_show_how_to_create_the_secret() -> None:
     text = (Path(__file__).parents[2] / "docs" / "l7.md").read_text()
     assert "kubectl create -n istio-system secret tls" in text
     assert "credentialName" in text
+
+
+def test_a_large_folder_keeps_secrets_through_an_incremental_update(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    from controlplane.sources import FolderSource
+
+    monkeypatch.setenv("AMBIENT_FOLDER_THREAD_THRESHOLD", "0")  # the incremental path
+    (tmp_path / "secret.yaml").write_text(tls_secret_yaml("shop-cert", "gw", CERT, KEY))
+    (tmp_path / "ns.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: gw}\n")
+    source = FolderSource(tmp_path)
+    assert ("gw", "shop-cert") in source.load().secrets
+    new_cert, new_key = make_leaf(CA, "shop.example.com")
+    (tmp_path / "new.tmp").write_text(tls_secret_yaml("shop-cert", "gw", new_cert, new_key))
+    (tmp_path / "new.tmp").replace(tmp_path / "secret.yaml")
+    (tmp_path / "other.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n")
+    state = source._poll()
+    assert state.secrets[("gw", "shop-cert")].certificate_chain == new_cert
