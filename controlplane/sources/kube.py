@@ -322,8 +322,8 @@ class KubernetesSource:
     def _unreachable(kind: ResourceKind, detail: str) -> KubernetesSourceError:
         return KubernetesSourceError(
             f"cannot list {kind.path} from the Kubernetes API: {detail}",
-            hint="check the API server address, the credentials and the RBAC rules "
-            "(list and watch on pods, services, namespaces, serviceaccounts and Istio CRDs)",
+            hint="check the API server address, the credentials and the RBAC rules (list "
+            "and watch on pods, services, namespaces, serviceaccounts, secrets and Istio CRDs)",
         )
 
     # --- watch --------------------------------------------------------------------------

@@ -435,3 +435,31 @@ def test_a_large_folder_keeps_secrets_through_an_incremental_update(
     (tmp_path / "other.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n")
     state = source._poll()
     assert state.secrets[("gw", "shop-cert")].certificate_chain == new_cert
+
+
+def test_annotations_are_not_kept_they_may_copy_the_key() -> None:
+    text = tls_secret_yaml("shop-cert", "gw", CERT, KEY).replace(
+        "metadata: {name: shop-cert, namespace: gw}",
+        "metadata:\n  name: shop-cert\n  namespace: gw\n  labels: {app: shop}\n"
+        "  annotations: {kubectl.kubernetes.io/last-applied-configuration: '" + b64(KEY) + "'}",
+    )
+    secret = load(text).secrets[("gw", "shop-cert")]
+    assert secret.labels == {"app": "shop"} and not hasattr(secret, "annotations")
+    assert b64(KEY) not in repr(secret)
+
+
+def test_a_gateway_api_gateway_gets_the_secrets_of_the_gateways_namespace() -> None:
+    web = EnvoyProxy(
+        node_id="router~10.1.0.51~web-istio.web~web.svc.cluster.local",
+        namespace="web",
+        service_account="web-istio",
+        gateway_name="web",
+        kind="gateway",
+        ip="10.1.0.51",
+    )
+    state = secrets_state(tls_secret_yaml("secure-cert", "web", CERT, KEY))
+    assert sorted(credential_secrets(state, web)) == [
+        "kubernetes://secure-cert",
+        "kubernetes://web/secure-cert",
+        "secure-cert",
+    ]
