@@ -10,6 +10,9 @@ port on 127.0.0.1. Python's ``ssl`` client, verifying against the test CA with S
 ``shop.example.com``, gets the Secret's certificate (never the decoy's) and the
 VirtualService's answer; a rotated Secret is served on new connections without an Envoy
 restart; a broken update is reported and the last good certificate keeps serving.
+With ``tls.mode: MUTUAL`` the gateway asks for a client certificate and verifies it
+against the Secret's ``ca.crt``: a client without one, or with one from another CA, is
+refused; one signed by that CA is answered.
 """
 
 from __future__ import annotations
@@ -92,10 +95,12 @@ def bootstrap(xds_port: int, root: Path, token: str, admin: int) -> dict[str, An
     return render_bootstrap(config, token)
 
 
-def https_get(port: int, ca_pem: bytes) -> tuple[bytes, bytes]:
+def https_get(port: int, ca_pem: bytes, client: Path | None = None) -> tuple[bytes, bytes]:
     """(the server's leaf certificate, DER; the response) of ``GET /`` with SNI ``HOST``,
-    verified against ``ca_pem``."""
+    verified against ``ca_pem``; ``client``: a PEM file with a client certificate and key."""
     context = ssl.create_default_context(cadata=ca_pem.decode())
+    if client is not None:
+        context.load_cert_chain(client)
     with (
         socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
         context.wrap_socket(raw, server_hostname=HOST) as tls,
@@ -205,3 +210,60 @@ async def scenario(tmp_path: Path) -> None:
 
 def test_gateway_terminates_https_with_the_secret_and_follows_its_rotation(tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(scenario(tmp_path), 50))
+
+
+async def mutual(tmp_path: Path) -> None:
+    config, state = tmp_path / "config", tmp_path / "state"
+    config.mkdir()
+    ca = make_ca()
+    ca_pem = ca[1].public_bytes(serialization.Encoding.PEM)
+    clients = make_ca("clients")
+    cert, key = make_leaf(ca, HOST)
+    (config / "shop.yaml").write_text(CONFIG.replace("mode: SIMPLE", "mode: MUTUAL"))
+    (config / "secret.yaml").write_text(
+        tls_secret_yaml(
+            "shop-cert",
+            "istio-system",
+            cert,
+            key,
+            ca=clients[1].public_bytes(serialization.Encoding.PEM),
+        )
+    )
+    good, stranger = tmp_path / "client.pem", tmp_path / "stranger.pem"
+    good.write_bytes(b"".join(reversed(make_leaf(clients, "client.example.com"))))
+    stranger.write_bytes(b"".join(reversed(make_leaf(make_ca("x"), "client.example.com"))))
+    token = NodeTokens.load_or_create(state).issue("node1", dt.datetime.now(dt.UTC))
+    port = free_ports(4)
+    plane = ControlPlane(
+        ControlPlaneConfig(
+            state_dir=state,
+            config_dir=config,
+            listen="127.0.0.1:0",
+            admin_listen="127.0.0.1:0",
+            watch_interval=0.05,
+        ),
+        envoy_resources=on_loopback(port),
+    )
+    await plane.start()
+    envoy = Envoy(tmp_path, bootstrap(plane.xds_port, state / "root-cert.pem", token, port + 3))
+    log = ""
+    try:
+
+        def answered(client: Path | None) -> bytes | None:
+            try:
+                return https_get(port, ca_pem, client)[1]
+            except (OSError, ssl.SSLError):
+                return None
+
+        response = await eventually(lambda: answered(good), 20, "an mTLS answer", envoy)
+        assert response.startswith(b"HTTP/1.1 200") and response.endswith(b"secure shop")
+        assert await asyncio.to_thread(answered, None) is None
+        assert await asyncio.to_thread(answered, stranger) is None
+    finally:
+        log = envoy.stop()
+        await plane.stop(0.2)
+    assert "rejected" not in log.lower(), log
+
+
+def test_mutual_tls_verifies_client_certificates_against_the_secrets_ca(tmp_path: Path) -> None:
+    asyncio.run(asyncio.wait_for(mutual(tmp_path), 50))
