@@ -43,6 +43,8 @@ class ResourceKind:
     group: str
     version: str
     plural: str
+    field_selector: str = ""
+    """Server-side filter of the list and watch ('' for none)."""
 
     @property
     def api_version(self) -> str:
@@ -56,12 +58,15 @@ class ResourceKind:
         return f"{prefix}/{self.version}/{self.plural}"
 
 
+SECRET_FIELD_SELECTOR = "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token"  # noqa: S105
+"""Secrets that never hold gateway certificates stay on the server, as in istiod."""
+
 DEFAULT_KINDS: tuple[ResourceKind, ...] = (
     ResourceKind("Namespace", "", "v1", "namespaces"),
     ResourceKind("Pod", "", "v1", "pods"),
     ResourceKind("Service", "", "v1", "services"),
     ResourceKind("ServiceAccount", "", "v1", "serviceaccounts"),
-    ResourceKind("Secret", "", "v1", "secrets"),
+    ResourceKind("Secret", "", "v1", "secrets", SECRET_FIELD_SELECTOR),
     ResourceKind("PeerAuthentication", "security.istio.io", "v1", "peerauthentications"),
     ResourceKind("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies"),
     ResourceKind("VirtualService", "networking.istio.io", "v1", "virtualservices"),
@@ -253,6 +258,8 @@ class KubernetesSource:
         if name is None:
             snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in kind.kind).lstrip("_")
             name = f"list_{snake}_for_all_namespaces"
+        if kind.field_selector:
+            return functools.partial(getattr(core, name), field_selector=kind.field_selector)
         return functools.partial(getattr(core, name))
 
     def _list(self, kind: ResourceKind) -> tuple[list[Any], str]:

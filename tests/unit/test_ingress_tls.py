@@ -23,10 +23,11 @@ from controlplane.model import ClusterState, Pod, Secret, Severity
 from controlplane.sources.decode import decode
 from controlplane.sources.documents import parse_text
 from controlplane.sources.folder import decode_file, merge_files
-from controlplane.sources.kube import DEFAULT_KINDS, KindTable
+from controlplane.sources.kube import DEFAULT_KINDS, KindTable, KubernetesSource
 from controlplane.workloadapi.mesh import MeshConfig
 from controlplane.xds.envoy import EnvoyServing, credential_secrets
 from controlplane.xds.envoytypes import SECRET
+from tests.unit.test_sources_kube import Json, serve  # noqa: F401 - serve: a fixture
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -463,3 +464,30 @@ def test_a_gateway_api_gateway_gets_the_secrets_of_the_gateways_namespace() -> N
         "kubernetes://web/secure-cert",
         "secure-cert",
     ]
+
+
+def test_the_kubernetes_source_asks_for_secrets_without_tokens_and_helm_releases(
+    serve: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    secrets_path = "/api/v1/secrets"
+    body = {
+        "kind": "SecretList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": "7"},
+        "items": [
+            {
+                "metadata": {"name": "shop-cert", "namespace": "gw", "resourceVersion": "5"},
+                "type": "kubernetes.io/tls",
+                "data": {"tls.crt": b64(CERT), "tls.key": b64(KEY)},
+            },
+            {"metadata": {"name": "db", "namespace": "gw"}, "data": {"password": b64(b"x")}},
+        ],
+    }
+    (kind,) = [k for k in DEFAULT_KINDS if k.kind == "Secret"]
+    fixture, api = serve({(secrets_path, "list"): [Json(body)]})
+    state = KubernetesSource(api, kinds=(kind,)).load()
+    assert list(state.secrets) == [("gw", "shop-cert")] and not state.errors
+    ((_, _, query),) = [r for r in fixture.requests if r[1] == secrets_path]
+    assert query["fieldSelector"] == (
+        "type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token"
+    )
