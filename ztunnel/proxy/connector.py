@@ -115,7 +115,8 @@ class HboneConnector:
             raise
         stream.on_closed = lambda: self._release(checkout.connection_id, stream)
         try:
-            response = await asyncio.wait_for(stream.response, self.response_timeout)
+            async with asyncio.timeout(self.response_timeout):
+                response = await stream.response
         except BaseException:
             stream.reset()
             raise

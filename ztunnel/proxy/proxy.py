@@ -62,6 +62,8 @@ class AccessRecord:
 
     def emit(self, fmt: str) -> None:
         """Write the record (text ``k=v`` or JSON) to the ``ztunnel.access`` logger."""
+        if not access_log.isEnabledFor(logging.INFO):
+            return  # access logging is off: no line to build
         values = {k: v for k, v in vars(self).items() if k != "started"}
         values["duration_ms"] = round((time.monotonic() - self.started) * 1000, 3)
         if fmt == "json":
