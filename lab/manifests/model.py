@@ -170,7 +170,8 @@ class ConfigManifest:
     @property
     def filename(self) -> str:
         """Its file in the config folder; the group keeps Istio's and Gateway API's apart."""
-        return object_filename(f"{self.kind}.{self.group}", self.name, self.namespace)
+        kind = f"{self.kind}.{self.group}" if self.group else self.kind
+        return object_filename(kind, self.name, self.namespace)
 
     def plain(self) -> dict[str, Any]:
         """The object as plain dicts and lists (for YAML output)."""

@@ -49,11 +49,12 @@ CONFIG_KINDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("networking.istio.io", "Gateway"): ("v1", "v1beta1", "v1alpha3"),
     ("gateway.networking.k8s.io", "Gateway"): ("v1", "v1beta1"),
     ("gateway.networking.k8s.io", "HTTPRoute"): ("v1", "v1beta1"),
+    ("", "Secret"): ("v1",),  # gateway certificates (credentialName), as Istio's tasks apply
 }
 """Kinds written to the config folder unchanged: (group, kind) -> versions accepted."""
 
 APPLIED_KINDS = "Namespace, ServiceAccount, Pod, Deployment (apps/v1), Service, " + ", ".join(
-    f"{kind} ({group})" for group, kind in CONFIG_KINDS
+    f"{kind} ({group or 'v1'})" for group, kind in CONFIG_KINDS
 )
 
 _SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"

@@ -680,7 +680,9 @@ def test_dry_run_plans_from_the_saved_state_and_changes_nothing(tmp_path: Path) 
 def test_bad_manifests_exit_2_with_every_problem_and_no_traceback(tmp_path: Path) -> None:
     _saved_lab(tmp_path, "t1")
     bad = tmp_path / "bad.yaml"
-    bad.write_text(shop(image="nginx") + "---\napiVersion: v1\nkind: Secret\nmetadata: {name: s}\n")
+    bad.write_text(
+        shop(image="nginx") + "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: s}\n"
+    )
     args = ["lab", "apply", "--dry-run", "--run-root", str(tmp_path), "-f", str(bad)]
     done = subprocess.run(
         [sys.executable, "-m", "ambient", *args],
@@ -694,8 +696,8 @@ def test_bad_manifests_exit_2_with_every_problem_and_no_traceback(tmp_path: Path
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("error: 2 problems in the manifests; nothing was applied\n")
     assert f"  {bad}:7: Deployment/shop/web: spec.template.spec.containers[0].image:" in done.stderr
-    line = bad.read_text().splitlines().index("kind: Secret")  # 1-based line of apiVersion
-    assert f"  {bad}:{line}: Secret/default/s: kind: v1 Secret is not a kind" in done.stderr
+    line = bad.read_text().splitlines().index("kind: ConfigMap")  # 1-based line of apiVersion
+    assert f"  {bad}:{line}: ConfigMap/default/s: kind: v1 ConfigMap is not a kind" in done.stderr
 
 
 @pytest.mark.parametrize("command", ["apply", "delete"])
@@ -759,3 +761,17 @@ def test_a_deployment_name_stands_for_its_first_pod(tmp_path: Path) -> None:
         lab.pod("demo/db")
     with pytest.raises(NoSuchObjectError, match="no pod 'demo/we'"):
         lab.pod("demo/we")
+
+
+def test_gateway_certificate_secrets_are_applied_and_checked() -> None:
+    """`kubectl create secret tls` output applies (Istio's Secure Gateways task); a
+    Secret whose key does not match its certificate is an error naming it."""
+    from tests.unit.test_ingress_tls import CA, CERT, KEY, make_leaf, tls_secret_yaml
+
+    good = parsed(tls_secret_yaml("shop-cert", "istio-system", CERT, KEY)).check().manifests[0]
+    assert isinstance(good, ConfigManifest)
+    assert good.filename == "secret.istio-system.shop-cert.yaml"
+    _, other_key = make_leaf(CA, "shop.example.com")
+    with pytest.raises(ManifestError) as err:
+        parsed(tls_secret_yaml("shop-cert", "istio-system", CERT, other_key)).check()
+    assert "Secret/istio-system/shop-cert" in str(err.value)
