@@ -79,3 +79,15 @@ def test_hadolint_reports_a_problem(tmp_path: Path) -> None:
     bad.write_text("FROM debian\nRUN apt-get install -y curl\n")
     found = checks.hadolint_problems(bad)
     assert any("DL3008" in p or "DL3006" in p for p in found), found
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    """A package missing from the Dockerfile would import fine here and fail in the image."""
+    import tomllib
+
+    pyproject = tomllib.loads((checks.REPO / "pyproject.toml").read_text())
+    packages = {
+        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", checks.DOCKERFILE.read_text(), re.MULTILINE))
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
