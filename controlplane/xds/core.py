@@ -14,18 +14,22 @@ Rules (Envoy's incremental xDS, as istiod serves ztunnel):
 - an ACK (``response_nonce``, no ``error_detail``) records the acknowledged version;
   a NACK records the error and forgets that the client holds what that push carried,
   so the next change sends it again; nothing is resent in a loop;
-- pushes may be pipelined; an ACK or NACK of a nonce settles every older one.
+- pushes may be pipelined; an ACK or NACK of a nonce settles every older one;
+- a Cluster pushed (added or changed) makes its ClusterLoadAssignment due again, even
+  unchanged: Envoy warms a new or updated EDS cluster until an EDS response names it
+  (xDS protocol, "Resource warming"; ``initial_fetch_timeout``, 15 s by default), so the
+  next EDS push (or the answer to the next EDS request) carries it, as istiod does.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from api.xds import DeltaRequest, DeltaResponse, Resource
-from controlplane.xds.envoytypes import push_rank
+from controlplane.xds.envoytypes import CLUSTER, ENDPOINT, push_rank
 
 
 def version_of(data: bytes) -> str:
@@ -48,9 +52,16 @@ class ServerSnapshot:
     """type URL -> resource name -> resource."""
     versions: Mapping[str, str] = field(default_factory=dict)
     """type URL -> a digest of all its names and versions (``system_version_info``)."""
+    assignments: Mapping[str, str] = field(default_factory=dict)
+    """Cluster name -> the name of its ClusterLoadAssignment (the EDS ``service_name``),
+    where it differs from the cluster's name."""
 
     @classmethod
-    def build(cls, messages: Mapping[str, Mapping[str, Any]]) -> ServerSnapshot:
+    def build(
+        cls,
+        messages: Mapping[str, Mapping[str, Any]],
+        assignments: Mapping[str, str] | None = None,
+    ) -> ServerSnapshot:
         """From messages by type and name (each with ``SerializeToString``)."""
         resources: dict[str, dict[str, Resource]] = {}
         for type_url, by_name in messages.items():
@@ -59,11 +70,27 @@ class ServerSnapshot:
                 data: bytes = message.SerializeToString(deterministic=True)
                 table[name] = Resource(name, version_of(data), data)
             resources[type_url] = table
-        return cls(resources, {t: _type_version(r) for t, r in resources.items()})
+        versions = {t: _type_version(r) for t, r in resources.items()}
+        return cls(resources, versions, dict(assignments or {}))
 
     def of(self, type_url: str) -> Mapping[str, Resource]:
         """The resources of one type (none for a type we do not serve)."""
         return self.resources.get(type_url, {})
+
+    def assignment_of(self, cluster: str) -> str:
+        """The ClusterLoadAssignment name a cluster waits for when it warms."""
+        return self.assignments.get(cluster, cluster)
+
+
+def clusters_pushed(due: set[str], snapshot: ServerSnapshot, clusters: Iterable[str]) -> None:
+    """Clusters were sent (added or changed): their assignments are ``due`` again."""
+    due.update(snapshot.assignment_of(name) for name in clusters)
+
+
+def assignments_due(due: set[str], snapshot: ServerSnapshot, wants: Callable[[str], bool]) -> bool:
+    """Whether an assignment the client subscribes to is due (its cluster was pushed)."""
+    resources = snapshot.of(ENDPOINT)
+    return any(name in resources and wants(name) for name in due)
 
 
 @dataclass(frozen=True)
@@ -126,6 +153,8 @@ class StreamCore:
         self.node_id = ""
         self.node_metadata: dict[str, str] = {}
         self.types: dict[str, TypeState] = {}
+        self.assignments_due: set[str] = set()
+        """EDS names whose cluster was pushed after their assignment last was."""
         self._seq = 0
         self._nonce_prefix = nonce_prefix or stream_id
 
@@ -146,7 +175,10 @@ class StreamCore:
         if request.response_nonce:
             self._settle(state, request, now)
         changed = self._subscribe(state, request, first)
-        if not (first or changed):
+        due = request.type_url == ENDPOINT and assignments_due(
+            self.assignments_due, snapshot, state.wants
+        )
+        if not (first or changed or due):
             return []
         response = self._push(request.type_url, state, snapshot, always=first)
         return [response] if response else []
@@ -211,10 +243,11 @@ class StreamCore:
         self, type_url: str, state: TypeState, snapshot: ServerSnapshot, *, always: bool
     ) -> DeltaResponse | None:
         resources = snapshot.of(type_url)
+        due = self.assignments_due if type_url == ENDPOINT else set()
         updated = [
             r
             for name, r in sorted(resources.items())
-            if state.wants(name) and state.known.get(name) != r.version
+            if state.wants(name) and (state.known.get(name) != r.version or name in due)
         ]
         removed = sorted(
             name for name in state.known if name not in resources or not state.wants(name)
@@ -233,6 +266,9 @@ class StreamCore:
             previous[name] = state.known.pop(name)
             applied[name] = None
         state.pending[nonce] = _Pending(self._seq, version, previous, applied)
+        if type_url == CLUSTER:
+            clusters_pushed(self.assignments_due, snapshot, (r.name for r in updated))
+        due.difference_update(r.name for r in updated)
         state.sent_version = version
         state.resources_sent += len(updated)
         return DeltaResponse(type_url, nonce, tuple(updated), tuple(removed), version)

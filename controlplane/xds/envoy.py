@@ -213,6 +213,17 @@ def with_empty_assignments(
     return out
 
 
+def assignment_names(clusters: Mapping[str, Any]) -> dict[str, str]:
+    """Cluster name -> its EDS ``service_name``, for the EDS clusters where they differ
+    (:attr:`~controlplane.xds.core.ServerSnapshot.assignments`)."""
+    out = {}
+    for name, cluster in clusters.items():
+        service = cluster.eds_cluster_config.service_name
+        if service and service != name:
+            out[name] = service
+    return out
+
+
 _NO_RESOURCES = SimpleNamespace(listeners={}, routes={}, clusters={}, endpoints={}, issues=())
 """What a proxy is served while its translation fails (its secrets still are)."""
 
@@ -269,7 +280,8 @@ class EnvoySnapshots:
                     **credential_secrets(state, proxy),
                     **secrets(certificate, self.ca.root_pem),
                 },
-            }
+            },
+            assignment_names(translated.clusters),
         )
 
     def forget(self, connected: set[Any]) -> None:

@@ -16,7 +16,12 @@ Rules (Envoy's SotW xDS, as istiod serves it):
   removed); a response of a named type carries the resources that changed, or, when
   the subscription grew, every requested one;
 - the first request of a type is always answered; a new snapshot is pushed type by type
-  in :data:`~controlplane.xds.envoytypes.PUSH_ORDER`.
+  in :data:`~controlplane.xds.envoytypes.PUSH_ORDER`;
+- a Cluster pushed (added or changed) makes its ClusterLoadAssignment due again, even
+  unchanged (Envoy warms the cluster until an EDS response names it): the EDS push
+  that follows carries it, and an EDS request naming a due assignment is answered with
+  every requested one, even with the version and nonce the client already acknowledged
+  (Envoy re-sends its EDS request so after a cluster update).
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from api.xds import DiscoveryRequest, DiscoveryResponse, Resource
-from controlplane.xds.core import Nack, ServerSnapshot
-from controlplane.xds.envoytypes import WILDCARD_TYPES, push_rank
+from controlplane.xds.core import Nack, ServerSnapshot, assignments_due, clusters_pushed
+from controlplane.xds.envoytypes import CLUSTER, ENDPOINT, WILDCARD_TYPES, push_rank
 
 
 @dataclass
@@ -66,6 +71,8 @@ class SotwStreamCore:
         self.node_id = ""
         self.node_metadata: dict[str, str] = {}
         self.types: dict[str, SotwTypeState] = {}
+        self.assignments_due: set[str] = set()
+        """EDS names whose cluster was pushed after their assignment last was."""
         self._seq = 0
         self._nonce_prefix = nonce_prefix or stream_id
 
@@ -94,7 +101,10 @@ class SotwStreamCore:
             state.known.pop(name, None)
             state.acked.pop(name, None)
         state.wildcard, state.names = wildcard, names
-        if not (first or grew):
+        due = request.type_url == ENDPOINT and assignments_due(
+            self.assignments_due, snapshot, state.wants
+        )
+        if not (first or grew or due):
             return []
         response = self._push(request.type_url, state, snapshot, full=True, always=True)
         return [response] if response else []
@@ -136,7 +146,8 @@ class SotwStreamCore:
             return None  # the client rejected exactly this: wait for a change
         resources = snapshot.of(type_url)
         wanted = {n: r for n, r in sorted(resources.items()) if state.wants(n)}
-        changed = [r for n, r in wanted.items() if state.known.get(n) != r.version]
+        due = self.assignments_due if type_url == ENDPOINT else set()
+        changed = [r for n, r in wanted.items() if state.known.get(n) != r.version or n in due]
         gone = [n for n in state.known if n not in wanted]
         if not (changed or gone or always):
             return None
@@ -151,6 +162,9 @@ class SotwStreamCore:
         state.pending[nonce] = (version, dict(holds))
         state.last_nonce, state.sent_version = nonce, version
         state.resources_sent += len(send)
+        if type_url == CLUSTER:
+            clusters_pushed(self.assignments_due, snapshot, (r.name for r in changed))
+        due.difference_update(r.name for r in send)
         return DiscoveryResponse(type_url, nonce, version, tuple(send))
 
     def status(self) -> dict[str, object]:

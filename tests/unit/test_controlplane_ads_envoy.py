@@ -137,11 +137,13 @@ def test_sotw_wildcard_types_carry_everything_named_types_only_changes() -> None
         (first,) = sotw(core, s, type_url, *names)
         sotw(core, s, type_url, *names, nonce=first.nonce)
     changed = snap(timeout=3)  # cluster a changes; endpoints do not
-    (cds,) = core.update(changed)
+    cds, eds_a = core.update(changed)
     assert cds.type_url == CLUSTER and len(cds.resources) == 2  # all clusters, always
+    assert [_name(ENDPOINT, r.value) for r in eds_a.resources] == ["a"]  # a warms on it
     more = snap(timeout=3, extra=True)
     sotw(core, changed, CLUSTER, nonce=cds.nonce)
-    (cds2,) = core.update(more)
+    sotw(core, changed, ENDPOINT, "a", "b", nonce=eds_a.nonce)
+    (cds2,) = core.update(more)  # c is not subscribed yet: Envoy asks for it
     assert len(cds2.resources) == 3
     # Envoy asks for the new cluster's endpoints: the grown subscription gets all it names.
     (eds,) = sotw(core, more, ENDPOINT, "a", "b", "c", nonce=core.types[ENDPOINT].last_nonce)
@@ -223,14 +225,74 @@ def test_delta_envoy_pushes_in_ads_order_and_nack_resends_on_change() -> None:
         core.receive(DeltaRequest(type_url, response_nonce=first.nonce), s, 0.0)
     changed = snap(listeners=1, weight=1, timeout=1, extra=True)
     pushes = core.update(changed)
-    assert [p.type_url for p in pushes] == [CLUSTER, LISTENER, ROUTE]  # EDS a did not change
-    cds = pushes[0]
+    assert [p.type_url for p in pushes] == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+    cds, eds = pushes[:2]
     assert {r.name for r in cds.resources} == {"a", "c"}
+    assert [r.name for r in eds.resources] == ["a"]  # unchanged, but cluster a warms on it
     core.receive(DeltaRequest(CLUSTER, response_nonce=cds.nonce, error="bad cluster c"), s, 0.0)
     assert core.types[CLUSTER].nacks == 1
     (again,) = [p for p in core.update(snap(listeners=1, weight=1, timeout=2, extra=True))
                 if p.type_url == CLUSTER]  # fmt: skip
     assert {r.name for r in again.resources} == {"a", "c"}  # what was rejected goes again
+
+
+def test_delta_cluster_change_sends_its_unchanged_assignment_again() -> None:
+    core, s = StreamCore("s1"), snap()
+    for type_url, names in ((CLUSTER, ()), (ENDPOINT, ("a", "b"))):
+        (first,) = core.receive(DeltaRequest(type_url, subscribe=names), s, 0.0)
+        core.receive(DeltaRequest(type_url, response_nonce=first.nonce), s, 0.0)
+    changed = snap(timeout=3)  # a DestinationRule edit: cluster a changes, endpoints do not
+    cds, eds = core.update(changed)
+    assert [r.name for r in cds.resources] == ["a"]
+    assert eds.type_url == ENDPOINT and [r.name for r in eds.resources] == ["a"]
+    assert eds.resources[0].version == s.of(ENDPOINT)["a"].version  # the same assignment
+    core.receive(DeltaRequest(CLUSTER, response_nonce=cds.nonce), changed, 0.0)
+    core.receive(DeltaRequest(ENDPOINT, response_nonce=eds.nonce), changed, 0.0)
+    assert core.update(changed) == [] and core.assignments_due == set()  # once, no loop
+
+
+def test_delta_reconnect_sends_the_assignment_of_a_cluster_changed_meanwhile() -> None:
+    old, new = snap(), snap(timeout=3)
+    held = {t: {n: r.version for n, r in old.of(t).items()} for t in (CLUSTER, ENDPOINT)}
+    core = StreamCore("s2")
+    (cds,) = core.receive(DeltaRequest(CLUSTER, initial_versions=held[CLUSTER]), new, 0.0)
+    assert [r.name for r in cds.resources] == ["a"]
+    (eds,) = core.receive(
+        DeltaRequest(ENDPOINT, subscribe=("a", "b"), initial_versions=held[ENDPOINT]), new, 0.0
+    )
+    assert [r.name for r in eds.resources] == ["a"]  # held, unchanged, yet a warms on it
+
+
+def test_sotw_cluster_change_sends_its_unchanged_assignment_again() -> None:
+    core, s = SotwStreamCore("s1"), snap()
+    for type_url, names in ((CLUSTER, ()), (ENDPOINT, ("a", "b"))):
+        (first,) = sotw(core, s, type_url, *names)
+        sotw(core, s, type_url, *names, nonce=first.nonce)
+    changed = snap(timeout=3)
+    cds, eds = core.update(changed)
+    assert [_name(ENDPOINT, r.value) for r in eds.resources] == ["a"]
+    assert eds.version_info == s.versions[ENDPOINT]  # nothing changed in EDS itself
+    # Envoy re-sends its EDS request when it builds the new cluster (before this push
+    # reached it): a stale nonce, and the push above answers it.
+    assert sotw(core, changed, ENDPOINT, "a", "b", nonce=first.nonce) == []
+    sotw(core, changed, CLUSTER, nonce=cds.nonce)
+    sotw(core, changed, ENDPOINT, "a", "b", nonce=eds.nonce)
+    assert core.update(changed) == []
+
+
+def test_sotw_eds_rerequest_with_the_acked_nonce_is_answered_after_a_cluster_push() -> None:
+    core, s = SotwStreamCore("s1"), snap()
+    (eds,) = sotw(core, s, ENDPOINT, "a", "b")
+    sotw(core, s, ENDPOINT, "a", "b", nonce=eds.nonce)
+    assert sotw(core, s, ENDPOINT, "a", "b", nonce=eds.nonce) == []  # up to date: quiet
+    (cds,) = sotw(core, s, CLUSTER)  # clusters a and b (re)created, outside an EDS push
+    sotw(core, s, CLUSTER, nonce=cds.nonce)
+    # Envoy asks again with the version and nonce it already acknowledged: answered.
+    (again,) = sotw(core, s, ENDPOINT, "a", "b", nonce=eds.nonce)
+    assert {_name(ENDPOINT, r.value) for r in again.resources} == {"a", "b"}
+    assert again.version_info == eds.version_info
+    sotw(core, s, ENDPOINT, "a", "b", nonce=again.nonce)
+    assert sotw(core, s, ENDPOINT, "a", "b", nonce=again.nonce) == []  # once, no loop
 
 
 # --- who the proxy is, and SDS ------------------------------------------------------------
