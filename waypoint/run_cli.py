@@ -21,7 +21,9 @@ from waypoint.errors import WaypointError
 def _host_port(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
-        raise WaypointError(f"{what} {text!r} is not host:port")
+        raise WaypointError(
+            f"{what} {text!r} is not host:port", hint=f"pass {what} like 10.0.0.1:9411"
+        )
     return host.strip("[]"), int(port)
 
 
@@ -106,6 +108,8 @@ def run(**flags: Any) -> None:
             metrics_address=("0.0.0.0", flags["metrics_port"]),
             cluster_folder=flags["cluster_folder"],
             trust_domain=flags["trust_domain"],
+            proxy_kind=proxy.kind,
+            pod_ip=proxy.instance_ips[0] if proxy.instance_ips else "",
         )
     work_dir = flags["work_dir"] or Path(tempfile.mkdtemp(prefix="ambient-waypoint-"))
     run_waypoint(
