@@ -175,18 +175,22 @@ def tunnel_lb_endpoint(
     principal: str = "",
     hbone_port: int = HBONE_PORT,
     metadata: Any = None,
+    via: str = "",
 ) -> Any:
     """An ``LbEndpoint`` reached through an HBONE tunnel to ``ip:hbone_port`` with
     ``:authority ip:port``; with a ``principal``, the tunnel is opened only to a server
-    presenting that SPIFFE identity. ``metadata`` (a ``Metadata``) is merged in."""
+    presenting that SPIFFE identity. ``metadata`` (a ``Metadata``) is merged in.
+
+    ``via``: the tunnel goes to ``via:hbone_port`` instead, still with ``:authority
+    ip:port`` (a waypoint pod, for a service VIP it serves: ``ingress-use-waypoint``)."""
     target = _address(ip, port)
     lb = endpoint_components_pb2.LbEndpoint()
     internal = lb.endpoint.address.envoy_internal_address
     internal.server_listener_name = CONNECT_ORIGINATE
-    internal.endpoint_id = target
+    internal.endpoint_id = f"{target}@{via}" if via else target
     filter_metadata = lb.metadata.filter_metadata
     filter_metadata[ORIGINAL_DST_METADATA].update({"local": target})
-    tunnel = {TUNNEL_DESTINATION: target, TUNNEL_ADDRESS: _address(ip, hbone_port)}
+    tunnel = {TUNNEL_DESTINATION: target, TUNNEL_ADDRESS: _address(via or ip, hbone_port)}
     if principal:
         tunnel[TUNNEL_PRINCIPAL] = principal
     filter_metadata[TUNNEL_METADATA].update(tunnel)
@@ -284,7 +288,8 @@ def connect_originate_listener() -> Any:
 
 
 def connect_originate_cluster(*, ads: bool = True, connect_timeout: float = 10.0) -> Any:
-    """The cluster of every tunnel: the target's own address, port 15008, mTLS, HTTP/2."""
+    """The cluster of every tunnel: the endpoint's :data:`TUNNEL_ADDRESS` (else the
+    target's own address), port 15008, mTLS, HTTP/2."""
     return _parse(
         cluster_pb2.Cluster(),
         {
@@ -293,7 +298,15 @@ def connect_originate_cluster(*, ads: bool = True, connect_timeout: float = 10.0
             "lb_policy": "CLUSTER_PROVIDED",
             "connect_timeout": f"{connect_timeout}s",
             "cleanup_interval": "60s",
-            "original_dst_lb_config": {"upstream_port_override": HBONE_PORT},
+            # Where the tunnel goes: the endpoint's tunnel address (passed through as
+            # the connection's metadata), else the target's own address; port 15008.
+            "original_dst_lb_config": {
+                "upstream_port_override": HBONE_PORT,
+                "metadata_key": {
+                    "key": TUNNEL_METADATA,
+                    "path": [{"key": TUNNEL_ADDRESS}],
+                },
+            },
             "transport_socket": {
                 "name": "envoy.transport_sockets.tls",
                 "typed_config": {

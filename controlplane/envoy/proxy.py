@@ -32,6 +32,7 @@ from controlplane.envoy.names import route_name, tcp_proxy_name
 from controlplane.envoy.rbac import rbac_filters, rbac_network_filters
 from controlplane.envoy.waypoint import ClusterEndpoints, WaypointResources, translate_waypoint
 from controlplane.model import (
+    GATEWAY_NAME_LABEL,
     ClusterState,
     Pod,
     Service,
@@ -42,7 +43,7 @@ from controlplane.model import (
 )
 from controlplane.workloadapi.mesh import MeshConfig
 from controlplane.workloadapi.services import app_protocol
-from controlplane.workloadapi.waypoints import WaypointIndex
+from controlplane.workloadapi.waypoints import Waypoint, WaypointIndex, ingress_uses_waypoint
 from controlplane.workloadapi.workloads import (
     canonical_name,
     canonical_revision,
@@ -335,8 +336,10 @@ def _gateway_resources(state: ClusterState, proxy: EnvoyProxy, mesh: MeshConfig)
         for name, cluster in translated.clusters.items()
     }
     pods = PodIndex(state)
+    index = WaypointIndex(state)
     endpoints = {
-        name: endpoints_of(state, name, ends, mesh, pods=pods)
+        name: ingress_waypoint_endpoints(state, name, ends, mesh, index)
+        or endpoints_of(state, name, ends, mesh, pods=pods)
         for name, ends in translated.endpoints.items()
     }
     return EnvoyResources(
@@ -346,3 +349,62 @@ def _gateway_resources(state: ClusterState, proxy: EnvoyProxy, mesh: MeshConfig)
         endpoints=endpoints,
         issues=translated.issues,
     )
+
+
+def ingress_waypoint(
+    state: ClusterState, service: Service, index: WaypointIndex
+) -> Waypoint | None:
+    """The waypoint an ingress gateway sends ``service``'s traffic to: the Service's
+    waypoint (the workload API's binding) when it or its namespace is labelled
+    ``istio.io/ingress-use-waypoint: "true"``, as Istio does; else None (straight to
+    the pods)."""
+    if not ingress_uses_waypoint(state, service):
+        return None
+    return index.for_service(service).waypoint
+
+
+def waypoint_pods(state: ClusterState, waypoint: Waypoint) -> list[Pod]:
+    """The running, ready pods of a waypoint (labelled with its name, in its namespace)."""
+    return [
+        pod
+        for _, pod in sorted(state.pods.items())
+        if pod.namespace == waypoint.namespace
+        and pod.labels.get(GATEWAY_NAME_LABEL) == waypoint.name
+        and pod.ip
+        and pod.ready
+        and not pod.deleting
+    ]
+
+
+def ingress_waypoint_endpoints(
+    state: ClusterState,
+    name: str,
+    ends: ClusterEndpoints,
+    mesh: MeshConfig,
+    index: WaypointIndex,
+) -> Any | None:
+    """The endpoints of a gateway cluster whose service sends ingress through its
+    waypoint (:func:`ingress_waypoint`): one tunnel per waypoint pod, to its 15008 with
+    ``:authority <service VIP>:<port>`` and the waypoint's identity expected, so the
+    waypoint's routing and L7 policy apply to ingress traffic. None: not such a cluster
+    (its endpoints are the pods, :func:`endpoints_of`).
+
+    A subset cluster goes to the waypoint too: the waypoint routes by its own
+    VirtualServices and DestinationRules, as in Istio.
+    """
+    service = state.services.get(ends.service) if ends.service else None
+    if service is None or not service.cluster_ips:
+        return None
+    waypoint = ingress_waypoint(state, service, index)
+    if waypoint is None:
+        return None
+    found = [
+        hbone.tunnel_lb_endpoint(
+            service.cluster_ips[0],
+            ends.port,
+            principal=_principal(pod, mesh),
+            via=pod.ip or "",
+        )
+        for pod in waypoint_pods(state, waypoint)
+    ]
+    return hbone.load_assignment(name, found)

@@ -190,7 +190,9 @@ def test_endpoints_are_tunnels_to_the_selected_pods() -> None:
     assert metadata["ambient.telemetry"]["version"] == "v2"
     originate = as_json(resources.clusters[CONNECT_ORIGINATE])
     assert originate["type"] == "ORIGINAL_DST"
-    assert originate["original_dst_lb_config"] == {"upstream_port_override": 15008}
+    assert originate["original_dst_lb_config"]["upstream_port_override"] == 15008
+    # the tunnel goes to the endpoint's tunnel address (a waypoint for ingress-use-waypoint)
+    assert originate["original_dst_lb_config"]["metadata_key"]["key"] == "tunnel"
 
 
 def test_unready_and_unenrolled_pods_are_no_endpoints() -> None:
