@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +35,7 @@ from controlplane.model import (
     ClusterState,
 )
 from controlplane.sources.documents import config_files
+from controlplane.sources.fields import is_dns1123_label, is_dns1123_subdomain
 from controlplane.workloadapi.waypoints import (
     USE_WAYPOINT_LABEL,
     USE_WAYPOINT_NAMESPACE_LABEL,
@@ -400,22 +401,64 @@ def _target_options(func: Any) -> Any:
     return func
 
 
+def _checked_name(what: str, valid: Callable[[str], bool]) -> Any:
+    """A click callback: the value must be a Kubernetes name (it also names files and pods)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        values = value if isinstance(value, tuple) else (value,)
+        for one in values:
+            if one is not None and not valid(one):
+                raise WaypointCommandError(
+                    f"{one!r} is not a valid {what}",
+                    hint="use lower-case letters, digits and '-' (a Kubernetes name)",
+                )
+        return value
+
+    return check
+
+
+_namespace_option = click.option(
+    "-n",
+    "--namespace",
+    required=True,
+    callback=_checked_name("namespace name", is_dns1123_label),
+    help="Namespace of the waypoint(s).",
+)
+
+
+def _gateway_options(func: Any) -> Any:
+    """-n/--namespace, --name, --for: which waypoint, for what traffic."""
+    for option in reversed(
+        [
+            _namespace_option,
+            click.option(
+                "--name",
+                default=DEFAULT_NAME,
+                show_default=True,
+                callback=_checked_name("waypoint name", is_dns1123_subdomain),
+                help="Name of the waypoint.",
+            ),
+            click.option(
+                "--for",
+                "traffic",
+                type=click.Choice([t.value for t in TrafficType]),
+                default="service",
+                show_default=True,
+                help="The traffic it takes (label istio.io/waypoint-for).",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
 @click.group(name="waypoint")
 def cli() -> None:
     """Waypoints: the L7 proxies of ambient mode (as 'istioctl waypoint')."""
 
 
 @cli.command()
-@click.option("-n", "--namespace", required=True, help="Namespace of the waypoint.")
-@click.option("--name", default=DEFAULT_NAME, show_default=True, help="Name of the waypoint.")
-@click.option(
-    "--for",
-    "traffic",
-    type=click.Choice([t.value for t in TrafficType]),
-    default="service",
-    show_default=True,
-    help="The traffic it takes (label istio.io/waypoint-for).",
-)
+@_gateway_options
 def generate(namespace: str, name: str, traffic: str) -> None:
     """Print the waypoint's Gateway YAML without applying it."""
     click.echo(
@@ -425,16 +468,7 @@ def generate(namespace: str, name: str, traffic: str) -> None:
 
 
 @cli.command()
-@click.option("-n", "--namespace", required=True, help="Namespace of the waypoint.")
-@click.option("--name", default=DEFAULT_NAME, show_default=True, help="Name of the waypoint.")
-@click.option(
-    "--for",
-    "traffic",
-    type=click.Choice([t.value for t in TrafficType]),
-    default="service",
-    show_default=True,
-    help="The traffic it takes (label istio.io/waypoint-for).",
-)
+@_gateway_options
 @click.option(
     "--enroll-namespace",
     is_flag=True,
@@ -493,8 +527,8 @@ def list_(
 
 
 @cli.command()
-@click.argument("names", nargs=-1)
-@click.option("-n", "--namespace", required=True, help="Namespace of the waypoints.")
+@click.argument("names", nargs=-1, callback=_checked_name("waypoint name", is_dns1123_subdomain))
+@_namespace_option
 @click.option("--all", "delete_all", is_flag=True, help="Every waypoint of the namespace.")
 @_target_options
 def delete(
@@ -549,7 +583,10 @@ def status(
     state = _store(folder, kubeconfig, kube, lab, run_root).state()
     rows = [r for r in waypoint_rows(state, namespace) if name is None or r["name"] == name]
     if name is not None and not rows:
-        raise WaypointCommandError(f"no waypoint named {name!r}")
+        raise WaypointCommandError(
+            f"no waypoint named {name!r}" + (f" in namespace {namespace}" if namespace else ""),
+            hint="'ambient waypoint list' shows the waypoints there",
+        )
     emit(rows, output, COLUMNS)
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -149,6 +150,26 @@ def test_delete(tmp_path: Path) -> None:
     assert "no waypoint demo/gone" in str(missing.exception)
     assert run("delete", "-n", "demo", "--all", "--dir", str(root_dir)).exit_code == 0
     assert FolderSource(root_dir).load().gateways == {}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("apply", "-n", "demo", "--name", "../../escape"),
+        ("apply", "-n", "Demo/x"),
+        ("generate", "-n", "demo", "--name", "Not_A_Name"),
+        ("delete", "-n", "demo", "../gone"),
+    ],
+)
+def test_names_that_are_not_kubernetes_names_are_refused_with_a_hint(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    out = CliRunner().invoke(
+        root, ["waypoint", *args, *(["--dir", str(tmp_path)] * (args[0] != "generate"))]
+    )
+    assert isinstance(out.exception, WaypointCommandError), out.output
+    assert "is not a valid" in str(out.exception) and out.exception.hint
+    assert list(tmp_path.rglob("*")) == [] and not (tmp_path.parent / "escape.yaml").exists()
 
 
 def test_delete_keeps_other_documents_of_a_shared_file(tmp_path: Path) -> None:
