@@ -10,6 +10,12 @@ Faults on demand, for the demo's resilience checks: from inside the pod (loopbac
 so no caller through the mesh can set them), ``POST /__lab/fault?status=503`` makes every
 other request answer 503, ``?delay_ms=200`` delays every answer, and ``POST /__lab/fault``
 without parameters clears both. ``GET /__lab/fault`` shows them.
+
+Spans, as an instrumented app: with a collector (``-zipkin=host:port``, env
+``AMBIENT_ZIPKIN_ADDRESS``, or the lab's registration in ``AMBIENT_LAB_MESH``), each
+request carrying ``traceparent`` or B3 headers is reported as a Zipkin SERVER span of
+service ``-trace-service`` (env ``AMBIENT_TRACE_SERVICE``), child of the caller's span
+(:mod:`lab.workloads.spans`; asynchronous, best effort, never delaying an answer).
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from lab.workloads import spans
 from lab.workloads.payload import parse_hostport
 from lab.workloads.serving import close_quietly, peer_of, run, serve_until_signalled
 
@@ -75,6 +83,10 @@ class EchoConfig:
     """No per-request log line (for benchmarks)."""
     faults: Faults = field(default_factory=Faults, compare=False, hash=False)
     """Faults set at run time through ``/__lab/fault`` (mutable)."""
+    zipkin: str = ""
+    """``host:port`` of a Zipkin collector ('' : from the environment, if any)."""
+    trace_service: str = ""
+    """Service name of the spans ('' : from the environment, else ``http-echo``)."""
 
 
 def parse_args(argv: Sequence[str]) -> EchoConfig:
@@ -83,12 +95,23 @@ def parse_args(argv: Sequence[str]) -> EchoConfig:
     parser.add_argument("-text", "--text", default="hello-world", help="answer text")
     parser.add_argument("-listen", "--listen", default=":5678", help="[host]:port to listen on")
     parser.add_argument("-quiet", "--quiet", action="store_true", help="no request log")
+    parser.add_argument("-zipkin", "--zipkin", default="", help="collector host:port")
+    parser.add_argument("-trace-service", "--trace-service", default="", help="span service")
     ns = parser.parse_args(list(argv))
     try:
         host, port = parse_hostport(ns.listen)
+        if ns.zipkin:
+            parse_hostport(ns.zipkin)
     except ValueError as err:
         parser.error(str(err))
-    return EchoConfig(text=ns.text, host=host, port=port, quiet=ns.quiet)
+    return EchoConfig(
+        text=ns.text,
+        host=host,
+        port=port,
+        quiet=ns.quiet,
+        zipkin=ns.zipkin,
+        trace_service=ns.trace_service,
+    )
 
 
 def response(status: str, body: bytes, client: str, keep_alive: bool) -> bytes:
@@ -110,7 +133,10 @@ def answer_body(text: str, client: str) -> bytes:
 
 
 async def _handle(
-    config: EchoConfig, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    config: EchoConfig,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    reporter: spans.SpanReporter | None = None,
 ) -> None:
     client = peer_of(writer)
     try:
@@ -119,6 +145,7 @@ async def _handle(
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT)
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
                 return
+            start_us, started = time.time_ns() // 1000, time.monotonic_ns()
             lines = head.decode("latin-1").split("\r\n")
             parts = lines[0].split(" ")
             if len(parts) != 3:
@@ -143,6 +170,17 @@ async def _handle(
             body, status = await _answer(config, method, path, client)
             writer.write(response(status, b"" if method == "HEAD" else body, client, keep))
             await writer.drain()
+            if reporter is not None:
+                _report(
+                    reporter,
+                    headers,
+                    method=method,
+                    path=path,
+                    status=status,
+                    client=client,
+                    start_us=start_us,
+                    started_ns=started,
+                )
             if not config.quiet:
                 print(f"{method} {path} from {client} {status.split()[0]}", flush=True)
             if not keep:
@@ -151,6 +189,35 @@ async def _handle(
         return
     finally:
         await close_quietly(writer)
+
+
+def _report(
+    reporter: spans.SpanReporter,
+    headers: dict[str, str],
+    *,
+    method: str,
+    path: str,
+    status: str,
+    client: str,
+    start_us: int,
+    started_ns: int,
+) -> None:
+    """Queues the request's span if it carries trace context (never raises)."""
+    context = spans.trace_context(headers)
+    if context is None:
+        return
+    reporter.record(
+        spans.server_span(
+            context,
+            service=reporter.service,
+            method=method,
+            path=path,
+            status=int(status.split(maxsplit=1)[0]),
+            client=client,
+            start_us=start_us,
+            duration_us=(time.monotonic_ns() - started_ns) // 1000,
+        )
+    )
 
 
 async def _answer(config: EchoConfig, method: str, path: str, client: str) -> tuple[bytes, str]:
@@ -186,8 +253,9 @@ def _fault_request(faults: Faults, method: str, query: str, client: str) -> tupl
 
 async def serve(config: EchoConfig) -> None:
     """Serves until SIGTERM or SIGINT."""
+    reporter = spans.SpanReporter.from_settings(config.trace_service, config.zipkin)
     await serve_until_signalled(
-        lambda r, w: _handle(config, r, w),
+        lambda r, w: _handle(config, r, w, reporter),
         config.host,
         config.port,
         "http_echo",
