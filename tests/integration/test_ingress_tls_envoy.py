@@ -33,11 +33,11 @@ from cryptography.hazmat.primitives import serialization
 from controlplane.ca.credentials import NodeTokens
 from controlplane.server import ControlPlane, ControlPlaneConfig
 from tests.integration.test_controlplane_ads_envoy import Envoy, eventually, free_ports, on_loopback
-from tests.unit.test_ingress_tls import make_ca, make_leaf, tls_secret_yaml
+from tests.tls_fixtures import SHOP_HOST, make_ca, make_leaf, shop_gateway_yaml, tls_secret_yaml
 
 pytestmark = pytest.mark.timeout(60)
 
-HOST = "shop.example.com"
+HOST = SHOP_HOST
 CONFIG = """\
 apiVersion: v1
 kind: Namespace
@@ -57,25 +57,7 @@ metadata:
 spec: {nodeName: node1, serviceAccountName: istio-ingressgateway, containers: [{name: envoy}]}
 status: {phase: Running, podIP: 10.1.0.50, conditions: [{type: Ready, status: "True"}]}
 ---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: shop-gateway, namespace: tutorial}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 443, name: https, protocol: HTTPS}
-    hosts: ["shop.example.com"]
-    tls: {mode: SIMPLE, credentialName: shop-cert}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: shop, namespace: tutorial}
-spec:
-  hosts: ["shop.example.com"]
-  gateways: [shop-gateway]
-  http:
-  - directResponse: {status: 200, body: {string: "secure shop"}}
-"""
+""" + shop_gateway_yaml("tutorial")
 
 
 def bootstrap(xds_port: int, root: Path, token: str, admin: int) -> dict[str, Any]:
@@ -124,6 +106,30 @@ def write(path: Path, text: str) -> None:
     os.replace(path.with_suffix(".tmp"), path)
 
 
+async def serve(tmp_path: Path, config: Path, state: Path) -> tuple[ControlPlane, Envoy, int]:
+    """The control plane on the folder ``config`` and the gateway's Envoy; the port its
+    443 listener is moved to on 127.0.0.1 (``0.0.0.0_443`` sorts first)."""
+    token = NodeTokens.load_or_create(state).issue("node1", dt.datetime.now(dt.UTC))
+    port = free_ports(4)
+    plane = ControlPlane(
+        ControlPlaneConfig(
+            state_dir=state,
+            config_dir=config,
+            listen="127.0.0.1:0",
+            admin_listen="127.0.0.1:0",
+            watch_interval=0.05,
+        ),
+        envoy_resources=on_loopback(port),
+    )
+    await plane.start()
+    try:
+        envoy = Envoy(tmp_path, bootstrap(plane.xds_port, state / "root-cert.pem", token, port + 3))
+    except BaseException:
+        await plane.stop(0.2)
+        raise
+    return plane, envoy, port
+
+
 async def scenario(tmp_path: Path) -> None:
     config, state = tmp_path / "config", tmp_path / "state"
     config.mkdir()
@@ -136,20 +142,7 @@ async def scenario(tmp_path: Path) -> None:
     (config / "decoy.yaml").write_text(
         tls_secret_yaml("shop-cert", "tutorial", decoy_cert, decoy_key)
     )
-    token = NodeTokens.load_or_create(state).issue("node1", dt.datetime.now(dt.UTC))
-    port = free_ports(4)
-    plane = ControlPlane(
-        ControlPlaneConfig(
-            state_dir=state,
-            config_dir=config,
-            listen="127.0.0.1:0",
-            admin_listen="127.0.0.1:0",
-            watch_interval=0.05,
-        ),
-        envoy_resources=on_loopback(port),  # 0.0.0.0_443 sorts first: 127.0.0.1:<port>
-    )
-    await plane.start()
-    envoy = Envoy(tmp_path, bootstrap(plane.xds_port, state / "root-cert.pem", token, port + 3))
+    plane, envoy, port = await serve(tmp_path, config, state)
     log = ""
     try:
         assert not plane.cluster.errors, plane.cluster.errors
@@ -232,20 +225,7 @@ async def mutual(tmp_path: Path) -> None:
     good, stranger = tmp_path / "client.pem", tmp_path / "stranger.pem"
     good.write_bytes(b"".join(reversed(make_leaf(clients, "client.example.com"))))
     stranger.write_bytes(b"".join(reversed(make_leaf(make_ca("x"), "client.example.com"))))
-    token = NodeTokens.load_or_create(state).issue("node1", dt.datetime.now(dt.UTC))
-    port = free_ports(4)
-    plane = ControlPlane(
-        ControlPlaneConfig(
-            state_dir=state,
-            config_dir=config,
-            listen="127.0.0.1:0",
-            admin_listen="127.0.0.1:0",
-            watch_interval=0.05,
-        ),
-        envoy_resources=on_loopback(port),
-    )
-    await plane.start()
-    envoy = Envoy(tmp_path, bootstrap(plane.xds_port, state / "root-cert.pem", token, port + 3))
+    plane, envoy, port = await serve(tmp_path, config, state)
     log = ""
     try:
 

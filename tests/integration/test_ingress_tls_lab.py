@@ -23,35 +23,17 @@ from cryptography.hazmat.primitives import serialization
 from lab import Lab, LabSpec, mesh
 from lab.demo import DemoConfig, DemoWorld
 from lab.manifests.apply import apply_manifests
-from tests.unit.test_ingress_tls import make_ca, make_leaf, tls_secret_yaml
+from tests.tls_fixtures import SHOP_HOST, make_ca, make_leaf, shop_gateway_yaml, tls_secret_yaml
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
-HOST = "shop.example.com"
+HOST = SHOP_HOST
 MANIFESTS = """\
 apiVersion: v1
 kind: Namespace
 metadata: {name: shop}
 ---
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: shop-gateway, namespace: shop}
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 443, name: https, protocol: HTTPS}
-    hosts: ["shop.example.com"]
-    tls: {mode: SIMPLE, credentialName: shop-cert}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: shop, namespace: shop}
-spec:
-  hosts: ["shop.example.com"]
-  gateways: [shop-gateway]
-  http:
-  - directResponse: {status: 200, body: {string: "secure shop"}}
-"""
+""" + shop_gateway_yaml("shop")
 
 
 @pytest.fixture

@@ -766,12 +766,14 @@ def test_a_deployment_name_stands_for_its_first_pod(tmp_path: Path) -> None:
 def test_gateway_certificate_secrets_are_applied_and_checked() -> None:
     """`kubectl create secret tls` output applies (Istio's Secure Gateways task); a
     Secret whose key does not match its certificate is an error naming it."""
-    from tests.unit.test_ingress_tls import CA, CERT, KEY, make_leaf, tls_secret_yaml
+    from tests.tls_fixtures import SHOP_HOST, make_ca, make_leaf, tls_secret_yaml
 
-    good = parsed(tls_secret_yaml("shop-cert", "istio-system", CERT, KEY)).check().manifests[0]
+    ca = make_ca()
+    cert, key = make_leaf(ca, SHOP_HOST)
+    good = parsed(tls_secret_yaml("shop-cert", "istio-system", cert, key)).check().manifests[0]
     assert isinstance(good, ConfigManifest)
     assert good.filename == "secret.istio-system.shop-cert.yaml"
-    _, other_key = make_leaf(CA, "shop.example.com")
+    _, other_key = make_leaf(ca, SHOP_HOST)
     with pytest.raises(ManifestError) as err:
-        parsed(tls_secret_yaml("shop-cert", "istio-system", CERT, other_key)).check()
+        parsed(tls_secret_yaml("shop-cert", "istio-system", cert, other_key)).check()
     assert "Secret/istio-system/shop-cert" in str(err.value)
