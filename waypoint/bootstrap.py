@@ -19,7 +19,6 @@ Pure: :func:`render_bootstrap` takes the configuration and the token, returns a 
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -102,21 +101,13 @@ def _split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def xds_cluster(config: WaypointConfig) -> dict[str, Any]:
     """The static cluster of the control plane: HTTP/2 over TLS, server name verified."""
     host, port = _split_address(config.xds_address)
     address = {"socket_address": {"address": host, "port_value": port}}
     return {
         "name": XDS_CLUSTER,
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "type": "STATIC" if telemetry.is_ip(host) else "STRICT_DNS",
         "connect_timeout": "5s",
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,

@@ -236,7 +236,7 @@ def _static_cluster(name: str, host: str, port: int, *, http2: bool) -> Cluster:
     address = Address(socket_address=SocketAddress(address=host, port_value=port))
     cluster = Cluster(
         name=name,
-        type=Cluster.STATIC if _is_ip(host) else Cluster.STRICT_DNS,
+        type=Cluster.STATIC if is_ip(host) else Cluster.STRICT_DNS,
         connect_timeout=Duration(seconds=1),
         load_assignment=ClusterLoadAssignment(
             cluster_name=name,
@@ -255,7 +255,8 @@ def _static_cluster(name: str, host: str, port: int, *, http2: bool) -> Cluster:
     return cluster
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP address (a STATIC cluster) rather than a name (STRICT_DNS)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
