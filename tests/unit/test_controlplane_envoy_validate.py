@@ -7,16 +7,12 @@ endpoint in place of EDS). Each run takes about a second.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from ambient.errors import AmbientError
-from bench.envoy.proxy import envoy_argv, envoy_binary
 from controlplane.envoy import translate_waypoint
 from controlplane.envoy.bootstrap import static_bootstrap
 from controlplane.model import (
@@ -29,6 +25,7 @@ from controlplane.model import (
     VirtualService,
     deep_freeze,
 )
+from tests.envoy_validate import envoy_validate as envoy_validate  # noqa: PLC0414 - re-exported
 
 VIRTUAL_SERVICE = """
 hosts: [backend, backend.demo.svc.cluster.local]
@@ -155,22 +152,6 @@ def _bootstrap() -> dict[str, Any]:
     assert len(resources.tcp_proxies) == 3
     assert len(resources.clusters) == 7
     return static_bootstrap(resources)
-
-
-def envoy_validate(config: dict[str, Any], path: Path) -> subprocess.CompletedProcess[str]:
-    try:
-        binary = envoy_binary()
-        subprocess.run([str(binary), "--version"], capture_output=True, timeout=30, check=True)
-    except (AmbientError, OSError, subprocess.SubprocessError) as err:
-        pytest.skip(f"the envoy binary cannot run here: {err}")
-    path.write_text(json.dumps(config))
-    return subprocess.run(
-        envoy_argv(path, concurrency=1, mode="validate"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.mark.timeout(120)

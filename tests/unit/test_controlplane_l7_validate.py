@@ -6,20 +6,17 @@ before the router; Envoy must accept the result. About a second per run.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from ambient.errors import AmbientError
-from bench.envoy.proxy import envoy_argv, envoy_binary
 from controlplane.envoy.bootstrap import HCM, ROUTER, as_json
 from controlplane.envoy.rbac import PeerIdentity, build_rbac_filters
 from controlplane.model import AuthorizationPolicy, Severity
 from controlplane.sources.decode import decode
+from tests.envoy_validate import envoy_validate
 
 POLICIES = """
 - action: DENY
@@ -129,23 +126,6 @@ DIRECT_OK = {
         }
     ]
 }
-
-
-def envoy_validate(config: dict[str, Any], path: Path) -> subprocess.CompletedProcess[str]:
-    """``envoy --mode validate`` of ``config``; skips when the binary cannot run."""
-    try:
-        binary = envoy_binary()
-        subprocess.run([str(binary), "--version"], capture_output=True, timeout=30, check=True)
-    except (AmbientError, OSError, subprocess.SubprocessError) as err:
-        pytest.skip(f"the envoy binary cannot run here: {err}")
-    path.write_text(json.dumps(config))
-    return subprocess.run(
-        envoy_argv(path, concurrency=1, mode="validate"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def rbac_bootstrap() -> dict[str, Any]:

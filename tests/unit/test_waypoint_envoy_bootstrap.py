@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.unit.test_controlplane_envoy_validate import envoy_validate
+from tests.envoy_validate import envoy_validate
 from waypoint.bootstrap import WaypointConfig, render_bootstrap
 from waypoint.errors import EnvoyExitedError, WaypointError
 from waypoint.run import RunConfig, supervise, write_bootstrap

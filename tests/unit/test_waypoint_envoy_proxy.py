@@ -40,7 +40,7 @@ from controlplane.model import (
     VirtualService,
     deep_freeze,
 )
-from tests.unit.test_controlplane_envoy_validate import envoy_validate
+from tests.envoy_validate import envoy_validate
 from tests.waypoint_envoy_fixtures import BACKEND_VIP, WAYPOINT, demo_state, waypoint_objects
 from ztunnel.identity.certs import LocalCA
 from ztunnel.identity.spiffe import SpiffeId

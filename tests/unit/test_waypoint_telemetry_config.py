@@ -7,8 +7,6 @@ reads); ``envoy --mode validate`` judges it, and the integration test runs it.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,9 @@ import pytest
 from envoy.config.trace.v3.zipkin_pb2 import ZipkinConfig
 from envoy.extensions.access_loggers.grpc.v3.als_pb2 import HttpGrpcAccessLogConfig
 
-from ambient.errors import AmbientError
-from bench.envoy.proxy import envoy_argv, envoy_binary
 from controlplane.envoy import hbone, telemetry
 from controlplane.envoy.bootstrap import as_json
+from tests.envoy_validate import envoy_validate
 
 HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -190,23 +187,6 @@ def _endpoint_metadata() -> dict[str, Any]:
     return metadata
 
 
-def _validate(config: dict[str, Any], path: Path) -> subprocess.CompletedProcess[str]:
-    try:
-        subprocess.run(
-            [str(envoy_binary()), "--version"], capture_output=True, timeout=30, check=True
-        )
-    except (AmbientError, OSError, subprocess.SubprocessError) as err:
-        pytest.skip(f"the envoy binary cannot run here: {err}")
-    path.write_text(json.dumps(config))
-    return subprocess.run(
-        envoy_argv(path, concurrency=1, mode="validate"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_access_log_names_the_exporter_cluster_and_what_it_reads() -> None:
     (log,) = telemetry.access_log_config(Proxy())
     assert log.name == "envoy.access_loggers.http_grpc"
@@ -247,5 +227,5 @@ def test_envoy_accepts_the_snippets(tmp_path: Path) -> None:
     config = telemetry_bootstrap(
         listen_port=20001, backend_port=20002, telemetry_port=20003, collector=("127.0.0.1", 9411)
     )
-    done = _validate(config, tmp_path / "telemetry.json")
+    done = envoy_validate(config, tmp_path / "telemetry.json")
     assert done.returncode == 0, f"{done.stdout[-1500:]}{done.stderr[-1500:]}"
