@@ -124,9 +124,40 @@ class Waypoint:
                 labels.setdefault(NAMESPACE_NAME_LABEL, name)
                 selector: Mapping[str, Any] = namespaces.get("selector") or {}
                 match_labels = selector.get("matchLabels") or {}
-                if isinstance(match_labels, Mapping) and selector_matches(match_labels, labels):
+                if (
+                    isinstance(match_labels, Mapping)
+                    and selector_matches(match_labels, labels)
+                    and _expressions_match(selector.get("matchExpressions") or (), labels)
+                ):
                     return True
         return False
+
+
+def _expressions_match(expressions: Any, labels: Mapping[str, str]) -> bool:
+    """Kubernetes ``matchExpressions`` (In, NotIn, Exists, DoesNotExist), all of them;
+    anything malformed or unknown matches nothing (a selector never widens by mistake)."""
+    if not isinstance(expressions, (list, tuple)):
+        return False
+    for expression in expressions:
+        if not isinstance(expression, Mapping):
+            return False
+        key, operator = expression.get("key"), expression.get("operator")
+        values = expression.get("values") or ()
+        if not isinstance(key, str) or not isinstance(values, (list, tuple)):
+            return False
+        if operator == "In":
+            matched = key in labels and labels[key] in values
+        elif operator == "NotIn":
+            matched = labels.get(key) not in values
+        elif operator == "Exists":
+            matched = key in labels
+        elif operator == "DoesNotExist":
+            matched = key not in labels
+        else:
+            return False
+        if not matched:
+            return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,98 @@ OTHER_ALL = waypoint("other-wp", "other", allowed={"namespaces": {"from": "All"}
             },
             ("other/other-wp", None),
         ),
+        (
+            {
+                "svc_labels": {USE: "other/other-wp"},
+                "gateways": (
+                    waypoint(
+                        "other-wp",
+                        "other",
+                        allowed={
+                            "namespaces": {
+                                "from": "Selector",
+                                "selector": {
+                                    "matchExpressions": [
+                                        {
+                                            "key": "kubernetes.io/metadata.name",
+                                            "operator": "In",
+                                            "values": ["demo"],
+                                        }
+                                    ]
+                                },
+                            }
+                        },
+                    ),
+                ),
+            },
+            ("other/other-wp", None),
+        ),
+        (
+            {
+                "svc_labels": {USE: "other/other-wp"},
+                "gateways": (
+                    waypoint(
+                        "other-wp",
+                        "other",
+                        allowed={
+                            "namespaces": {
+                                "from": "Selector",
+                                "selector": {
+                                    "matchExpressions": [
+                                        {
+                                            "key": "kubernetes.io/metadata.name",
+                                            "operator": "NotIn",
+                                            "values": ["demo"],
+                                        }
+                                    ]
+                                },
+                            }
+                        },
+                    ),
+                ),
+            },
+            (None, None),
+        ),
+        (
+            {
+                "svc_labels": {USE: "other/other-wp"},
+                "gateways": (
+                    waypoint(
+                        "other-wp",
+                        "other",
+                        allowed={
+                            "namespaces": {
+                                "from": "Selector",
+                                "selector": {
+                                    "matchExpressions": [{"key": "team", "operator": "Exists"}]
+                                },
+                            }
+                        },
+                    ),
+                ),
+            },
+            (None, None),
+        ),
+        (
+            {
+                "svc_labels": {USE: "other/other-wp"},
+                "gateways": (
+                    waypoint(
+                        "other-wp",
+                        "other",
+                        allowed={
+                            "namespaces": {
+                                "from": "Selector",
+                                "selector": {
+                                    "matchExpressions": [{"key": "team", "operator": "Sometimes"}]
+                                },
+                            }
+                        },
+                    ),
+                ),
+            },
+            (None, None),
+        ),
         ({"svc_labels": {USE: "missing"}}, (None, None)),
         (
             {"svc_labels": {USE: "ingress"}, "gateways": (waypoint("ingress", cls="istio"),)},
@@ -256,6 +348,10 @@ OTHER_ALL = waypoint("other-wp", "other", allowed={"namespaces": {"from": "All"}
         "use-waypoint-namespace",
         "cross-ns-not-allowed",
         "cross-ns-selector",
+        "cross-ns-expression-in",
+        "cross-ns-expression-not-in",
+        "cross-ns-expression-exists",
+        "cross-ns-expression-unknown",
         "missing-gateway",
         "not-a-waypoint",
     ],
