@@ -46,6 +46,31 @@ CACHE_VIP = "10.96.0.22"
 WEB_VIP = "10.96.0.23"
 
 
+WAYPOINT_POD_YAML = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: waypoint
+  namespace: demo
+  labels: {gateway.networking.k8s.io/gateway-name: waypoint}
+spec:
+  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
+  clusterIP: 10.96.0.99
+  ports: [{name: mesh, port: 15008}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: waypoint-0
+  namespace: demo
+  labels: {gateway.networking.k8s.io/gateway-name: waypoint, istio.io/dataplane-mode: none}
+spec: {nodeName: node1, serviceAccountName: waypoint}
+status: {podIP: 10.244.1.9, phase: Running, conditions: [{type: Ready, status: "True"}]}
+"""
+"""Waypoint ``demo/waypoint`` as the lab runs it, YAML: its Service (VIP 10.96.0.99, 15008)
+and its ready pod ``waypoint-0`` (10.244.1.9 on node1, account ``waypoint``, not captured)."""
+
+
 def waypoint_objects(
     namespace: str, name: str, vip: str, *, all_namespaces: bool = False, traffic: str = ""
 ) -> tuple[Gateway, Service]:

@@ -13,9 +13,11 @@ from click.testing import CliRunner
 from ambient.cli import root
 from controlplane.sources import FolderSource
 from controlplane.workloadapi.waypoints import TrafficType
+from tests.waypoint_envoy_fixtures import WAYPOINT_POD_YAML
 from waypoint.cli import WaypointCommandError, waypoint_gateway
 
-APP = """\
+APP = (
+    """\
 apiVersion: v1
 kind: Namespace
 metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
@@ -25,26 +27,9 @@ kind: Service
 metadata: {name: backend, namespace: demo}
 spec: {selector: {app: backend}, clusterIP: 10.96.0.10, ports: [{port: 80}]}
 ---
-apiVersion: v1
-kind: Service
-metadata:
-  name: waypoint
-  namespace: demo
-  labels: {gateway.networking.k8s.io/gateway-name: waypoint}
-spec:
-  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
-  clusterIP: 10.96.0.99
-  ports: [{name: mesh, port: 15008}]
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: waypoint-0
-  namespace: demo
-  labels: {gateway.networking.k8s.io/gateway-name: waypoint, istio.io/dataplane-mode: none}
-spec: {serviceAccountName: waypoint, nodeName: node1}
-status: {podIP: 10.244.1.9, phase: Running, conditions: [{type: Ready, status: "True"}]}
 """
+    + WAYPOINT_POD_YAML
+)
 
 
 def run(*args: str) -> Any:

@@ -15,6 +15,7 @@ import pytest
 
 from controlplane.sources import FolderSource
 from controlplane.workloadapi import translate
+from tests.waypoint_envoy_fixtures import WAYPOINT_POD_YAML
 from ztunnel.admin import service_json, workload_json
 from ztunnel.identity.spiffe import SpiffeId
 from ztunnel.proxy.hbone import Authority, TunnelRequest
@@ -25,7 +26,8 @@ from ztunnel.state.proxy_state import LoadBalancer, ProxyState
 from ztunnel.waypoint import BYPASS_REASON, bypass_refusal, serving_waypoints
 from ztunnel.xds.translate import state_from_snapshot
 
-CLUSTER = """\
+CLUSTER = (
+    """\
 apiVersion: v1
 kind: Namespace
 metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
@@ -37,25 +39,9 @@ spec:
   gatewayClassName: istio-waypoint
   listeners: [{name: mesh, port: 15008, protocol: HBONE}]
 ---
-apiVersion: v1
-kind: Service
-metadata:
-  name: waypoint
-  namespace: demo
-  labels: {gateway.networking.k8s.io/gateway-name: waypoint}
-spec:
-  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
-  clusterIP: 10.96.0.99
-  ports: [{name: mesh, port: 15008}]
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: waypoint-0
-  namespace: demo
-  labels: {gateway.networking.k8s.io/gateway-name: waypoint, istio.io/dataplane-mode: none}
-spec: {nodeName: node1, serviceAccountName: waypoint}
-status: {podIP: 10.244.1.9, phase: Running, conditions: [{type: Ready, status: "True"}]}
+"""
+    + WAYPOINT_POD_YAML
+    + """\
 ---
 apiVersion: v1
 kind: Service
@@ -100,6 +86,7 @@ metadata: {name: frontend, namespace: demo, labels: {app: frontend}}
 spec: {nodeName: node1, serviceAccountName: frontend}
 status: {podIP: 10.244.1.5, phase: Running, conditions: [{type: Ready, status: "True"}]}
 """
+)
 
 ip = ipaddress.ip_address
 FRONTEND = SpiffeId("cluster.local", "demo", "frontend")
