@@ -714,13 +714,16 @@ class Lab:
         name: str | None = None,
         wait_port: int | None = None,
         timeout: float = READY_TIMEOUT,
+        env: Mapping[str, str] | None = None,
     ) -> LabProcess:
         """Runs ``python -m lab.workloads.<program> args`` in a pod.
 
         ``program`` is ``http-echo``, ``tcp-echo`` or ``client`` (``_`` works too). For the
         servers, the call returns once the port they listen on accepts (``wait_port``
         overrides the port read from their arguments). ``http-echo`` without a text
-        answers ``Hello from <pod name>``.
+        answers ``Hello from <pod name>``; it reports spans to the lab's trace collector
+        once one runs (``lab.workloads.spans``: the lab's ``mesh.json``, service
+        ``<pod>.<namespace>`` unless ``env`` names another).
         """
         module = program.replace("-", "_")
         if module not in WORKLOADS:
@@ -732,8 +735,15 @@ class Lab:
         if module == "http_echo" and not any(a.lstrip("-").startswith("text") for a in args):
             args.insert(0, f"--text=Hello from {the_pod.name}")
         proc_name = name or self._free_name(f"{the_pod.name}-{module.replace('_', '-')}")
+        full_env = dict(env or {})
+        if module == "http_echo":
+            full_env.setdefault("AMBIENT_LAB_MESH", str(self.run_dir / "mesh.json"))
+            full_env.setdefault("AMBIENT_TRACE_SERVICE", f"{the_pod.name}.{the_pod.namespace}")
         proc = self.spawn(
-            the_pod, ["python", "-m", f"lab.workloads.{module}", *args], name=proc_name
+            the_pod,
+            ["python", "-m", f"lab.workloads.{module}", *args],
+            name=proc_name,
+            env=full_env,
         )
         port = wait_port if wait_port is not None else _listen_port(module, args)
         if port is not None:

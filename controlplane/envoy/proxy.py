@@ -314,11 +314,25 @@ def proxy_resources(
     }
     return EnvoyResources(
         listeners={listener.name: listener for listener in listeners},
-        routes=dict(translated.routes),
+        routes={name: any_host(route) for name, route in translated.routes.items()},
         clusters=dict(sorted(clusters.items())),
         endpoints=endpoints,
         issues=translated.issues,
     )
+
+
+def any_host(route: Any) -> Any:
+    """A waypoint's route configuration for one service port, answering any ``Host``
+    (a copy; Istio's waypoints do the same): the filter chain is already chosen by the
+    tunnel's ``:authority`` (the service's VIP and port), and a request that came
+    through an ingress gateway (``istio.io/ingress-use-waypoint``) still carries the
+    gateway's host, which is none of the service's own names."""
+    out = type(route)()
+    out.CopyFrom(route)
+    for vhost in out.virtual_hosts:
+        del vhost.domains[:]
+        vhost.domains.append("*")
+    return out
 
 
 def _gateway_resources(state: ClusterState, proxy: EnvoyProxy, mesh: MeshConfig) -> EnvoyResources:

@@ -25,7 +25,12 @@ from lab import objects
 from lab.cluster import Lab
 from lab.errors import LabBusyError, LabError
 from lab.manifests import gateways, parse, planner, proxies
-from lab.manifests.model import ConfigManifest, Manifest, ServiceAccountManifest
+from lab.manifests.model import (
+    POD_TEMPLATE_HASH,
+    ConfigManifest,
+    Manifest,
+    ServiceAccountManifest,
+)
 from lab.manifests.planner import (
     Action,
     AddNamespace,
@@ -174,7 +179,16 @@ def _add_pod(lab: Lab, action: AddPod) -> None:
             list(program.args),
             name=f"{pod.name}.{pod.namespace}-{program.program}-{program.port}",
             wait_port=program.port,
+            env={"AMBIENT_TRACE_SERVICE": f"{_workload_name(action)}.{pod.namespace}"},
         )
+
+
+def _workload_name(action: AddPod) -> str:
+    """The pod's workload as the control plane names it: its Deployment, else itself."""
+    suffix = "-" + action.labels.get(POD_TEMPLATE_HASH, "")
+    if action.owner and suffix != "-" and action.owner.endswith(suffix):
+        return action.owner[: -len(suffix)]
+    return action.owner or action.name
 
 
 def _write_owned(lab: Lab, pod: Pod, replica_set: str) -> None:
