@@ -7,6 +7,9 @@ leave every node exactly as clean (programs detached, rule and route gone, pins 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from agent.config import DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY
 from agent.daemon import cleanup
 from agent.pinned import remove_pins
 
+REPO = Path(__file__).resolve().parents[2]
 AGENT_MARK = 0x539
 AMBIENT = {"istio.io/dataplane-mode": "ambient"}
 """The namespace label that enrolls a namespace's pods in the mesh."""
@@ -30,6 +34,22 @@ try:
 except OSError as err:
     print("ERROR", type(err).__name__, err)
 """
+
+
+def ambient(lab: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs ``ambient lab COMMAND --name <lab> ARGS`` in a fresh process, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "ambient", "lab", args[0], "--name", lab.name, *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "AMBIENT_LAB_RUN_ROOT": str(lab.run_dir.parent),
+        },
+    )
 
 
 def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.2) -> float:

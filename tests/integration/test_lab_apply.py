@@ -7,10 +7,8 @@ file refused, the tutorial applied and deleted.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from controlplane.workloadapi.workloads import workload_name
 from lab import Lab, LabSpec
 from lab.manifests.apply import workload_pods
 from lab.model import Pod
+from tests.integration.meshlab import ambient
 
 pytestmark = pytest.mark.root
 
@@ -42,22 +41,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             yield built
     finally:
         Lab.destroy_by_name(name, root)
-
-
-def ambient(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    """Runs ``ambient lab COMMAND --name <lab> ARGS`` in a fresh process, as a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", "ambient", "lab", args[0], "--name", lab.name, *args[1:]],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "AMBIENT_LAB_RUN_ROOT": str(lab.run_dir.parent),
-        },
-    )
 
 
 def rows(done: subprocess.CompletedProcess[str]) -> dict[str, str]:

@@ -4,9 +4,6 @@ proxies started against a registered control plane, and ``delete -f`` removing t
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +12,10 @@ import pytest
 
 from lab import Lab, LabSpec, mesh
 from lab.manifests.apply import apply_manifests, delete_manifests
+from tests.integration.meshlab import REPO, ambient
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
-REPO = Path(__file__).resolve().parents[2]
 TUTORIAL = REPO / "deploy" / "examples" / "tutorial"
 
 
@@ -86,18 +83,7 @@ def test_proxies_start_against_the_registered_control_plane(lab: Lab) -> None:
 
 
 def test_cli_prints_the_gateway_address(lab: Lab) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "ambient", "lab", "apply", "--name", lab.name, "-f", str(TUTORIAL)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "AMBIENT_LAB_RUN_ROOT": str(lab.run_dir.parent),
-        },
-    )
+    done = ambient(lab, "apply", "-f", str(TUTORIAL))
     assert done.returncode == 0, done.stderr
     gateway = lab.pod("istio-system/istio-ingressgateway")
     assert f"answers outside the mesh at {gateway.ip}" in done.stderr
@@ -131,33 +117,17 @@ def test_connect_registers_and_starts_idle_proxies(lab: Lab) -> None:
     root.write_text("not a real root\n")
     token = lab.run_dir / "n1.token"
     token.write_text("t\n")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ambient",
-            "lab",
-            "connect",
-            "--name",
-            lab.name,
-            "--xds-address",
-            f"{lab.fabric.ip}:15012",
-            "--xds-root-cert",
-            str(root),
-            "--token",
-            f"node1={token}",
-            "--token",
-            f"node2={token}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "AMBIENT_LAB_RUN_ROOT": str(lab.run_dir.parent),
-        },
+    done = ambient(
+        lab,
+        "connect",
+        "--xds-address",
+        f"{lab.fabric.ip}:15012",
+        "--xds-root-cert",
+        str(root),
+        "--token",
+        f"node1={token}",
+        "--token",
+        f"node2={token}",
     )
     assert done.returncode == 0, done.stderr
     assert "waypoint tutorial/waypoint: ambient waypoint run" in done.stdout
