@@ -52,6 +52,39 @@ def ambient(lab: Any, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def add_backend(lab: Any) -> Any:
+    """Pod ``demo/backend`` on node2 (account ``backend``) answering ``Hello from backend``
+    on 8080 (http-echo), behind the Service ``demo/backend`` 80 -> 8080; the pod."""
+    from lab import ServicePort
+
+    pod = lab.add_pod(
+        "backend",
+        namespace="demo",
+        node="node2",
+        labels={"app": "backend"},
+        service_account="backend",
+    )
+    lab.add_service(
+        "backend",
+        namespace="demo",
+        selector={"app": "backend"},
+        ports=[ServicePort(port=80, target_port=8080)],
+    )
+    lab.start_workload(
+        "backend", "http-echo", ["--text", "Hello from backend", "--listen", ":8080"]
+    )
+    return pod
+
+
+def start_ztunnel(lab: Any, node: Any, ca_dir: Path) -> Any:
+    """``ambient ztunnel run`` in ``node``'s namespace, its state from the lab's cluster
+    folder, certificates from the local CA in ``ca_dir``, JSON access records."""
+    argv = ["python", "-m", "ambient", "ztunnel", "run", "--node", node.name]
+    argv += ["--cluster-folder", str(lab.config_dir), "--ca-dir", str(ca_dir)]
+    argv += ["--access-log-format", "json"]
+    return lab.spawn_in_node(node, argv, name=f"ztunnel-{node.name}-{time.monotonic_ns()}")
+
+
 def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.2) -> float:
     """Polls ``predicate`` until it is truthy; returns the seconds it took, or fails the test."""
     start = time.monotonic()

@@ -31,6 +31,7 @@ from agent.pinned import BPFFS_ROOT
 from tests.integration.meshlab import (
     AMBIENT,
     HTTP_GET,
+    add_backend,
     start_agent,
     teardown_nodes,
     wait_for,
@@ -134,7 +135,7 @@ def start_control_plane(lab: Any, state_dir: Path) -> Any:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
-    from lab import Lab, LabSpec, ServicePort
+    from lab import Lab, LabSpec
 
     state_dir = tmp_path_factory.mktemp("controlplane-state")
     name = f"cx{os.getpid() % 100000}"
@@ -146,23 +147,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 "client": lab.add_pod(
                     "client", namespace="demo", node="node1", service_account="client"
                 ),
-                "backend": lab.add_pod(
-                    "backend",
-                    namespace="demo",
-                    node="node2",
-                    labels={"app": "backend"},
-                    service_account="backend",
-                ),
+                "backend": add_backend(lab),
             }
-            lab.add_service(
-                "backend",
-                namespace="demo",
-                selector={"app": "backend"},
-                ports=[ServicePort(port=80, target_port=8080)],
-            )
-            lab.start_workload(
-                "backend", "http-echo", ["--text", "Hello from backend", "--listen", ":8080"]
-            )
             lab.start_workload("backend", "tcp-echo", ["--listen", ":9001", "--mode", "sink"])
             plane = [start_control_plane(lab, state_dir)]
             wait_for((state_dir / "root-cert.pem").exists, 30, "the control plane's CA")

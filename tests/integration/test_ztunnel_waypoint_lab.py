@@ -18,9 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +29,9 @@ from ambient.cli import root
 from tests.integration.meshlab import (
     AMBIENT,
     HTTP_GET,
+    add_backend,
     start_agent,
+    start_ztunnel,
     teardown_nodes,
     wait_for,
     wait_for_enrollment,
@@ -64,16 +64,9 @@ class Mesh:
         return out
 
 
-def start_ztunnel(lab: Any, node: Any, ca_dir: Path) -> Any:
-    argv = ["python", "-m", "ambient", "ztunnel", "run", "--node", node.name]
-    argv += ["--cluster-folder", str(lab.config_dir), "--ca-dir", str(ca_dir)]
-    argv += ["--access-log-format", "json"]
-    return lab.spawn_in_node(node, argv, name=f"ztunnel-{node.name}-{time.monotonic_ns()}")
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    from lab import Lab, LabSpec, ServicePort
+    from lab import Lab, LabSpec
 
     ca_dir = tmp_path_factory.mktemp("waypoint-ca")
     load_or_create_ca(ca_dir, "cluster.local", dt.datetime.now(dt.UTC))
@@ -87,20 +80,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                     "client", namespace="demo", node="node1", service_account="client"
                 ),
                 "outsider": lab.add_pod("outsider", namespace="plain", node="node1"),
-                "backend": lab.add_pod(
-                    "backend",
-                    namespace="demo",
-                    node="node2",
-                    labels={"app": "backend"},
-                    service_account="backend",
-                ),
+                "backend": add_backend(lab),
             }
-            lab.add_service(
-                "backend",
-                namespace="demo",
-                selector={"app": "backend"},
-                ports=[ServicePort(port=80, target_port=8080)],
-            )
             # As a user would: the lab makes the waypoint's pod and Service (its proxy
             # stays idle: no control plane is registered with this lab).
             applied = CliRunner().invoke(
@@ -110,9 +91,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             )
             assert applied.exit_code == 0, applied.output
             pods["waypoint"] = lab.pod("demo/waypoint")
-            lab.start_workload(
-                "backend", "http-echo", ["--text", "Hello from backend", "--listen", ":8080"]
-            )
             ztunnels = {}
             for node in lab.nodes:
                 start_agent(lab, node)
