@@ -326,13 +326,19 @@ class KubeStore:
         except ApiException as err:
             if err.status != 409:
                 raise WaypointCommandError(f"cannot create the Gateway: {err.reason}") from err
-            current = api.get_namespaced_custom_object(*args, meta["name"])
-            body = dict(obj)
-            body["metadata"] = {
-                **meta,
-                "resourceVersion": current["metadata"]["resourceVersion"],
-            }
-            api.replace_namespaced_custom_object(*args, meta["name"], body)
+            try:
+                current = api.get_namespaced_custom_object(*args, meta["name"])
+                body = dict(obj)
+                body["metadata"] = {
+                    **meta,
+                    "resourceVersion": current["metadata"]["resourceVersion"],
+                }
+                api.replace_namespaced_custom_object(*args, meta["name"], body)
+            except ApiException as again:
+                raise WaypointCommandError(
+                    f"cannot replace the Gateway: {again.reason}",
+                    hint="it changed meanwhile; run the command again",
+                ) from again
 
     def delete(self, namespace: str, name: str) -> bool:
         from kubernetes.client.exceptions import ApiException
@@ -349,9 +355,18 @@ class KubeStore:
 
     def label_namespace(self, namespace: str, labels: Mapping[str, str | None]) -> None:
         from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
 
         core = client.CoreV1Api(self.source._client())
-        core.patch_namespace(namespace, {"metadata": {"labels": dict(labels)}})
+        try:
+            core.patch_namespace(namespace, {"metadata": {"labels": dict(labels)}})
+        except ApiException as err:
+            raise WaypointCommandError(
+                f"cannot label namespace {namespace}: {err.reason}",
+                hint="does the namespace exist, and may you patch it?"
+                if err.status in (403, 404)
+                else None,
+            ) from err
 
 
 # --- the commands -----------------------------------------------------------------------

@@ -209,6 +209,10 @@ class _FakeCore:
         pass
 
     def patch_namespace(self, name: str, body: Any) -> None:
+        if name == "missing":
+            from kubernetes.client.exceptions import ApiException
+
+            raise ApiException(status=404, reason="Not Found")
         self.patches.append((name, body))
 
 
@@ -230,3 +234,7 @@ def test_kube_store_creates_replaces_deletes_and_labels(monkeypatch: Any) -> Non
         {"metadata": {"labels": {"istio.io/use-waypoint": "waypoint"}}},
     )
     assert store.delete("demo", "waypoint") and not store.delete("demo", "waypoint")
+    with pytest.raises(WaypointCommandError) as refused:
+        store.label_namespace("missing", {"istio.io/use-waypoint": "waypoint"})
+    assert "cannot label namespace missing: Not Found" in str(refused.value)
+    assert refused.value.hint
