@@ -27,7 +27,7 @@ import pytest
 from lab import Lab
 from lab.demo import DemoConfig, DemoReport, Progress, build_world
 from lab.demo_l7 import INGRESS_HOST, NAMESPACE, envoy_clusters
-from tests.integration.test_lab_gateways import lab  # the fixture
+from tests.integration.test_lab_gateways import lab  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(180)]
 
@@ -78,7 +78,7 @@ def _poll(cond: Any, timeout: float) -> bool:
     return bool(cond())
 
 
-def test_ingress_trace_crosses_gateway_waypoint_and_backend(lab: Lab) -> None:
+def test_ingress_trace_crosses_gateway_waypoint_and_backend(lab: Lab) -> None:  # noqa: F811
     world = build_world(
         lab,
         DemoConfig(name=lab.name, checks=frozenset({13})),
@@ -103,10 +103,9 @@ def test_ingress_trace_crosses_gateway_waypoint_and_backend(lab: Lab) -> None:
     )
     gateway = lab.pod("istio-system/istio-ingressgateway")
     waypoint = lab.pod(f"{NAMESPACE}/waypoint")
-    # the gateway's frontend cluster now tunnels to the waypoint pod (endpoint id VIP:port@pod)
-    assert _poll(lambda: f"@{waypoint.ip}" in envoy_clusters(world, gateway), 20), envoy_clusters(
-        world, gateway
-    )[-2000:]
+    # wait until the gateway's frontend cluster tunnels to the waypoint pod (endpoint
+    # id VIP:port@pod); checked at the end, after the trace, which is what must show it
+    tunnelled = _poll(lambda: f"@{waypoint.ip}" in envoy_clusters(world, gateway), 20)
     curl = [
         "curl", "-sS", "-m", "5", "-w", " %{http_code}",
         "-H", f"traceparent: 00-{TRACE}-{CALLER}-01", f"http://{INGRESS_HOST}/",
@@ -151,3 +150,4 @@ def test_ingress_trace_crosses_gateway_waypoint_and_backend(lab: Lab) -> None:
         chain.append(_service(node))
         node = by_id[node["id"]][1]
     assert chain[0] == WAYPOINT and chain[-1] == GATEWAY and set(chain) == {WAYPOINT, GATEWAY}
+    assert tunnelled
