@@ -48,11 +48,18 @@ _MEMORY_UNITS = {
     "Ki": 1024,
     "Mi": 1024**2,
     "Gi": 1024**3,
+    "Ti": 1024**4,
+    "Pi": 1024**5,
+    "Ei": 1024**6,
     "k": 1000,
     "M": 1000**2,
     "G": 1000**3,
+    "T": 1000**4,
+    "P": 1000**5,
+    "E": 1000**6,
     "": 1,
 }
+"""Every suffix of a Kubernetes memory quantity (``m`` aside: no memory is that small)."""
 
 
 def cpu_cores(quantity: str | int | float) -> float:

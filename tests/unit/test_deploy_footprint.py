@@ -88,6 +88,8 @@ def test_quantities() -> None:
     assert memory_mb("1Gi") == pytest.approx(1073.741824)
     assert memory_mb("1G") == 1000.0
     assert memory_mb(2_000_000) == 2.0
+    assert memory_mb("1Ti") == pytest.approx(1_099_511.627776)
+    assert memory_mb("2T") == 2_000_000.0
 
 
 def _proc(pid: int, cpu: float, rss: float, peak: float) -> ProcReading:
