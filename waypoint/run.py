@@ -125,11 +125,19 @@ async def _stop_envoy(process: asyncio.subprocess.Process) -> None:
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the Envoy child before exec: SIGTERM when ``waypoint run`` dies, even by
-    SIGKILL, so no orphan Envoy keeps 15008 bound against the next run."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent_hook() -> Callable[[], None]:
+    """The ``preexec_fn`` that makes the Envoy child get SIGTERM when ``waypoint run``
+    dies, even by SIGKILL, so no orphan Envoy keeps 15008 bound against the next run.
+
+    libc is loaded here, in the parent: the child, forked from a process whose exporter
+    threads run, only calls ``prctl`` (a dlopen after fork could wait forever on a lock
+    another thread held at the fork)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def die_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return die_with_parent
 
 
 def _default_exporter(config: Any) -> Awaitable[None]:
@@ -160,7 +168,7 @@ async def supervise(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        preexec_fn=_die_with_parent,
+        preexec_fn=_die_with_parent_hook(),
     )
     log.info("envoy started (pid %d) with %s", process.pid, bootstrap)
     tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
