@@ -7,10 +7,13 @@ leave every node exactly as clean (programs detached, rule and route gone, pins 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,20 @@ try:
 except OSError as err:
     print("ERROR", type(err).__name__, err)
 """
+
+
+@contextlib.contextmanager
+def two_node_lab(prefix: str, run_root: Path) -> Iterator[Any]:
+    """A 2-node lab named ``<prefix><8 hex digits>`` in the run folder ``run_root``,
+    removed on the way out whatever happened."""
+    from lab import Lab, LabSpec
+
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    try:
+        with Lab.create(LabSpec(name=name, nodes=2, run_root=run_root)) as built:
+            yield built
+    finally:
+        Lab.destroy_by_name(name, run_root)
 
 
 def ambient(lab: Any, *args: str) -> subprocess.CompletedProcess[str]:

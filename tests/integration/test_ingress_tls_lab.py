@@ -13,16 +13,16 @@ TLS with the Secret's certificate.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from lab import Lab, LabSpec, mesh
+from lab import Lab, mesh
 from lab.demo import DemoConfig, DemoWorld
 from lab.manifests.apply import apply_manifests
+from tests.integration.meshlab import two_node_lab
 from tests.tls_fixtures import SHOP_HOST, make_ca, make_leaf, shop_gateway_yaml, tls_secret_yaml
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
@@ -38,12 +38,8 @@ metadata: {name: shop}
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    name = f"tl{uuid.uuid4().hex[:8]}"
-    try:
-        with Lab.create(LabSpec(name=name, nodes=2, run_root=tmp_path)) as built:
-            yield built
-    finally:
-        Lab.destroy_by_name(name, tmp_path)
+    with two_node_lab("tl", tmp_path) as built:
+        yield built
 
 
 def test_outside_gets_https_from_the_gateway_with_the_secrets_certificate(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ import yaml
 
 from controlplane.sources import FolderSource
 from controlplane.workloadapi.workloads import workload_name
-from lab import Lab, LabSpec
+from lab import Lab
 from lab.manifests.apply import workload_pods
 from lab.model import Pod
-from tests.integration.meshlab import ambient
+from tests.integration.meshlab import ambient, two_node_lab
 
 pytestmark = pytest.mark.root
 
@@ -34,13 +33,8 @@ TUTORIAL = REPO / "deploy" / "examples" / "tutorial"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A 2-node lab with its own run folder, always removed."""
-    root = tmp_path_factory.mktemp("labrun")
-    name = f"la{uuid.uuid4().hex[:8]}"
-    try:
-        with Lab.create(LabSpec(name=name, nodes=2, run_root=root)) as built:
-            yield built
-    finally:
-        Lab.destroy_by_name(name, root)
+    with two_node_lab("la", tmp_path_factory.mktemp("labrun")) as built:
+        yield built
 
 
 def rows(done: subprocess.CompletedProcess[str]) -> dict[str, str]:

@@ -4,15 +4,14 @@ proxies started against a registered control plane, and ``delete -f`` removing t
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lab import Lab, LabSpec, mesh
+from lab import Lab, mesh
 from lab.manifests.apply import apply_manifests, delete_manifests
-from tests.integration.meshlab import REPO, ambient
+from tests.integration.meshlab import REPO, ambient, two_node_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -21,12 +20,8 @@ TUTORIAL = REPO / "deploy" / "examples" / "tutorial"
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    name = f"lg{uuid.uuid4().hex[:8]}"
-    try:
-        with Lab.create(LabSpec(name=name, nodes=2, run_root=tmp_path)) as built:
-            yield built
-    finally:
-        Lab.destroy_by_name(name, tmp_path)
+    with two_node_lab("lg", tmp_path) as built:
+        yield built
 
 
 def test_tutorial_gateways_reachable_from_outside_and_deleted(lab: Lab) -> None:
