@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,12 +23,11 @@ import pytest
 from lab import Lab
 from lab.demo import DemoConfig, DemoReport, Progress, build_world
 from lab.demo_l7 import INGRESS_HOST, NAMESPACE, envoy_clusters
+from tests.integration.meshlab import ambient
 from tests.integration.test_lab_gateways import lab  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(180)]
 
-REPO = Path(__file__).resolve().parents[2]
-AMBIENT = (sys.executable, "-m", "ambient")
 TRACE = "7a3c0e2b9d1f4a6c8e0b2d4f6a8c0e11"
 CALLER = "c0ffee00c0ffee01"
 GATEWAY = "istio-ingressgateway.istio-system"
@@ -51,18 +46,7 @@ def _service(span: dict[str, Any]) -> str:
 
 
 def _lab_traces(built: Lab) -> dict[str, Any] | None:
-    done = subprocess.run(
-        [*AMBIENT, "lab", "traces", "--name", built.name, "--trace-id", TRACE, "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "AMBIENT_LAB_RUN_ROOT": str(built.run_dir.parent),
-        },
-    )
+    done = ambient(built, "traces", "--trace-id", TRACE, "-o", "json")
     if done.returncode != 0:
         return None
     document: dict[str, Any] = json.loads(done.stdout)
