@@ -43,6 +43,9 @@ from lab.model import Host, LabState, Node
 
 REMOTE_FILE = "remote.json"
 """In the lab's run folder: what makes it one node of a multi-machine lab."""
+FABRIC_IP_HINT = (
+    "pass this node's address on the uplink's network with its prefix: 192.168.56.12/24"
+)
 
 
 @dataclass(frozen=True)
@@ -71,18 +74,31 @@ class RemoteNodeSpec:
 
     def __post_init__(self) -> None:
         plan.validate_lab_name(self.name)
-        plan.AddressPlan.pod_cidr(self.node_index)  # 1..MAX_NODES
+        for index in (self.node_index, *self.peers):
+            if not 1 <= index <= plan.MAX_NODES:
+                raise LabSpecError(
+                    f"node index must be 1..{plan.MAX_NODES}, not {index}",
+                    hint="--node-index and --peer INDEX number the nodes from 1 (node1)",
+                )
         if not self.uplink_device or len(self.uplink_device) > plan.IFNAME_MAX:
-            raise LabSpecError(f"uplink device {self.uplink_device!r} is not an interface name")
+            raise LabSpecError(
+                f"uplink device {self.uplink_device!r} is not an interface name",
+                hint="name the machine's interface on the private network (ip -br link): eth1",
+            )
         interface = self.interface
         for index, address in self.peers.items():
-            plan.AddressPlan.pod_cidr(index)
             if index == self.node_index:
-                raise LabSpecError(f"--peer {index}={address}: that is this node's own index")
+                raise LabSpecError(
+                    f"--peer {index}={address}: that is this node's own index",
+                    hint="--peer names the other nodes (this one is --node-index)",
+                )
             try:
                 peer = ipaddress.IPv4Address(address)
             except ValueError as err:
-                raise LabSpecError(f"--peer {index}={address}: not an IPv4 address") from err
+                raise LabSpecError(
+                    f"--peer {index}={address}: not an IPv4 address",
+                    hint="pass --peer INDEX=ADDRESS, e.g. --peer 1=192.168.56.11",
+                ) from err
             if peer not in interface.network or peer == interface.ip:
                 raise LabSpecError(
                     f"--peer {index}={address} is not another address of {interface.network}",
@@ -101,9 +117,13 @@ class RemoteNodeSpec:
         try:
             interface = ipaddress.IPv4Interface(self.fabric_ip)
         except ValueError as err:
-            raise LabSpecError(f"--fabric-ip {self.fabric_ip!r}: not ADDRESS/PREFIX") from err
+            raise LabSpecError(
+                f"--fabric-ip {self.fabric_ip!r}: not ADDRESS/PREFIX", hint=FABRIC_IP_HINT
+            ) from err
         if "/" not in self.fabric_ip:
-            raise LabSpecError(f"--fabric-ip {self.fabric_ip!r} needs a prefix length (/24)")
+            raise LabSpecError(
+                f"--fabric-ip {self.fabric_ip!r} needs a prefix length (/24)", hint=FABRIC_IP_HINT
+            )
         return interface
 
 
@@ -161,7 +181,10 @@ def parse_peers(values: tuple[str, ...] | list[str]) -> dict[int, str]:
     for value in values:
         index, sep, address = value.partition("=")
         if not sep or not index.strip().isdigit() or not address.strip():
-            raise LabSpecError(f"--peer {value!r}: expected INDEX=ADDRESS (2=192.168.56.12)")
+            raise LabSpecError(
+                f"--peer {value!r}: expected INDEX=ADDRESS (2=192.168.56.12)",
+                hint="one --peer per other node: its index and its address on the uplink's network",
+            )
         peers[int(index)] = address.strip()
     return peers
 

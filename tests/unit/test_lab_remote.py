@@ -47,8 +47,9 @@ def test_the_machines_own_namespace_only_when_allowed() -> None:
     ],
 )
 def test_bad_specs_are_refused_saying_why(change: dict[str, object], says: str) -> None:
-    with pytest.raises(LabSpecError, match=says):
+    with pytest.raises(LabSpecError, match=says) as err:
         spec(**change)
+    assert err.value.hint, "every refusal of a flag says what to pass instead"
 
 
 def test_peers_from_flags() -> None:
@@ -57,8 +58,9 @@ def test_peers_from_flags() -> None:
         3: "192.168.56.13",
     }
     for bad in ("192.168.56.11", "x=1.2.3.4", "1="):
-        with pytest.raises(LabSpecError, match="INDEX=ADDRESS"):
+        with pytest.raises(LabSpecError, match="INDEX=ADDRESS") as err:
             parse_peers([bad])
+        assert err.value.hint
 
 
 def test_the_record_round_trips() -> None:
