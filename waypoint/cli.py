@@ -242,7 +242,12 @@ class FolderStore:
         else:
             target = found
         meta = target.docs[target.index].setdefault("metadata", {})
-        current = meta.get("labels") or {}
+        current = (meta.get("labels") or {}) if isinstance(meta, dict) else None
+        if not isinstance(current, dict):
+            raise WaypointCommandError(
+                f"namespace {namespace} in {target.path}: metadata.labels is not a mapping",
+                hint="fix that file (labels: {key: value}), then run the command again",
+            )
         for key, value in labels.items():
             if value is None:
                 current.pop(key, None)

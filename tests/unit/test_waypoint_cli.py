@@ -157,6 +157,17 @@ def test_names_that_are_not_kubernetes_names_are_refused_with_a_hint(
     assert list(tmp_path.rglob("*")) == [] and not (tmp_path.parent / "escape.yaml").exists()
 
 
+def test_enroll_namespace_refuses_a_namespace_with_malformed_labels(tmp_path: Path) -> None:
+    (tmp_path / "ns.yaml").write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: [a]}\n"
+    )
+    out = CliRunner().invoke(
+        root, ["waypoint", "apply", "-n", "demo", "--enroll-namespace", "--dir", str(tmp_path)]
+    )
+    assert isinstance(out.exception, WaypointCommandError), out.output
+    assert "metadata.labels is not a mapping" in str(out.exception) and out.exception.hint
+
+
 def test_delete_keeps_other_documents_of_a_shared_file(tmp_path: Path) -> None:
     gateway = yaml.safe_dump(waypoint_gateway("demo", "waypoint", TrafficType.ALL))
     (tmp_path / "all.yaml").write_text(APP + "---\n" + gateway)
