@@ -170,6 +170,23 @@ USE_NS = "istio.io/use-waypoint-namespace"
 OTHER_ALL = waypoint("other-wp", "other", allowed={"namespaces": {"from": "All"}})
 
 
+NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def across(selector: dict[str, Any]) -> dict[str, Any]:
+    """A Service of demo asking for waypoint other/other-wp, which admits namespaces by
+    an allowedRoutes ``selector``."""
+    allowed = {"namespaces": {"from": "Selector", "selector": selector}}
+    return {
+        "svc_labels": {USE: "other/other-wp"},
+        "gateways": (waypoint("other-wp", "other", allowed=allowed),),
+    }
+
+
+def in_demo(operator: str) -> dict[str, Any]:
+    return {"key": NAME_LABEL, "operator": operator, "values": ["demo"]}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
@@ -216,118 +233,11 @@ OTHER_ALL = waypoint("other-wp", "other", allowed={"namespaces": {"from": "All"}
             {"svc_labels": {USE: "other/other-wp"}, "gateways": (waypoint("other-wp", "other"),)},
             (None, None),
         ),
-        (
-            {
-                "svc_labels": {USE: "other/other-wp"},
-                "gateways": (
-                    waypoint(
-                        "other-wp",
-                        "other",
-                        allowed={
-                            "namespaces": {
-                                "from": "Selector",
-                                "selector": {
-                                    "matchLabels": {"kubernetes.io/metadata.name": "demo"}
-                                },
-                            }
-                        },
-                    ),
-                ),
-            },
-            ("other/other-wp", None),
-        ),
-        (
-            {
-                "svc_labels": {USE: "other/other-wp"},
-                "gateways": (
-                    waypoint(
-                        "other-wp",
-                        "other",
-                        allowed={
-                            "namespaces": {
-                                "from": "Selector",
-                                "selector": {
-                                    "matchExpressions": [
-                                        {
-                                            "key": "kubernetes.io/metadata.name",
-                                            "operator": "In",
-                                            "values": ["demo"],
-                                        }
-                                    ]
-                                },
-                            }
-                        },
-                    ),
-                ),
-            },
-            ("other/other-wp", None),
-        ),
-        (
-            {
-                "svc_labels": {USE: "other/other-wp"},
-                "gateways": (
-                    waypoint(
-                        "other-wp",
-                        "other",
-                        allowed={
-                            "namespaces": {
-                                "from": "Selector",
-                                "selector": {
-                                    "matchExpressions": [
-                                        {
-                                            "key": "kubernetes.io/metadata.name",
-                                            "operator": "NotIn",
-                                            "values": ["demo"],
-                                        }
-                                    ]
-                                },
-                            }
-                        },
-                    ),
-                ),
-            },
-            (None, None),
-        ),
-        (
-            {
-                "svc_labels": {USE: "other/other-wp"},
-                "gateways": (
-                    waypoint(
-                        "other-wp",
-                        "other",
-                        allowed={
-                            "namespaces": {
-                                "from": "Selector",
-                                "selector": {
-                                    "matchExpressions": [{"key": "team", "operator": "Exists"}]
-                                },
-                            }
-                        },
-                    ),
-                ),
-            },
-            (None, None),
-        ),
-        (
-            {
-                "svc_labels": {USE: "other/other-wp"},
-                "gateways": (
-                    waypoint(
-                        "other-wp",
-                        "other",
-                        allowed={
-                            "namespaces": {
-                                "from": "Selector",
-                                "selector": {
-                                    "matchExpressions": [{"key": "team", "operator": "Sometimes"}]
-                                },
-                            }
-                        },
-                    ),
-                ),
-            },
-            (None, None),
-        ),
+        (across({"matchLabels": {NAME_LABEL: "demo"}}), ("other/other-wp", None)),
+        (across({"matchExpressions": [in_demo("In")]}), ("other/other-wp", None)),
+        (across({"matchExpressions": [in_demo("NotIn")]}), (None, None)),
+        (across({"matchExpressions": [{"key": "team", "operator": "Exists"}]}), (None, None)),
+        (across({"matchExpressions": [{"key": "team", "operator": "Sometimes"}]}), (None, None)),
         ({"svc_labels": {USE: "missing"}}, (None, None)),
         (
             {"svc_labels": {USE: "ingress"}, "gateways": (waypoint("ingress", cls="istio"),)},
