@@ -319,15 +319,16 @@ def add_service(
 
 @cli.command()
 @_lab_options
-@click.argument("kind", type=click.Choice(["namespace", "pod"]))
+@click.argument("kind", type=click.Choice(["namespace", "pod", "service"]))
 @click.argument("target")
 @click.argument("changes", nargs=-1, required=True)
 def label(
     name: str | None, run_root: Path, kind: str, target: str, changes: tuple[str, ...]
 ) -> None:
-    """Change labels of a namespace or pod: key=value sets, key- removes.
+    """Change labels of a namespace, pod or service: key=value sets, key- removes.
 
-    The Namespace or Pod file in the config folder is rewritten (atomically).
+    The object's file in the config folder is rewritten (atomically), as 'kubectl
+    label' changes it in a cluster (e.g. istio.io/use-waypoint on a service).
     """
     require("root", what="ambient lab label")
     from lab.cluster import Lab
@@ -345,6 +346,8 @@ def label(
             raise LabSpecError(f"label change {item!r} is neither key=value nor key-")
     if kind == "namespace":
         lab.set_namespace_labels(target, change)
+    elif kind == "service":
+        lab.set_service_labels(target, change)
     else:
         lab.set_pod_labels(target, change)
 

@@ -547,6 +547,19 @@ class Lab:
             objects.write_object(self.config_dir, objects.pod_object(new, self.node(new.node)))
         return new
 
+    def set_service_labels(
+        self, service: Service | str, labels: Mapping[str, str | None], *, replace_all: bool = False
+    ) -> Service:
+        """Changes a Service's labels (a None value removes a key) and rewrites its object,
+        as ``kubectl label service`` does (``istio.io/use-waypoint``, ...); the VIP stays."""
+        key = self.service(service).key
+        with self._mutate() as state:
+            old = state.services[key]
+            new = replace(old, labels=_merge_labels({} if replace_all else old.labels, labels))
+            state.services[key] = new
+            objects.write_object(self.config_dir, objects.service_object(new))
+        return new
+
     def remove_pod(self, pod: Pod | str) -> None:
         """Deletes a pod: its processes, namespace (and veth), DNS files and Pod object."""
         key = self.pod(pod).key

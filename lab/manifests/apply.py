@@ -46,6 +46,7 @@ from lab.manifests.planner import (
     ServiceView,
     SetNamespaceLabels,
     SetPodLabels,
+    SetServiceLabels,
     WriteFile,
 )
 from lab.model import Pod
@@ -155,7 +156,10 @@ def run_action(lab: Lab, action: Action) -> None:
             selector=action.selector,
             ports=action.ports,
             vip=action.vip or None,
+            labels=action.labels,
         )
+    elif isinstance(action, SetServiceLabels):
+        lab.set_service_labels(f"{action.namespace}/{action.name}", action.changes)
     else:
         lab.remove_service(f"{action.namespace}/{action.name}")
 
@@ -229,7 +233,9 @@ def _view(lab: Lab, manifests: Sequence[Manifest], record: planner.Record) -> La
         namespaces=lab.namespaces,
         pods={p.key: PodView(p.namespace, p.name, p.node, FrozenMap(p.labels)) for p in lab.pods},
         services={
-            s.key: ServiceView(s.namespace, s.name, s.vip, FrozenMap(s.selector), s.ports)
+            s.key: ServiceView(
+                s.namespace, s.name, s.vip, FrozenMap(s.selector), s.ports, FrozenMap(s.labels)
+            )
             for s in lab.services
         },
         files=files,

@@ -71,6 +71,7 @@ class ServiceView:
     vip: str
     selector: FrozenMap[str, str] = EMPTY
     ports: tuple[ServicePort, ...] = ()
+    labels: FrozenMap[str, str] = EMPTY
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,16 @@ class AddService:
     selector: FrozenMap[str, str]
     ports: tuple[ServicePort, ...]
     vip: str = ""
+    labels: FrozenMap[str, str] = EMPTY
+
+
+@dataclass(frozen=True)
+class SetServiceLabels:
+    """Change a Service's labels in place (None removes a key), e.g. ``istio.io/use-waypoint``."""
+
+    namespace: str
+    name: str
+    changes: FrozenMap[str, str | None]
 
 
 @dataclass(frozen=True)
@@ -231,6 +242,7 @@ Action = (
     | RemovePod
     | SetPodLabels
     | AddService
+    | SetServiceLabels
     | RemoveService
 )
 
@@ -472,18 +484,41 @@ class _Planner:
                 return
             self.vips[key] = m.vip
         current = self.view.services.get(key)
+        before = self.record.get(m.ref, Applied()).labels
         self.record[m.ref] = Applied(labels=m.labels)
         if current is None:
-            self.actions.append(AddService(m.namespace, m.name, m.selector, ports, m.vip))
+            self.actions.append(AddService(m.namespace, m.name, m.selector, ports, m.vip, m.labels))
             self.outcome(m, "created")
             return
         same = current.selector == m.selector and current.ports == ports
         if same and (not m.vip or m.vip == current.vip):
-            self.outcome(m, "unchanged", current.vip)
+            # labels in place (kubectl apply's three-way merge: keys set by hand stay)
+            changes = label_changes(current.labels, m.labels, before)
+            if changes:
+                self.actions.append(SetServiceLabels(m.namespace, m.name, changes))
+                self.outcome(m, "configured", _describe(changes))
+            else:
+                self.outcome(m, "unchanged", current.vip)
             return
         self.actions.append(RemoveService(m.namespace, m.name))
         self.actions.append(
-            AddService(m.namespace, m.name, m.selector, ports, m.vip or current.vip)
+            AddService(
+                m.namespace,
+                m.name,
+                m.selector,
+                ports,
+                m.vip or current.vip,
+                FrozenMap(
+                    {
+                        k: v
+                        for k, v in {
+                            **current.labels,
+                            **label_changes(current.labels, m.labels, before),
+                        }.items()
+                        if v is not None
+                    }
+                ),
+            )
         )
         self.outcome(m, "configured", m.vip or current.vip)
 

@@ -258,6 +258,14 @@ def test_objects_follow_the_cluster(cluster: Lab) -> None:
     ns = yaml.safe_load((config / "namespace.demo.yaml").read_text())
     assert "istio.io/dataplane-mode" not in ns["metadata"]["labels"]
     cluster.set_namespace_labels("demo", {"istio.io/dataplane-mode": "ambient"})
+    vip = cluster.service("echo", "demo").vip
+    cluster.set_service_labels("demo/echo", {"istio.io/use-waypoint": "waypoint"})
+    svc = yaml.safe_load((config / "service.demo.echo.yaml").read_text())
+    assert svc["metadata"]["labels"]["istio.io/use-waypoint"] == "waypoint"
+    assert svc["spec"]["clusterIP"] == vip
+    cluster.set_service_labels("demo/echo", {"istio.io/use-waypoint": None})
+    svc = yaml.safe_load((config / "service.demo.echo.yaml").read_text())
+    assert "istio.io/use-waypoint" not in svc["metadata"].get("labels", {})
 
 
 def test_failures_are_bounded_and_explained(cluster: Lab) -> None:

@@ -33,6 +33,7 @@ from lab.manifests.planner import (
     ServiceView,
     SetNamespaceLabels,
     SetPodLabels,
+    SetServiceLabels,
     WriteFile,
 )
 from lab.model import LabState, ServicePort
@@ -145,7 +146,15 @@ def view_after(plan: planner.Plan, view: LabView = EMPTY_LAB) -> LabView:
                 action.vip or f"10.96.0.{10 + len(services)}",
                 action.selector,
                 action.ports,
+                action.labels,
             )
+        elif isinstance(action, SetServiceLabels):
+            old_svc = services[f"{action.namespace}/{action.name}"]
+            kept = {
+                k: v for k, v in old_svc.labels.items() if action.changes.get(k, "") is not None
+            }
+            kept.update({k: v for k, v in action.changes.items() if v is not None})
+            services[f"{action.namespace}/{action.name}"] = replace(old_svc, labels=FrozenMap(kept))
         elif isinstance(action, RemoveService):
             del services[f"{action.namespace}/{action.name}"]
     return LabView(view.nodes, namespaces, pods, services, files)
@@ -556,6 +565,36 @@ def test_changed_service_keeps_its_vip() -> None:
     )
     assert [type(a).__name__ for a in moved.actions] == ["RemoveService", "AddService"]
     assert view_after(moved, lab).services["shop/web"].vip == vip
+
+
+def test_service_labels_are_applied_in_place_and_hand_set_ones_stay() -> None:
+    """`istio.io/use-waypoint` on a Service manifest reaches the lab's Service object."""
+    labelled = shop().replace(
+        "kind: Service\nmetadata: {name: web, namespace: shop}",
+        "kind: Service\nmetadata: {name: web, namespace: shop, labels: {istio.io/use-waypoint: w}}",
+    )
+    assert labelled != shop()
+    first = planner.plan_apply(parsed(labelled).check().manifests, EMPTY_LAB, {})
+    lab = view_after(first)
+    assert lab.services["shop/web"].labels == {"istio.io/use-waypoint": "w"}
+    by_hand = replace(
+        lab,
+        services={
+            "shop/web": replace(
+                lab.services["shop/web"],
+                labels=FrozenMap({**lab.services["shop/web"].labels, "x": "1"}),
+            )
+        },
+    )
+    unlabelled = planner.plan_apply(parsed(shop()).check().manifests, by_hand, first.record)
+    assert [type(a).__name__ for a in unlabelled.actions] == ["SetServiceLabels"]
+    after = view_after(unlabelled, by_hand).services["shop/web"]
+    assert after.labels == {"x": "1"}
+    assert after.vip == lab.services["shop/web"].vip
+    again = planner.plan_apply(
+        parsed(shop()).check().manifests, view_after(unlabelled, by_hand), unlabelled.record
+    )
+    assert again.actions == ()
 
 
 def test_record_round_trips_through_json() -> None:
