@@ -2,8 +2,8 @@
 # Builds the ambient-node image (deploy/Dockerfile) with podman, offline from image
 # registries: when the Debian base image is not already present, it is made here with
 # debootstrap from the distribution's own packages (the mirror apt uses). Then a smoke
-# test runs the image: `ambient --version` and `ambient controlplane validate` on the
-# demo manifests.
+# test runs the image: `ambient --version`, `ambient waypoint run --help`, `envoy
+# --version` and `ambient controlplane validate` on the demo manifests.
 #
 # Usage: deploy/image.sh            (as root; `make image` calls it)
 #   IMAGE=...       tag to build      (default localhost/ambient-node:<version>)
@@ -59,6 +59,9 @@ say "smoke test"
 ctr=$(buildah from --pull-never "$IMAGE")
 trap 'buildah rm "$ctr" >/dev/null' EXIT
 buildah run --isolation=chroot "$ctr" -- ambient --version
+# waypoints and gateways: the supervisor and the Envoy it runs
+buildah run --isolation=chroot "$ctr" -- ambient waypoint run --help >/dev/null
+buildah run --isolation=chroot "$ctr" -- envoy --version
 buildah run --isolation=chroot -v "$PWD/deploy/examples/demo:/examples:ro" "$ctr" -- \
   ambient controlplane validate /examples
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
