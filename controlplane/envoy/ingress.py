@@ -349,8 +349,9 @@ def _gateway_policies(
     state: ClusterState, pod: Pod | None, gateways: Iterable[Gateway], mesh: MeshConfig
 ) -> list[AuthorizationPolicy]:
     """Policies a gateway enforces, as istiod attaches them to a gateway pod: a
-    selector matching the pod, none (namespace-wide, or mesh-wide from the root
-    namespace), or ``targetRefs`` to its Gateway API Gateway."""
+    selector matching the pod (in its namespace, or in any from the root namespace),
+    none (namespace-wide, or mesh-wide from the root namespace), or ``targetRefs`` to
+    its Gateway API Gateway."""
     keys = {g.key for g in gateways}
     found = []
     for policy in state.authorization_policies.values():
@@ -368,7 +369,9 @@ def _gateway_policies(
         if policy.selector is None:
             if policy.namespace in (pod.namespace, mesh.root_namespace):
                 found.append(policy)
-        elif policy.namespace == pod.namespace and selector_matches(policy.selector, pod.labels):
+        elif policy.namespace in (pod.namespace, mesh.root_namespace) and selector_matches(
+            policy.selector, pod.labels
+        ):
             found.append(policy)
     return sorted(found, key=lambda p: p.key)
 

@@ -280,6 +280,26 @@ def test_allowed_routes_same_namespace_by_default() -> None:
     assert [v["domains"] for v in http80] == [["*.example.com"]]
 
 
+def test_root_namespace_policy_selecting_a_gateway_pod_of_another_namespace() -> None:
+    policy = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: block, namespace: NS}
+spec:
+  selector: {matchLabels: {gateway.networking.k8s.io/gateway-name: web}}
+  action: DENY
+  rules: [{from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}]}]
+"""
+    # Istio: a root-namespace selector matches workloads in every namespace.
+    out = translate(API, policy.replace("NS", "istio-system"), proxy=WEB)
+    names = [f["name"] for f in hcm(out.listeners["0.0.0.0_80"])["http_filters"]]
+    assert names[0] == "envoy.filters.http.rbac"
+    # Any other namespace's selector stays in that namespace.
+    out = translate(API, policy.replace("NS", "tutorial"), proxy=WEB)
+    names = [f["name"] for f in hcm(out.listeners["0.0.0.0_80"])["http_filters"]]
+    assert "envoy.filters.http.rbac" not in names
+
+
 def test_policy_targeting_the_gateway() -> None:
     policy = """
 apiVersion: security.istio.io/v1
