@@ -209,10 +209,12 @@ class TranslationContext:
     def workload_address(self, pod: Pod) -> tuple[str, Any]:
         """A sent pod's resource name and its ``Address`` message."""
         root = self.mesh.root_namespace
+        # a selector policy in the root namespace selects workloads of every namespace
         names = [
             authorization_resource_name(p.namespace, p.name)
             for p in self.selector_policies
-            if p.namespace == pod.namespace and selector_matches(p.selector or {}, pod.labels)
+            if p.namespace in (pod.namespace, root)
+            and selector_matches(p.selector or {}, pod.labels)
         ]
         levels = policies_for(pod.namespace, pod.labels, self.peer, root)
         names += workload_policy_names(levels, self.converted, root)

@@ -141,7 +141,9 @@ class IncrementalTranslator:
             for key in changed_keys(old_table, new_table):
                 for obj in (old_table.get(key), new_table.get(key)):
                     if obj is not None and obj.selector is not None:
-                        selectors.append((obj.namespace, obj.selector))
+                        # a root-namespace policy's selector picks pods of every namespace
+                        every = table == "authorization_policies" and obj.namespace == root
+                        selectors.append((ANY_NAMESPACE if every else obj.namespace, obj.selector))
         if namespaces or selectors:
             for key, pod in state.pods.items():
                 if pod.namespace in namespaces or _selected(pod, selectors):
@@ -163,9 +165,13 @@ def _waypoints_changed(previous: ClusterState, state: ClusterState) -> bool:
     return False
 
 
+ANY_NAMESPACE = "*"
+"""A selector's namespace meaning all of them (no Kubernetes namespace is named so)."""
+
+
 def _selected(pod: Pod, selectors: Iterable[tuple[str, Mapping[str, str]]]) -> bool:
     return any(
-        namespace == pod.namespace and selector_matches(selector, pod.labels)
+        namespace in (pod.namespace, ANY_NAMESPACE) and selector_matches(selector, pod.labels)
         for namespace, selector in selectors
     )
 

@@ -144,3 +144,32 @@ def test_changed_keys_sees_additions_removals_and_new_values() -> None:
         "d",
     ]
     assert changed_keys({"a": 1}, {"a": 1}) == []
+
+
+def test_a_root_namespace_selector_policy_retranslates_its_pods_in_every_namespace() -> None:
+    from controlplane.model import AuthorizationPolicy
+    from controlplane.sources.decode import decode
+
+    state = big_cluster(500)
+    translator = IncrementalTranslator()
+    translator.update(state)
+    decoded = decode(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "deny-a7", "namespace": "istio-system"},
+            "spec": {"selector": {"matchLabels": {"app": "a7"}}, "action": "DENY"},
+        }
+    )
+    policy = decoded.obj
+    assert isinstance(policy, AuthorizationPolicy)
+    changed = dataclasses.replace(state, authorization_policies={policy.key: policy})
+    snapshot = translator.update(changed)
+    assert same(snapshot, translate(changed))
+    assert translator.retranslated == 10  # the app=a7 pods, all outside istio-system
+    picked = [
+        a.workload.name
+        for a in snapshot.addresses.values()
+        if "istio-system/deny-a7" in a.workload.authorization_policies
+    ]
+    assert len(picked) == 10

@@ -508,12 +508,19 @@ def test_authorization_scopes_and_workload_binding(tmp_path: Path) -> None:
         + "---\n"
         + policy("audit", "selector: {matchLabels: {app: backend}}\naction: AUDIT\n")
         + "---\n"
-        + policy("other-ns", "selector: {matchLabels: {app: backend}}\n", namespace="legacy"),
+        + policy("other-ns", "selector: {matchLabels: {app: backend}}\n", namespace="legacy")
+        + "---\n"
+        # Istio: a selector policy in the root namespace applies in every namespace
+        + policy("root-sel", "selector: {matchLabels: {version: v1}}\n", namespace="istio-system"),
     )
     assert snap.authorizations["istio-system/mesh"].scope == security.GLOBAL
     assert snap.authorizations["demo/ns"].scope == security.NAMESPACE
     assert snap.authorizations["demo/b"].scope == security.WORKLOAD_SELECTOR
-    assert policies_of(snap, "demo", "backend-v1") == ["demo/b", "demo/b2"]
+    assert policies_of(snap, "demo", "backend-v1") == [
+        "demo/b",
+        "demo/b2",
+        "istio-system/root-sel",
+    ]
     assert policies_of(snap, "demo", "frontend") == []
 
 
