@@ -159,13 +159,16 @@ def _backend_destination(f: Fields, namespace: str, mesh: MeshConfig) -> Destina
         return None
     name = f.string("name", required=True)
     backend_ns = f.string("namespace", default=namespace)
+    port = f.port("port", required=True)
     if backend_ns != namespace:
+        # Gateway API: a reference into another namespace is allowed only by a
+        # ReferenceGrant there; we do not read those, so we refuse (never widen access).
         f.warn(
             "namespace",
-            "a backend in another namespace needs a ReferenceGrant there, which is not "
-            "checked here: the reference is honoured",
+            f"backend {backend_ns}/{name} is in another namespace: refused, since it needs a "
+            "ReferenceGrant there, which this control plane does not read yet",
         )
-    port = f.port("port", required=True)
+        return None
     if not name:
         return None
     return Destination(mesh.service_hostname(backend_ns, name), port=port)

@@ -116,12 +116,15 @@ def test_weighted_backends_default_weight_one() -> None:
     ]
 
 
-def test_backend_in_other_namespace_is_honoured_with_a_warning() -> None:
+def test_backend_in_other_namespace_is_refused_with_a_warning() -> None:
+    """No ReferenceGrant is read, so a cross-namespace backend is never routed to."""
     parsed, warnings = parse_http_route(
         http_route(PARENT + "rules: [{backendRefs: [{name: b, namespace: other, port: 9}]}]")
     )
-    assert parsed.rules[0].route[0].destination.host == "b.other.svc.cluster.local"
-    assert "ReferenceGrant" in warnings[0].message
+    assert parsed.rules[0].route == ()
+    assert parsed.rules[0].direct_response is not None
+    assert parsed.rules[0].direct_response.status == 500
+    assert "ReferenceGrant" in warnings[0].message and "refused" in warnings[0].message
 
 
 def test_no_usable_backend_answers_500() -> None:
