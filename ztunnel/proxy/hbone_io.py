@@ -64,8 +64,6 @@ class TunnelStream:
         """Called once when the tunnel is over (a callback: no task waits per tunnel)."""
         self.on_drained: Callable[[], None] | None = None
         """Called when this tunnel's send backlog has gone out (a paused feeder resumes)."""
-        """Called when this tunnel's send backlog has gone out (a :class:`_Feeder` resumes)."""
-        """Called once when the tunnel is over (a callback: no task waits per tunnel)."""
 
     # called by the channel
     def _feed(self, event: HboneEvent) -> None:
