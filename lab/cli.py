@@ -51,7 +51,23 @@ def _resolve_name(name: str | None, run_root: Path) -> str:
         raise LabNotFoundError(
             f"no lab is running (nothing under {run_root})", hint="start one with 'ambient lab up'"
         )
-    raise LabSpecError(f"several labs are running: {', '.join(labs)}", hint="say which with --name")
+    # State left by a builder that was killed has no namespaces: not a candidate.
+    alive = [lab for lab in labs if _has_namespaces(lab)]
+    if len(alive) == 1:
+        return alive[0]
+    stale = sorted(set(labs) - set(alive))
+    hint = "say which with --name"
+    if stale:
+        hint += f"; {', '.join(stale)} left only state behind ('ambient lab down --name X')"
+    raise LabSpecError(f"several labs are running: {', '.join(alive or labs)}", hint=hint)
+
+
+def _has_namespaces(lab: str, netns_dir: Path = Path("/run/netns")) -> bool:
+    """Whether any network namespace of ``lab`` exists (all are named ``<lab>-...``)."""
+    try:
+        return any(entry.name.startswith(f"{lab}-") for entry in netns_dir.iterdir())
+    except OSError:
+        return False
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:

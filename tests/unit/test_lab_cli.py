@@ -106,6 +106,28 @@ def test_lab_name_is_resolved_when_one_lab_runs(tmp_path: Path) -> None:
     assert lab_cli._resolve_name("t2", tmp_path) == "t2"
 
 
+def test_a_lab_with_only_state_left_is_not_a_candidate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netns = tmp_path / "netns"
+    netns.mkdir()
+    (netns / "t2-fabric").touch()
+    assert lab_cli._has_namespaces("t2", netns)
+    assert not lab_cli._has_namespaces("t1", netns)
+    assert not lab_cli._has_namespaces("t", netns)  # prefixes are whole names
+    assert not lab_cli._has_namespaces("t2", tmp_path / "absent")
+    runs = tmp_path / "runs"
+    _saved_lab(runs, "t1")
+    _saved_lab(runs, "t2")
+    monkeypatch.setattr(lab_cli, "_has_namespaces", lambda lab: lab == "t2")
+    assert lab_cli._resolve_name(None, runs) == "t2"
+    _saved_lab(runs, "t3")
+    monkeypatch.setattr(lab_cli, "_has_namespaces", lambda lab: lab != "t1")
+    with pytest.raises(LabSpecError, match="t2, t3") as err:
+        lab_cli._resolve_name(None, runs)
+    assert "t1 left only state behind" in (err.value.hint or "")
+
+
 @pytest.mark.parametrize(
     ("text", "want"),
     [
