@@ -935,6 +935,10 @@ def summary(report: DemoReport, config: DemoConfig) -> str:
             f"  ambient lab exec --name {n} node1 -- python -m ambient ztunnel-config all",
             f"  ambient lab exec --name {n} fabric -- python -m ambient controlplane status",
             f"  ambient lab exec --name {n} node2 -- curl -s localhost:15020/metrics",
+            f"  ambient waypoint list --lab {n}",
+            f"  ambient lab exec --name {n} outside -- curl -s "
+            "http://istio-ingressgateway.istio-system/",
+            f"  ambient lab traces --name {n}",
             f"  ambient lab down --name {n}      # removes everything",
         ]
     else:
