@@ -1,8 +1,14 @@
 """``ambient waypoint run``: Envoy and the telemetry exporter of one waypoint/gateway pod.
 
 Writes the bootstrap (:mod:`waypoint.bootstrap`), starts Envoy and the exporter
-(:mod:`waypoint.telemetry`), and supervises both: SIGTERM or SIGINT is forwarded to
-Envoy (which exits), the exporter is stopped, and the run ends with status 0. Envoy
+(:mod:`waypoint.telemetry`), and supervises both. SIGTERM or SIGINT drains Envoy as
+Istio's proxies do: over the admin API on 127.0.0.1, ``POST /drain_listeners?graceful``
+(requests in flight are discouraged: ``connection: close`` on HTTP/1.1, GOAWAY on
+HTTP/2, so HBONE clients move to another waypoint) then ``POST /drain_listeners`` (the
+listeners stop accepting at once; connections already open keep running); the run waits
+until Envoy's listeners hold no downstream connection or ``drain_seconds`` pass, then
+stops Envoy (SIGTERM) and the exporter and ends with status 0. A second signal during
+the drain stops at once. Envoy
 or the exporter ending on its own stops the other and ends the run with a
 :class:`~waypoint.errors.WaypointError` naming the cause (Envoy's worst last log line).
 Should the run itself be killed, the kernel stops Envoy too (parent-death signal).
@@ -31,6 +37,11 @@ log = logging.getLogger("waypoint.run")
 
 ENVOY_STOP_TIMEOUT_S = 10.0
 """How long Envoy may take to exit after SIGTERM before it is killed."""
+DRAIN_SECONDS = 20.0
+"""Default longest drain on SIGTERM (within Kubernetes' default 30 s grace period)."""
+ADMIN_TIMEOUT_S = 1.0
+"""Each admin API call during the drain (a wedged Envoy does not hold up the stop)."""
+DRAIN_POLL_S = 0.2
 LOG_TAIL_LINES = 20
 
 
@@ -52,6 +63,8 @@ class RunConfig:
     """The telemetry exporter's ``waypoint.telemetry.ExporterConfig``; None: none runs."""
     extra_args: tuple[str, ...] = field(default=())
     """More Envoy flags (tests)."""
+    drain_seconds: float = DRAIN_SECONDS
+    """Longest wait on SIGTERM for Envoy's downstream connections to end (0: no drain)."""
 
 
 def find_envoy(configured: Path | None = None) -> Path:
@@ -98,6 +111,8 @@ def envoy_command(config: RunConfig, bootstrap: Path) -> list[str]:
         config.log_level,
         "--drain-time-s",
         "5",
+        "--drain-strategy",
+        "immediate",
         *config.extra_args,
     ]
 
@@ -120,6 +135,103 @@ async def _stop_envoy(process: asyncio.subprocess.Process) -> None:
         log.warning("envoy did not exit %.0f s after SIGTERM; killing it", ENVOY_STOP_TIMEOUT_S)
         process.kill()
         await process.wait()
+
+
+async def _admin(port: int, method: str, path: str) -> str:
+    """One call to Envoy's admin API on 127.0.0.1 (bounded by ``ADMIN_TIMEOUT_S``)."""
+
+    async def call() -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                "Content-Length: 0\r\n\r\n".encode()
+            )
+            await writer.drain()
+            response = (await reader.read(1 << 20)).decode(errors="replace")
+            while chunk := await reader.read(1 << 20):
+                response += chunk.decode(errors="replace")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        head, _, body = response.partition("\r\n\r\n")
+        status = head.partition("\r\n")[0]
+        if " 200 " not in status + " ":
+            raise WaypointError(f"envoy admin {method} {path}: {status.strip() or 'no answer'}")
+        return _dechunk(body) if "transfer-encoding: chunked" in head.lower() else body
+
+    return await asyncio.wait_for(call(), ADMIN_TIMEOUT_S)
+
+
+def _dechunk(body: str) -> str:
+    """An HTTP/1.1 chunked body's content."""
+    out, rest = [], body
+    while rest:
+        size_line, _, rest = rest.partition("\r\n")
+        size = int(size_line.split(";")[0].strip() or "0", 16)
+        if size == 0:
+            break
+        out.append(rest[:size])
+        rest = rest[size + 2 :]
+    return "".join(out)
+
+
+def active_downstream(stats: str) -> int:
+    """Open downstream connections over Envoy's listeners (admin excluded) in the text of
+    ``GET /stats?filter=downstream_cx_active``."""
+    total = 0
+    for line in stats.splitlines():
+        name, _, value = line.partition(": ")
+        if (
+            name.startswith("listener.")
+            and name.endswith(".downstream_cx_active")
+            and not name.startswith("listener.admin.")
+            and ".worker_" not in name
+            and ".main_thread." not in name
+            and value.strip().isdigit()
+        ):
+            total += int(value)
+    return total
+
+
+async def drain_envoy(
+    process: asyncio.subprocess.Process, admin_port: int, seconds: float, hurry: asyncio.Event
+) -> bool:
+    """Drain Envoy (see the module's text); True when its connections all ended in time.
+
+    Returns early when ``hurry`` is set (a second signal), Envoy exits, or the admin API
+    does not answer (Envoy is then just stopped)."""
+    if seconds <= 0 or process.returncode is not None or hurry.is_set():
+        return False
+    deadline = asyncio.get_running_loop().time() + seconds
+    try:
+        await _admin(admin_port, "POST", "/drain_listeners?graceful")
+        await _admin(admin_port, "POST", "/drain_listeners")
+    except (OSError, TimeoutError, WaypointError) as error:
+        log.warning("cannot drain envoy (%s); stopping it", error or type(error).__name__)
+        return False
+    log.info("draining envoy: listeners closed, waiting up to %.0f s", seconds)
+    waiter = asyncio.ensure_future(hurry.wait())
+    try:
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            with contextlib.suppress(OSError, TimeoutError, WaypointError):
+                active = active_downstream(
+                    await _admin(admin_port, "GET", "/stats?filter=downstream_cx_active")
+                )
+                if active == 0:
+                    log.info("envoy drained")
+                    return True
+            await asyncio.wait([waiter], timeout=min(DRAIN_POLL_S, left))
+            if hurry.is_set():
+                log.info("second signal: stopping envoy now")
+                return False
+            if process.returncode is not None:
+                return False
+        log.warning("envoy still had connections after %.0f s; stopping it", seconds)
+        return False
+    finally:
+        waiter.cancel()
 
 
 PR_SET_PDEATHSIG = 1
@@ -151,13 +263,23 @@ async def supervise(
     *,
     exporter: Callable[[Any], Awaitable[None]] = _default_exporter,
     stop: asyncio.Event | None = None,
+    hurry: asyncio.Event | None = None,
 ) -> None:
-    """Run until ``stop`` is set (SIGTERM/SIGINT when None); raise if a child ends."""
+    """Run until ``stop`` is set, drain, stop; raise if a child ends.
+
+    ``stop`` None: the first SIGTERM/SIGINT sets it and a second one sets ``hurry``
+    (ends the drain at once)."""
     loop = asyncio.get_running_loop()
+    hurry = hurry or asyncio.Event()
     if stop is None:
         stop = asyncio.Event()
+        signalled = stop
+
+        def on_signal() -> None:
+            (hurry if signalled.is_set() else signalled).set()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal)
     bootstrap = write_bootstrap(config)
     tasks: dict[str, asyncio.Future[Any]] = {}
     if config.exporter is not None:
@@ -181,6 +303,7 @@ async def supervise(
             [stopping, *tasks.values()], return_when=asyncio.FIRST_COMPLETED
         )
         if stopping in done:
+            await drain_envoy(process, config.proxy.admin_port, config.drain_seconds, hurry)
             log.info("stopping: SIGTERM to envoy")
             return
         if tasks["envoy"] in done:

@@ -77,6 +77,15 @@ def _host_port(text: str, what: str) -> tuple[str, int]:
 )
 @click.option("--concurrency", default=2, show_default=True, type=int)
 @click.option("--envoy-log-level", default="warning", show_default=True)
+@click.option(
+    "--drain-seconds",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="On SIGTERM, the longest wait for Envoy's connections to end after its listeners "
+    "stop accepting (keep it under the pod's terminationGracePeriodSeconds; 0: no drain). "
+    "A second signal stops at once.",
+)
 def run(**flags: Any) -> None:
     """Run a waypoint's (or gateway's) Envoy, configured over xDS by the control plane."""
     from waypoint.run import RunConfig
@@ -119,5 +128,6 @@ def run(**flags: Any) -> None:
             concurrency=flags["concurrency"],
             log_level=flags["envoy_log_level"],
             exporter=exporter,
+            drain_seconds=flags["drain_seconds"],
         )
     )
