@@ -177,22 +177,24 @@ def _dechunk(body: str) -> str:
     return "".join(out)
 
 
-def active_downstream(stats: str) -> int:
-    """Open downstream connections over Envoy's listeners (admin excluded) in the text of
-    ``GET /stats?filter=downstream_cx_active``."""
-    total = 0
+def active_downstream(stats: str) -> dict[str, int]:
+    """Open downstream connections per Envoy listener in the text of
+    ``GET /stats?filter=downstream_cx_active``: only listeners on sockets (not the admin,
+    not internal listeners, whose connections are Envoy's own pooled upstreams), none at 0."""
+    found: dict[str, int] = {}
     for line in stats.splitlines():
         name, _, value = line.partition(": ")
         if (
             name.startswith("listener.")
             and name.endswith(".downstream_cx_active")
-            and not name.startswith("listener.admin.")
+            and not name.startswith(("listener.admin.", "listener.envoy_internal_"))
             and ".worker_" not in name
             and ".main_thread." not in name
             and value.strip().isdigit()
+            and int(value) > 0
         ):
-            total += int(value)
-    return total
+            found[name.removeprefix("listener.").removesuffix(".downstream_cx_active")] = int(value)
+    return found
 
 
 async def drain_envoy(
@@ -213,13 +215,14 @@ async def drain_envoy(
         return False
     log.info("draining envoy: listeners closed, waiting up to %.0f s", seconds)
     waiter = asyncio.ensure_future(hurry.wait())
+    active: dict[str, int] = {}
     try:
         while (left := deadline - asyncio.get_running_loop().time()) > 0:
             with contextlib.suppress(OSError, TimeoutError, WaypointError):
                 active = active_downstream(
                     await _admin(admin_port, "GET", "/stats?filter=downstream_cx_active")
                 )
-                if active == 0:
+                if not active:
                     log.info("envoy drained")
                     return True
             await asyncio.wait([waiter], timeout=min(DRAIN_POLL_S, left))
@@ -228,7 +231,7 @@ async def drain_envoy(
                 return False
             if process.returncode is not None:
                 return False
-        log.warning("envoy still had connections after %.0f s; stopping it", seconds)
+        log.warning("envoy still had connections after %.0f s (%s); stopping it", seconds, active)
         return False
     finally:
         waiter.cancel()

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from tests.envoy_validate import envoy_validate
 from waypoint.bootstrap import WaypointConfig, render_bootstrap
 from waypoint.errors import EnvoyExitedError, WaypointError
-from waypoint.run import RunConfig, supervise, write_bootstrap
+from waypoint.run import RunConfig, _dechunk, active_downstream, supervise, write_bootstrap
 from waypoint.run_cli import run as run_command
 from ztunnel.identity.certs import LocalCA
 
@@ -170,3 +170,35 @@ def test_cli_maps_flags_onto_the_config(tmp_path: Path, monkeypatch: pytest.Monk
     assert config.proxy.service_account == "w"
     assert config.proxy.collector == ("10.0.0.5", 9411)
     assert config.exporter is None
+
+
+def test_drain_counts_only_socket_listeners() -> None:
+    stats = (
+        "http.main.downstream_cx_active: 4\n"
+        "listener.10.1.0.9_15008.downstream_cx_active: 2\n"
+        "listener.10.1.0.9_15008.worker_0.downstream_cx_active: 2\n"
+        "listener.[__1]_15021.downstream_cx_active: 0\n"
+        "listener.admin.downstream_cx_active: 1\n"
+        "listener.admin.main_thread.downstream_cx_active: 1\n"
+        "listener.envoy_internal_connect_originate.downstream_cx_active: 3\n"
+    )
+    assert active_downstream(stats) == {"10.1.0.9_15008": 2}
+    assert active_downstream("") == {}
+
+
+def test_admin_chunked_body_is_decoded() -> None:
+    assert _dechunk("5\r\nhello\r\n7;x=1\r\n, world\r\n0\r\n\r\n") == "hello, world"
+
+
+def test_drain_seconds_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[RunConfig] = []
+    monkeypatch.setattr("waypoint.run.run", seen.append)
+    root = _config(tmp_path).root_cert
+    base = [
+        "--namespace", "demo", "--gateway-name", "w", "--xds-address", "10.0.0.1:15012",
+        "--xds-root-cert", str(root), "--no-telemetry", "--work-dir", str(tmp_path / "w"),
+    ]  # fmt: skip
+    assert CliRunner().invoke(run_command, base).exit_code == 0
+    assert CliRunner().invoke(run_command, [*base, "--drain-seconds", "7.5"]).exit_code == 0
+    assert [config.drain_seconds for config in seen] == [20.0, 7.5]
+    assert CliRunner().invoke(run_command, [*base, "--drain-seconds", "-1"]).exit_code != 0
