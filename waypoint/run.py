@@ -294,6 +294,7 @@ async def supervise(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         preexec_fn=_die_with_parent_hook(),
+        process_group=0,  # a signal to our group (the lab, Ctrl-C) reaches us, not Envoy
     )
     log.info("envoy started (pid %d) with %s", process.pid, bootstrap)
     tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)

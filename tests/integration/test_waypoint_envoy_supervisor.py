@@ -171,6 +171,7 @@ class _Supervisor:
             cwd=Path(__file__).parents[2],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            process_group=0,
         )
 
     def wait_ready(self, timeout: float) -> None:
@@ -238,7 +239,8 @@ def test_sigterm_drains_envoy(tmp_path: Path, backend: _Backend) -> None:
         supervisor.wait_ready(15)
         thread, result = _in_flight(supervisor.port)
         assert backend.held.wait(5), "the request did not reach the backend"
-        supervisor.process.send_signal(signal.SIGTERM)
+        # To the whole process group, as the lab stops a pod: Envoy has its own group.
+        os.killpg(supervisor.process.pid, signal.SIGTERM)
         signalled = time.monotonic()
         assert supervisor.refuses(3), f"new connections still accepted:\n{supervisor.output()}"
         time.sleep(0.5)
