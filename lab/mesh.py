@@ -124,6 +124,9 @@ def proxy_argv(
         endpoint.root_cert,
         "--trust-domain",
         endpoint.trust_domain,
+        # the lab stops a process within STOP_TIMEOUT (5 s): drain for less than that
+        "--drain-seconds",
+        "3",
     ]
     token = endpoint.tokens.get(node)
     if token:

@@ -24,6 +24,7 @@ from lab.manifests.planner import (
     ServiceView,
 )
 from lab.model import ServicePort
+from lab.processes import STOP_TIMEOUT
 
 T = TypeVar("T")
 
@@ -290,6 +291,8 @@ def test_proxy_argv_carries_the_control_plane_token_and_tracer(tmp_path: Path) -
         "--collector 172.30.5.1:9411",
     ):
         assert part in text
+    drain = float(argv[argv.index("--drain-seconds") + 1])
+    assert 0 < drain < STOP_TIMEOUT  # the drain ends before the lab would kill the proxy
     assert mesh.registered(tmp_path / "nothing") is None
 
 
