@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from prometheus_client import CollectorRegistry
 
@@ -35,15 +36,23 @@ from controlplane.envoy.telemetry import TELEMETRY_PORT
 from controlplane.model import ClusterState
 from controlplane.sources.folder import FolderSource
 from controlplane.workloadapi.workloads import canonical_name, canonical_revision, workload_name
-from waypoint.telemetry_entry import is_final, is_tunnel, record_from_entry
+from waypoint.telemetry_entry import (
+    LabelKey,
+    amounts,
+    is_final,
+    is_tunnel,
+    label_key,
+    record_from_entry,
+)
 from waypoint.telemetry_labels import (
     DEFAULT_CLUSTER_ID,
+    LABEL_NAMES,
     Reporter,
     WorkloadDirectory,
     WorkloadInfo,
     request_labels,
 )
-from waypoint.telemetry_metrics import RequestMetrics, new_registry, render
+from waypoint.telemetry_metrics import RequestMetrics, Series, new_registry, render
 
 log = logging.getLogger("ambient.waypoint.telemetry")
 
@@ -97,28 +106,80 @@ def directory_from_state(
     return WorkloadDirectory.of(infos, trust_domain=trust_domain, cluster_id=cluster_id)
 
 
+LABEL_CACHE_SIZE = 4096
+"""Label sets the sink keeps resolved (oldest dropped first beyond it): a flood of
+distinct labels costs the lookups again, never unbounded memory."""
+
+
 class AccessLogSink:
-    """Turns log entries into metrics against the current workload directory."""
+    """Turns log entries into metrics against the current workload directory.
+
+    Per entry, the costly parts (the record, the labels, prometheus-client's
+    ``labels(...)``) are done once per distinct :func:`label_key` and kept, bounded by
+    :data:`LABEL_CACHE_SIZE`, until the directory or reporter changes."""
 
     def __init__(
-        self, metrics: RequestMetrics, directory: WorkloadDirectory, reporter: Reporter
+        self,
+        metrics: RequestMetrics,
+        directory: WorkloadDirectory,
+        reporter: Reporter,
+        cache_size: int = LABEL_CACHE_SIZE,
     ) -> None:
         self.metrics = metrics
-        self.view = (directory, reporter)
-        """Replaced whole by the refresher (a reference swap: no lock needed)."""
+        self.cache_size = cache_size
+        self._view: tuple[WorkloadDirectory, Reporter, dict[LabelKey, Series]] = (
+            directory,
+            reporter,
+            {},
+        )
         self.entries = 0
+
+    @property
+    def view(self) -> tuple[WorkloadDirectory, Reporter]:
+        """The directory and reporter labels come from."""
+        directory, reporter, _ = self._view
+        return directory, reporter
+
+    @view.setter
+    def view(self, view: tuple[WorkloadDirectory, Reporter]) -> None:
+        # replaced whole with a fresh cache (a reference swap: no lock needed)
+        self._view = (*view, {})
+
+    @property
+    def cached(self) -> int:
+        """How many label sets are resolved now."""
+        return len(self._view[2])
 
     def handle(self, message: als_pb2.StreamAccessLogsMessage) -> None:
         """Count the HTTP entries of one message (TCP entries are ztunnel's business)."""
         if not message.HasField("http_logs"):
             return
-        directory, reporter = self.view
+        directory, reporter, cache = self._view
         for entry in message.http_logs.log_entry:
             if not is_final(entry) or is_tunnel(entry):
                 continue
-            record = record_from_entry(entry)
-            self.metrics.record(record, request_labels(record, directory, reporter))
+            key = label_key(entry)
+            series = cache.get(key)
+            if series is None:
+                series = self._resolve(entry, key, directory, reporter, cache)
+            series.count(*amounts(entry))
             self.entries += 1
+
+    def _resolve(
+        self,
+        entry: HTTPAccessLogEntry,
+        key: LabelKey,
+        directory: WorkloadDirectory,
+        reporter: Reporter,
+        cache: dict[LabelKey, Series],
+    ) -> Series:
+        labels = request_labels(record_from_entry(entry), directory, reporter)
+        series = self.metrics.series(tuple(labels[name] for name in LABEL_NAMES))
+        while len(cache) >= self.cache_size:
+            with contextlib.suppress(StopIteration, RuntimeError, KeyError):
+                del cache[next(iter(cache))]  # the oldest; another thread may race us
+        cache[key] = series
+        return series
 
 
 class _AccessLogService(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]

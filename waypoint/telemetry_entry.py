@@ -12,7 +12,7 @@ from envoy.data.accesslog.v3.accesslog_pb2 import AccessLogType, HTTPAccessLogEn
 from google.protobuf.wrappers_pb2 import StringValue
 
 from controlplane.envoy.hbone import PEER_PRINCIPAL_KEY
-from waypoint.telemetry_labels import RequestRecord
+from waypoint.telemetry_labels import LABEL_TAGS, RequestRecord
 
 RESPONSE_FLAGS = (
     ("failed_local_healthcheck", "LH"),
@@ -46,7 +46,11 @@ RESPONSE_FLAGS = (
 """``ResponseFlags`` fields and Envoy's short names for them (``%RESPONSE_FLAGS%``)."""
 
 _UPSTREAM_TYPES = frozenset(
-    {AccessLogType.UpstreamEnd, AccessLogType.UpstreamPoolReady, AccessLogType.UpstreamPeriodic}
+    {
+        int(AccessLogType.UpstreamEnd),
+        int(AccessLogType.UpstreamPoolReady),
+        int(AccessLogType.UpstreamPeriodic),
+    }
 )
 
 
@@ -83,21 +87,27 @@ def is_upstream_attempt(entry: HTTPAccessLogEntry) -> bool:
     return entry.common_properties.access_log_type in _UPSTREAM_TYPES
 
 
+_NOT_FINAL_TYPES = frozenset(
+    {
+        int(AccessLogType.DownstreamStart),
+        int(AccessLogType.DownstreamPeriodic),
+        int(AccessLogType.UpstreamPoolReady),
+        int(AccessLogType.UpstreamPeriodic),
+    }
+)
+_CONNECT = int(RequestMethod.CONNECT)
+
+
 def is_final(entry: HTTPAccessLogEntry) -> bool:
     """Whether the entry is a request's last word (not an intermediate/periodic one)."""
     common = entry.common_properties
-    return not common.intermediate_log_entry and common.access_log_type not in (
-        AccessLogType.DownstreamStart,
-        AccessLogType.DownstreamPeriodic,
-        AccessLogType.UpstreamPoolReady,
-        AccessLogType.UpstreamPeriodic,
-    )
+    return not common.intermediate_log_entry and common.access_log_type not in _NOT_FINAL_TYPES
 
 
 def is_tunnel(entry: HTTPAccessLogEntry) -> bool:
     """Whether the entry logs an HBONE ``CONNECT`` (the outer tunnel, not a request: the
     requests inside it are logged by the inner connection manager)."""
-    return bool(entry.request.request_method == RequestMethod.CONNECT)
+    return bool(entry.request.request_method == _CONNECT)
 
 
 def record_from_entry(entry: HTTPAccessLogEntry) -> RequestRecord:
@@ -134,4 +144,56 @@ def record_from_entry(entry: HTTPAccessLogEntry) -> RequestRecord:
         attempts=attempts,
         upstream_attempt=is_upstream_attempt(entry),
         tags={key: value for key, value in common.custom_tags.items() if value},
+    )
+
+
+LabelKey = tuple[object, ...]
+"""What :func:`waypoint.telemetry_labels.request_labels` reads of an entry, cheap to
+take: entries with equal keys get equal labels (under one directory and reporter)."""
+
+
+def label_key(entry: HTTPAccessLogEntry) -> LabelKey:
+    """The label key of an entry: every field :func:`record_from_entry` turns into a
+    label-bearing part of the record, raw (no unpacking, no per-entry strings), with
+    what varies per request but not the labels (ports, sizes, times) left out."""
+    common = entry.common_properties
+    upstream, downstream = common.upstream_remote_address, common.downstream_remote_address
+    up_socket, down_socket = upstream.socket_address, downstream.socket_address
+    state = common.filter_state_objects.get(PEER_PRINCIPAL_KEY)
+    response, tags = entry.response, common.custom_tags
+    return (
+        common.upstream_cluster,
+        # the labels read only the host of ``ip:port`` (host_ip), so only whether a
+        # port was there matters, not which
+        up_socket.address,
+        up_socket.port_value != 0,
+        upstream.envoy_internal_address.endpoint_id,
+        down_socket.address,
+        down_socket.port_value != 0,
+        downstream.envoy_internal_address.endpoint_id,
+        None if state is None else (state.type_url, state.value),
+        response.response_code.value,
+        common.response_flags.SerializeToString(deterministic=True),
+        response.response_trailers.get("grpc-status", ""),
+        response.response_headers.get("grpc-status", ""),
+        entry.request.request_headers.get("content-type", "").startswith("application/grpc"),
+        tuple([tags.get(name, "") for name in LABEL_TAGS]),
+    )
+
+
+def amounts(entry: HTTPAccessLogEntry) -> tuple[bool, float, int, int, int]:
+    """What an entry adds to its series: (upstream attempt, duration ms, request bytes,
+    response bytes, attempts), as :func:`record_from_entry` has them."""
+    common = entry.common_properties
+    request, response = entry.request, entry.response
+    if common.HasField("duration"):
+        duration = common.duration
+    else:
+        duration = common.time_to_last_downstream_tx_byte
+    return (
+        common.access_log_type in _UPSTREAM_TYPES,
+        duration.seconds * 1000.0 + duration.nanos / 1_000_000.0,
+        request.request_headers_bytes + request.request_body_bytes,
+        response.response_headers_bytes + response.response_body_bytes,
+        common.upstream_request_attempt_count,
     )

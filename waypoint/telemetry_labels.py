@@ -58,6 +58,21 @@ LABEL_NAMES = (
 )
 """Istio's label set of the HTTP request metrics, in Istio's order."""
 
+LABEL_TAGS = (
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_subset",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_app",
+    "destination_version",
+    "destination_principal",
+    "tunnel_destination",
+)
+"""Every custom tag :func:`destination_labels` reads (the exporter's label cache keys on
+these alone: keep the two in step)."""
+
 
 @dataclass(frozen=True)
 class RequestRecord:

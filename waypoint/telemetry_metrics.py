@@ -10,6 +10,8 @@ code and flags.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
@@ -66,15 +68,74 @@ class RequestMetrics:
 
     def record(self, record: RequestRecord, labels: dict[str, str]) -> None:
         """Count one log entry labelled ``labels``."""
-        if record.upstream_attempt:
-            self.attempts.labels(**labels).inc()
+        self.series(tuple(labels[name] for name in LABEL_NAMES)).count(
+            record.upstream_attempt,
+            record.duration_ms,
+            record.request_bytes,
+            record.response_bytes,
+            record.attempts,
+        )
+
+    def series(self, values: tuple[str, ...]) -> Series:
+        """The children of one label set (values in :data:`LABEL_NAMES` order), for a
+        caller to keep: ``labels(...)`` is the costly part of counting."""
+        return Series(self, values)
+
+
+class Series:
+    """The metric children of one label set, each looked up on first use (so a label set
+    seen only in upstream attempts never appears in the request metrics, and one without
+    retries never in ``istio_request_retries_total``)."""
+
+    __slots__ = (
+        "_attempts",
+        "_duration",
+        "_metrics",
+        "_request_bytes",
+        "_requests",
+        "_response_bytes",
+        "_retries",
+        "values",
+    )
+
+    def __init__(self, metrics: RequestMetrics, values: tuple[str, ...]) -> None:
+        self._metrics = metrics
+        self.values = values
+        self._requests: Any = None
+        self._duration: Any = None
+        self._request_bytes: Any = None
+        self._response_bytes: Any = None
+        self._retries: Any = None
+        self._attempts: Any = None
+
+    def count(
+        self,
+        upstream_attempt: bool,
+        duration_ms: float,
+        request_bytes: int,
+        response_bytes: int,
+        attempts: int,
+    ) -> None:
+        """Count one log entry (as :meth:`RequestMetrics.record`)."""
+        if upstream_attempt:
+            if self._attempts is None:
+                self._attempts = self._metrics.attempts.labels(*self.values)
+            self._attempts.inc()
             return
-        self.requests.labels(**labels).inc()
-        self.duration.labels(**labels).observe(record.duration_ms)
-        self.request_bytes.labels(**labels).observe(record.request_bytes)
-        self.response_bytes.labels(**labels).observe(record.response_bytes)
-        if record.attempts > 1:
-            self.retries.labels(**labels).inc(record.attempts - 1)
+        if self._requests is None:
+            metrics, values = self._metrics, self.values
+            self._duration = metrics.duration.labels(*values)
+            self._request_bytes = metrics.request_bytes.labels(*values)
+            self._response_bytes = metrics.response_bytes.labels(*values)
+            self._requests = metrics.requests.labels(*values)
+        self._requests.inc()
+        self._duration.observe(duration_ms)
+        self._request_bytes.observe(request_bytes)
+        self._response_bytes.observe(response_bytes)
+        if attempts > 1:
+            if self._retries is None:
+                self._retries = self._metrics.retries.labels(*self.values)
+            self._retries.inc(attempts - 1)
 
 
 def new_registry(version: str = "ambient-node") -> CollectorRegistry:
