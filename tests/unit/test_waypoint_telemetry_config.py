@@ -195,6 +195,9 @@ def test_access_log_names_the_exporter_cluster_and_what_it_reads() -> None:
     common = config.common_config
     assert common.grpc_service.envoy_grpc.cluster_name == telemetry.TELEMETRY_CLUSTER
     assert list(common.filter_state_objects_to_log) == [hbone.PEER_PRINCIPAL_KEY]
+    # fewer, larger messages, yet counts still arrive within 100 ms
+    assert common.buffer_size_bytes.value == telemetry.ACCESS_LOG_BUFFER_BYTES > 16 * 1024
+    assert common.buffer_flush_interval.ToMilliseconds() == 100
     tags = {tag.tag for tag in common.custom_tags}
     assert {"destination_service", "destination_subset", "destination_workload"} <= tags
     assert "grpc-status" in config.additional_response_trailers_to_log
