@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from bench.config import BenchConfig
-from bench.runner import run_all
+from tests.integration.benchrun import quick_case
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
@@ -18,27 +16,8 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 PREFIX = f"bt{os.getpid() % 10000}"
 
 
-def _lab_namespaces() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    return [line.split()[0] for line in out.stdout.splitlines() if line.startswith(f"{PREFIX}p2p-")]
-
-
 def test_quick_run_writes_sane_reports(tmp_path: Path) -> None:
-    config = BenchConfig.from_flags(
-        cases=("pod-to-pod",),
-        rounds=None,
-        duration_s=None,
-        quick=True,
-        results_root=tmp_path,
-        lab_prefix=PREFIX,
-    )
-    try:
-        run, out_dir = run_all(config, "python -m bench --quick --case pod-to-pod")
-    finally:
-        leftovers = _lab_namespaces()
-    assert leftovers == [], f"the case left namespaces behind: {leftovers}"
-    case = run.cases[0]
-    assert case.error is None, case.error
+    case, out_dir = quick_case("pod-to-pod", PREFIX, "p2p", tmp_path)
     proxies = {n.split()[1] for n in case.notes if "CPU s" in n}
     assert proxies == {"envoy-client-sidecar", "envoy-server-sidecar"}
     handshakes = next(n for n in case.notes if "TLS handshakes" in n)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from bench.config import BenchConfig
-from bench.runner import run_all
+from tests.integration.benchrun import quick_case
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(240)]
 
@@ -25,33 +23,8 @@ PREFIX = f"bw{os.getpid() % 10000}"
 VARIANTS = ("direct", "envoy-mtls", "ztunnel", "waypoint")
 
 
-def _lab_namespaces() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    return [line.split()[0] for line in out.stdout.splitlines() if line.startswith(f"{PREFIX}wp-")]
-
-
 def test_quick_run_compares_direct_sidecars_ztunnels_and_the_waypoint(tmp_path: Path) -> None:
-    from agent.pinned import BPFFS_ROOT
-
-    config = BenchConfig.from_flags(
-        cases=("waypoint",),
-        rounds=None,
-        duration_s=None,
-        quick=True,
-        results_root=tmp_path,
-        lab_prefix=PREFIX,
-    )
-    try:
-        run, out_dir = run_all(config, "python -m bench --quick --case waypoint")
-    finally:
-        leftovers = _lab_namespaces()
-        pins = (
-            sorted(p.name for p in BPFFS_ROOT.glob(f"{PREFIX}wp-*")) if BPFFS_ROOT.exists() else []
-        )
-    assert leftovers == [], f"the case left namespaces behind: {leftovers}"
-    assert pins == [], f"the case left BPF pins behind: {pins}"
-    case = run.cases[0]
-    assert case.error is None, case.error
+    case, out_dir = quick_case("waypoint", PREFIX, "wp", tmp_path)
 
     doc = json.loads((out_dir / "results.json").read_text())
     rows = {(r["probe"], r["metric"], r["variant"]): r for r in doc["summaries"]}

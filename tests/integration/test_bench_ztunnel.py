@@ -10,46 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from bench.config import BenchConfig
-from bench.runner import run_all
+from tests.integration.benchrun import quick_case
 
 pytestmark = [pytest.mark.root, pytest.mark.bpf, pytest.mark.timeout(240)]
 
 PREFIX = f"bz{os.getpid() % 10000}"
 
 
-def _lab_namespaces() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    return [line.split()[0] for line in out.stdout.splitlines() if line.startswith(f"{PREFIX}zt-")]
-
-
 def test_quick_run_compares_the_ztunnel_pair(tmp_path: Path) -> None:
-    from agent.pinned import BPFFS_ROOT
-
-    config = BenchConfig.from_flags(
-        cases=("ztunnel",),
-        rounds=None,
-        duration_s=None,
-        quick=True,
-        results_root=tmp_path,
-        lab_prefix=PREFIX,
-    )
-    try:
-        run, out_dir = run_all(config, "python -m bench --quick --case ztunnel")
-    finally:
-        leftovers = _lab_namespaces()
-        pins = (
-            sorted(p.name for p in BPFFS_ROOT.glob(f"{PREFIX}zt-*")) if BPFFS_ROOT.exists() else []
-        )
-    assert leftovers == [], f"the case left namespaces behind: {leftovers}"
-    assert pins == [], f"the case left BPF pins behind: {pins}"
-    case = run.cases[0]
-    assert case.error is None, case.error
+    case, out_dir = quick_case("ztunnel", PREFIX, "zt", tmp_path)
     proxies = {n.split()[1] for n in case.notes if "CPU s" in n}
     assert proxies == {
         "envoy-client-sidecar",
