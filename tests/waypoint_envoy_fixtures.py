@@ -206,3 +206,18 @@ subsets:
             )
         },
     )
+
+
+def virtual_service(v1: int, v2: int) -> str:
+    """demo/backend's VirtualService YAML: ``v1`` and ``v2`` weights to its subsets."""
+    return f"""\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend, namespace: demo}}
+spec:
+  hosts: [backend]
+  http:
+  - route:
+    - {{destination: {{host: backend, subset: v1}}, weight: {v1}}}
+    - {{destination: {{host: backend, subset: v2}}, weight: {v2}}}
+"""

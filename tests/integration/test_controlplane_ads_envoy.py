@@ -40,6 +40,7 @@ from controlplane.model import ClusterState
 from controlplane.server import ControlPlane, ControlPlaneConfig
 from controlplane.workloadapi.mesh import MeshConfig
 from controlplane.xds.envoytypes import ROUTE
+from tests.waypoint_envoy_fixtures import virtual_service
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -122,20 +123,6 @@ spec:
   - {{name: v2, labels: {{version: v2}}}}
 """
     )
-
-
-def virtual_service(v1: int, v2: int) -> str:
-    return f"""\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: backend, namespace: demo}}
-spec:
-  hosts: [backend]
-  http:
-  - route:
-    - {{destination: {{host: backend, subset: v1}}, weight: {v1}}}
-    - {{destination: {{host: backend, subset: v2}}, weight: {v2}}}
-"""
 
 
 def free_ports(count: int) -> int:

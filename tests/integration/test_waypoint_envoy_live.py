@@ -35,6 +35,7 @@ from tests.integration.waypoint_envoy_peers import (
     start_pod,
     wait_for,
 )
+from tests.waypoint_envoy_fixtures import virtual_service
 from ztunnel.errors import ZtunnelError
 from ztunnel.identity.certs import CertifiedKey, LocalCA
 from ztunnel.identity.spiffe import SpiffeId
@@ -109,20 +110,6 @@ spec:
   subsets:
   - {{name: v1, labels: {{version: v1}}}}
   - {{name: v2, labels: {{version: v2}}}}
-"""
-
-
-def virtual_service(v1: int, v2: int) -> str:
-    return f"""\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: backend, namespace: demo}}
-spec:
-  hosts: [backend]
-  http:
-  - route:
-    - {{destination: {{host: backend, subset: v1}}, weight: {v1}}}
-    - {{destination: {{host: backend, subset: v2}}, weight: {v2}}}
 """
 
 
