@@ -113,3 +113,12 @@ class XdsResourceError(ZtunnelError):
         super().__init__(f"{where}: {message}", hint="the control plane sent an invalid resource")
         self.resource = resource
         self.field = field
+
+
+class XdsStreamError(ZtunnelError):
+    """The control plane ended the xDS stream with a gRPC status (e.g. UNAUTHENTICATED)."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}", hint="see the control plane's log for the reason")
+        self.code = code
+        self.details = details

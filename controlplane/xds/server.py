@@ -192,7 +192,7 @@ class XdsHub:
                 caller = await asyncio.to_thread(self._authenticate, metadata)
             except AuthenticationError as err:
                 log.warning("xDS stream from %s refused: %s", context.peer(), err)
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err))
+                await refuse(context, grpc.StatusCode.UNAUTHENTICATED, str(err))
                 return
         try:
             data = await context.read()
@@ -245,18 +245,21 @@ class XdsHub:
         from controlplane.xds.envoy import EnvoyNodeError
 
         if self.envoy is None:
-            await context.abort(
-                grpc.StatusCode.UNIMPLEMENTED, "this control plane does not serve Envoy xDS"
+            await refuse(
+                context,
+                grpc.StatusCode.UNIMPLEMENTED,
+                "this control plane does not serve Envoy xDS",
             )
             return False
         if self._authenticate is None or not connection.caller:
             # SDS hands out private keys: only to an authenticated node's own proxies.
-            await context.abort(
+            await refuse(
+                context,
                 grpc.StatusCode.UNAUTHENTICATED,
                 "Envoy streams need an authenticated caller (authorization: Bearer <token>)",
             )
             return False
-        code, error = None, None
+        code, error = None, ""
         try:
             connection.proxy = await self.envoy.attach(
                 connection.caller, first.node_id, first.node_metadata
@@ -267,7 +270,7 @@ class XdsHub:
             code, error = grpc.StatusCode.PERMISSION_DENIED, str(err)
         if code is not None:
             log.warning("Envoy stream from %s refused: %s", connection.peer, error)
-            await context.abort(code, error)
+            await refuse(context, code, error)
             return False
         return True
 
@@ -333,3 +336,30 @@ class XdsHub:
             log.debug("xDS stream %s read ended: %s", connection.core.stream_id, err)
         finally:
             connection.queue.put_nowait(None)
+
+
+REFUSAL_LINGER_SECONDS = 0.25
+"""How long a refused stream keeps reading before it ends (see :func:`refuse`)."""
+REFUSAL_LINGER_MESSAGES = 8
+"""At most this many messages are read (and dropped) from a refused stream."""
+
+
+async def refuse(context: Any, code: Any, message: str) -> None:
+    """End a stream with ``code``, after taking the client's first requests off the wire.
+
+    A client writes its subscriptions right after opening the stream. Ended at once,
+    those writes race the status: Python's gRPC then fails the write with a generic
+    INTERNAL and the client never learns that it was UNAUTHENTICATED. Reading (and
+    dropping) what is already in flight, bounded in count and time, lets the real
+    status reach it.
+    """
+    import grpc
+
+    async def drain() -> None:
+        for _ in range(REFUSAL_LINGER_MESSAGES):
+            if await context.read() is grpc.aio.EOF:
+                return
+
+    with contextlib.suppress(Exception):  # the linger's timeout, or a client gone already
+        await asyncio.wait_for(drain(), REFUSAL_LINGER_SECONDS)
+    await context.abort(code, message)

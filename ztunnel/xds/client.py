@@ -28,7 +28,7 @@ from api.xds import (
     decode_response,
     encode_request,
 )
-from ztunnel.errors import XdsResourceError
+from ztunnel.errors import XdsResourceError, XdsStreamError
 from ztunnel.state.proxy_state import ProxyState
 from ztunnel.state.security import Authorization
 from ztunnel.state.workload import Service, Workload
@@ -284,8 +284,17 @@ class XdsClient:
             await asyncio.wait_for(channel.channel_ready(), self.endpoint.timeout)
             method = channel.stream_stream(DELTA_ADS_METHOD)
             call = method(metadata=self.endpoint.metadata())
-            for request in self.core.initial_requests():
-                await call.write(encode_request(request))
+            try:
+                for request in self.core.initial_requests():
+                    await call.write(encode_request(request))
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as err:
+                # The server ended the stream (a refusal) before or while we wrote: the
+                # call's final status says why, not the write's error.
+                code = await asyncio.wait_for(call.code(), self.endpoint.timeout)
+                details = await asyncio.wait_for(call.details(), self.endpoint.timeout)
+                if code is None or code == grpc.StatusCode.OK:
+                    raise
+                raise XdsStreamError(code.name, details or "") from err
             self.connected = True
             self.connections += 1
             self.last_error = ""
