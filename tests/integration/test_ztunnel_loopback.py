@@ -114,6 +114,7 @@ class Mesh:
         self.vip_port = outbound_sock.getsockname()[1]
         self.echo_server = await asyncio.start_server(echo, SERVER, 0)
         echo_port = self.echo_server.sockets[0].getsockname()[1]
+        self.echo_port = echo_port
         self.state = parse_state(
             yaml.safe_load(state_yaml(echo_port, self.vip_port))
         ).to_proxy_state()
@@ -372,3 +373,36 @@ async def reset_at_the_end() -> None:
 def test_a_client_reset_keeps_the_byte_counts() -> None:
     # wrk and iperf3 end their connections with a reset: the bytes they moved count.
     asyncio.run(asyncio.wait_for(reset_at_the_end(), 30))
+
+
+async def refused_early_bytes() -> None:
+    seen: list[str] = []
+
+    async def recording_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(writer.get_extra_info("peername")[0])
+        await echo(reader, writer)
+
+    async with Mesh() as mesh:
+        mesh.echo_server.close()
+        await mesh.echo_server.wait_closed()
+        mesh.echo_server = await asyncio.start_server(recording_echo, SERVER, mesh.echo_port)
+        assert await talk(CLIENT, mesh.vip_port, b"warm up") == b"warm up"
+        # The source sends a caller's first bytes with the CONNECT, before the answer:
+        # a denied caller's bytes reach no upstream, and the pooled connections go on
+        # carrying tunnels.
+        blob = bytes(6 * 1024 * 1024)
+        for _ in range(5):
+            assert await talk(OTHER, mesh.vip_port, blob) == b""
+        payload = random.Random(5).randbytes(2 * 1024 * 1024)
+        assert await asyncio.wait_for(talk(CLIENT, mesh.vip_port, payload), 15) == payload
+        assert len(mesh.connector.pool) == 2  # one per source identity
+        await asyncio.sleep(0.1)
+    assert len(seen) == 2  # the warm-up and the payload; never the denied caller
+    opened = counter(mesh.registry, "istio_tcp_connections_opened_total")
+    assert opened == {"source/-": 2.0, "destination/-": 2.0}
+    failed = counter(mesh.registry, "istio_tcp_connections_failed_total")
+    assert failed == {"source/DENY": 5.0, "destination/DENY": 5.0}
+
+
+def test_early_bytes_of_a_refused_tunnel_reach_nobody() -> None:
+    asyncio.run(asyncio.wait_for(refused_early_bytes(), 60))

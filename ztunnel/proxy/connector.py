@@ -104,16 +104,33 @@ class HboneConnector:
 
     async def open(self, plan: Tunnel) -> TunnelStream:
         """A tunnel for ``plan``, established (200) or an exception saying why not."""
+        stream = await self.start(plan)
+        await self.established(stream)
+        return stream
+
+    async def start(self, plan: Tunnel, *, flush: bool = True) -> TunnelStream:
+        """Queue ``plan``'s CONNECT on a pooled connection; the answer is not awaited.
+
+        The caller may write to the tunnel at once (the peer queues those bytes until
+        it has connected upstream, and drops them if it refuses), then must await
+        :meth:`established` before it trusts anything from the peer. With
+        ``flush=False`` the CONNECT leaves with the channel's next flush (the caller's
+        first write), so the two share one TLS record.
+        """
         checkout = self.pool.checkout(plan.pool_key)
         if checkout.dial or checkout.connection_id not in self._channels:
             self._start_dial(checkout.connection_id, plan)
         try:
             channel = await self._channels[checkout.connection_id]
-            stream = channel.open_tunnel(plan.request)
+            stream = channel.open_tunnel(plan.request, flush=flush)
         except BaseException:
             self.pool.release(checkout.connection_id, self._monotonic())
             raise
         stream.on_closed = lambda: self._release(checkout.connection_id, stream)
+        return stream
+
+    async def established(self, stream: TunnelStream) -> None:
+        """Wait for the peer's answer to ``stream``'s CONNECT; raise unless it is 2xx."""
         try:
             async with asyncio.timeout(self.response_timeout):
                 response = await stream.response
@@ -123,7 +140,6 @@ class HboneConnector:
         if not response.established:
             stream.reset()
             raise TunnelRefusedError(response.status)
-        return stream
 
     def _release(self, connection_id: int, stream: TunnelStream) -> None:
         """The tunnel is over: its stream slot goes back to the pool."""

@@ -123,6 +123,11 @@ class TunnelStream:
                 self.channel.core.acknowledge(self.stream_id, size)
         self._chunks.clear()
 
+    def discard_unread(self) -> None:
+        """The tunnel was refused: bytes the peer sent early are dropped, their window freed."""
+        self._drop_unread()
+        self.channel.flush()
+
     def _maybe_closed(self) -> None:
         if self._eof and self._ended_locally:
             self._mark_closed()
@@ -305,14 +310,19 @@ class HboneChannel:
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
 
-    def open_tunnel(self, request: TunnelRequest) -> TunnelStream:
-        """Client side: send a CONNECT; await ``stream.response`` for the answer."""
+    def open_tunnel(self, request: TunnelRequest, *, flush: bool = True) -> TunnelStream:
+        """Client side: send a CONNECT; await ``stream.response`` for the answer.
+
+        With ``flush=False`` the HEADERS wait for the next :meth:`flush`, so the
+        tunnel's first bytes can leave in the same TLS write.
+        """
         if not isinstance(self.core, HboneClient):
             raise TypeError("only a client channel opens tunnels")
         stream_id = self.core.open_tunnel(request)
         stream = TunnelStream(self, stream_id)
         self.streams[stream_id] = stream
-        self.flush()
+        if flush:
+            self.flush()
         return stream
 
     async def run(self, on_request: RequestHandler | None = None) -> None:
@@ -563,6 +573,8 @@ async def relay(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     transfer: Transfer | None = None,
+    *,
+    gate: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[int, int]:
     """Copy both ways between a plain socket and a tunnel, half-closes included.
 
@@ -570,6 +582,11 @@ async def relay(
     given) holds them too, also when the copy ends with an exception. The socket's
     bytes go into the tunnel from its transport's callbacks (:class:`_Feeder`) when
     it can take the socket over, else from a task.
+
+    With ``gate``, the socket's bytes start into the tunnel at once but nothing comes
+    out of it until ``gate()`` returns (the client side awaits the peer's 200 there:
+    the request rides with the CONNECT instead of a round trip later); if it raises,
+    the tunnel is reset and the error is raised.
     """
     counts = transfer or Transfer()
     copied = Transfer()
@@ -581,10 +598,20 @@ async def relay(
         await stream.end()
         return counts.forward
 
-    stream.sink = writer
+    async def out_of_tunnel() -> int:
+        if gate is not None:
+            await gate()
+        stream.sink = writer
+        return await copy_to_socket(stream.read, writer, copied)
+
+    if gate is None:
+        stream.sink = writer
     feeder = _Feeder.install(stream, reader, counts)
+    stream.channel.flush()  # a CONNECT not sent yet goes now (with the bytes already read)
     up: asyncio.Future[int] = feeder.done if feeder else asyncio.create_task(into_tunnel())
-    down = asyncio.create_task(copy_to_socket(stream.read, writer, copied))
+    down = asyncio.create_task(
+        out_of_tunnel() if gate is not None else copy_to_socket(stream.read, writer, copied)
+    )
     try:
         await asyncio.gather(up, down)
     except BaseException:

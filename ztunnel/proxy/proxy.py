@@ -191,19 +191,39 @@ class Proxy:
         labels: ConnectionLabels,
         record: AccessRecord,
     ) -> None:
-        stream = await self.connector.open(plan)
-        self.metrics.connection_opened(labels)
+        if plan.via_waypoint:
+            # Envoy answers the CONNECT before it takes the tunnel's bytes: wait for it.
+            stream = await self.connector.open(plan)
+            opened = True
+            self.metrics.connection_opened(labels)
+        else:
+            # A ztunnel peer queues early bytes until it has connected upstream (and
+            # drops them if it refuses): the client's first bytes go with the CONNECT,
+            # and nothing comes back to the client before the peer's 200.
+            stream = await self.connector.start(plan, flush=False)  # relay() flushes
+            opened = False
+
+        async def established() -> None:
+            nonlocal opened
+            if not opened:
+                await self.connector.established(stream)
+                opened = True
+                self.metrics.connection_opened(labels)
+
         moved = Transfer()
         try:
-            await relay(stream, reader, writer, moved)
+            await relay(stream, reader, writer, moved, gate=established)
         except (HboneError, OSError) as err:
+            if not opened:
+                raise  # refused or never answered: a failed connection, counted as such
             # The tunnel was up and then reset (by the client, as wrk and iperf3 end, or
             # by the peer): a closed connection with the bytes it moved, not a failed one.
             record.result, record.reason = "reset", str(err) or type(err).__name__
             writer.transport.abort()
         finally:
             record.bytes_received, record.bytes_sent = moved.forward, moved.backward
-            self.metrics.connection_closed(labels, received=moved.forward, sent=moved.backward)
+            if opened:
+                self.metrics.connection_closed(labels, received=moved.forward, sent=moved.backward)
 
     def _is_local(self, plan: outbound.Tunnel) -> bool:
         """Whether the tunnel would end at this very ztunnel (a pod of this node).
@@ -341,6 +361,7 @@ class Proxy:
                 self.metrics.connection_failed(labels, decision.flag)
                 record.result, record.reason = decision.flag, decision.reason
                 core.respond(stream.stream_id, decision.status or 400)
+                stream.discard_unread()  # what the client sent early never reaches anyone
                 await channel.drain()
                 return
             dest = decision.destination
@@ -363,6 +384,7 @@ class Proxy:
                 self.metrics.connection_failed(labels, FLAG_CONNECT)
                 record.result, record.reason = FLAG_CONNECT, f"upstream connect failed: {err}"
                 core.respond(stream.stream_id, 503)
+                stream.discard_unread()
                 await channel.drain()
                 return
             core.respond(stream.stream_id, 200)
