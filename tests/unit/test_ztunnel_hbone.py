@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import collections
+
 import h2.config
 import h2.connection
+import h2.events
+import h2.settings
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -411,3 +415,36 @@ def test_random_bytes_after_the_preface_never_raise(chunks: list[bytes]) -> None
         events = server.receive_data(chunk)
         assert all(isinstance(e, HboneEvent) for e in events)
     server.data_to_send()
+
+
+def test_connect_blocks_decode_with_a_stock_hpack_and_leave_its_table_empty() -> None:
+    """Our HPACK never indexes: a stock h2 server reads every CONNECT, table untouched."""
+    client = HboneClient()
+    client.initiate()
+    server = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    server.initiate_connection()
+    server.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 256})
+    client.receive_data(server.data_to_send())
+    seen = []
+    for n in range(3):
+        long_value = {"k8s.pod.name": "p" * (200 + n)}  # lengths past the 7-bit prefix
+        request = TunnelRequest(
+            authority=Authority("10.244.2.5", 8080 + n),
+            forwarded_for=f"10.244.1.7:{41234 + n}",
+            baggage=long_value,
+            traceparent=TRACE,
+        )
+        client.open_tunnel(request)
+        for event in server.receive_data(client.data_to_send()):
+            if isinstance(event, h2.events.RequestReceived):
+                seen.append(dict(event.headers))
+    assert [h[b":authority"] for h in seen] == [
+        b"10.244.2.5:8080",
+        b"10.244.2.5:8081",
+        b"10.244.2.5:8082",
+    ]
+    assert all(h[b":method"] == b"CONNECT" and h[b"traceparent"] == TRACE.encode() for h in seen)
+    assert seen[2][b"baggage"].endswith(b"p" * 202)
+    assert server.decoder.header_table.dynamic_entries == collections.deque()

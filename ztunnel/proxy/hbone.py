@@ -90,17 +90,65 @@ class _Payload:
         return len(self.view)
 
 
-class _RawLiteralEncoder(hpack.Encoder):  # type: ignore[misc]
-    """HPACK without Huffman coding, which every HPACK decoder reads.
+def _hpack_integer(value: int, prefix_bits: int, first: int) -> bytes:
+    """An HPACK integer (RFC 7541 section 5.1) whose first byte carries ``first``'s bits."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 127) | 128)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
-    Our header blocks are short, and hpack's Huffman coder and decoder work a
-    symbol at a time in Python: a CONNECT's decoding was a large part of a new
-    tunnel's CPU at the peer.
+
+_STATIC_NAMES: dict[bytes, int] = {}
+for _index, (_name, _) in enumerate(hpack.table.HeaderTable.STATIC_TABLE, start=1):
+    _STATIC_NAMES.setdefault(_name, _index)
+
+
+class _LiteralEncoder:
+    """HPACK that never uses the dynamic table: every field a literal without indexing.
+
+    Stateless, so a block is a few byte joins (hpack's encoder searched and updated
+    its table per field, a large part of a new tunnel's CPU), and the peer's decoder
+    adds nothing to its table either. Names in the static table go by index; values
+    are raw octets (no Huffman: our blocks are short, and Huffman is a symbol at a
+    time in Python on both sides). The first block starts with a dynamic table size
+    update to 0, which satisfies any SETTINGS_HEADER_TABLE_SIZE the peer announces.
     """
 
-    def encode(self, headers: Any, huffman: bool = False) -> bytes:
+    def __init__(self) -> None:
+        self._announced = False
+        self.header_table_size = 0
+        """Set by h2 when the peer's settings change it; we use no table at any size."""
+
+    def encode(self, headers: Iterable[Any], huffman: bool = False) -> bytes:
         del huffman
-        return bytes(super().encode(headers, huffman=False))
+        out = bytearray()
+        if not self._announced:
+            out.append(0x20)  # dynamic table size update: 0
+            self._announced = True
+        for field_ in headers:
+            name, value = field_[0], field_[1]
+            if isinstance(name, str):
+                name = name.encode()
+            if isinstance(value, str):
+                value = value.encode()
+            # Never-indexed (0001) for fields h2 marks sensitive, else without indexing.
+            kind = 0x10 if isinstance(field_, hpack.NeverIndexedHeaderTuple) else 0x00
+            index = _STATIC_NAMES.get(name)
+            if index is not None:
+                out += _hpack_integer(index, 4, kind)
+            else:
+                out.append(kind)
+                out += _hpack_integer(len(name), 7, 0)
+                out += name
+            out += _hpack_integer(len(value), 7, 0)
+            out += value
+        return bytes(out)
 
 
 class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
@@ -115,7 +163,7 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
 
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config=config)
-        self.encoder = _RawLiteralEncoder()
+        self.encoder = _LiteralEncoder()  # type: ignore[assignment]  # h2 only calls encode()
         self._chunks: list[Buffer] = []
         # Received bytes not yet forming a whole frame, and how many there are.
         self._rx: collections.deque[memoryview] = collections.deque()
