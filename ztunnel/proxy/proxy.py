@@ -64,14 +64,20 @@ class AccessRecord:
         """Write the record (text ``k=v`` or JSON) to the ``ztunnel.access`` logger."""
         if not access_log.isEnabledFor(logging.INFO):
             return  # access logging is off: no line to build
-        values = {k: v for k, v in vars(self).items() if k != "started"}
-        values["duration_ms"] = round((time.monotonic() - self.started) * 1000, 3)
+        duration_ms = round((time.monotonic() - self.started) * 1000, 3)
         if fmt == "json":
+            values = {k: v for k, v in vars(self).items() if k != "started"}
+            values["duration_ms"] = duration_ms
             access_log.info(json.dumps(values, sort_keys=True))
-        else:
-            access_log.info(
-                " ".join(f"{k}={v!r}" if k == "reason" else f"{k}={v}" for k, v in values.items())
-            )
+            return
+        # One f-string per connection (and per side): this line is on every tunnel's path.
+        access_log.info(
+            f"direction={self.direction} src={self.src} dst={self.dst} "
+            f"src_workload={self.src_workload} dst_workload={self.dst_workload} "
+            f"src_identity={self.src_identity} dst_identity={self.dst_identity} "
+            f"bytes_sent={self.bytes_sent} bytes_received={self.bytes_received} "
+            f"result={self.result} reason={self.reason!r} duration_ms={duration_ms}"
+        )
 
 
 def _addr(extra: object) -> tuple[IPAddress, int]:
