@@ -448,3 +448,51 @@ def test_connect_blocks_decode_with_a_stock_hpack_and_leave_its_table_empty() ->
     assert all(h[b":method"] == b"CONNECT" and h[b"traceparent"] == TRACE.encode() for h in seen)
     assert seen[2][b"baggage"].endswith(b"p" * 202)
     assert server.decoder.header_table.dynamic_entries == collections.deque()
+
+
+MIB = 1024 * 1024
+
+
+def open_tunnel_with_response(wire: Wire) -> int:
+    stream_id = wire.client.open_tunnel(REQUEST)
+    wire.pump()
+    wire.server.respond(stream_id, 200)
+    wire.pump()
+    wire.take("client")
+    wire.take("server")
+    return stream_id
+
+
+def window_accounted(connection: HboneServer | HboneClient) -> bool:
+    """Every byte charged to the receive window was given back or is still unread."""
+    manager = connection._h2._inbound_flow_control_window_manager
+    return bool(manager.current_window_size + manager._bytes_processed == manager.max_window_size)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % len(data) for c in cuts} - {0})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+@given(cuts=st.lists(st.integers(1, 4 * MIB), max_size=40))
+@settings(max_examples=30, deadline=None)
+def test_large_data_frames_split_anywhere_arrive_whole(cuts: list[int]) -> None:
+    """DATA frames split anywhere across reads arrive whole and in order, and their
+    window is charged and given back exactly once."""
+    wire = connected()
+    stream_id = open_tunnel_with_response(wire)
+    payload = bytes(range(256)) * (3 * MIB // 256) + b"tail"
+    wire.client.send_data(stream_id, payload)
+    raw = wire.client.data_to_send()
+    received = bytearray()
+    pieces = 0
+    for chunk in split(raw, cuts):
+        for event in wire.server.receive_data(chunk):
+            assert isinstance(event, DataReceived), event
+            assert event.stream_id == stream_id
+            received += event.data
+            pieces += 1
+            wire.server.acknowledge(stream_id, event.flow_controlled_length)
+    assert bytes(received) == payload
+    assert pieces >= 4  # frames of 1 MiB at most
+    assert window_accounted(wire.server)
