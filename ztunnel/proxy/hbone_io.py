@@ -39,6 +39,8 @@ log = logging.getLogger("ztunnel.hbone")
 
 HIGH_WATER = 1024 * 1024
 READ_SIZE = 256 * 1024
+COALESCE_BELOW = 16 * 1024
+"""Output up to this size is joined into one buffer (one TLS record) before it is sent."""
 
 
 class TunnelStream:
@@ -299,9 +301,16 @@ class HboneChannel:
     def flush(self) -> None:
         """Hand the core's pending output to the transport."""
         chunks = self.core.chunks_to_send()
-        if chunks and not self.writer.is_closing():
-            # One call: the TLS transport encrypts the list and sends it in one write,
-            # and tunnel payloads reach the cipher without being copied first.
+        if not chunks or self.writer.is_closing():
+            return
+        if len(chunks) > 1 and sum(map(len, chunks)) <= COALESCE_BELOW:
+            # The TLS transport seals every buffer it is given as a record of its own:
+            # a small frame's 9-byte header and its payload would be two records (two
+            # seals here, two opens at the peer). Joined, small writes are one.
+            self.writer.write(b"".join(chunks))
+        else:
+            # Large payloads reach the cipher without being copied first; the
+            # transport encrypts the list and sends it in one write.
             self.writer.writelines(chunks)
 
     async def drain(self) -> None:
