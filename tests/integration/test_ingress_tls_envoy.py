@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 from controlplane.ca.credentials import NodeTokens
 from controlplane.server import ControlPlane, ControlPlaneConfig
-from tests.integration.test_controlplane_ads_envoy import Envoy, eventually, free_ports, on_loopback
+from tests.integration.envoy_harness import Envoy, eventually, free_ports, on_loopback
 from tests.tls_fixtures import SHOP_HOST, make_ca, make_leaf, shop_gateway_yaml, tls_secret_yaml
 
 pytestmark = pytest.mark.timeout(60)
