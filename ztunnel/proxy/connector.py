@@ -102,12 +102,6 @@ class HboneConnector:
 
         self._spawn(dial())
 
-    async def open(self, plan: Tunnel) -> TunnelStream:
-        """A tunnel for ``plan``, established (200) or an exception saying why not."""
-        stream = await self.start(plan)
-        await self.established(stream)
-        return stream
-
     async def start(self, plan: Tunnel, *, flush: bool = True) -> TunnelStream:
         """Queue ``plan``'s CONNECT on a pooled connection; the answer is not awaited.
 

@@ -197,17 +197,11 @@ class Proxy:
         labels: ConnectionLabels,
         record: AccessRecord,
     ) -> None:
-        if plan.via_waypoint:
-            # Envoy answers the CONNECT before it takes the tunnel's bytes: wait for it.
-            stream = await self.connector.open(plan)
-            opened = True
-            self.metrics.connection_opened(labels)
-        else:
-            # A ztunnel peer queues early bytes until it has connected upstream (and
-            # drops them if it refuses): the client's first bytes go with the CONNECT,
-            # and nothing comes back to the client before the peer's 200.
-            stream = await self.connector.start(plan, flush=False)  # relay() flushes
-            opened = False
+        # A ztunnel peer queues early bytes until it has connected upstream (and drops
+        # them if it refuses): the client's first bytes go with the CONNECT (relay()
+        # flushes both), and nothing comes back to the client before the peer's 200.
+        stream = await self.connector.start(plan, flush=plan.via_waypoint)
+        opened = False
 
         async def established() -> None:
             nonlocal opened
@@ -216,6 +210,8 @@ class Proxy:
                 opened = True
                 self.metrics.connection_opened(labels)
 
+        if plan.via_waypoint:
+            await established()  # Envoy answers the CONNECT before it takes the bytes
         moved = Transfer()
         try:
             await relay(stream, reader, writer, moved, gate=established)
