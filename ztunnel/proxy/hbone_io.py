@@ -613,14 +613,10 @@ async def relay(
         stream.sink = writer
         return await copy_to_socket(stream.read, writer, copied)
 
-    if gate is None:
-        stream.sink = writer
     feeder = _Feeder.install(stream, reader, counts)
     stream.channel.flush()  # a CONNECT not sent yet goes now (with the bytes already read)
     up: asyncio.Future[int] = feeder.done if feeder else asyncio.create_task(into_tunnel())
-    down = asyncio.create_task(
-        out_of_tunnel() if gate is not None else copy_to_socket(stream.read, writer, copied)
-    )
+    down = asyncio.create_task(out_of_tunnel())
     try:
         await asyncio.gather(up, down)
     except BaseException:
