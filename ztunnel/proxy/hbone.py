@@ -25,7 +25,6 @@ import collections
 import ipaddress
 import re
 import struct
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +39,7 @@ import h2.stream
 import hpack
 import hyperframe.frame
 
+from api.baggage import format_baggage, parse_baggage
 from ztunnel.errors import HboneError, HboneStreamError
 
 MiB = 1024 * 1024
@@ -418,22 +418,6 @@ def format_forwarded(for_: str, host: str | None = None) -> str:
     """A ``forwarded`` value: ``for="<ip:port>"`` plus ``;host=<service>`` if known."""
     value = f'for="{for_}"'
     return f"{value};host={host}" if host else value
-
-
-def parse_baggage(value: str) -> dict[str, str]:
-    """W3C baggage to a dict; members without ``=`` and properties are ignored."""
-    out: dict[str, str] = {}
-    for member in value.split(","):
-        entry = member.split(";", 1)[0]
-        key, sep, raw = entry.partition("=")
-        if sep and key.strip():
-            out[key.strip()] = urllib.parse.unquote(raw.strip())
-    return out
-
-
-def format_baggage(items: Mapping[str, str]) -> str:
-    """W3C baggage from a dict, skipping empty values (as Istio does)."""
-    return ",".join(f"{k}={urllib.parse.quote(v, safe='')}" for k, v in items.items() if v)
 
 
 @dataclass(frozen=True)
