@@ -6,12 +6,14 @@ frozen dataclasses.
 
 from __future__ import annotations
 
+from typing import Any
+
 from envoy.config.core.v3.address_pb2 import Address
 from envoy.config.core.v3.base_pb2 import RequestMethod
 from envoy.data.accesslog.v3.accesslog_pb2 import AccessLogType, HTTPAccessLogEntry, ResponseFlags
 from google.protobuf.wrappers_pb2 import StringValue
 
-from controlplane.envoy.hbone import PEER_PRINCIPAL_KEY
+from controlplane.envoy.hbone import PEER_BAGGAGE_KEY, PEER_PRINCIPAL_KEY
 from waypoint.telemetry_labels import LABEL_TAGS, RequestRecord
 
 RESPONSE_FLAGS = (
@@ -114,12 +116,8 @@ def record_from_entry(entry: HTTPAccessLogEntry) -> RequestRecord:
     """The record of one HTTP access-log entry."""
     common = entry.common_properties
     request, response = entry.request, entry.response
-    principal = ""
-    state = common.filter_state_objects.get(PEER_PRINCIPAL_KEY)
-    if state is not None and state.Is(StringValue.DESCRIPTOR):
-        value = StringValue()
-        state.Unpack(value)
-        principal = value.value
+    principal = _state_string(common.filter_state_objects.get(PEER_PRINCIPAL_KEY))
+    baggage = _state_string(common.filter_state_objects.get(PEER_BAGGAGE_KEY))
     if common.HasField("duration"):
         duration = _ms(common.duration.seconds, common.duration.nanos)
     else:
@@ -134,6 +132,7 @@ def record_from_entry(entry: HTTPAccessLogEntry) -> RequestRecord:
         upstream_host=address_text(common.upstream_remote_address),
         downstream_ip=address_text(common.downstream_remote_address),
         peer_principal=principal,
+        peer_baggage="" if baggage == "-" else baggage,  # Envoy logs a missing header as -
         response_code=response.response_code.value,
         response_flags=response_flags(common.response_flags),
         grpc_status=grpc_status,
@@ -160,6 +159,7 @@ def label_key(entry: HTTPAccessLogEntry) -> LabelKey:
     upstream, downstream = common.upstream_remote_address, common.downstream_remote_address
     up_socket, down_socket = upstream.socket_address, downstream.socket_address
     state = common.filter_state_objects.get(PEER_PRINCIPAL_KEY)
+    baggage = common.filter_state_objects.get(PEER_BAGGAGE_KEY)
     response, tags = entry.response, common.custom_tags
     return (
         common.upstream_cluster,
@@ -172,6 +172,7 @@ def label_key(entry: HTTPAccessLogEntry) -> LabelKey:
         down_socket.port_value != 0,
         downstream.envoy_internal_address.endpoint_id,
         None if state is None else (state.type_url, state.value),
+        None if baggage is None else baggage.value,
         response.response_code.value,
         common.response_flags.SerializeToString(deterministic=True),
         response.response_trailers.get("grpc-status", ""),
@@ -179,6 +180,15 @@ def label_key(entry: HTTPAccessLogEntry) -> LabelKey:
         entry.request.request_headers.get("content-type", "").startswith("application/grpc"),
         tuple([tags.get(name, "") for name in LABEL_TAGS]),
     )
+
+
+def _state_string(state: Any) -> str:
+    """A filter-state object logged as ``StringValue`` (``envoy.string``), else ``""``."""
+    if state is None or not state.Is(StringValue.DESCRIPTOR):
+        return ""
+    value = StringValue()
+    state.Unpack(value)
+    return str(value.value)
 
 
 def amounts(entry: HTTPAccessLogEntry) -> tuple[bool, float, int, int, int]:

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from api.baggage import parse_baggage
+
 UNKNOWN = "unknown"
 REPORTER = "waypoint"
 """``reporter`` of a waypoint's metrics."""
@@ -86,6 +88,8 @@ class RequestRecord:
     """The client's address as the HCM saw it (the tunnel's source, when restored)."""
     peer_principal: str = ""
     """The SPIFFE URI of the verified HBONE client (filter state), or empty."""
+    peer_baggage: str = ""
+    """The CONNECT's W3C ``baggage`` (the source ztunnel's word on the calling workload)."""
     response_code: int = 0
     """HTTP status sent downstream; 0 when none was (a reset)."""
     response_flags: tuple[str, ...] = ()
@@ -277,6 +281,8 @@ def source_labels(record: RequestRecord, directory: WorkloadDirectory) -> dict[s
         info = None  # the address says one pod, the certificate another: trust the certificate
     if info is None and principal:
         info = directory.by_principal(principal)
+    if info is None and identity is not None and record.peer_baggage:
+        info = _baggage_workload(record.peer_baggage, identity, directory)
     namespace = info.namespace if info else (identity[1] if identity else "")
     return {
         "source_workload": _value(info.name if info else ""),
@@ -288,6 +294,38 @@ def source_labels(record: RequestRecord, directory: WorkloadDirectory) -> dict[s
         "source_version": _value(info.version if info else ""),
         "source_cluster": directory.cluster_id if (info or identity) else UNKNOWN,
     }
+
+
+BAGGAGE_WORKLOAD_KEYS = tuple(
+    f"k8s.{kind}.name"
+    for kind in ("deployment", "statefulset", "daemonset", "replicaset", "cronjob", "job", "pod")
+)
+"""Baggage members naming the calling workload, in the order Istio's sources set them."""
+
+
+def _baggage_workload(
+    baggage: str, identity: tuple[str, str, str], directory: WorkloadDirectory
+) -> WorkloadInfo | None:
+    """The calling workload as the CONNECT's baggage names it (Istio's ``baggage`` peer
+    metadata), believed only within the verified identity: the named workload must
+    have that identity in the directory, or, unknown there, be in its namespace."""
+    members = parse_baggage(baggage)
+    name = next((members[k] for k in BAGGAGE_WORKLOAD_KEYS if members.get(k)), "")
+    _, namespace, account = identity
+    if not name or members.get("k8s.namespace.name", namespace) != namespace:
+        return None
+    for info in directory.by_identity.get((namespace, account), ()):
+        if info.name == name:
+            return info
+    if any(w.name == name for w in directory.by_ip.values() if w.namespace == namespace):
+        return None  # a known workload of another identity: the baggage is wrong
+    return WorkloadInfo(
+        name=name,
+        namespace=namespace,
+        app=members.get("service.name") or name,
+        version=members.get("service.version") or "latest",
+        service_account=account,
+    )
 
 
 def destination_labels(record: RequestRecord, directory: WorkloadDirectory) -> dict[str, str]:

@@ -48,6 +48,9 @@ is the connection's own local address (workload-addressed traffic)."""
 
 PEER_PRINCIPAL_KEY = "io.istio.peer_principal"
 """Filter state: the SPIFFE URI of the HBONE client (the outer TLS peer)."""
+PEER_BAGGAGE_KEY = "io.istio.peer_baggage"
+"""Filter state: the CONNECT's W3C ``baggage`` (the source ztunnel's description of the
+calling workload), for telemetry labels only; never for policy."""
 LOCAL_PRINCIPAL_KEY = "io.istio.local_principal"
 """Filter state: the waypoint's own SPIFFE URI (the outer TLS local certificate)."""
 ORIGINAL_DST_LOCAL_KEY = "envoy.filters.listener.original_dst.local_ip"

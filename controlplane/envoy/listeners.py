@@ -171,6 +171,7 @@ def connect_terminate_listener(
             _shared(hbone.ORIGINAL_DST_LOCAL_KEY, "%REQ(:AUTHORITY)%"),
             _shared(hbone.ORIGINAL_DST_REMOTE_KEY, "%DOWNSTREAM_REMOTE_ADDRESS%"),
             _shared(hbone.PEER_PRINCIPAL_KEY, "%DOWNSTREAM_PEER_URI_SAN%", "envoy.string"),
+            _shared(hbone.PEER_BAGGAGE_KEY, "%REQ(baggage)%", "envoy.string"),
             _shared(hbone.LOCAL_PRINCIPAL_KEY, "%DOWNSTREAM_LOCAL_URI_SAN%", "envoy.string"),
         ]
     }

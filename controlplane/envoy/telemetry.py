@@ -85,8 +85,9 @@ LOGGED_RESPONSE_HEADERS = ("grpc-status",)
 """Response headers (a trailers-only gRPC answer carries its status here)."""
 LOGGED_RESPONSE_TRAILERS = ("grpc-status",)
 """Response trailers (where gRPC puts its status)."""
-FILTER_STATE_TO_LOG = (hbone.PEER_PRINCIPAL_KEY,)
-"""Filter state objects each entry carries: the HBONE client's SPIFFE URI."""
+FILTER_STATE_TO_LOG = (hbone.PEER_PRINCIPAL_KEY, hbone.PEER_BAGGAGE_KEY)
+"""Filter state objects each entry carries: the HBONE client's SPIFFE URI and the
+CONNECT's baggage (which workload called, as its ztunnel says)."""
 
 # Custom tags: name -> (metadata kind, namespace, key). Names are the exporter's contract.
 TAG_SERVICE = "destination_service"

@@ -178,6 +178,9 @@ async def _scenario(tmp_path: Path, backend_port: int) -> None:
             "response_code": "200",
             "source_principal": PEER,
             "source_workload_namespace": "demo",
+            # from the CONNECT's baggage (the exporter's directory is empty here)
+            "source_workload": "frontend",
+            "source_version": "v7",
             "destination_service": "backend.demo.svc.cluster.local",
             "destination_service_name": "backend",
             "destination_workload": "backend-v1",

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from controlplane.envoy.hbone import PEER_PRINCIPAL_KEY
+from controlplane.envoy.hbone import PEER_BAGGAGE_KEY, PEER_PRINCIPAL_KEY
 from controlplane.model import ClusterState, FrozenMap, Pod
 from waypoint.telemetry import directory_from_state
 from waypoint.telemetry_entry import is_final, is_tunnel, record_from_entry
@@ -192,6 +192,54 @@ LABEL_CASES: list[tuple[str, dict[str, Any], dict[str, str]]] = [
         {"source_workload": "unknown", "source_workload_namespace": "demo"},
     ),
     (
+        "identity shared by two workloads: the CONNECT's baggage names which one",
+        {
+            "peer_principal": BACKEND_ID,
+            "peer_baggage": "k8s.namespace.name=demo,k8s.deployment.name=backend-v2,"
+            "service.name=backend,service.version=v2",
+        },
+        {
+            "source_workload": "backend-v2",
+            "source_version": "v2",
+            "source_app": "backend",
+            "source_principal": BACKEND_ID,
+        },
+    ),
+    (
+        "baggage naming a workload of another identity is not believed",
+        {
+            "peer_principal": BACKEND_ID,
+            "peer_baggage": "k8s.namespace.name=demo,k8s.deployment.name=frontend",
+        },
+        {"source_workload": "unknown", "source_workload_namespace": "demo"},
+    ),
+    (
+        "baggage of another namespace than the certificate's is not believed",
+        {
+            "peer_principal": "spiffe://cluster.local/ns/other/sa/x",
+            "peer_baggage": "k8s.namespace.name=demo,k8s.deployment.name=backend-v1",
+        },
+        {"source_workload": "unknown", "source_workload_namespace": "other"},
+    ),
+    (
+        "a workload the directory does not know yet: taken from baggage in its namespace",
+        {
+            "peer_principal": "spiffe://cluster.local/ns/shop/sa/cart",
+            "peer_baggage": "k8s.namespace.name=shop,k8s.deployment.name=cart,service.version=v3",
+        },
+        {
+            "source_workload": "cart",
+            "source_workload_namespace": "shop",
+            "source_app": "cart",
+            "source_version": "v3",
+        },
+    ),
+    (
+        "baggage without a verified peer is ignored",
+        {"peer_baggage": "k8s.namespace.name=demo,k8s.deployment.name=frontend"},
+        {"source_workload": "unknown", "source_principal": "unknown"},
+    ),
+    (
         "gRPC: protocol and status",
         {
             "content_type": "application/grpc+proto",
@@ -288,6 +336,17 @@ def test_record_from_entry() -> None:
         attempts=4,
         tags={"destination_subset": "v1"},
     )
+
+
+def test_record_reads_the_connect_baggage_from_filter_state() -> None:
+    entry = _entry()
+    baggage = "k8s.namespace.name=demo,k8s.deployment.name=frontend"
+    entry.common_properties.filter_state_objects[PEER_BAGGAGE_KEY].Pack(StringValue(value=baggage))
+    assert record_from_entry(entry).peer_baggage == baggage
+    # A CONNECT without the header: Envoy's formatter logs "-", which means none.
+    entry.common_properties.filter_state_objects[PEER_BAGGAGE_KEY].Pack(StringValue(value="-"))
+    assert record_from_entry(entry).peer_baggage == ""
+    assert record_from_entry(_entry()).peer_baggage == ""
 
 
 def test_upstream_and_intermediate_entries() -> None:

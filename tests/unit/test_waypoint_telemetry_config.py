@@ -27,6 +27,8 @@ ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 SET_FILTER_STATE = "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config"
 BACKEND_CLUSTER = "outbound|80|v1|backend.demo.svc.cluster.local"
 PEER = "spiffe://cluster.local/ns/demo/sa/frontend"
+PEER_BAGGAGE = "k8s.namespace.name=demo,k8s.deployment.name=frontend,service.version=v7"
+"""What the source ztunnel's CONNECT would say of the calling workload."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,13 @@ def telemetry_bootstrap(
                 "factory_key": "envoy.string",
                 "format_string": {"text_format_source": {"inline_string": PEER}},
                 "shared_with_upstream": "ONCE",
-            }
+            },
+            {
+                "object_key": hbone.PEER_BAGGAGE_KEY,
+                "factory_key": "envoy.string",
+                "format_string": {"text_format_source": {"inline_string": PEER_BAGGAGE}},
+                "shared_with_upstream": "ONCE",
+            },
         ],
     }
     backend = {
@@ -194,7 +202,10 @@ def test_access_log_names_the_exporter_cluster_and_what_it_reads() -> None:
     assert log.typed_config.Unpack(config)
     common = config.common_config
     assert common.grpc_service.envoy_grpc.cluster_name == telemetry.TELEMETRY_CLUSTER
-    assert list(common.filter_state_objects_to_log) == [hbone.PEER_PRINCIPAL_KEY]
+    assert list(common.filter_state_objects_to_log) == [
+        hbone.PEER_PRINCIPAL_KEY,
+        hbone.PEER_BAGGAGE_KEY,
+    ]
     # fewer, larger messages, yet counts still arrive within 100 ms
     assert common.buffer_size_bytes.value == telemetry.ACCESS_LOG_BUFFER_BYTES > 16 * 1024
     assert common.buffer_flush_interval.ToMilliseconds() == 100
