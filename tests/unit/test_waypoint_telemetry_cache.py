@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from controlplane.envoy.hbone import PEER_PRINCIPAL_KEY
+from controlplane.envoy.hbone import PEER_BAGGAGE_KEY, PEER_PRINCIPAL_KEY
 from waypoint.telemetry import AccessLogSink
 from waypoint.telemetry_entry import is_final, is_tunnel, label_key, record_from_entry
 from waypoint.telemetry_labels import (
@@ -32,6 +32,13 @@ BACKEND_V6 = WorkloadInfo("backend-v2", "demo", "backend", "v2", "backend", "fd0
 DIRECTORY = WorkloadDirectory.of([FRONTEND, BACKEND_V1, BACKEND_V6])
 FRONTEND_ID = "spiffe://cluster.local/ns/demo/sa/frontend"
 OTHER_ID = "spiffe://cluster.local/ns/other/sa/x"
+BACKEND_ID = "spiffe://cluster.local/ns/demo/sa/backend"
+"""Shared by backend-v1 and backend-v2: the baggage decides which one called."""
+BAGGAGES = (
+    "k8s.namespace.name=demo,k8s.deployment.name=backend-v1",
+    "k8s.namespace.name=demo,k8s.deployment.name=backend-v2,service.version=v2",
+    "k8s.namespace.name=other,k8s.deployment.name=x",
+)
 
 _ADDRESS = st.one_of(
     st.none(),
@@ -51,7 +58,9 @@ _ENTRY = st.fixed_dictionaries(
         ),
         "upstream": _ADDRESS,
         "downstream": _ADDRESS,
-        "principal": st.sampled_from([None, FRONTEND_ID, OTHER_ID, "not-spiffe"]),
+        "principal": st.sampled_from([None, FRONTEND_ID, BACKEND_ID, OTHER_ID, "not-spiffe"]),
+        # the CONNECT's baggage names the source when the identity alone cannot
+        "baggage": st.sampled_from([None, "-", *BAGGAGES]),
         "code": st.sampled_from([0, 200, 503]),
         "flags": st.lists(st.sampled_from(["upstream_overflow", "no_route_found"]), max_size=2),
         "grpc": st.sampled_from([None, ("trailers", "0"), ("headers", "14")]),
@@ -91,6 +100,8 @@ def _entry(spec: dict[str, Any]) -> HTTPAccessLogEntry:
     _address(common.downstream_remote_address, spec["downstream"])
     if spec["principal"] is not None:
         common.filter_state_objects[PEER_PRINCIPAL_KEY].Pack(StringValue(value=spec["principal"]))
+    if spec.get("baggage") is not None:
+        common.filter_state_objects[PEER_BAGGAGE_KEY].Pack(StringValue(value=spec["baggage"]))
     common.duration.FromMilliseconds(spec["ms"])
     common.upstream_request_attempt_count = spec["attempts"]
     common.access_log_type = spec["type"]
@@ -183,6 +194,14 @@ def test_equal_keys_for_requests_that_differ_only_in_amounts() -> None:
     assert label_key(_entry(spec)) == label_key(_entry(other))
     assert label_key(_entry(spec)) != label_key(_entry({**spec, "code": 503}))
     assert label_key(_entry(spec)) != label_key(_entry({**spec, "tags": {}}))
+    # A shared identity: only the baggage tells the callers apart, so it is in the key.
+    v1, v2 = (
+        _entry({**spec, "principal": BACKEND_ID, "downstream": None, "baggage": baggage})
+        for baggage in BAGGAGES[:2]
+    )
+    assert label_key(v1) != label_key(v2)
+    assert _labels(v1, Reporter())["source_workload"] == "backend-v1"
+    assert _labels(v2, Reporter())["source_workload"] == "backend-v2"
 
 
 def test_cache_is_bounded_and_renewed_with_the_directory() -> None:
@@ -231,7 +250,7 @@ def _labels(entry: HTTPAccessLogEntry, reporter: Reporter) -> dict[str, str]:
 
 
 _LABEL_FIELDS = ("cluster", "upstream", "downstream", "principal", "code", "flags")
-_LABEL_FIELDS_MORE = ("grpc", "content_type", "tags")
+_LABEL_FIELDS_MORE = ("grpc", "content_type", "tags", "baggage")
 
 
 @settings(max_examples=100, deadline=None)
