@@ -28,6 +28,7 @@ from agent.pinned import BPFFS_ROOT
 from tests.integration.meshlab import (
     AMBIENT,
     HTTP_GET,
+    add_backend,
     start_agent,
     teardown_nodes,
     wait_for,
@@ -127,7 +128,7 @@ def wait_ready(mesh: Mesh, node: str) -> None:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
-    from lab import Lab, LabSpec, ServicePort
+    from lab import Lab, LabSpec
 
     ca_dir = tmp_path_factory.mktemp("ztunnel-ca")
     load_or_create_ca(ca_dir, "cluster.local", dt.datetime.now(dt.UTC))
@@ -148,24 +149,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 "intruder": lab.add_pod(
                     "intruder", namespace="demo", node="node1", service_account="intruder"
                 ),
-                "backend": lab.add_pod(
-                    "backend",
-                    namespace="demo",
-                    node="node2",
-                    labels={"app": "backend"},
-                    service_account="backend",
-                ),
+                "backend": add_backend(lab),
             }
-            lab.add_service(
-                "backend",
-                namespace="demo",
-                selector={"app": "backend"},
-                ports=[ServicePort(port=80, target_port=8080)],
-            )
             (Path(lab.config_dir) / "zz-policies.yaml").write_text(POLICIES)
-            lab.start_workload(
-                "backend", "http-echo", ["--text", "Hello from backend", "--listen", ":8080"]
-            )
             lab.start_workload("backend", "tcp-echo", ["--listen", ":9001", "--mode", "sink"])
             lab.start_workload("backend", "tcp-echo", ["--listen", ":9002"])
             lab.start_workload("neighbor", "http-echo", ["--listen", ":8080"])
