@@ -134,6 +134,12 @@ def _side(prefix: str, workload: Workload | None, identity: SpiffeId | None) -> 
     return values
 
 
+_LabelsKey = tuple[str, int, SpiffeId | None, int, SpiffeId | None, int, bool]
+_labels_memo: dict[_LabelsKey, tuple[ConnectionLabels, object, object, object]] = {}
+LABELS_MEMO_SIZE = 4096
+"""Label sets :func:`connection_labels` remembers (one per peer pair, service and reporter)."""
+
+
 def connection_labels(
     *,
     reporter: str,
@@ -148,7 +154,23 @@ def connection_labels(
 
     ``source_identity`` must come from the verified mTLS peer (destination reporter)
     or the local workload's certificate (source reporter), never from headers.
+
+    Every new connection asks this, on both reporters, for the same few peer pairs:
+    the answer is remembered per (reporter, the very workload and service objects,
+    identities), so a state update (new objects) gets fresh labels.
     """
+    key = (
+        reporter,
+        id(source),
+        source_identity,
+        id(destination),
+        destination_identity,
+        id(service),
+        mutual_tls,
+    )
+    hit = _labels_memo.get(key)
+    if hit is not None and hit[1] is source and hit[2] is destination and hit[3] is service:
+        return hit[0]
     if reporter not in ("source", "destination"):
         raise ValueError(f"reporter must be source or destination, not {reporter!r}")
     values: dict[str, str] = {"reporter": reporter}
@@ -159,7 +181,12 @@ def connection_labels(
         values["destination_service_namespace"] = service.namespace
         values["destination_service_name"] = service.name
     values["connection_security_policy"] = MUTUAL_TLS if mutual_tls else UNKNOWN
-    return ConnectionLabels(**values)
+    labels = ConnectionLabels(**values)
+    if len(_labels_memo) >= LABELS_MEMO_SIZE:
+        _labels_memo.clear()  # a churn of workloads: start over (rare)
+    # The objects are kept with the answer: an id is only reused once its object is gone.
+    _labels_memo[key] = (labels, source, destination, service)
+    return labels
 
 
 class TcpMetrics:

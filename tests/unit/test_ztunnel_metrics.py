@@ -13,6 +13,7 @@ from ztunnel.errors import ConfigError
 from ztunnel.metrics import (
     FLAG_DENY,
     LABEL_NAMES,
+    ConnectionLabels,
     TcpMetrics,
     connection_labels,
     new_registry,
@@ -134,6 +135,31 @@ def test_unknown_peers_are_labelled_unknown() -> None:
     assert values["connection_security_policy"] == "unknown"
     with pytest.raises(ValueError, match="reporter"):
         connection_labels(reporter="sidecar")
+
+
+def test_labels_are_remembered_per_workload_object_and_follow_state_updates() -> None:
+    def labels_for(client: Workload) -> ConnectionLabels:
+        return connection_labels(
+            reporter="source",
+            source=client,
+            source_identity=client.identity,
+            destination=SERVER,
+            destination_identity=SERVER.identity,
+            service=SERVICE,
+            mutual_tls=True,
+        )
+
+    first = labels_for(CLIENT)
+    assert labels_for(CLIENT) is first  # the same peers: the same (hashable) label set
+    # A state update brings new objects, equal in identity but not in telemetry fields.
+    moved = dataclasses.replace(CLIENT, canonical_revision="v2")
+    assert moved.identity == CLIENT.identity
+    updated = labels_for(moved)
+    assert dataclasses.asdict(updated)["source_version"] == "v2"
+    assert dataclasses.asdict(labels_for(CLIENT))["source_version"] == "v1"
+    # The other reporter of the same connection is its own label set.
+    dest = connection_labels(reporter="destination", source=CLIENT, destination=SERVER)
+    assert dest.reporter == "destination" and dest is not first
 
 
 def test_failures_carry_the_response_flag() -> None:

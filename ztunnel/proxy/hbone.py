@@ -22,6 +22,7 @@ stream and sent as windows open (:class:`Drained` says a buffer emptied).
 from __future__ import annotations
 
 import collections
+import functools
 import ipaddress
 import re
 import struct
@@ -393,14 +394,20 @@ class Authority:
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         """The host as an IP address, or ``None`` for a host name."""
-        try:
-            return ipaddress.ip_address(self.host)
-        except ValueError:
-            return None
+        return _host_ip(self.host)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an IP address (parsed once per host: every tunnel asks), else ``None``."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def parse_forwarded(value: str) -> tuple[str | None, str | None]:

@@ -66,6 +66,14 @@ class TunnelStream:
         """Called once when the tunnel is over (a callback: no task waits per tunnel)."""
         self.on_drained: Callable[[], None] | None = None
         """Called when this tunnel's send backlog has gone out (a paused feeder resumes)."""
+        self.on_readable: Callable[[], None] | None = None
+        """Called when bytes were queued, the peer half-closed or the tunnel was reset:
+        a consumer driven by callbacks (:class:`_SocketSink`) instead of :meth:`read`."""
+
+    def _wake_reader(self) -> None:
+        self._readable.set()
+        if self.on_readable is not None:
+            self.on_readable()
 
     # called by the channel
     def _feed(self, event: HboneEvent) -> None:
@@ -87,15 +95,15 @@ class TunnelStream:
                 self.channel.core.acknowledge(self.stream_id, event.flow_controlled_length)
                 return
             self._chunks.append((event.data, event.flow_controlled_length))
-            self._readable.set()
+            self._wake_reader()
         elif isinstance(event, PeerHalfClosed):
             self._eof = True
-            self._readable.set()
+            self._wake_reader()
             self._maybe_closed()
         elif isinstance(event, StreamReset | ConnectionEnded):
             self._reset = event.error_code if isinstance(event, StreamReset) else CANCEL
             self._drop_unread()
-            self._readable.set()
+            self._wake_reader()
             self._writable.set()
             if self.on_drained is not None:
                 self.on_drained()  # a paused feeder reads on, and learns of the reset
@@ -490,6 +498,9 @@ class _Feeder(asyncio.Protocol):
         self.counts = counts
         self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.paused = False
+        self.writing_paused = False
+        """The socket's write buffer is over its high-water mark (the tunnel's bytes wait)."""
+        self.on_resume_writing: Callable[[], None] | None = None
         protocol = stream.channel.writer.transport.get_protocol()
         assert isinstance(protocol, HboneProtocol)
         self.channel_protocol = protocol
@@ -560,10 +571,14 @@ class _Feeder(asyncio.Protocol):
             )
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         self.previous.pause_writing()
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         self.previous.resume_writing()
+        if self.on_resume_writing is not None:
+            self.on_resume_writing()
 
     def _pause(self) -> None:
         if not self.paused:
@@ -575,6 +590,76 @@ class _Feeder(asyncio.Protocol):
         if self.paused and not self.done.done() and not self.transport.is_closing():
             self.paused = False
             self.transport.resume_reading()
+
+
+class _SocketSink:
+    """A tunnel's bytes into a plain socket, from the channel's callbacks (no task).
+
+    Bytes go to the socket as they arrive and their window goes back to the peer once
+    the socket's transport has taken them; while that transport is over its high-water
+    mark they stay queued on the stream (unacknowledged, so the peer's window closes)
+    until it drains. The peer's half-close becomes the socket's; a reset, a failure.
+    """
+
+    def __init__(
+        self, stream: TunnelStream, writer: asyncio.StreamWriter, feeder: _Feeder, counts: Transfer
+    ) -> None:
+        self.stream = stream
+        self.writer = writer
+        self.feeder = feeder
+        self.counts = counts
+        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def start(self) -> None:
+        """From now on the tunnel's bytes go to the socket (queued ones first)."""
+        stream = self.stream
+        stream.sink = self.writer
+        stream.on_readable = self.pump
+        self.feeder.on_resume_writing = self.pump
+        self.pump()
+
+    def stop(self) -> None:
+        """No more callbacks (the relay is over)."""
+        self.stream.on_readable = None
+        self.feeder.on_resume_writing = None
+
+    def pump(self) -> None:
+        """Write what is queued while the socket takes it; finish at half-close or reset."""
+        done = self.done
+        if done.done():
+            return
+        stream, writer = self.stream, self.writer
+        chunks = stream._chunks
+        wrote = False
+        while chunks and not self.feeder.writing_paused:
+            if writer.is_closing():
+                # uvloop raises RuntimeError on a write to a closed transport; as a
+                # ConnectionError it resets the tunnel like any socket error.
+                done.set_exception(
+                    ConnectionResetError("the socket closed before the tunnel's bytes were written")
+                )
+                return
+            data, flow_controlled = chunks.popleft()
+            self.counts.forward += len(data)
+            writer.write(data)
+            stream.channel.core.acknowledge(stream.stream_id, flow_controlled)
+            wrote = True
+        if wrote:
+            stream.channel.flush()  # the window updates go now
+        if chunks:
+            return  # the socket is full: resume_writing pumps again
+        if stream._reset is not None:
+            done.set_exception(
+                HboneStreamError(
+                    f"tunnel {stream.stream_id} was reset",
+                    error_code=stream._reset,
+                    stream_id=stream.stream_id,
+                )
+            )
+        elif stream._eof:
+            if writer.can_write_eof() and not writer.is_closing():
+                writer.write_eof()
+            done.set_result(self.counts.forward)
 
 
 async def relay(
@@ -613,10 +698,29 @@ async def relay(
         stream.sink = writer
         return await copy_to_socket(stream.read, writer, copied)
 
+    async def open_after_gate(sink: _SocketSink) -> int:
+        assert gate is not None
+        await gate()
+        sink.start()
+        return await sink.done
+
     feeder = _Feeder.install(stream, reader, counts)
     stream.channel.flush()  # a CONNECT not sent yet goes now (with the bytes already read)
-    up: asyncio.Future[int] = feeder.done if feeder else asyncio.create_task(into_tunnel())
-    down = asyncio.create_task(out_of_tunnel())
+    sink: _SocketSink | None = None
+    up: asyncio.Future[int]
+    down: asyncio.Future[int]
+    if feeder is not None:
+        # Both directions run from callbacks; only a gate (the peer's answer) is awaited.
+        up = feeder.done
+        sink = _SocketSink(stream, writer, feeder, copied)
+        if gate is None:
+            sink.start()
+            down = sink.done
+        else:
+            down = asyncio.create_task(open_after_gate(sink))
+    else:
+        up = asyncio.create_task(into_tunnel())
+        down = asyncio.create_task(out_of_tunnel())
     try:
         await asyncio.gather(up, down)
     except BaseException:
@@ -624,9 +728,13 @@ async def relay(
         # its unread bytes go back to the shared connection window.
         up.cancel()
         down.cancel()
+        if sink is not None:
+            sink.done.cancel()
         stream.reset(CANCEL)
         raise
     finally:
+        if sink is not None:
+            sink.stop()
         stream.sink = None
         stream.on_drained = None
         counts.backward = copied.forward + stream.sunk

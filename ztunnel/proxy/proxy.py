@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import random
@@ -80,9 +81,15 @@ class AccessRecord:
         )
 
 
+@functools.lru_cache(maxsize=4096)
+def _ip(text: str) -> IPAddress:
+    """An address as text parsed once: a node sees the same few pod IPs on every connection."""
+    return ip_address(text)
+
+
 def _addr(extra: object) -> tuple[IPAddress, int]:
     assert isinstance(extra, tuple)
-    return ip_address(extra[0]), int(extra[1])
+    return _ip(extra[0]), int(extra[1])
 
 
 class Proxy:

@@ -8,6 +8,7 @@ or raw YAML.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -180,9 +181,13 @@ class Workload:
     capacity: int = 1
     """Relative weight in load balancing."""
 
-    @property
+    @functools.cached_property
     def identity(self) -> SpiffeId:
-        """The workload's SPIFFE identity, with Istio's defaults applied."""
+        """The workload's SPIFFE identity, with Istio's defaults applied.
+
+        Made once per workload object (every new connection asks for it, often twice),
+        not validated again each time.
+        """
         return SpiffeId.for_workload(self.namespace, self.service_account, self.trust_domain)
 
     def target_port(self, service_key: str, service_port: int) -> int | None:
