@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from ambient import __version__
-from ambient.cli import GROUPS, main, root
+from ambient.cli import GROUPS, LogFormatter, main, root
 from ambient.errors import UsageError
 from ambient.output import render
 
@@ -86,3 +87,15 @@ def test_generated_imports_are_rebased_under_api_gen() -> None:
         "import api.gen.istio.workload.workload_pb2\n"
     )
     assert rebase_imports("from istioctl import x\n", {"istio"}) == "from istioctl import x\n"
+
+
+def test_log_formatter_writes_the_stock_time_text_while_making_it_once_a_second() -> None:
+    fmt = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    ours, stock = LogFormatter(fmt), logging.Formatter(fmt)
+    # Within one second, across a second, backwards (clock steps), and far apart.
+    for created in (1_700_000_000.001, 1_700_000_000.999, 1_700_000_001.5, 1_699_999_999.25, 2e9):
+        record = logging.LogRecord("ztunnel.access", logging.INFO, "p", 1, "line", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == stock.format(record)
+    record = logging.LogRecord("x", logging.INFO, "p", 1, "m", None, None)
+    assert ours.formatTime(record, "%Y") == stock.formatTime(record, "%Y")
