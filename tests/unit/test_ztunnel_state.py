@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ztunnel.errors import StateFileError
 from ztunnel.identity.spiffe import SpiffeId
@@ -19,12 +21,14 @@ from ztunnel.state.proxy_state import (
     Strategy,
     Upstream,
 )
-from ztunnel.state.security import Action, Scope, StringMatch, StringMatchKind
+from ztunnel.state.security import Action, Authorization, Scope, StringMatch, StringMatchKind
 from ztunnel.state.workload import (
     HealthPolicy,
     NamespacedHostname,
     NetworkAddress,
+    Service,
     TunnelProtocol,
+    Workload,
     WorkloadStatus,
 )
 
@@ -275,3 +279,63 @@ def test_policies_for_applies_scope(state: ProxyState) -> None:
     ]
     assert [p.key for p in state.policies_for(v2)] == ["demo/ns-allow", "istio-system/global-deny"]
     assert [p.key for p in state.policies_for(client)] == ["istio-system/global-deny"]
+
+
+_NAMESPACES = ("a", "b", "istio-system")
+
+
+@st.composite
+def _mesh(draw: st.DrawFn) -> tuple[list[Workload], list[Service], list[Authorization]]:
+    policies = [
+        Authorization(
+            name=f"p{i}",
+            namespace=draw(st.sampled_from(_NAMESPACES)),
+            scope=draw(st.sampled_from(list(Scope))),
+            action=Action.ALLOW,
+        )
+        for i in range(draw(st.integers(0, 8)))
+    ]
+    keys = [p.key for p in policies] + ["a/missing"]
+    workloads = [
+        Workload(
+            uid=f"w{i}",
+            name=f"w{i}",
+            namespace=draw(st.sampled_from(_NAMESPACES)),
+            authorization_policies=tuple(draw(st.lists(st.sampled_from(keys), max_size=4))),
+        )
+        for i in range(draw(st.integers(1, 5)))
+    ]
+    services = [
+        Service(
+            name=f"s{i}",
+            namespace=draw(st.sampled_from(_NAMESPACES)),
+            hostname=draw(st.sampled_from(("x.example", "y.example", f"s{i}.svc"))),
+        )
+        for i in range(draw(st.integers(0, 5)))
+    ]
+    return workloads, services, policies
+
+
+@given(_mesh())
+def test_indexed_lookups_answer_as_a_scan_of_the_whole_state(
+    mesh: tuple[list[Workload], list[Service], list[Authorization]],
+) -> None:
+    workloads, services, policies = mesh
+    state = ProxyState(workloads, services, policies)
+    for workload in [*state.workloads.values(), *workloads]:
+        selected = set(workload.authorization_policies)
+        scanned = sorted(
+            (
+                p
+                for p in state.policies.values()
+                if p.scope is Scope.GLOBAL
+                or (p.scope is Scope.NAMESPACE and p.namespace == workload.namespace)
+                or (p.scope is Scope.WORKLOAD_SELECTOR and p.key in selected)
+            ),
+            key=lambda p: p.key,
+        )
+        assert state.policies_for(workload) == tuple(scanned)
+        assert state.policies_for(workload) == tuple(scanned)  # remembered, same answer
+    for hostname in ("x.example", "y.example", "s0.svc", "nowhere"):
+        first = next((s for s in state.services.values() if s.hostname == hostname), None)
+        assert state.service_by_hostname(hostname) is first

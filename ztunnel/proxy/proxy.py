@@ -463,10 +463,7 @@ class Proxy:
 def _service_for(state: ProxyState, request: TunnelRequest) -> Service | None:
     if not request.forwarded_host:
         return None
-    for service in state.services.values():
-        if service.hostname == request.forwarded_host:
-            return service
-    return None
+    return state.service_by_hostname(request.forwarded_host)
 
 
 def _failure_flag(err: BaseException) -> str:

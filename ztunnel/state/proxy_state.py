@@ -120,6 +120,19 @@ class ProxyState:
             for key in workload.services:
                 endpoints.setdefault(key, []).append(workload)
         self._endpoints = {k: tuple(v) for k, v in endpoints.items()}
+        # First service per hostname, in the order services were given (as a scan finds it).
+        self._by_hostname: dict[str, Service] = {}
+        for service in self.services.values():
+            self._by_hostname.setdefault(service.hostname, service)
+        self._global_policies: list[Authorization] = []
+        self._namespace_policies: dict[str, list[Authorization]] = {}
+        for policy in self.policies.values():
+            if policy.scope is Scope.GLOBAL:
+                self._global_policies.append(policy)
+            elif policy.scope is Scope.NAMESPACE:
+                self._namespace_policies.setdefault(policy.namespace, []).append(policy)
+        # Per workload object: the snapshot never changes, and every connection asks.
+        self._policies_memo: dict[int, tuple[Workload, tuple[Authorization, ...]]] = {}
 
     def workload_by_ip(self, address: IPAddress | str, network: str = "") -> Workload | None:
         """The workload that owns ``address`` on ``network``, if any."""
@@ -199,12 +212,21 @@ class ProxyState:
         GLOBAL ones always, NAMESPACE ones of its namespace, WORKLOAD_SELECTOR ones
         only when the workload names them (a name not in the state is ignored).
         """
-        selected = set(workload.authorization_policies)
-        chosen = [
-            p
-            for p in self.policies.values()
-            if p.scope is Scope.GLOBAL
-            or (p.scope is Scope.NAMESPACE and p.namespace == workload.namespace)
-            or (p.scope is Scope.WORKLOAD_SELECTOR and p.key in selected)
-        ]
-        return tuple(sorted(chosen, key=lambda p: p.key))
+        hit = self._policies_memo.get(id(workload))
+        if hit is not None and hit[0] is workload:
+            return hit[1]
+        chosen = [*self._global_policies, *self._namespace_policies.get(workload.namespace, ())]
+        for key in set(workload.authorization_policies):
+            policy = self.policies.get(key)
+            if policy is not None and policy.scope is Scope.WORKLOAD_SELECTOR:
+                chosen.append(policy)
+        answer = tuple(sorted(chosen, key=lambda p: p.key))
+        if len(self._policies_memo) > 2 * len(self.workloads) + 64:
+            self._policies_memo.clear()  # asked about workloads not in this snapshot
+        # The workload is kept with the answer: its id is only reused once it is gone.
+        self._policies_memo[id(workload)] = (workload, answer)
+        return answer
+
+    def service_by_hostname(self, hostname: str) -> Service | None:
+        """The service named ``hostname`` (the first given, should several share it)."""
+        return self._by_hostname.get(hostname)
