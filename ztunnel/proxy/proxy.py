@@ -382,7 +382,7 @@ class Proxy:
                 source_identity=peer,
                 destination=dest,
                 destination_identity=dest.identity,
-                service=_service_for(state, request),
+                service=service_for(state, request),
                 mutual_tls=True,
             )
             try:
@@ -460,7 +460,8 @@ class Proxy:
             record.emit(self.config.access_log_format)
 
 
-def _service_for(state: ProxyState, request: TunnelRequest) -> Service | None:
+def service_for(state: ProxyState, request: TunnelRequest) -> Service | None:
+    """The service a CONNECT names in ``forwarded: ...;host=`` (telemetry), if known."""
     if not request.forwarded_host:
         return None
     return state.service_by_hostname(request.forwarded_host)
