@@ -105,21 +105,30 @@ def match_matches(match: Match, ctx: ConnectionContext) -> bool:
     if match.is_empty():
         return False
     identity = ctx.source_identity
-    principal = ctx.source_principal
-    namespace = ctx.source_namespace
+    # Only the fields a match sets are tested (most set one or two): this runs for every
+    # match of every policy that applies, on every new connection.
     return (
-        _field_matches(match.destination_ips, match.not_destination_ips,
-                       lambda net: ctx.destination_ip in net)
-        and _field_matches(match.source_ips, match.not_source_ips, lambda net: ctx.source_ip in net)
-        and _field_matches(match.destination_ports, match.not_destination_ports,
-                           lambda port: port == ctx.destination_port)
-        and _field_matches(match.service_accounts, match.not_service_accounts,
-                           lambda sa: _service_account_matches(sa, identity))
+        (not (match.destination_ips or match.not_destination_ips)
+         or _field_matches(match.destination_ips, match.not_destination_ips,
+                           lambda net: ctx.destination_ip in net))
+        and (not (match.source_ips or match.not_source_ips)
+             or _field_matches(match.source_ips, match.not_source_ips,
+                               lambda net: ctx.source_ip in net))
+        and (not (match.destination_ports or match.not_destination_ports)
+             or _field_matches(match.destination_ports, match.not_destination_ports,
+                               lambda port: port == ctx.destination_port))
+        and (not (match.service_accounts or match.not_service_accounts)
+             or _field_matches(match.service_accounts, match.not_service_accounts,
+                               lambda sa: _service_account_matches(sa, identity)))
         # Without an identity there is no principal at all: even an empty-string
         # pattern must not match it, as in Istio.
-        and _field_matches(match.principals, match.not_principals,
-                           lambda sm: identity is not None and sm.matches(principal))
-        and _field_matches(match.namespaces, match.not_namespaces, lambda sm: sm.matches(namespace))
+        and (not (match.principals or match.not_principals)
+             or _field_matches(match.principals, match.not_principals,
+                               lambda sm: identity is not None
+                               and sm.matches(ctx.source_principal)))
+        and (not (match.namespaces or match.not_namespaces)
+             or _field_matches(match.namespaces, match.not_namespaces,
+                               lambda sm: sm.matches(ctx.source_namespace)))
     )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ principal), built here by :func:`static_strict_policy` and
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from dataclasses import dataclass, fields
 
@@ -106,6 +107,11 @@ class Match:
 
     def is_empty(self) -> bool:
         """True when no field is set (such a match is skipped, matching nothing)."""
+        return self._empty
+
+    @functools.cached_property
+    def _empty(self) -> bool:
+        # Asked for every match of every policy on every connection: worked out once.
         return not any(getattr(self, f.name) for f in fields(self))
 
 
