@@ -230,12 +230,15 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
     def _data_received(self, stream_id: int, data: memoryview, length: int) -> Any:
         """A DATA frame (no END_STREAM, no padding) on a stream that may receive it.
 
-        What h2's frame handler does for it (windows charged, the stream's byte count,
-        a ``DataReceived`` event), minus its two state machines' lookups and a frame
-        object per chunk; ``None`` sends the frame through h2 instead (any other
-        state, a window it would overflow, a content-length to check), so every
-        error is still h2's, with its codes.
+        What h2's frame handler does for it (windows charged, the stream's byte count),
+        minus its two state machines' lookups and a frame object per chunk, answered
+        with our own :class:`DataReceived` (not h2's event, translated later: this is
+        every tunnel chunk's path); ``None`` sends the frame through h2 instead (an
+        empty frame, any other state, a window it would overflow, a content-length to
+        check), so every error is still h2's, with its codes.
         """
+        if not length:
+            return None
         state = self.state_machine.state
         if state is not _CLIENT_OPEN and state is not _SERVER_OPEN:
             return None
@@ -258,10 +261,7 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
         connection_window.window_consumed(length)
         stream_window.window_consumed(length)
         stream._actual_content_length += length
-        event = h2.events.DataReceived(stream_id=stream_id)
-        event.data = data  # type: ignore[assignment]  # a view, as on h2's own path here
-        event.flow_controlled_length = length
-        return event
+        return DataReceived(stream_id, data, length)
 
     def _peek(self, size: int) -> bytes:
         first = self._rx[0]
@@ -619,7 +619,10 @@ class _HboneConnection:
             return [ConnectionEnded(int(err.error_code), f"protocol error: {err}", remote=False)]
         events: list[HboneEvent] = []
         for raw in raw_events:
-            events.extend(self._translate(raw))
+            if type(raw) is DataReceived:
+                events.append(raw)  # a tunnel chunk from the fast path: already ours
+            else:
+                events.extend(self._translate(raw))
         return events
 
     def _translate(self, raw: object) -> list[HboneEvent]:
