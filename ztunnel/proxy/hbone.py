@@ -605,7 +605,8 @@ class _HboneConnection:
         The buffers stay valid as long as the caller of :meth:`send_data` does not
         mutate what it passed (the shell passes ``bytes``).
         """
-        return list(self._h2.chunks_to_send())
+        chunks: list[Buffer] = self._h2.chunks_to_send()  # a new list every time
+        return chunks
 
     def receive_data(self, data: Buffer) -> list[HboneEvent]:
         """Feed bytes from the transport; return what they meant."""

@@ -82,15 +82,15 @@ class TunnelStream:
             if (
                 sink is not None
                 and not self._chunks
-                and not sink.is_closing()
-                and not sink.transport.get_write_buffer_size()
+                and not (transport := sink.transport).is_closing()
+                and not transport.get_write_buffer_size()
             ):
                 # Nothing queued and the socket keeps up: write now, from the channel's
                 # own step, instead of waking the copy task for every chunk (a task
                 # switch per chunk per hop is most of a small request's latency).
                 # Order holds: queued chunks are written by read()'s caller in the same
                 # step that takes them, and a busy socket sends the rest through it.
-                sink.write(event.data)
+                transport.write(event.data)
                 self.sunk += len(event.data)
                 self.channel.core.acknowledge(self.stream_id, event.flow_controlled_length)
                 return
@@ -296,6 +296,8 @@ class HboneChannel:
         self.core = core
         self.reader = reader
         self.writer = writer
+        self._transport = writer.transport
+        """The TLS transport ``writer`` writes to: the per-chunk path calls it directly."""
         self.streams: dict[int, TunnelStream] = {}
         self.done = asyncio.Event()
         self.error: ConnectionEnded | None = None
@@ -309,17 +311,18 @@ class HboneChannel:
     def flush(self) -> None:
         """Hand the core's pending output to the transport."""
         chunks = self.core.chunks_to_send()
-        if not chunks or self.writer.is_closing():
+        transport = self._transport
+        if not chunks or transport.is_closing():
             return
         if len(chunks) > 1 and sum(map(len, chunks)) <= COALESCE_BELOW:
             # The TLS transport seals every buffer it is given as a record of its own:
             # a small frame's 9-byte header and its payload would be two records (two
             # seals here, two opens at the peer). Joined, small writes are one.
-            self.writer.write(b"".join(chunks))
+            transport.write(b"".join(chunks))
         else:
             # Large payloads reach the cipher without being copied first; the
             # transport encrypts the list and sends it in one write.
-            self.writer.writelines(chunks)
+            transport.writelines(chunks)
 
     async def drain(self) -> None:
         """Flush and wait for the transport's buffer to drain (backpressure)."""
