@@ -707,6 +707,23 @@ class _HboneConnection:
         """The shell consumed ``size`` received bytes: reopen the peer's windows."""
         if size <= 0:
             return
+        conn = self._h2
+        stream = conn.streams.get(stream_id)
+        if stream is not None and stream.open:
+            # What h2's acknowledge_received_data does for an open stream (its window
+            # managers decide; WINDOW_UPDATEs only when they say so), minus two log
+            # calls and its lookups: every tunnel chunk is acknowledged here.
+            connection_increment = conn._inbound_flow_control_window_manager.process_bytes(size)
+            stream_increment = stream._inbound_window_manager.process_bytes(size)
+            if connection_increment or stream_increment:
+                frames = []
+                for target, increment in ((0, connection_increment), (stream_id, stream_increment)):
+                    if increment:
+                        frame = hyperframe.frame.WindowUpdateFrame(target)
+                        frame.window_increment = increment
+                        frames.append(frame)
+                conn._prepare_for_sending(frames)
+            return
         try:
             self._h2.acknowledge_received_data(size, stream_id)
         except h2.exceptions.StreamClosedError:
