@@ -86,10 +86,10 @@ class TunnelStream:
                 and not transport.get_write_buffer_size()
             ):
                 # Nothing queued and the socket keeps up: write now, from the channel's
-                # own step, instead of waking the copy task for every chunk (a task
-                # switch per chunk per hop is most of a small request's latency).
-                # Order holds: queued chunks are written by read()'s caller in the same
-                # step that takes them, and a busy socket sends the rest through it.
+                # own step (a task switch per chunk per hop was most of a small
+                # request's latency). Order holds: once a chunk is queued, the rest
+                # queue behind it until the consumer (a _SocketSink's pump, or read()'s
+                # caller) has written them, in the step that takes them.
                 transport.write(event.data)
                 self.sunk += len(event.data)
                 self.channel.core.acknowledge(self.stream_id, event.flow_controlled_length)
