@@ -296,7 +296,7 @@ class HboneChannel:
         self.core = core
         self.reader = reader
         self.writer = writer
-        self._transport = writer.transport
+        self._transport = cast(asyncio.Transport, writer.transport)
         """The TLS transport ``writer`` writes to: the per-chunk path calls it directly."""
         self.streams: dict[int, TunnelStream] = {}
         self.done = asyncio.Event()
@@ -389,7 +389,7 @@ class HboneChannel:
             if self.core.closed:
                 over.set_result(None)
                 return
-            transport = cast(asyncio.Transport, self.writer.transport)
+            transport = self._transport
             if transport.get_write_buffer_size() > WRITE_HIGH_WATER and not self._reading_paused:
                 # The peer sends faster than the transport drains our answers: stop
                 # reading it until the transport catches up (as run()'s drain did).
@@ -402,9 +402,9 @@ class HboneChannel:
             over.set_result(None)
 
     def _writable(self) -> None:
-        if self._reading_paused and not self.writer.is_closing():
+        if self._reading_paused and not self._transport.is_closing():
             self._reading_paused = False
-            cast(asyncio.Transport, self.writer.transport).resume_reading()
+            self._transport.resume_reading()
         waiting, self.feeders_waiting = self.feeders_waiting, []
         for resume in waiting:
             resume()
@@ -418,6 +418,11 @@ class HboneChannel:
         over.set_result(None)
 
     def _dispatch(self, event: HboneEvent, on_request: RequestHandler | None) -> None:
+        if type(event) is DataReceived:  # most events: a tunnel's bytes
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream._feed(event)
+            return
         if isinstance(event, TunnelRequested):
             stream = TunnelStream(self, event.stream_id)
             self.streams[event.stream_id] = stream
