@@ -37,7 +37,7 @@ from ztunnel.proxy import inbound, outbound
 from ztunnel.proxy.connector import HboneConnector, TunnelRefusedError
 from ztunnel.proxy.hbone import CONNECT_ERROR, HboneServer, TunnelRequest
 from ztunnel.proxy.hbone_io import HboneChannel, Transfer, TunnelStream, relay, splice
-from ztunnel.proxy.sockets import SocketFactory, set_nodelay
+from ztunnel.proxy.sockets import SocketFactory
 from ztunnel.state.proxy_state import LoadBalancer, ProxyState
 from ztunnel.state.workload import IPAddress, Service
 
@@ -129,7 +129,6 @@ class Proxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """A captured outbound connection: its local address is the original destination."""
-        set_nodelay(writer)
         src_ip, src_port = _addr(writer.get_extra_info("peername"))
         dst_ip, dst_port = _addr(writer.get_extra_info("sockname"))
         record = AccessRecord("outbound", f"{src_ip}:{src_port}", f"{dst_ip}:{dst_port}")
@@ -418,7 +417,6 @@ class Proxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """A captured plaintext connection to a local workload (PeerAuthentication decides)."""
-        set_nodelay(writer)
         src_ip, src_port = _addr(writer.get_extra_info("peername"))
         dst_ip, dst_port = _addr(writer.get_extra_info("sockname"))
         record = AccessRecord("inbound-plaintext", f"{src_ip}:{src_port}", f"{dst_ip}:{dst_port}")

@@ -9,6 +9,7 @@ with ``transparent=False`` (tests, unprivileged runs) makes plain sockets instea
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import ssl
@@ -65,10 +66,11 @@ class SocketFactory:
         identified by SPIFFE URI, checked after the handshake).
         """
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # Non-blocking from the start (no extra ioctl). TCP_NODELAY is set by the event
+        # loop's transport: uvloop's for every TCP socket, asyncio's only for sockets
+        # that say IPPROTO_TCP (not 0), hence the explicit protocol.
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.transparent and source is not None and source.version == address.version:
                 sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
                 sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
@@ -119,12 +121,24 @@ async def _connect(sock: socket.socket, address: tuple[str, int]) -> None:
     Not ``loop.sock_connect``: uvloop's resolves every address with ``getaddrinfo``
     in its thread pool first, even an IP literal, so each upstream connection
     waited for a thread handoff (milliseconds on a busy machine).
+
+    ztunnel's upstreams are pods of its own node, behind a veth: the kernel usually
+    completes the handshake while ``connect()`` itself runs (the SYN and the SYN-ACK
+    are processed in the caller's softirq), though it still answers EINPROGRESS.
+    Asking once more (``connect()`` again: 0 once established, EALREADY while the
+    SYN is out, the error if refused) costs one system call where waiting for
+    writability cost poller registrations, a loop iteration and an SO_ERROR read.
     """
     try:
         sock.connect(address)
         return
     except BlockingIOError:
-        pass  # EINPROGRESS: wait until the socket is writable
+        pass  # EINPROGRESS
+    error = sock.connect_ex(address)
+    if error in (0, errno.EISCONN):
+        return
+    if error not in (errno.EALREADY, errno.EINPROGRESS):
+        raise OSError(error, f"connect to {address[0]}:{address[1]}: {os.strerror(error)}")
     loop = asyncio.get_running_loop()
     connected: asyncio.Future[None] = loop.create_future()
 
@@ -141,13 +155,6 @@ async def _connect(sock: socket.socket, address: tuple[str, int]) -> None:
     error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if error:
         raise OSError(error, f"connect to {address[0]}:{address[1]}: {os.strerror(error)}")
-
-
-def set_nodelay(writer: asyncio.StreamWriter) -> None:
-    """Disable Nagle on an accepted stream: small writes (responses, half-closes) go now."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 AcceptedHandler = Callable[[socket.socket], Coroutine[Any, Any, None]]
