@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
@@ -39,6 +41,8 @@ log = logging.getLogger("ztunnel.hbone")
 
 HIGH_WATER = 1024 * 1024
 READ_SIZE = 256 * 1024
+_SENDMSG_MAX = 64
+"""Buffers per ``sendmsg`` (far below the kernel's IOV_MAX)."""
 COALESCE_BELOW = 16 * 1024
 """Output up to this size is joined into one buffer (one TLS record) before it is sent."""
 
@@ -166,6 +170,36 @@ class TunnelStream:
         self.channel.core.acknowledge(self.stream_id, flow_controlled)
         self.channel.flush()
         return data
+
+    def send_queued(self, sock: socket.socket) -> int:
+        """Write the queued bytes straight to ``sock``, a connected socket no transport owns
+        yet: one system call; what the kernel does not take stays queued, in order.
+
+        The inbound side sends a caller's early bytes (they came with the CONNECT) to
+        the pod this way, before the socket gets its transport and the relay starts, so
+        the pod starts on the request meanwhile. Returns the bytes written (in ``sunk``);
+        their window goes back with the next flush. A socket error writes nothing: the
+        relay meets it on the socket and handles it as any.
+        """
+        chunks = self._chunks
+        if not chunks or self._reset is not None:
+            return 0
+        try:
+            sent = sock.sendmsg([data for data, _ in itertools.islice(chunks, _SENDMSG_MAX)])
+        except OSError:
+            return 0
+        left = sent
+        core = self.channel.core
+        while left:
+            data, flow_controlled = chunks[0]
+            if left < len(data):
+                chunks[0] = (memoryview(data)[left:], flow_controlled)
+                break
+            chunks.popleft()
+            left -= len(data)
+            core.acknowledge(self.stream_id, flow_controlled)
+        self.sunk += sent
+        return sent
 
     def send_nowait(self, data: Buffer) -> None:
         """Queue ``data`` and hand what the windows allow to the transport (no waiting)."""

@@ -385,9 +385,14 @@ class Proxy:
                 mutual_tls=True,
             )
             try:
-                upstream = await self.sockets.connect(
+                sock = await self.sockets.connect_socket(
                     decision.upstream_ip, decision.upstream_port, source=decision.source_ip
                 )
+                # What the caller sent with the CONNECT goes to the pod now, before the
+                # socket's transport is set up and the 200 goes back: the pod starts on
+                # the request meanwhile (a new connection's latency).
+                stream.send_queued(sock)
+                upstream = await self.sockets.streams(sock)
             except (OSError, TimeoutError) as err:
                 self.metrics.connection_failed(labels, FLAG_CONNECT)
                 record.result, record.reason = FLAG_CONNECT, f"upstream connect failed: {err}"

@@ -65,6 +65,17 @@ class SocketFactory:
         With ``tls``, the TLS handshake completes before this returns (no SNI: peers are
         identified by SPIFFE URI, checked after the handshake).
         """
+        sock = await self.connect_socket(address, port, source=source)
+        return await self.streams(sock, tls=tls)
+
+    async def connect_socket(
+        self, address: IPAddress, port: int, *, source: IPAddress | None = None
+    ) -> socket.socket:
+        """A connected, non-blocking socket to ``address:port`` (no transport yet).
+
+        The caller may write to it directly before :meth:`streams` hands it to the
+        event loop (the inbound side sends a tunnel's early bytes that way).
+        """
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
         # Non-blocking from the start (no extra ioctl). TCP_NODELAY is set by the event
         # loop's transport: uvloop's for every TCP socket, asyncio's only for sockets
@@ -84,6 +95,13 @@ class SocketFactory:
         except BaseException:
             sock.close()
             raise
+        return sock
+
+    async def streams(
+        self, sock: socket.socket, *, tls: ssl.SSLContext | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Streams over a socket from :meth:`connect_socket` (after a client TLS handshake
+        with ``tls``). The event loop owns the socket from here, also when this fails."""
         if tls is None:
             return await asyncio.open_connection(sock=sock)
         # TLS is HBONE here: its protocol hands received bytes straight to the channel.
