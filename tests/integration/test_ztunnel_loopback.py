@@ -15,6 +15,7 @@ import random
 import socket
 import ssl
 import struct
+from collections.abc import Awaitable, Callable
 
 import pytest
 import yaml
@@ -103,8 +104,13 @@ async def talk(source: str, port: int, payload: bytes) -> bytes:
 class Mesh:
     """Two loopback "pods" with a ztunnel's listeners in front of them."""
 
-    def __init__(self, ttl: dt.timedelta = dt.timedelta(hours=24)) -> None:
+    def __init__(
+        self,
+        ttl: dt.timedelta = dt.timedelta(hours=24),
+        app: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] = echo,
+    ) -> None:
         self.ttl = ttl
+        self.app = app
 
     async def __aenter__(self) -> Mesh:
         factory = SocketFactory(transparent=False, connect_timeout=5.0)
@@ -112,7 +118,7 @@ class Mesh:
         outbound_sock = factory.listener(VIP, 0)
         self.hbone_port = hbone_sock.getsockname()[1]
         self.vip_port = outbound_sock.getsockname()[1]
-        self.echo_server = await asyncio.start_server(echo, SERVER, 0)
+        self.echo_server = await asyncio.start_server(self.app, SERVER, 0)
         echo_port = self.echo_server.sockets[0].getsockname()[1]
         self.echo_port = echo_port
         self.state = parse_state(
@@ -406,3 +412,42 @@ async def refused_early_bytes() -> None:
 
 def test_early_bytes_of_a_refused_tunnel_reach_nobody() -> None:
     asyncio.run(asyncio.wait_for(refused_early_bytes(), 60))
+
+
+BANNER = b"220 server.demo ready\r\n"
+
+
+async def banner_then_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A server that speaks first (SMTP-like), then echoes."""
+    writer.write(BANNER)
+    await writer.drain()
+    await echo(reader, writer)
+
+
+async def server_speaks_first() -> None:
+    async with Mesh(app=banner_then_echo) as mesh:
+        for _ in range(20):
+            sock = socket.socket()
+            sock.bind((CLIENT, 0))
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (VIP, mesh.vip_port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            # Nothing sent yet: the banner must come through the tunnel on its own (the
+            # 200 and the banner often leave the destination in one record).
+            assert await asyncio.wait_for(reader.readexactly(len(BANNER)), 5) == BANNER
+            writer.write(b"HELO client\r\n")
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 5) == b"HELO client\r\n"
+            writer.close()
+        await asyncio.sleep(0.2)
+    opened = counter(mesh.registry, "istio_tcp_connections_opened_total")
+    assert opened == {"source/-": 20.0, "destination/-": 20.0}
+    received = counter(mesh.registry, "istio_tcp_received_bytes_total")
+    sent = counter(mesh.registry, "istio_tcp_sent_bytes_total")
+    to_client = 20.0 * (len(BANNER) + 13)
+    assert received == {"source/-": 20.0 * 13, "destination/-": 20.0 * 13}
+    assert sent == {"source/-": to_client, "destination/-": to_client}
+
+
+def test_a_server_that_speaks_first_is_heard_through_the_tunnel() -> None:
+    asyncio.run(asyncio.wait_for(server_speaks_first(), 60))

@@ -400,8 +400,10 @@ class Proxy:
                 stream.discard_unread()
                 await channel.drain()
                 return
+            # The 200 leaves with relay()'s first flush: together with the pod's first
+            # bytes when they are already here (a quick answer, a server that speaks
+            # first), one TLS record and one wake-up at the source instead of two.
             core.respond(stream.stream_id, 200)
-            await channel.drain()
             self.metrics.connection_opened(labels)
             moved = Transfer()  # forward: server to client (into the tunnel), here
             try:
