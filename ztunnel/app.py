@@ -34,6 +34,7 @@ from ztunnel.proxy.proxy import Proxy
 from ztunnel.proxy.sockets import SocketFactory, accept_loop
 from ztunnel.state.local_file import load_state_file
 from ztunnel.state.proxy_state import ProxyState
+from ztunnel.workers import FOLLOW_INTERVAL_S, SharedLogLevel
 from ztunnel.xds.client import ControlPlaneEndpoint, XdsClient, node_id
 
 log = logging.getLogger("ztunnel")
@@ -78,8 +79,12 @@ class Ztunnel:
         sockets: SocketFactory | None = None,
         issuer: Issuer | None = None,
         roots_pem: bytes | None = None,
+        shared_log_level: SharedLogLevel | None = None,
     ) -> None:
         self.config = config
+        self.shared_log_level = shared_log_level
+        """With several workers: where ``/logging`` changes reach the other workers."""
+        self._log_generation = 0
         # Listeners take their transparency explicitly (see _listen); the factory's own
         # flag decides only whether upstream connections carry the caller's address.
         self.sockets = sockets or SocketFactory(
@@ -208,6 +213,18 @@ class Ztunnel:
             await asyncio.sleep(1.0)
             self.reload_state()
 
+    async def _follow_log_level(self, shared: SharedLogLevel) -> None:
+        """Apply the log level another worker was given through ``/logging``."""
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+            self._apply_shared_level(shared)
+
+    def _apply_shared_level(self, shared: SharedLogLevel) -> None:
+        newer = shared.changed(self._log_generation)
+        if newer is not None:
+            self._log_generation, level = newer
+            logging.getLogger("ztunnel").setLevel(level)
+
     async def _expire_pool(self) -> None:
         while True:
             await asyncio.sleep(min(5.0, self.config.pool_idle_timeout))
@@ -248,13 +265,22 @@ class Ztunnel:
         if request.method != "POST":
             return Response(405, b"use POST\n")
         logger = logging.getLogger("ztunnel")
+        shared = self.shared_log_level
+        if shared is not None:
+            self._apply_shared_level(shared)  # a change made on another worker first
+        new_level: int | None = None
         if "reset" in request.query:
-            logger.setLevel(LOG_LEVELS[self.config.log_level])
+            new_level = LOG_LEVELS[self.config.log_level]
         elif "level" in request.query:
             level = request.query["level"][0].rsplit(":", 1)[-1]
             if level not in LOG_LEVELS:
                 return Response(400, f"unknown level {level!r}\n".encode())
-            logger.setLevel(LOG_LEVELS[level])
+            new_level = LOG_LEVELS[level]
+        if new_level is not None:
+            logger.setLevel(new_level)
+            if shared is not None:
+                # The other workers follow within FOLLOW_INTERVAL_S.
+                self._log_generation = shared.publish(new_level)
         name = logging.getLevelName(logger.getEffectiveLevel()).lower()
         return Response(200, f"current log level is {name}\n".encode())
 
@@ -365,6 +391,8 @@ class Ztunnel:
         )
         self._spawn(self.identities.run())
         self._spawn(self._expire_pool())
+        if self.shared_log_level is not None:
+            self._spawn(self._follow_log_level(self.shared_log_level))
         if cfg.state_file is not None:
             self._spawn(self._watch_state())
         if cfg.cluster_folder is not None:
@@ -409,9 +437,9 @@ class Ztunnel:
                 await task
 
 
-async def run(config: ZtunnelConfig) -> None:
+async def run(config: ZtunnelConfig, *, shared_log_level: SharedLogLevel | None = None) -> None:
     """Run a ztunnel until ``/quitquitquit`` or cancellation, then drain."""
-    ztunnel = Ztunnel(config)
+    ztunnel = Ztunnel(config, shared_log_level=shared_log_level)
     loop = asyncio.get_running_loop()
     # SIGTERM (Kubernetes, the lab, the worker supervisor) drains like /quitquitquit.
     for signum in (signal.SIGTERM, signal.SIGINT):

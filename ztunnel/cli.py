@@ -104,7 +104,7 @@ def cli() -> None:
 )
 def run_cmd(**flags: Any) -> None:
     """Run ztunnel in the current network namespace until /quitquitquit (then drain)."""
-    from ztunnel.workers import METRICS_DIR_ENV, run_workers
+    from ztunnel.workers import METRICS_DIR_ENV, SharedLogLevel, run_workers
 
     scratch: list[Path] = []
 
@@ -138,9 +138,12 @@ def run_cmd(**flags: Any) -> None:
     else:
         runner = uvloop.run
 
+    # With several workers, /logging (answered by one of them) reaches all of them.
+    shared_log_level = SharedLogLevel() if config.workers > 1 else None
+
     def serve() -> None:
         with contextlib.suppress(KeyboardInterrupt), _profiled():
-            runner(run(config))
+            runner(run(config, shared_log_level=shared_log_level))
 
     if config.workers == 1:
         serve()

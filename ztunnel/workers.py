@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import traceback
@@ -22,6 +23,38 @@ log = logging.getLogger("ztunnel.workers")
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus-client's multiprocess directory: set before it is imported, shared by workers."""
+
+
+class SharedLogLevel:
+    """The ``ztunnel`` logger's level, shared by one node's workers.
+
+    ``/logging`` reaches a single worker (they share the admin port): that worker
+    publishes the new level here, and every worker applies what was published last
+    within :data:`FOLLOW_INTERVAL_S` (:meth:`changed`). Made before forking; the value
+    is ``generation << 8 | level`` in shared memory, under a cross-process lock.
+    """
+
+    def __init__(self) -> None:
+        self._cell = multiprocessing.get_context("fork").Value("q", 0)
+
+    def publish(self, level: int) -> int:
+        """Record ``level`` (a :mod:`logging` level, 0-255) as the newest; its generation."""
+        if not 0 <= level <= 0xFF:
+            raise ValueError(f"log level {level} does not fit the shared cell")
+        with self._cell.get_lock():
+            generation = (int(self._cell.value) >> 8) + 1
+            self._cell.value = generation << 8 | level
+        return generation
+
+    def changed(self, seen: int) -> tuple[int, int] | None:
+        """``(generation, level)`` if a level newer than generation ``seen`` was published."""
+        value = int(self._cell.value)
+        generation = value >> 8
+        return (generation, value & 0xFF) if generation != seen else None
+
+
+FOLLOW_INTERVAL_S = 0.5
+"""How often a worker looks for a log level another worker was given."""
 
 
 def _worker(target: Callable[[], None]) -> int:

@@ -1,4 +1,5 @@
-"""`ambient ztunnel run --workers 2` on loopback (no root): shared listeners, summed metrics."""
+"""`ambient ztunnel run --workers 2` on loopback (no root): shared listeners, summed metrics,
+one log level."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from ztunnel.workers import FOLLOW_INTERVAL_S
 
 STATE = """
 workloads:
@@ -105,6 +108,17 @@ def test_two_workers_share_listeners_and_sum_metrics(tmp_path: Path) -> None:
         assert opened == {"source": 20.0, "destination": 20.0}
         status, body = http(f"http://127.0.0.1:{admin}/config_dump")
         assert status == 200 and len(json.loads(body)["workloads"]) == 2
+        # /logging reaches one worker; the other follows within its interval. Thirty
+        # reads, each from a new client port, meet both workers (all on one: 2**-29).
+        status, text = http(f"http://127.0.0.1:{admin}/logging?level=debug", "POST")
+        assert (status, text) == (200, "current log level is debug\n")
+        time.sleep(FOLLOW_INTERVAL_S * 2 + 0.2)
+        answers = {http(f"http://127.0.0.1:{admin}/logging", "POST") for _ in range(30)}
+        assert answers == {(200, "current log level is debug\n")}
+        assert http(f"http://127.0.0.1:{admin}/logging?reset", "POST")[0] == 200
+        time.sleep(FOLLOW_INTERVAL_S * 2 + 0.2)
+        answers = {http(f"http://127.0.0.1:{admin}/logging", "POST") for _ in range(30)}
+        assert answers == {(200, "current log level is info\n")}
         # /quitquitquit reaches one worker; the supervisor stops the other and exits.
         assert http(f"http://127.0.0.1:{admin}/quitquitquit", "POST")[0] == 200
         assert ztunnel.wait(timeout=20) == 0
