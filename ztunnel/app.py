@@ -51,6 +51,8 @@ LOG_LEVELS = {
     "trace": logging.DEBUG,
     "off": logging.CRITICAL + 10,
 }
+LEVEL_NAMES = {level: name for name, level in LOG_LEVELS.items() if name != "trace"}
+"""How ``/logging`` names a level: the names it takes (``warn``, not ``warning``)."""
 
 
 def load_or_create_ca(directory: Path | None, trust_domain: str, now: dt.datetime) -> LocalCA:
@@ -281,7 +283,8 @@ class Ztunnel:
             if shared is not None:
                 # The other workers follow within FOLLOW_INTERVAL_S.
                 self._log_generation = shared.publish(new_level)
-        name = logging.getLevelName(logger.getEffectiveLevel()).lower()
+        effective = logger.getEffectiveLevel()
+        name = LEVEL_NAMES.get(effective) or logging.getLevelName(effective).lower()
         return Response(200, f"current log level is {name}\n".encode())
 
     # --- lifecycle ----------------------------------------------------------

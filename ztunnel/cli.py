@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,20 +245,69 @@ def _rows(section: str, dump: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+LOG_LEVEL_NAMES = ("error", "warn", "info", "debug", "trace", "off")
+
+
+def _log_level(admin_url: str, *, level: str | None, reset: bool) -> str:
+    """POST ``/logging`` (reading, setting or resetting the level); the level it reports."""
+    from ztunnel.errors import ZtunnelError
+
+    query = ""
+    if reset:
+        query = "?reset"
+    elif level:
+        query = "?" + urllib.parse.urlencode({"level": level})
+    url = admin_url.rstrip("/") + "/logging" + query
+    request = urllib.request.Request(url, method="POST")  # noqa: S310 - a local admin URL
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            text = str(response.read().decode(errors="replace")).strip()
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode(errors="replace").strip()
+        raise ZtunnelError(
+            f"ztunnel refused {url}: {detail or err.reason}",
+            hint=f"levels: {', '.join(LOG_LEVEL_NAMES)} (Istio's scope:level form is taken too)",
+        ) from err
+    except (urllib.error.URLError, OSError) as err:
+        raise ZtunnelError(
+            f"cannot reach {url}: {err}",
+            hint="is ztunnel running in this network namespace? Its admin is on 127.0.0.1:15000",
+        ) from err
+    prefix = "current log level is "
+    if not text.startswith(prefix):
+        raise ZtunnelError(f"unexpected answer from {url}: {text[:200]!r}")
+    return text[len(prefix) :]
+
+
 @click.command(name="ztunnel-config")
-@click.argument("section", type=click.Choice([*SECTIONS, "all"]))
+@click.argument("section", type=click.Choice([*SECTIONS, "all", "log"]))
 @click.option(
     "--admin-url",
     default="http://127.0.0.1:15000",
     show_default=True,
     help="ztunnel's admin endpoint.",
 )
+@click.option("--level", help="log: set ztunnel's log level (error, warn, info, debug, off).")
+@click.option("--reset", is_flag=True, help="log: back to the level ztunnel started with.")
 @output_option
-def config_cli(section: str, admin_url: str, output: str) -> None:
+def config_cli(section: str, admin_url: str, level: str | None, reset: bool, output: str) -> None:
     """Show what a ztunnel knows, like istioctl ztunnel-config.
 
-    SECTION is workloads, services, policies, certificates or all.
+    SECTION is workloads, services, policies, certificates or all; or log, which
+    shows the log level (and sets it with --level, or resets it with --reset: every
+    worker follows within half a second).
     """
+    if section != "log" and (level or reset):
+        raise click.UsageError("--level and --reset go with the log section only")
+    if level and reset:
+        raise click.UsageError("give --level or --reset, not both")
+    if section == "log":
+        current = _log_level(admin_url, level=level, reset=reset)
+        if output == "table":
+            click.echo(f"current log level is {current}")
+        else:
+            emit({"level": current}, output)
+        return
     dump = _fetch(admin_url)
     if section == "all":
         if output == "table":

@@ -117,6 +117,29 @@ async def scenario(tmp_path: Path) -> None:
         assert ztunnel.reload_state() and len(ztunnel.state.workloads) == 1
 
         assert (await asyncio.to_thread(http, f"{base}/logging?level=debug", "POST"))[0] == 200
+        # `ambient ztunnel-config log`, as istioctl's: read, set, reset; a bad level is a
+        # clear error naming the levels, and the level stays.
+        result = await asyncio.to_thread(runner.invoke, config_cli, ["log", "--admin-url", base])
+        assert (result.exit_code, result.output) == (0, "current log level is debug\n")
+        result = await asyncio.to_thread(
+            runner.invoke, config_cli, ["log", "--admin-url", base, "--level", "warn", "-o", "json"]
+        )
+        assert result.exit_code == 0 and json.loads(result.output) == {"level": "warn"}
+        result = await asyncio.to_thread(
+            runner.invoke, config_cli, ["log", "--admin-url", base, "--level", "loud"]
+        )
+        assert result.exit_code != 0
+        assert "unknown level 'loud'" in str(result.exception) and "levels: error" in str(
+            getattr(result.exception, "hint", "")
+        )
+        result = await asyncio.to_thread(
+            runner.invoke, config_cli, ["log", "--admin-url", base, "--reset", "-o", "yaml"]
+        )
+        assert result.exit_code == 0 and result.output == "level: info\n"
+        result = await asyncio.to_thread(
+            runner.invoke, config_cli, ["workloads", "--admin-url", base, "--level", "info"]
+        )
+        assert result.exit_code == 2 and "log section only" in result.output
         assert (await asyncio.to_thread(http, f"{base}/logging"))[0] == 405
         assert (await asyncio.to_thread(http, f"{base}/nothing"))[0] == 404
         assert await asyncio.to_thread(http, f"{base}/quitquitquit", "POST") == (200, "draining\n")
