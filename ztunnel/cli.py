@@ -20,6 +20,9 @@ import click
 
 from ambient.output import emit, output_option
 
+LOG_LEVEL_NAMES = ("error", "warn", "info", "debug", "trace", "off")
+"""The levels ``--log-level`` and ``/logging`` take (``trace`` is ``debug`` here)."""
+
 
 @click.group(name="ztunnel")
 def cli() -> None:
@@ -99,7 +102,7 @@ def cli() -> None:
 )
 @click.option(
     "--log-level",
-    type=click.Choice(["error", "warn", "info", "debug", "trace", "off"]),
+    type=click.Choice(LOG_LEVEL_NAMES),
     default="info",
     show_default=True,
 )
@@ -243,9 +246,6 @@ def _rows(section: str, dump: dict[str, Any]) -> list[dict[str, Any]]:
             row["rules"] = len(row.get("rules", []))
         rows.append({c: row.get(c) for c in columns})
     return rows
-
-
-LOG_LEVEL_NAMES = ("error", "warn", "info", "debug", "trace", "off")
 
 
 def _log_level(admin_url: str, *, level: str | None, reset: bool) -> str:
