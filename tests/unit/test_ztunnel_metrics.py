@@ -85,19 +85,24 @@ def test_label_set_is_istios_in_order() -> None:
     assert list(LABEL_NAMES) == ISTIO_LABELS
 
 
+def _mesh_labels(reporter: str, client: Workload) -> ConnectionLabels:
+    """Labels of an mTLS connection from ``client`` to SERVER through SERVICE."""
+    return connection_labels(
+        reporter=reporter,
+        source=client,
+        source_identity=client.identity,
+        destination=SERVER,
+        destination_identity=SERVER.identity,
+        service=SERVICE,
+        mutual_tls=True,
+    )
+
+
 def test_both_reporters_count_one_transfer_exactly() -> None:
     registry = new_registry()
     metrics = TcpMetrics(registry)
     for reporter in ("source", "destination"):
-        labels = connection_labels(
-            reporter=reporter,
-            source=CLIENT,
-            source_identity=CLIENT.identity,
-            destination=SERVER,
-            destination_identity=SERVER.identity,
-            service=SERVICE,
-            mutual_tls=True,
-        )
+        labels = _mesh_labels(reporter, CLIENT)
         metrics.connection_opened(labels)
         metrics.add_bytes(labels, received=100)
         metrics.connection_closed(labels, received=1000, sent=5000)
@@ -139,15 +144,7 @@ def test_unknown_peers_are_labelled_unknown() -> None:
 
 def test_labels_are_remembered_per_workload_object_and_follow_state_updates() -> None:
     def labels_for(client: Workload) -> ConnectionLabels:
-        return connection_labels(
-            reporter="source",
-            source=client,
-            source_identity=client.identity,
-            destination=SERVER,
-            destination_identity=SERVER.identity,
-            service=SERVICE,
-            mutual_tls=True,
-        )
+        return _mesh_labels("source", client)
 
     first = labels_for(CLIENT)
     assert labels_for(CLIENT) is first  # the same peers: the same (hashable) label set
