@@ -357,11 +357,12 @@ class Ztunnel:
         await self.identities.refresh_due()
         cfg = self.config
         proxy_host, transparent = cfg.proxy_address, cfg.transparent
-        await self._listen(
-            proxy_host,
-            cfg.outbound_port,
-            self._tracked(self.proxy.handle_outbound),
-            transparent=transparent,
+        # Outbound tunnels relay the raw socket from the loop's callbacks, and HBONE picks
+        # its TLS context per connection (by the pod address reached): both take raw
+        # accepted sockets rather than asyncio's ready-made streams.
+        outbound = self.sockets.listener(proxy_host, cfg.outbound_port, transparent=transparent)
+        self._acceptors.append(
+            asyncio.create_task(accept_loop(outbound, self._tracked(self.proxy.handle_outbound)))
         )
         await self._listen(
             proxy_host,
@@ -369,8 +370,6 @@ class Ztunnel:
             self._tracked(self.proxy.handle_plaintext),
             transparent=transparent,
         )
-        # HBONE picks its TLS context per connection (by the pod address reached), so it
-        # takes raw accepted sockets rather than asyncio's ready-made streams.
         hbone = self.sockets.listener(proxy_host, cfg.hbone_port, transparent=transparent)
         self._acceptors.append(
             asyncio.create_task(accept_loop(hbone, self._tracked(self.proxy.handle_hbone)))

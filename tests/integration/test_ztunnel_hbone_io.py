@@ -4,7 +4,9 @@ Two real HBONE channels (h2 cores, the channel's protocol-driven transport) over
 loopback TCP connection, as the proxy runs them, without TLS (it is not what is
 tested here). The client sends its bytes right after the CONNECT; the server side,
 like ztunnel's inbound handler, connects to a "pod" listener, writes what is queued
-with one ``sendmsg`` before the socket has a transport, then relays the rest.
+with one ``sendmsg`` before the relay starts, then relays the rest from the socket's
+readiness callbacks (``relay``: no transport, what a full socket does not take waits
+for the next writable event).
 Loopback sockets only, no privileges needed.
 """
 
@@ -73,9 +75,8 @@ def _run(
             sock.connect(("127.0.0.1", pod_port))
             sock.setblocking(False)
             sent_early.append(stream.send_queued(sock))
-            reader, writer = await asyncio.open_connection(sock=sock)
-            await relay(stream, reader, writer)
-            writer.close()
+            await relay(stream, sock)
+            sock.close()
             done.set()
 
         tasks = [asyncio.create_task(server.run(on_request)), asyncio.create_task(client.run())]

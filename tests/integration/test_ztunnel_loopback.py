@@ -149,11 +149,11 @@ class Mesh:
             rng=random.Random(1),
         )
         self.hbone_server = asyncio.create_task(accept_loop(hbone_sock, proxy.handle_hbone))
-        self.outbound_server = await asyncio.start_server(proxy.handle_outbound, sock=outbound_sock)
+        self.outbound_server = asyncio.create_task(accept_loop(outbound_sock, proxy.handle_outbound))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.outbound_server.close()
+        self.outbound_server.cancel()
         self.hbone_server.cancel()
         self.echo_server.close()
         await self.connector.close()

@@ -193,7 +193,7 @@ async def stall_then_reset(port: int, opening: bytes = STALL) -> None:
 
 
 async def resets_with_unread_data() -> None:
-    async with Mesh() as mesh:
+    async with Mesh(app=stalling_echo) as mesh:
         assert await talk(CLIENT, mesh.vip_port, b"warm up") == b"warm up"
         # Each stalled tunnel has its 4 MiB stream window of unread bytes queued at the
         # destination when its upstream resets; five of them exceed the connection's
@@ -209,9 +209,6 @@ async def resets_with_unread_data() -> None:
         assert len(mesh.connector.pool) == 1
 
 
-def test_reset_tunnels_give_back_the_connection_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tests.integration.test_ztunnel_loopback as loopback
-
-    monkeypatch.setattr(loopback, "echo", stalling_echo)
+def test_reset_tunnels_give_back_the_connection_window() -> None:
     # uvloop, as the ztunnel process runs: its transports raise on writes after close.
     uvloop.run(asyncio.wait_for(resets_with_unread_data(), 90))

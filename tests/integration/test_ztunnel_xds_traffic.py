@@ -184,7 +184,7 @@ async def scenario(tmp_path: Path) -> None:
         rng=random.Random(1),
     )
     hbone_server = asyncio.create_task(accept_loop(hbone_sock, proxy.handle_hbone))
-    outbound_server = await asyncio.start_server(proxy.handle_outbound, sock=outbound_sock)
+    outbound_server = asyncio.create_task(accept_loop(outbound_sock, proxy.handle_outbound))
     try:
         await asyncio.wait_for(xds.first_state.wait(), 10)
         await until(identities.ready, 10, "certificates from the control plane's CA")
@@ -218,12 +218,12 @@ async def scenario(tmp_path: Path) -> None:
         assert await talk(CLIENT, vip_port, b"after restart") == b"after restart"
         assert xds.core.types[next(iter(xds.core.types))].nacks == 0
     finally:
-        outbound_server.close()
+        outbound_server.cancel()
         hbone_server.cancel()
         echo_server.close()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, hbone_server, return_exceptions=True)
+        await asyncio.gather(*tasks, hbone_server, outbound_server, return_exceptions=True)
         await connector.close()
         await ca.close()
         await plane.stop(0.2)

@@ -62,44 +62,55 @@ class TunnelStream:
         self.response: asyncio.Future[TunnelResponse] = asyncio.get_running_loop().create_future()
         self.closed = asyncio.Event()
         self._ended_locally = False
-        self.sink: asyncio.StreamWriter | None = None
-        """Where :func:`relay` sends this tunnel's bytes: written straight from the channel."""
+        self.sink: socket.socket | None = None
+        """The socket :func:`relay` sends this tunnel's bytes to: written straight from the
+        channel's step while nothing is queued."""
         self.sunk = 0
-        """Bytes written straight to ``sink`` (not handed out by :meth:`read`)."""
+        """Bytes written to the relay's socket (not handed out by :meth:`read`)."""
         self.on_closed: Callable[[], None] | None = None
         """Called once when the tunnel is over (a callback: no task waits per tunnel)."""
         self.on_drained: Callable[[], None] | None = None
         """Called when this tunnel's send backlog has gone out (a paused feeder resumes)."""
         self.on_readable: Callable[[], None] | None = None
         """Called when bytes were queued, the peer half-closed or the tunnel was reset:
-        a consumer driven by callbacks (:class:`_SocketSink`) instead of :meth:`read`."""
+        a consumer driven by callbacks (:func:`relay`) instead of :meth:`read`."""
 
     def _wake_reader(self) -> None:
         self._readable.set()
         if self.on_readable is not None:
             self.on_readable()
 
+    def _data(self, event: DataReceived) -> None:
+        sock = self.sink
+        if sock is not None and not self._chunks:
+            # Nothing queued: to the socket now, from the channel's own step (a task
+            # switch per chunk per hop was most of a small request's latency). What
+            # the socket does not take is queued, unacknowledged, and the rest queue
+            # behind it until the relay's pump has written them, in order.
+            data = event.data
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # queued: the relay's pump meets the error and ends the tunnel
+            if sent == len(data):
+                self.sunk += sent
+                self.channel.core.acknowledge(self.stream_id, event.flow_controlled_length)
+                return
+            if sent:
+                self.sunk += sent
+                data = memoryview(data)[sent:]
+            self._chunks.append((data, event.flow_controlled_length))
+            self._wake_reader()
+            return
+        self._chunks.append((event.data, event.flow_controlled_length))
+        self._wake_reader()
+
     # called by the channel
     def _feed(self, event: HboneEvent) -> None:
         if isinstance(event, DataReceived):
-            sink = self.sink
-            if (
-                sink is not None
-                and not self._chunks
-                and not (transport := sink.transport).is_closing()
-                and not transport.get_write_buffer_size()
-            ):
-                # Nothing queued and the socket keeps up: write now, from the channel's
-                # own step (a task switch per chunk per hop was most of a small
-                # request's latency). Order holds: once a chunk is queued, the rest
-                # queue behind it until the consumer (a _SocketSink's pump, or read()'s
-                # caller) has written them, in the step that takes them.
-                transport.write(event.data)
-                self.sunk += len(event.data)
-                self.channel.core.acknowledge(self.stream_id, event.flow_controlled_length)
-                return
-            self._chunks.append((event.data, event.flow_controlled_length))
-            self._wake_reader()
+            self._data(event)
         elif isinstance(event, PeerHalfClosed):
             self._eof = True
             self._wake_reader()
@@ -172,21 +183,22 @@ class TunnelStream:
         return data
 
     def send_queued(self, sock: socket.socket) -> int:
-        """Write the queued bytes straight to ``sock``, a connected socket no transport owns
-        yet: one system call; what the kernel does not take stays queued, in order.
+        """Write the queued bytes straight to ``sock``, a connected non-blocking socket no
+        transport owns: one system call; what the kernel does not take stays queued, in order.
 
         The inbound side sends a caller's early bytes (they came with the CONNECT) to
         the pod this way, before the socket gets its transport and the relay starts, so
-        the pod starts on the request meanwhile. Returns the bytes written (in ``sunk``);
-        their window goes back with the next flush. A socket error writes nothing: the
-        relay meets it on the socket and handles it as any.
+        the pod starts on the request meanwhile; :func:`relay` sends the backlog this way
+        when the socket is writable again. Returns the bytes written (in ``sunk``); their
+        window goes back with the next flush. A full socket takes nothing (0); any other
+        socket error is raised.
         """
         chunks = self._chunks
         if not chunks or self._reset is not None:
             return 0
         try:
             sent = sock.sendmsg([data for data, _ in itertools.islice(chunks, _SENDMSG_MAX)])
-        except OSError:
+        except (BlockingIOError, InterruptedError):
             return 0
         left = sent
         core = self.channel.core
@@ -517,269 +529,209 @@ class Transfer:
         """Out of the tunnel (relay) or ``b`` to ``a`` (splice)."""
 
 
-class _Feeder(asyncio.Protocol):
-    """A plain socket's bytes into a tunnel, from the transport's callbacks.
+class _SocketRelay:
+    """A tunnel and a plain connected socket, relayed from the event loop's readiness
+    callbacks: the socket gets no transport, no protocol object and no task.
 
-    Takes the place of the socket's ``StreamReaderProtocol`` (which it still tells
-    about write pauses and the end, so the socket's ``StreamWriter`` works as before):
-    no task wakes up, no ``StreamReader`` copies, per chunk. Reading pauses while the
-    tunnel's backlog is over ``HIGH_WATER`` or the HBONE connection's transport is
-    over its high-water mark, and resumes when they drain.
+    Socket to tunnel: each time the socket is readable, one ``recv`` (a ``bytes`` made
+    by the kernel copy, framed without another) goes into the tunnel; reading pauses
+    while the tunnel's backlog is over ``HIGH_WATER`` or the HBONE connection's
+    transport is over its high-water mark, and resumes when they drain. Tunnel to
+    socket: the stream writes each chunk straight to the socket while nothing is queued
+    (:meth:`TunnelStream._feed`); what the socket does not take stays queued on the
+    stream, unacknowledged (the peer's window closes), and leaves with one ``sendmsg``
+    per writable event. A half-close travels each way (``end_nowait``,
+    ``shutdown(SHUT_WR)``); a reset or a socket error ends the relay with that error.
     """
 
-    def __init__(
-        self,
-        stream: TunnelStream,
-        previous: asyncio.StreamReaderProtocol,
-        transport: asyncio.Transport,
-        counts: Transfer,
-    ) -> None:
+    def __init__(self, stream: TunnelStream, sock: socket.socket, counts: Transfer) -> None:
         self.stream = stream
-        self.previous = previous
-        self.transport = transport
+        self.sock = sock
+        self.fd = sock.fileno()
         self.counts = counts
-        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.paused = False
-        self.writing_paused = False
-        """The socket's write buffer is over its high-water mark (the tunnel's bytes wait)."""
-        self.on_resume_writing: Callable[[], None] | None = None
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self._reading = False
+        self._writing = False
+        self._read_paused = False
+        self._up_ended = False
+        """The socket's end of stream went into the tunnel."""
+        self._down_ended = False
+        """The tunnel's end of stream went to the socket (``SHUT_WR``)."""
         protocol = stream.channel.writer.transport.get_protocol()
-        assert isinstance(protocol, HboneProtocol)
-        self.channel_protocol = protocol
+        self._channel_protocol = protocol if isinstance(protocol, HboneProtocol) else None
 
-    @classmethod
-    def install(
-        cls, stream: TunnelStream, reader: asyncio.StreamReader, counts: Transfer
-    ) -> _Feeder | None:
-        """Take over ``reader``'s socket; ``None`` when it cannot be (then read as usual)."""
-        # The reader's transport and buffer are private to asyncio (stable in 3.11 and
-        # 3.12); anything unexpected falls back to the task that reads the stream.
-        transport = cast(asyncio.Transport | None, getattr(reader, "_transport", None))
-        previous = transport.get_protocol() if transport is not None else None
-        buffer = getattr(reader, "_buffer", None)
-        if (
-            transport is None  # uvloop's transports are not asyncio.Transport subclasses
-            or transport.is_closing()
-            or not isinstance(previous, asyncio.StreamReaderProtocol)
-            or not isinstance(buffer, bytearray)
-            or reader.exception() is not None
-            or not isinstance(stream.channel.writer.transport.get_protocol(), HboneProtocol)
-        ):
-            return None
-        feeder = cls(stream, previous, transport, counts)
-        early, eof = bytes(buffer), reader.at_eof() or getattr(reader, "_eof", False)
-        buffer.clear()
-        transport.set_protocol(feeder)
-        if early:
-            feeder.data_received(early)
-        if eof:
-            feeder.eof_received()
-        elif not feeder.paused:
-            transport.resume_reading()  # the StreamReader may have paused it
-        return feeder
+    def start_reading(self) -> None:
+        if not self._reading and not self._up_ended and not self.done.done():
+            self._reading = True
+            self.loop.add_reader(self.fd, self._readable)
 
-    def data_received(self, data: bytes) -> None:
-        if self.done.done():
+    def start_writing(self) -> None:
+        """The tunnel's bytes go to the socket from now on (those queued first)."""
+        stream = self.stream
+        stream.sink = self.sock
+        stream.on_readable = self._pump
+        self._pump()
+
+    def stop(self) -> None:
+        """No more callbacks: the socket is the caller's to close."""
+        self._stop_reading()
+        if self._writing:
+            self._writing = False
+            self.loop.remove_writer(self.fd)
+        stream = self.stream
+        stream.sink = None
+        stream.on_readable = None
+        stream.on_drained = None
+        with contextlib.suppress(ValueError):
+            stream.channel.feeders_waiting.remove(self._resume)
+
+    def fail(self, err: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(err)
+        self.stop()
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.loop.remove_reader(self.fd)
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
             return
-        self.counts.forward += len(data)
+        except OSError as err:
+            self.fail(err)
+            return
         stream = self.stream
         try:
+            if not data:
+                self._stop_reading()
+                self._up_ended = True
+                stream.end_nowait()
+                self._finish_if_over()
+                return
+            self.counts.forward += len(data)
             stream.send_nowait(data)
-        except (HboneStreamError, HboneError) as err:
-            self.done.set_exception(err)
+        except HboneError as err:  # the tunnel was reset meanwhile
+            self.fail(err)
             return
         if stream.channel.core.pending(stream.stream_id) > HIGH_WATER:
             self._pause()
             stream.on_drained = self._resume
-        elif self.channel_protocol.writing_paused:
+        elif self._channel_protocol is not None and self._channel_protocol.writing_paused:
             self._pause()
             stream.channel.feeders_waiting.append(self._resume)
 
-    def eof_received(self) -> bool:
-        if not self.done.done():
-            try:
-                self.stream.end_nowait()
-            except (HboneStreamError, HboneError) as err:
-                self.done.set_exception(err)
-                return True
-            self.done.set_result(self.counts.forward)
-        return True  # keep the socket open for the other direction (a half-close)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.previous.connection_lost(exc)
-        if not self.done.done():
-            self.done.set_exception(
-                exc or ConnectionResetError("the socket closed before its end of stream")
-            )
-
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-        self.previous.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        self.previous.resume_writing()
-        if self.on_resume_writing is not None:
-            self.on_resume_writing()
-
     def _pause(self) -> None:
-        if not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
+        self._stop_reading()
+        self._read_paused = True
 
     def _resume(self) -> None:
         self.stream.on_drained = None
-        if self.paused and not self.done.done() and not self.transport.is_closing():
-            self.paused = False
-            self.transport.resume_reading()
+        if self._read_paused:
+            self._read_paused = False
+            self.start_reading()
 
-
-class _SocketSink:
-    """A tunnel's bytes into a plain socket, from the channel's callbacks (no task).
-
-    Bytes go to the socket as they arrive and their window goes back to the peer once
-    the socket's transport has taken them; while that transport is over its high-water
-    mark they stay queued on the stream (unacknowledged, so the peer's window closes)
-    until it drains. The peer's half-close becomes the socket's; a reset, a failure.
-    """
-
-    def __init__(
-        self, stream: TunnelStream, writer: asyncio.StreamWriter, feeder: _Feeder, counts: Transfer
-    ) -> None:
-        self.stream = stream
-        self.writer = writer
-        self.feeder = feeder
-        self.counts = counts
-        self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    def start(self) -> None:
-        """From now on the tunnel's bytes go to the socket (queued ones first)."""
-        stream = self.stream
-        stream.sink = self.writer
-        stream.on_readable = self.pump
-        self.feeder.on_resume_writing = self.pump
-        self.pump()
-
-    def stop(self) -> None:
-        """No more callbacks (the relay is over)."""
-        self.stream.on_readable = None
-        self.feeder.on_resume_writing = None
-
-    def pump(self) -> None:
-        """Write what is queued while the socket takes it; finish at half-close or reset."""
-        done = self.done
-        if done.done():
+    def _pump(self) -> None:
+        """Write what is queued while the socket takes it; pass on a half-close or reset."""
+        if self.done.done():
             return
-        stream, writer = self.stream, self.writer
-        chunks = stream._chunks
-        wrote = False
-        while chunks and not self.feeder.writing_paused:
-            if writer.is_closing():
-                # uvloop raises RuntimeError on a write to a closed transport; as a
-                # ConnectionError it resets the tunnel like any socket error.
-                done.set_exception(
-                    ConnectionResetError("the socket closed before the tunnel's bytes were written")
-                )
+        stream = self.stream
+        if stream._chunks:
+            try:
+                stream.send_queued(self.sock)
+            except OSError as err:
+                self.fail(err)
                 return
-            data, flow_controlled = chunks.popleft()
-            self.counts.forward += len(data)
-            writer.write(data)
-            stream.channel.core.acknowledge(stream.stream_id, flow_controlled)
-            wrote = True
-        if wrote:
             stream.channel.flush()  # the window updates go now
-        if chunks:
-            return  # the socket is full: resume_writing pumps again
+            if stream._chunks:
+                if not self._writing:  # the socket is full: on to the next writable event
+                    self._writing = True
+                    self.loop.add_writer(self.fd, self._pump)
+                return
+        if self._writing:
+            self._writing = False
+            self.loop.remove_writer(self.fd)
         if stream._reset is not None:
-            done.set_exception(
+            self.fail(
                 HboneStreamError(
                     f"tunnel {stream.stream_id} was reset",
                     error_code=stream._reset,
                     stream_id=stream.stream_id,
                 )
             )
-        elif stream._eof:
-            if writer.can_write_eof() and not writer.is_closing():
-                writer.write_eof()
-            done.set_result(self.counts.forward)
+        elif stream._eof and not self._down_ended:
+            self._down_ended = True
+            with contextlib.suppress(OSError):  # the peer may be gone: reading tells
+                self.sock.shutdown(socket.SHUT_WR)
+            self._finish_if_over()
+
+    def _finish_if_over(self) -> None:
+        if self._up_ended and self._down_ended and not self.done.done():
+            self.done.set_result(None)
 
 
 async def relay(
     stream: TunnelStream,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    sock: socket.socket,
     transfer: Transfer | None = None,
     *,
-    gate: Callable[[], Awaitable[None]] | None = None,
+    on_response: Callable[[TunnelResponse], None] | None = None,
+    response_timeout: float = 10.0,
 ) -> tuple[int, int]:
-    """Copy both ways between a plain socket and a tunnel, half-closes included.
+    """Copy both ways between a plain connected socket and a tunnel, half-closes included.
 
     Returns ``(bytes into the tunnel, bytes out of the tunnel)``; ``transfer`` (if
-    given) holds them too, also when the copy ends with an exception. The socket's
-    bytes go into the tunnel from its transport's callbacks (:class:`_Feeder`) when
-    it can take the socket over, else from a task.
+    given) holds them too, also when the copy ends with an exception, after which the
+    tunnel is reset. The socket must be non-blocking; it stays the caller's to close.
 
-    With ``gate``, the socket's bytes start into the tunnel at once but nothing comes
-    out of it until ``gate()`` returns (the client side awaits the peer's 200 there:
-    the request rides with the CONNECT instead of a round trip later); if it raises,
-    the tunnel is reset and the error is raised.
+    With ``on_response`` (the client side), the socket's bytes start into the tunnel at
+    once (the request rides with the CONNECT) but nothing comes out of it until the
+    peer answers: ``on_response(answer)`` is called then and may raise (a refusal),
+    which ends the relay with that error, as does no answer within ``response_timeout``.
     """
     counts = transfer or Transfer()
-    copied = Transfer()
-
-    async def into_tunnel() -> int:
-        while chunk := await reader.read(READ_SIZE):
-            counts.forward += len(chunk)
-            await stream.write(chunk)
-        await stream.end()
-        return counts.forward
-
-    async def out_of_tunnel() -> int:
-        if gate is not None:
-            await gate()
-        stream.sink = writer
-        return await copy_to_socket(stream.read, writer, copied)
-
-    async def open_after_gate(sink: _SocketSink) -> int:
-        assert gate is not None
-        await gate()
-        sink.start()
-        return await sink.done
-
-    feeder = _Feeder.install(stream, reader, counts)
-    stream.channel.flush()  # a CONNECT not sent yet goes now (with the bytes already read)
-    sink: _SocketSink | None = None
-    up: asyncio.Future[int]
-    down: asyncio.Future[int]
-    if feeder is not None:
-        # Both directions run from callbacks; only a gate (the peer's answer) is awaited.
-        up = feeder.done
-        sink = _SocketSink(stream, writer, feeder, copied)
-        if gate is None:
-            sink.start()
-            down = sink.done
-        else:
-            down = asyncio.create_task(open_after_gate(sink))
+    relayed = _SocketRelay(stream, sock, counts)
+    relayed.start_reading()
+    stream.channel.flush()  # a CONNECT not sent yet goes now
+    timer: asyncio.TimerHandle | None = None
+    if on_response is None:
+        relayed.start_writing()
     else:
-        up = asyncio.create_task(into_tunnel())
-        down = asyncio.create_task(out_of_tunnel())
+
+        def answered(response: asyncio.Future[TunnelResponse]) -> None:
+            if timer is not None:
+                timer.cancel()
+            if relayed.done.done():
+                return
+            try:
+                if response.cancelled():
+                    raise HboneStreamError("the tunnel's answer was abandoned", error_code=CANCEL)
+                on_response(response.result())
+            except Exception as err:  # a reset before the answer, or a refusal
+                relayed.fail(err)
+                return
+            relayed.start_writing()
+
+        def unanswered() -> None:
+            relayed.fail(TimeoutError(f"no answer to the CONNECT within {response_timeout:g} s"))
+
+        timer = relayed.loop.call_later(response_timeout, unanswered)
+        stream.response.add_done_callback(answered)
     try:
-        await asyncio.gather(up, down)
+        await relayed.done
     except BaseException:
-        # Whatever failed (a socket, the tunnel, a cancellation), the tunnel is reset so
-        # its unread bytes go back to the shared connection window.
-        up.cancel()
-        down.cancel()
-        if sink is not None:
-            sink.done.cancel()
+        # Whatever failed (the socket, the tunnel, a cancellation), the tunnel is reset
+        # so its unread bytes go back to the shared connection window.
         stream.reset(CANCEL)
         raise
     finally:
-        if sink is not None:
-            sink.stop()
-        stream.sink = None
-        stream.on_drained = None
-        counts.backward = copied.forward + stream.sunk
+        if timer is not None:
+            timer.cancel()
+        relayed.stop()
+        counts.backward = stream.sunk
     return counts.forward, counts.backward
 
 

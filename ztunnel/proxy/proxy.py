@@ -9,6 +9,7 @@ in a ``finally``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import json
@@ -16,6 +17,7 @@ import logging
 import random
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,11 +37,11 @@ from ztunnel.metrics import (
 )
 from ztunnel.proxy import inbound, outbound
 from ztunnel.proxy.connector import HboneConnector, TunnelRefusedError
-from ztunnel.proxy.hbone import CONNECT_ERROR, HboneServer, TunnelRequest
+from ztunnel.proxy.hbone import CONNECT_ERROR, HboneServer, TunnelRequest, TunnelResponse
 from ztunnel.proxy.hbone_io import HboneChannel, Transfer, TunnelStream, relay, splice
 from ztunnel.proxy.sockets import SocketFactory
 from ztunnel.state.proxy_state import LoadBalancer, ProxyState
-from ztunnel.state.workload import IPAddress, Service
+from ztunnel.state.workload import IPAddress, Service, Workload
 
 access_log = logging.getLogger("ztunnel.access")
 
@@ -125,12 +127,19 @@ class Proxy:
 
     # --- outbound (15001) -------------------------------------------------
 
-    async def handle_outbound(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """A captured outbound connection: its local address is the original destination."""
-        src_ip, src_port = _addr(writer.get_extra_info("peername"))
-        dst_ip, dst_port = _addr(writer.get_extra_info("sockname"))
+    async def handle_outbound(self, conn: socket.socket) -> None:
+        """A captured outbound connection: its local address is the original destination.
+
+        ``conn`` is the accepted socket (non-blocking); a tunnel relays it from the
+        loop's callbacks, the other paths hand it to asyncio streams.
+        """
+        streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        try:
+            src_ip, src_port = _addr(conn.getpeername())
+            dst_ip, dst_port = _addr(conn.getsockname())
+        except OSError:
+            conn.close()  # reset before we got to it: nothing was asked of the mesh yet
+            return
         record = AccessRecord("outbound", f"{src_ip}:{src_port}", f"{dst_ip}:{dst_port}")
         state = self.state()
         labels: ConnectionLabels | None = None
@@ -154,52 +163,44 @@ class Proxy:
                 self.metrics.connection_failed(
                     connection_labels(reporter="source", source=source), plan.flag
                 )
-                writer.transport.abort()
+                _abort(conn)
                 return
             if isinstance(plan, outbound.PlainTcp):
                 upstream = await self.sockets.connect(plan.address, plan.port)
                 record.dst_workload = plan.workload.name if plan.workload else "-"
                 passed = Transfer()
                 try:
-                    await splice((reader, writer), upstream, passed)
+                    streams = await asyncio.open_connection(sock=conn)
+                    await splice(streams, upstream, passed)
                 finally:
                     upstream[1].close()
                     record.bytes_received, record.bytes_sent = passed.forward, passed.backward
                 return
-            labels = connection_labels(
-                reporter="source",
-                source=source,
-                source_identity=plan.pool_key.source,
-                destination=plan.destination,
-                destination_identity=plan.pool_key.destination,
-                service=plan.service,
-                mutual_tls=True,
-            )
-            record.src_identity, record.dst_identity = (
-                str(plan.pool_key.source),
-                str(plan.pool_key.destination),
-            )
-            record.dst_workload = plan.destination.name
+            labels = _tunnel_labels(plan, source, record)
             if self._is_local(plan):
-                await self._outbound_same_node(
-                    plan, (src_ip, src_port), (reader, writer), labels, record
-                )
+                streams = await asyncio.open_connection(sock=conn)
+                await self._outbound_same_node(plan, (src_ip, src_port), streams, labels, record)
             else:
-                await self._outbound_tunnel(plan, reader, writer, labels, record)
+                await self._outbound_tunnel(plan, conn, labels, record)
         except (OSError, TimeoutError, HboneError, IdentityError, ssl.SSLError) as err:
             flag = _failure_flag(err)
             record.result, record.reason = flag, str(err)
             self.metrics.connection_failed(labels or connection_labels(reporter="source"), flag)
-            writer.transport.abort()
+            if streams is None:
+                _abort(conn)
+            else:
+                streams[1].transport.abort()
         finally:
-            writer.close()
+            if streams is None:
+                conn.close()
+            else:
+                streams[1].close()  # the transport owns the socket
             record.emit(self.config.access_log_format)
 
     async def _outbound_tunnel(
         self,
         plan: outbound.Tunnel,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        conn: socket.socket,
         labels: ConnectionLabels,
         record: AccessRecord,
     ) -> None:
@@ -209,25 +210,34 @@ class Proxy:
         stream = await self.connector.start(plan, flush=plan.via_waypoint)
         opened = False
 
-        async def established() -> None:
+        def answered(response: TunnelResponse) -> None:
             nonlocal opened
-            if not opened:
-                await self.connector.established(stream)
-                opened = True
-                self.metrics.connection_opened(labels)
+            if not response.established:
+                raise TunnelRefusedError(response.status)
+            opened = True
+            self.metrics.connection_opened(labels)
 
         if plan.via_waypoint:
-            await established()  # Envoy answers the CONNECT before it takes the bytes
+            # Envoy answers the CONNECT before it takes the bytes.
+            await self.connector.established(stream)
+            opened = True
+            self.metrics.connection_opened(labels)
         moved = Transfer()
         try:
-            await relay(stream, reader, writer, moved, gate=established)
+            await relay(
+                stream,
+                conn,
+                moved,
+                on_response=None if plan.via_waypoint else answered,
+                response_timeout=self.connector.response_timeout,
+            )
         except (HboneError, OSError) as err:
             if not opened:
                 raise  # refused or never answered: a failed connection, counted as such
             # The tunnel was up and then reset (by the client, as wrk and iperf3 end, or
             # by the peer): a closed connection with the bytes it moved, not a failed one.
             record.result, record.reason = "reset", str(err) or type(err).__name__
-            writer.transport.abort()
+            _abort(conn)
         finally:
             record.bytes_received, record.bytes_sent = moved.forward, moved.backward
             if opened:
@@ -388,11 +398,6 @@ class Proxy:
                 sock = await self.sockets.connect_socket(
                     decision.upstream_ip, decision.upstream_port, source=decision.source_ip
                 )
-                # What the caller sent with the CONNECT goes to the pod now, before the
-                # socket's transport is set up and the 200 goes back: the pod starts on
-                # the request meanwhile (a new connection's latency).
-                stream.send_queued(sock)
-                upstream = await self.sockets.streams(sock)
             except (OSError, TimeoutError) as err:
                 self.metrics.connection_failed(labels, FLAG_CONNECT)
                 record.result, record.reason = FLAG_CONNECT, f"upstream connect failed: {err}"
@@ -400,6 +405,11 @@ class Proxy:
                 stream.discard_unread()
                 await channel.drain()
                 return
+            # What the caller sent with the CONNECT goes to the pod now, before the 200
+            # goes back: the pod starts on the request meanwhile (a new connection's
+            # latency). A socket error here is the relay's to meet.
+            with contextlib.suppress(OSError):
+                stream.send_queued(sock)
             # The 200 leaves with relay()'s first flush: together with the pod's first
             # bytes when they are already here (a quick answer, a server that speaks
             # first), one TLS record and one wake-up at the source instead of two.
@@ -407,12 +417,12 @@ class Proxy:
             self.metrics.connection_opened(labels)
             moved = Transfer()  # forward: server to client (into the tunnel), here
             try:
-                await relay(stream, *upstream, moved)
+                await relay(stream, sock, moved)
             except (HboneError, OSError) as err:
                 record.result, record.reason = "reset", str(err)
                 stream.reset(CONNECT_ERROR)
             finally:
-                upstream[1].close()
+                sock.close()
                 record.bytes_sent, record.bytes_received = moved.forward, moved.backward
                 self.metrics.connection_closed(labels, received=moved.backward, sent=moved.forward)
         finally:
@@ -463,6 +473,34 @@ class Proxy:
         finally:
             writer.close()
             record.emit(self.config.access_log_format)
+
+
+def _tunnel_labels(
+    plan: outbound.Tunnel, source: Workload | None, record: AccessRecord
+) -> ConnectionLabels:
+    """The source reporter's labels for a tunnel; the record learns the identities."""
+    record.src_identity = str(plan.pool_key.source)
+    record.dst_identity = str(plan.pool_key.destination)
+    record.dst_workload = plan.destination.name
+    return connection_labels(
+        reporter="source",
+        source=source,
+        source_identity=plan.pool_key.source,
+        destination=plan.destination,
+        destination_identity=plan.pool_key.destination,
+        service=plan.service,
+        mutual_tls=True,
+    )
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close ``sock`` with a reset (SO_LINGER 0), as a transport's ``abort()`` does."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    sock.close()
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 def service_for(state: ProxyState, request: TunnelRequest) -> Service | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 import ssl
@@ -19,6 +20,8 @@ from typing import Any
 
 from ztunnel.proxy.hbone_io import HboneProtocol
 from ztunnel.state.workload import IPAddress
+
+log = logging.getLogger("ztunnel.sockets")
 
 # From <linux/in.h>; the socket module does not name it on every build.
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
@@ -77,11 +80,13 @@ class SocketFactory:
         event loop (the inbound side sends a tunnel's early bytes that way).
         """
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-        # Non-blocking from the start (no extra ioctl). TCP_NODELAY is set by the event
-        # loop's transport: uvloop's for every TCP socket, asyncio's only for sockets
-        # that say IPPROTO_TCP (not 0), hence the explicit protocol.
+        # Non-blocking from the start (no extra ioctl). The relay writes to the socket
+        # itself (no transport sets TCP_NODELAY), and a small answer must not wait for
+        # the pod's delayed ACK: Nagle is off here. IPPROTO_TCP (not 0) so that asyncio's
+        # own loop also treats it as TCP when a transport takes it over.
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
         try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.transparent and source is not None and source.version == address.version:
                 sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
                 sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
@@ -177,20 +182,61 @@ async def _connect(sock: socket.socket, address: tuple[str, int]) -> None:
 
 AcceptedHandler = Callable[[socket.socket], Coroutine[Any, Any, None]]
 
+ACCEPT_BATCH = 32
+"""Connections accepted per readiness event at most (then other work gets its turn)."""
+ACCEPT_RETRY_S = 0.1
+"""Pause after an accept failure such as EMFILE (the listener would stay readable)."""
+
 
 async def accept_loop(listener: socket.socket, handler: AcceptedHandler) -> None:
-    """Accept connections forever, handing each raw socket to ``handler`` in its own task."""
+    """Accept connections until cancelled, handing each raw socket to ``handler`` in its own
+    task; the listener is closed at the end.
+
+    Accepts run in the listener's readiness callback (no future and no task step per
+    connection); each socket is non-blocking, with TCP_NODELAY (HBONE and tunnels carry
+    small request/response exchanges: Nagle would hold a small write back until the
+    peer's delayed ACK, tens of ms).
+    """
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
-    try:
-        while True:
-            conn, _ = await loop.sock_accept(listener)
-            conn.setblocking(False)
-            # HBONE carries small request/response exchanges too: Nagle would hold a
-            # small TLS record back until the peer's delayed ACK (tens of ms).
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = asyncio.create_task(handler(conn))
+    fd = listener.fileno()
+
+    def ready() -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # EMFILE, ENOBUFS...: back off, keep the listener
+                log.warning("accepting on %s failed: %s", _name(listener), err)
+                loop.remove_reader(fd)
+                loop.call_later(ACCEPT_RETRY_S, _resume)
+                return
+            try:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                conn.close()  # reset before we got to it
+                continue
+            task = loop.create_task(handler(conn))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+
+    def _resume() -> None:
+        if listener.fileno() >= 0:
+            loop.add_reader(fd, ready)
+
+    loop.add_reader(fd, ready)
+    try:
+        await loop.create_future()  # until cancelled
     finally:
+        loop.remove_reader(fd)
         listener.close()
+
+
+def _name(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getsockname()[:2]
+    except OSError:
+        return "a closed listener"
+    return f"{host}:{port}"
