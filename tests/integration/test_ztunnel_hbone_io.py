@@ -33,6 +33,16 @@ async def _channel(sock: socket.socket, core: HboneClient | HboneServer) -> Hbon
     return HboneChannel(core, protocol.reader, writer)
 
 
+async def _close(
+    client: HboneChannel, server: HboneChannel, tasks: list[asyncio.Task[None]]
+) -> None:
+    client.close()
+    server.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _pod(received: list[bytes], *, rcvbuf: int) -> tuple[asyncio.Server, int]:
     """A listener that reads everything, slowly at first (its small buffer fills)."""
 
@@ -87,11 +97,7 @@ def _run(
         await stream.end()
         assert (await stream.response).established
         await asyncio.wait_for(done.wait(), 20)
-        client.close()
-        server.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _close(client, server, tasks)
         pod.close()
 
     uvloop.run(scenario())
@@ -127,3 +133,152 @@ def test_what_the_socket_does_not_take_stays_queued_and_follows_in_order() -> No
     )
     assert 0 < sent_early[0] < len(payload)
     assert received == [payload]
+
+
+class _Recorder:
+    """A channel's transport that remembers every buffer it was given (HTTP/2 frames:
+    no TLS here), passing everything on."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._inner = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self._inner.write(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.writes.append(b"".join(chunks))
+        self._inner.writelines(chunks)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+HEADERS, DATA = 0x1, 0x0
+
+
+def _frames(write: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, stream id, payload) of each HTTP/2 frame in one write."""
+    frames, at = [], 0
+    while at + 9 <= len(write):
+        length = int.from_bytes(write[at : at + 3], "big")
+        kind, stream = write[at + 3], int.from_bytes(write[at + 5 : at + 9], "big") & 0x7FFFFFFF
+        frames.append((kind, stream, write[at + 9 : at + 9 + length]))
+        at += 9 + length
+    return frames
+
+
+def _first_write_with(
+    recorder: _Recorder, kind: int, stream_id: int
+) -> list[tuple[int, int, bytes]]:
+    for write in recorder.writes:
+        frames = _frames(write)
+        if any(k == kind and s == stream_id for k, s, _ in frames):
+            return frames
+    raise AssertionError(f"no frame of type {kind} on stream {stream_id} was written")
+
+
+def _hold(pod_answers: bool, hold: float) -> tuple[list[tuple[int, int, bytes]], float]:
+    """A tunnel whose server side holds its first flush; the write carrying the 200, and
+    how long the client waited for the 200."""
+    result: list[tuple[list[tuple[int, int, bytes]], float]] = []
+
+    async def scenario() -> None:
+        async def pod(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(100)
+            if pod_answers:
+                writer.write(b"answer")
+            await reader.read()  # until the tunnel ends
+            writer.close()
+
+        server_app = await asyncio.start_server(pod, "127.0.0.1", 0)
+        pod_port = server_app.sockets[0].getsockname()[1]
+        a, b = socket.socketpair()
+        client = await _channel(a, HboneClient())
+        server_core = HboneServer()
+        server = await _channel(b, server_core)
+        recorder = _Recorder(server._transport)
+        server._transport = recorder  # type: ignore[assignment]
+
+        async def on_request(stream: TunnelStream, _request: TunnelRequest) -> None:
+            await _until_queued(stream, len(b"request"))
+            sock = socket.create_connection(("127.0.0.1", pod_port))
+            sock.setblocking(False)
+            assert stream.send_queued(sock) == len(b"request")
+            server_core.respond(stream.stream_id, 200)
+            try:
+                await relay(stream, sock, hold_first_flush=hold)
+            finally:
+                sock.close()
+
+        tasks = [asyncio.create_task(server.run(on_request)), asyncio.create_task(client.run())]
+        await asyncio.sleep(0)
+        stream = client.open_tunnel(TunnelRequest(Authority("127.0.0.1", pod_port)))
+        started = asyncio.get_running_loop().time()
+        await stream.write(b"request")
+        assert (await asyncio.wait_for(stream.response, 5)).established
+        waited = asyncio.get_running_loop().time() - started
+        await stream.end()
+        result.append((_first_write_with(recorder, HEADERS, stream.stream_id), waited))
+        await _close(client, server, tasks)
+        server_app.close()
+
+    uvloop.run(scenario())
+    return result[0]
+
+
+def test_the_200_waits_for_a_quick_answer_and_leaves_with_it() -> None:
+    frames, waited = _hold(pod_answers=True, hold=2.0)
+    on_stream = [(kind, data) for kind, stream, data in frames if stream]
+    assert [kind for kind, _ in on_stream] == [HEADERS, DATA]
+    assert on_stream[1][1] == b"answer"
+    assert waited < 1.5  # the answer ended the hold, not the timer
+
+
+def test_the_200_leaves_alone_once_the_hold_is_over_if_the_pod_says_nothing() -> None:
+    frames, waited = _hold(pod_answers=False, hold=0.05)
+    assert [kind for kind, stream, _ in frames if stream] == [HEADERS]
+    assert 0.04 <= waited < 2.0
+
+
+def test_bytes_a_client_already_sent_leave_with_its_connect() -> None:
+    written: list[list[tuple[int, int, bytes]]] = []
+
+    async def scenario() -> None:
+        app, proxy_side = socket.socketpair()
+        app.sendall(b"GET / HTTP/1.1\r\n\r\n")  # the client spoke before the proxy read
+        proxy_side.setblocking(False)
+        a, b = socket.socketpair()
+        client = await _channel(a, HboneClient())
+        recorder = _Recorder(client._transport)
+        client._transport = recorder  # type: ignore[assignment]
+        server = await _channel(b, HboneServer())
+        tasks = [asyncio.create_task(server.run()), asyncio.create_task(client.run())]
+        await asyncio.sleep(0.05)  # the channels have exchanged their settings
+        opened: list[TunnelStream] = []
+
+        async def proxy() -> None:
+            # As the outbound handler does: the CONNECT is queued, then the relay starts
+            # in the same step.
+            opened.append(
+                client.open_tunnel(TunnelRequest(Authority("127.0.0.1", 80)), flush=False)
+            )
+            await relay(opened[0], proxy_side, on_response=lambda _: None)
+
+        relaying = asyncio.create_task(proxy())
+        await asyncio.sleep(0)
+        stream = opened[0]
+        for _ in range(200):
+            if any(k == HEADERS for w in recorder.writes for k, _, _ in _frames(w)):
+                break
+            await asyncio.sleep(0.005)
+        written.append(_first_write_with(recorder, HEADERS, stream.stream_id))
+        await _close(client, server, [*tasks, relaying])
+        app.close()
+        proxy_side.close()
+
+    uvloop.run(scenario())
+    on_stream = [(kind, data) for kind, stream, data in written[0] if stream]
+    assert [kind for kind, _ in on_stream] == [HEADERS, DATA]
+    assert on_stream[1][1] == b"GET / HTTP/1.1\r\n\r\n"

@@ -149,7 +149,9 @@ class Mesh:
             rng=random.Random(1),
         )
         self.hbone_server = asyncio.create_task(accept_loop(hbone_sock, proxy.handle_hbone))
-        self.outbound_server = asyncio.create_task(accept_loop(outbound_sock, proxy.handle_outbound))
+        self.outbound_server = asyncio.create_task(
+            accept_loop(outbound_sock, proxy.handle_outbound)
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -591,6 +591,11 @@ class _SocketRelay:
             self.done.set_exception(err)
         self.stop()
 
+    def read_now(self) -> None:
+        """Take what the socket holds now, if anything (one ``recv``), without waiting."""
+        if self._reading:
+            self._readable()
+
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
@@ -664,8 +669,9 @@ class _SocketRelay:
             )
         elif stream._eof and not self._down_ended:
             self._down_ended = True
-            with contextlib.suppress(OSError):  # the peer may be gone: reading tells
-                self.sock.shutdown(socket.SHUT_WR)
+            if not self._up_ended:  # else the relay is over and the caller's close() ends both
+                with contextlib.suppress(OSError):  # the peer may be gone: reading tells
+                    self.sock.shutdown(socket.SHUT_WR)
             self._finish_if_over()
 
     def _finish_if_over(self) -> None:
@@ -680,6 +686,7 @@ async def relay(
     *,
     on_response: Callable[[TunnelResponse], None] | None = None,
     response_timeout: float = 10.0,
+    hold_first_flush: float = 0.0,
 ) -> tuple[int, int]:
     """Copy both ways between a plain connected socket and a tunnel, half-closes included.
 
@@ -691,11 +698,23 @@ async def relay(
     once (the request rides with the CONNECT) but nothing comes out of it until the
     peer answers: ``on_response(answer)`` is called then and may raise (a refusal),
     which ends the relay with that error, as does no answer within ``response_timeout``.
+
+    What the socket already holds goes into the tunnel at once, with anything the
+    channel has queued (a CONNECT not sent yet: one TLS record for both), and the
+    channel is flushed. With ``hold_first_flush`` (seconds; the server side, which has
+    just given the pod the request that came with the CONNECT), that flush waits for
+    the socket's first bytes or that long, whichever comes first: the 200 and a quick
+    answer leave as one record, one wake-up at the source instead of two.
     """
     counts = transfer or Transfer()
     relayed = _SocketRelay(stream, sock, counts)
     relayed.start_reading()
-    stream.channel.flush()  # a CONNECT not sent yet goes now
+    first_flush: asyncio.TimerHandle | None = None
+    if hold_first_flush > 0:
+        first_flush = relayed.loop.call_later(hold_first_flush, stream.channel.flush)
+    else:
+        relayed.read_now()  # a client's first bytes, already here, ride with the CONNECT
+        stream.channel.flush()
     timer: asyncio.TimerHandle | None = None
     if on_response is None:
         relayed.start_writing()
@@ -728,8 +747,9 @@ async def relay(
         stream.reset(CANCEL)
         raise
     finally:
-        if timer is not None:
-            timer.cancel()
+        for pending in (timer, first_flush):
+            if pending is not None:
+                pending.cancel()
         relayed.stop()
         counts.backward = stream.sunk
     return counts.forward, counts.backward

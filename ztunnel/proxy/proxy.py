@@ -45,6 +45,10 @@ from ztunnel.state.workload import IPAddress, Service, Workload
 
 access_log = logging.getLogger("ztunnel.access")
 
+ANSWER_HOLD_S = 0.001
+"""How long a tunnel's 200 may wait for the pod's answer to the request that came with
+the CONNECT (the event loop's timers have millisecond resolution)."""
+
 
 @dataclass
 class AccessRecord:
@@ -408,16 +412,19 @@ class Proxy:
             # What the caller sent with the CONNECT goes to the pod now, before the 200
             # goes back: the pod starts on the request meanwhile (a new connection's
             # latency). A socket error here is the relay's to meet.
+            early = 0
             with contextlib.suppress(OSError):
-                stream.send_queued(sock)
-            # The 200 leaves with relay()'s first flush: together with the pod's first
-            # bytes when they are already here (a quick answer, a server that speaks
-            # first), one TLS record and one wake-up at the source instead of two.
+                early = stream.send_queued(sock)
+            # The 200 leaves with relay()'s first flush. When the pod has a request to
+            # answer, that flush waits (up to ANSWER_HOLD_S) for the answer: the 200 and
+            # a quick answer are one TLS record, one wake-up at the source instead of
+            # two. A peer that waits for the 200 before it sends (Envoy) sent nothing
+            # early and gets the 200 at once.
             core.respond(stream.stream_id, 200)
             self.metrics.connection_opened(labels)
             moved = Transfer()  # forward: server to client (into the tunnel), here
             try:
-                await relay(stream, sock, moved)
+                await relay(stream, sock, moved, hold_first_flush=ANSWER_HOLD_S if early else 0.0)
             except (HboneError, OSError) as err:
                 record.result, record.reason = "reset", str(err)
                 stream.reset(CONNECT_ERROR)

@@ -95,8 +95,10 @@ class SocketFactory:
                 # bind() search the ephemeral range on every upstream connection.
                 sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 sock.bind((str(source), 0))
-            async with asyncio.timeout(self.connect_timeout):
-                await _connect(sock, (str(address), port))
+            target = (str(address), port)
+            if not _connect_now(sock, target):  # a local pod has usually answered already
+                async with asyncio.timeout(self.connect_timeout):
+                    await _connected(sock, target)
         except BaseException:
             sock.close()
             raise
@@ -138,8 +140,8 @@ class SocketFactory:
         return protocol.reader, asyncio.StreamWriter(transport, protocol, protocol.reader, loop)
 
 
-async def _connect(sock: socket.socket, address: tuple[str, int]) -> None:
-    """Connect a non-blocking socket to an IP address.
+def _connect_now(sock: socket.socket, address: tuple[str, int]) -> bool:
+    """Start connecting a non-blocking socket to an IP address; whether it is connected.
 
     Not ``loop.sock_connect``: uvloop's resolves every address with ``getaddrinfo``
     in its thread pool first, even an IP literal, so each upstream connection
@@ -150,18 +152,24 @@ async def _connect(sock: socket.socket, address: tuple[str, int]) -> None:
     are processed in the caller's softirq), though it still answers EINPROGRESS.
     Asking once more (``connect()`` again: 0 once established, EALREADY while the
     SYN is out, the error if refused) costs one system call where waiting for
-    writability cost poller registrations, a loop iteration and an SO_ERROR read.
+    writability cost poller registrations, a loop iteration and an SO_ERROR read,
+    and no timer is armed for a connect that is already done. A refusal is raised.
     """
     try:
         sock.connect(address)
-        return
+        return True
     except BlockingIOError:
         pass  # EINPROGRESS
     error = sock.connect_ex(address)
     if error in (0, errno.EISCONN):
-        return
+        return True
     if error not in (errno.EALREADY, errno.EINPROGRESS):
         raise OSError(error, f"connect to {address[0]}:{address[1]}: {os.strerror(error)}")
+    return False
+
+
+async def _connected(sock: socket.socket, address: tuple[str, int]) -> None:
+    """Wait until a connect :func:`_connect_now` started is done; raise if it failed."""
     loop = asyncio.get_running_loop()
     connected: asyncio.Future[None] = loop.create_future()
 
