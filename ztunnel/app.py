@@ -27,6 +27,7 @@ from ztunnel.errors import StateFileError, XdsResourceError, ZtunnelError
 from ztunnel.identity.caclient import CaClient
 from ztunnel.identity.certs import LocalCA
 from ztunnel.identity.store import IdentityStore, Issuer, local_issuer, utc_now
+from ztunnel.logbatch import batch_stream_handlers
 from ztunnel.metrics import TcpMetrics, new_registry, render
 from ztunnel.proxy.connector import HboneConnector
 from ztunnel.proxy.pool import ConnectionPool
@@ -446,8 +447,12 @@ async def run(config: ZtunnelConfig, *, shared_log_level: SharedLogLevel | None 
     # SIGTERM (Kubernetes, the lab, the worker supervisor) drains like /quitquitquit.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, ztunnel.stopping.set)
-    await ztunnel.start()
+    unbatch = batch_stream_handlers(loop)  # an access line per connection: one write per batch
     try:
-        await ztunnel.wait()
+        await ztunnel.start()
+        try:
+            await ztunnel.wait()
+        finally:
+            await ztunnel.stop()
     finally:
-        await ztunnel.stop()
+        unbatch()

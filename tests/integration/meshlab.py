@@ -112,6 +112,18 @@ def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.2) -> fl
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def log_with(log_path: Path, *needles: str, timeout: float = 5.0) -> str:
+    """A process's log once it holds every one of ``needles`` (ztunnel writes its lines
+    in batches, up to 50 ms late), or as it is after ``timeout``: the caller's assertion
+    then shows what is missing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log_path.read_text()
+        if all(needle in text for needle in needles) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
+
+
 def workload_ips(pin_dir: Path) -> set[str]:
     """The pod IPs the agent has put into a node's pinned workload map (none if unpinned)."""
     from agent.errors import AgentError

@@ -18,7 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -54,14 +55,21 @@ class Mesh:
         )
         return str(done.stdout)
 
-    def records(self, node: str) -> list[dict[str, Any]]:
-        """The JSON access records of a node's ztunnel so far."""
-        out = []
-        for line in self.ztunnels[node].log_path.read_text().splitlines():
-            start = line.find('{"')
-            if start >= 0 and '"direction"' in line:
-                out.append(json.loads(line[start:]))
-        return out
+    def records(self, node: str, wanted: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """The JSON access records of a node's ztunnel that are ``wanted``, waiting up to 5 s
+        for one (ztunnel writes its log lines in batches, up to 50 ms late)."""
+        deadline = time.monotonic() + 5
+        while True:
+            out = []
+            for line in self.ztunnels[node].log_path.read_text().splitlines():
+                start = line.find('{"')
+                if start >= 0 and '"direction"' in line:
+                    record = json.loads(line[start:])
+                    if wanted(record):
+                        out.append(record)
+            if out or time.monotonic() > deadline:
+                return out
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +130,9 @@ def test_the_source_ztunnel_sends_service_traffic_to_the_waypoint(mesh: Mesh) ->
     answer = mesh.get("client", vip, 80)
     # Nothing serves the waypoint here: the call fails, but it went to the waypoint.
     assert "Hello from backend" not in answer
-    outbound = [
-        r for r in mesh.records("node1") if r["direction"] == "outbound" and r["dst"] == f"{vip}:80"
-    ]
+    outbound = mesh.records(
+        "node1", lambda r: r["direction"] == "outbound" and r["dst"] == f"{vip}:80"
+    )
     assert outbound, mesh.ztunnels["node1"].log_path.read_text()[-3000:]
     record = outbound[-1]
     assert (record["dst_identity"], record["dst_workload"]) == (WAYPOINT_ID, "waypoint")
@@ -135,11 +143,9 @@ def test_the_source_ztunnel_sends_service_traffic_to_the_waypoint(mesh: Mesh) ->
 def test_a_direct_tunnel_to_a_waypoint_served_pod_is_refused_as_a_bypass(mesh: Mesh) -> None:
     answer = mesh.get("client", mesh.pods["backend"].ip, 8080)
     assert "Hello from backend" not in answer and answer.startswith("ERROR")
-    refused = [
-        r
-        for r in mesh.records("node2")
-        if r["direction"] == "inbound-hbone" and r["result"] == "DENY"
-    ]
+    refused = mesh.records(
+        "node2", lambda r: r["direction"] == "inbound-hbone" and r["result"] == "DENY"
+    )
     assert refused, mesh.ztunnels["node2"].log_path.read_text()[-3000:]
     assert refused[-1]["reason"].startswith("bypassed waypoint")
     assert CLIENT_ID in refused[-1]["reason"] and WAYPOINT_ID in refused[-1]["reason"]
@@ -148,6 +154,6 @@ def test_a_direct_tunnel_to_a_waypoint_served_pod_is_refused_as_a_bypass(mesh: M
 def test_a_plaintext_bypass_from_outside_the_mesh_is_refused(mesh: Mesh) -> None:
     answer = mesh.get("outsider", mesh.pods["backend"].ip, 8080)
     assert "Hello from backend" not in answer and answer.startswith("ERROR")
-    refused = [r for r in mesh.records("node2") if r["direction"] == "inbound-plaintext"]
+    refused = mesh.records("node2", lambda r: r["direction"] == "inbound-plaintext")
     assert refused and refused[-1]["result"] == "DENY"
     assert refused[-1]["reason"].startswith("bypassed waypoint")
