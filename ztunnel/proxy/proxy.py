@@ -389,32 +389,37 @@ class Proxy:
             dest = decision.destination
             record.src_workload = decision.source_workload.name if decision.source_workload else "-"
             record.dst_workload, record.dst_identity = dest.name, str(dest.identity)
-            labels = connection_labels(
-                reporter="destination",
-                source=decision.source_workload,
-                source_identity=peer,
-                destination=dest,
-                destination_identity=dest.identity,
-                service=service_for(state, request),
-                mutual_tls=True,
-            )
+
+            def tunnel_labels() -> ConnectionLabels:
+                return connection_labels(
+                    reporter="destination",
+                    source=decision.source_workload,
+                    source_identity=peer,
+                    destination=dest,
+                    destination_identity=dest.identity,
+                    service=service_for(state, request),
+                    mutual_tls=True,
+                )
+
             try:
                 sock = await self.sockets.connect_socket(
                     decision.upstream_ip, decision.upstream_port, source=decision.source_ip
                 )
             except (OSError, TimeoutError) as err:
-                self.metrics.connection_failed(labels, FLAG_CONNECT)
+                self.metrics.connection_failed(tunnel_labels(), FLAG_CONNECT)
                 record.result, record.reason = FLAG_CONNECT, f"upstream connect failed: {err}"
                 core.respond(stream.stream_id, 503)
                 stream.discard_unread()
                 await channel.drain()
                 return
             # What the caller sent with the CONNECT goes to the pod now, before the 200
-            # goes back: the pod starts on the request meanwhile (a new connection's
-            # latency). A socket error here is the relay's to meet.
+            # goes back (and before the labels are looked up): the pod starts on the
+            # request meanwhile (a new connection's latency). A socket error here is the
+            # relay's to meet.
             early = 0
             with contextlib.suppress(OSError):
                 early = stream.send_queued(sock)
+            labels = tunnel_labels()
             # The 200 leaves with relay()'s first flush. When the pod has a request to
             # answer, that flush waits (up to ANSWER_HOLD_S) for the answer: the 200 and
             # a quick answer are one TLS record, one wake-up at the source instead of
