@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import uvloop
 
@@ -282,3 +283,121 @@ def test_bytes_a_client_already_sent_leave_with_its_connect() -> None:
     on_stream = [(kind, data) for kind, stream, data in written[0] if stream]
     assert [kind for kind, _ in on_stream] == [HEADERS, DATA]
     assert on_stream[1][1] == b"GET / HTTP/1.1\r\n\r\n"
+
+
+class _CountingSocket(socket.socket):
+    """A socket that counts its reads and the writes the kernel refused (EAGAIN)."""
+
+    recvs = 0
+    refused = 0
+    retried = 0
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        self.recvs += 1
+        return super().recv(size, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        try:
+            return super().send(data, flags)
+        except BlockingIOError:
+            self.refused += 1
+            raise
+
+    def sendmsg(self, buffers: Any, *args: Any) -> int:
+        try:
+            return super().sendmsg(buffers, *args)
+        except BlockingIOError:
+            self.refused += 1
+            self.retried += 1  # a backlog sent to a socket that had no room
+            raise
+
+
+def test_a_full_socket_is_waited_for_not_retried() -> None:
+    # A pod that reads nothing for 0.2 s behind 16 KiB buffers, and 2.5 MiB arriving
+    # through the tunnel meanwhile: after a write meets the full socket, the relay waits
+    # for it to drain instead of trying again as each further chunk arrives.
+    block = bytes(range(256)) * 64
+    payload = b"".join(block[i:] + block[:i] for i in range(160))
+    received: list[bytes] = []
+    counted: list[_CountingSocket] = []
+
+    async def scenario() -> None:
+        pod, pod_port = await _pod(received, rcvbuf=16 * 1024)
+        a, b = socket.socketpair()
+        client = await _channel(a, HboneClient())
+        server_core = HboneServer()
+        server = await _channel(b, server_core)
+        done = asyncio.Event()
+
+        async def on_request(stream: TunnelStream, _request: TunnelRequest) -> None:
+            server_core.respond(stream.stream_id, 200)
+            sock = _CountingSocket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+            sock.connect(("127.0.0.1", pod_port))
+            sock.setblocking(False)
+            counted.append(sock)
+            await relay(stream, sock)
+            sock.close()
+            done.set()
+
+        tasks = [asyncio.create_task(server.run(on_request)), asyncio.create_task(client.run())]
+        await asyncio.sleep(0)
+        stream = client.open_tunnel(TunnelRequest(Authority("127.0.0.1", pod_port)))
+        assert (await stream.response).established
+        for start in range(0, len(payload), len(block)):
+            await stream.write(payload[start : start + len(block)])
+        await stream.end()
+        await asyncio.wait_for(done.wait(), 20)
+        await _close(client, server, tasks)
+        pod.close()
+
+    uvloop.run(scenario())
+    assert received == [payload]
+    assert counted[0].retried == 0, (counted[0].refused, counted[0].retried)
+
+
+def test_a_bulk_sender_is_read_several_times_per_event() -> None:
+    from ztunnel.proxy.hbone_io import READ_SIZE, READS_PER_EVENT, Transfer, _SocketRelay
+
+    size = 3 * READ_SIZE + 100  # three full reads, then a short one
+    forwarded: list[int] = []
+    recvs: list[int] = []
+
+    async def scenario() -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MiB)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        sender = socket.create_connection(listener.getsockname())
+        fd, _ = listener._accept()  # type: ignore[attr-defined]
+        sock = _CountingSocket(fileno=fd)
+        sock.setblocking(False)
+        sender.sendall(bytes(size))
+        for _ in range(200):  # until the kernel holds it all on the receiving side
+            if len(sock.recv(size + 1, socket.MSG_PEEK)) == size:
+                break
+            await asyncio.sleep(0.01)
+        sock.recvs = 0
+        a, b = socket.socketpair()
+        client = await _channel(a, HboneClient())
+        server = await _channel(b, HboneServer())
+        tasks = [asyncio.create_task(server.run()), asyncio.create_task(client.run())]
+        await asyncio.sleep(0.05)
+        # The channel's transport takes it all (nothing here reads the other end yet).
+        client._transport.set_write_buffer_limits(high=16 * MiB)
+        stream = client.open_tunnel(TunnelRequest(Authority("127.0.0.1", 80)))
+        counts = Transfer()
+        relayed = _SocketRelay(stream, sock, counts)
+        relayed.start_reading()
+        relayed.read_now()  # one readable event's worth
+        forwarded.append(counts.forward)
+        recvs.append(sock.recvs)
+        relayed.stop()
+        await _close(client, server, tasks)
+        for s in (sender, sock, listener):
+            s.close()
+
+    uvloop.run(scenario())
+    assert READS_PER_EVENT >= 4
+    assert forwarded == [size]
+    assert recvs == [4]

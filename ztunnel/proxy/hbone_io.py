@@ -41,6 +41,8 @@ log = logging.getLogger("ztunnel.hbone")
 
 HIGH_WATER = 1024 * 1024
 READ_SIZE = 256 * 1024
+READS_PER_EVENT = 4
+"""Reads of a relayed socket per readable event at most, while each fills READ_SIZE."""
 _SENDMSG_MAX = 64
 """Buffers per ``sendmsg`` (far below the kernel's IOV_MAX)."""
 COALESCE_BELOW = 16 * 1024
@@ -67,6 +69,8 @@ class TunnelStream:
         channel's step while nothing is queued."""
         self.sunk = 0
         """Bytes written to the relay's socket (not handed out by :meth:`read`)."""
+        self.sink_full = False
+        """The last direct write to ``sink`` met a full socket (the relay waits for it)."""
         self.on_closed: Callable[[], None] | None = None
         """Called once when the tunnel is over (a callback: no task waits per tunnel)."""
         self.on_drained: Callable[[], None] | None = None
@@ -101,6 +105,7 @@ class TunnelStream:
             if sent:
                 self.sunk += sent
                 data = memoryview(data)[sent:]
+            self.sink_full = True
             self._chunks.append((data, event.flow_controlled_length))
             self._wake_reader()
             return
@@ -570,7 +575,7 @@ class _SocketRelay:
         """The tunnel's bytes go to the socket from now on (those queued first)."""
         stream = self.stream
         stream.sink = self.sock
-        stream.on_readable = self._pump
+        stream.on_readable = self._tunnel_ready
         self._pump()
 
     def stop(self) -> None:
@@ -602,13 +607,22 @@ class _SocketRelay:
             self.loop.remove_reader(self.fd)
 
     def _readable(self) -> None:
+        # As libuv reads its own sockets: while a read fills the buffer more is likely
+        # waiting (a bulk sender), so a few reads per event rather than one per trip
+        # round the loop; a short read (a request) is the only one.
+        for _ in range(READS_PER_EVENT):
+            if not self._read_once():
+                return
+
+    def _read_once(self) -> bool:
+        """One ``recv`` into the tunnel; whether another may follow at once."""
         try:
             data = self.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as err:
             self.fail(err)
-            return
+            return False
         stream = self.stream
         try:
             if not data:
@@ -616,18 +630,26 @@ class _SocketRelay:
                 self._up_ended = True
                 stream.end_nowait()
                 self._finish_if_over()
-                return
+                return False
             self.counts.forward += len(data)
             stream.send_nowait(data)
         except HboneError as err:  # the tunnel was reset meanwhile
             self.fail(err)
-            return
+            return False
+        return not self._held_back() and len(data) == READ_SIZE
+
+    def _held_back(self) -> bool:
+        """Pause reading while the tunnel's backlog or the HBONE transport is too full."""
+        stream = self.stream
         if stream.channel.core.pending(stream.stream_id) > HIGH_WATER:
             self._pause()
             stream.on_drained = self._resume
-        elif self._channel_protocol is not None and self._channel_protocol.writing_paused:
+            return True
+        if self._channel_protocol is not None and self._channel_protocol.writing_paused:
             self._pause()
             stream.channel.feeders_waiting.append(self._resume)
+            return True
+        return False
 
     def _pause(self) -> None:
         self._stop_reading()
@@ -638,6 +660,21 @@ class _SocketRelay:
         if self._read_paused:
             self._read_paused = False
             self.start_reading()
+
+    def _tunnel_ready(self) -> None:
+        """The stream queued bytes, half-closed or was reset."""
+        stream = self.stream
+        if stream._reset is None:
+            if self._writing:
+                return  # the socket is full: its writable event sends what is queued
+            if stream.sink_full:
+                # The direct write just met a full socket: wait for it to drain rather
+                # than try again at once (a system call that would only say EAGAIN).
+                stream.sink_full = False
+                self._writing = True
+                self.loop.add_writer(self.fd, self._pump)
+                return
+        self._pump()
 
     def _pump(self) -> None:
         """Write what is queued while the socket takes it; pass on a half-close or reset."""
