@@ -34,6 +34,13 @@ async def _channel(sock: socket.socket, core: HboneClient | HboneServer) -> Hbon
     return HboneChannel(core, protocol.reader, writer)
 
 
+async def _pair() -> tuple[HboneChannel, HboneChannel, HboneServer]:
+    """A client and a server channel over a socket pair, and the server's core."""
+    a, b = socket.socketpair()
+    server_core = HboneServer()
+    return await _channel(a, HboneClient()), await _channel(b, server_core), server_core
+
+
 async def _close(
     client: HboneChannel, server: HboneChannel, tasks: list[asyncio.Task[None]]
 ) -> None:
@@ -72,10 +79,7 @@ def _run(
 
     async def scenario() -> None:
         pod, pod_port = await _pod(received, rcvbuf=rcvbuf)
-        a, b = socket.socketpair()
-        client = await _channel(a, HboneClient())
-        server_core = HboneServer()
-        server = await _channel(b, server_core)
+        client, server, server_core = await _pair()
         done = asyncio.Event()
 
         async def on_request(stream: TunnelStream, _request: TunnelRequest) -> None:
@@ -195,10 +199,7 @@ def _hold(pod_answers: bool, hold: float) -> tuple[list[tuple[int, int, bytes]],
 
         server_app = await asyncio.start_server(pod, "127.0.0.1", 0)
         pod_port = server_app.sockets[0].getsockname()[1]
-        a, b = socket.socketpair()
-        client = await _channel(a, HboneClient())
-        server_core = HboneServer()
-        server = await _channel(b, server_core)
+        client, server, server_core = await _pair()
         recorder = _Recorder(server._transport)
         server._transport = recorder  # type: ignore[assignment]
 
@@ -323,10 +324,7 @@ def test_a_full_socket_is_waited_for_not_retried() -> None:
 
     async def scenario() -> None:
         pod, pod_port = await _pod(received, rcvbuf=16 * 1024)
-        a, b = socket.socketpair()
-        client = await _channel(a, HboneClient())
-        server_core = HboneServer()
-        server = await _channel(b, server_core)
+        client, server, server_core = await _pair()
         done = asyncio.Event()
 
         async def on_request(stream: TunnelStream, _request: TunnelRequest) -> None:
