@@ -58,11 +58,11 @@ class TunnelStream:
         self._chunks: collections.deque[tuple[Buffer, int]] = collections.deque()
         self._eof = False
         self._reset: int | None = None
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
+        # Made by read() and write() when they first wait: a relayed tunnel (callbacks,
+        # no task reads or writes it) never needs them.
+        self._readable: asyncio.Event | None = None
+        self._writable: asyncio.Event | None = None
         self.response: asyncio.Future[TunnelResponse] = asyncio.get_running_loop().create_future()
-        self.closed = asyncio.Event()
         self._ended_locally = False
         self.sink: socket.socket | None = None
         """The socket :func:`relay` sends this tunnel's bytes to: written straight from the
@@ -80,7 +80,8 @@ class TunnelStream:
         a consumer driven by callbacks (:func:`relay`) instead of :meth:`read`."""
 
     def _wake_reader(self) -> None:
-        self._readable.set()
+        if self._readable is not None:
+            self._readable.set()
         if self.on_readable is not None:
             self.on_readable()
 
@@ -124,7 +125,7 @@ class TunnelStream:
             self._reset = event.error_code if isinstance(event, StreamReset) else CANCEL
             self._drop_unread()
             self._wake_reader()
-            self._writable.set()
+            self._wake_writer()
             if self.on_drained is not None:
                 self.on_drained()  # a paused feeder reads on, and learns of the reset
             if not self.response.done():
@@ -135,7 +136,7 @@ class TunnelStream:
                 self.response.exception()
             self._mark_closed()
         elif isinstance(event, Drained):
-            self._writable.set()
+            self._wake_writer()
             if self.on_drained is not None:
                 self.on_drained()
         elif isinstance(event, TunnelResponse) and not self.response.done():
@@ -162,8 +163,11 @@ class TunnelStream:
         if self._eof and self._ended_locally:
             self._mark_closed()
 
+    def _wake_writer(self) -> None:
+        if self._writable is not None:
+            self._writable.set()
+
     def _mark_closed(self) -> None:
-        self.closed.set()
         self.channel.streams.pop(self.stream_id, None)
         callback, self.on_closed = self.on_closed, None
         if callback is not None:
@@ -180,6 +184,8 @@ class TunnelStream:
                 )
             if self._eof:
                 return b""
+            if self._readable is None:
+                self._readable = asyncio.Event()
             self._readable.clear()
             await self._readable.wait()
         data, flow_controlled = self._chunks.popleft()
@@ -248,6 +254,8 @@ class TunnelStream:
         self.channel.core.send_data(self.stream_id, data)
         await self.channel.drain()
         if self.channel.core.pending(self.stream_id) > HIGH_WATER:
+            if self._writable is None:
+                self._writable = asyncio.Event()
             self._writable.clear()
             await self._writable.wait()
 
