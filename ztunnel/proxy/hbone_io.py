@@ -86,19 +86,17 @@ class TunnelStream:
             self.on_readable()
 
     def _data(self, event: DataReceived) -> None:
+        data = event.data
         sock = self.sink
         if sock is not None and not self._chunks:
             # Nothing queued: to the socket now, from the channel's own step (a task
             # switch per chunk per hop was most of a small request's latency). What
             # the socket does not take is queued, unacknowledged, and the rest queue
             # behind it until the relay's pump has written them, in order.
-            data = event.data
             try:
                 sent = sock.send(data)
-            except (BlockingIOError, InterruptedError):
+            except OSError:  # full (EAGAIN), or failed: the relay's pump meets the error
                 sent = 0
-            except OSError:
-                sent = 0  # queued: the relay's pump meets the error and ends the tunnel
             if sent == len(data):
                 self.sunk += sent
                 self.channel.core.acknowledge(self.stream_id, event.flow_controlled_length)
@@ -107,10 +105,7 @@ class TunnelStream:
                 self.sunk += sent
                 data = memoryview(data)[sent:]
             self.sink_full = True
-            self._chunks.append((data, event.flow_controlled_length))
-            self._wake_reader()
-            return
-        self._chunks.append((event.data, event.flow_controlled_length))
+        self._chunks.append((data, event.flow_controlled_length))
         self._wake_reader()
 
     # called by the channel
@@ -546,15 +541,17 @@ class _SocketRelay:
     """A tunnel and a plain connected socket, relayed from the event loop's readiness
     callbacks: the socket gets no transport, no protocol object and no task.
 
-    Socket to tunnel: each time the socket is readable, one ``recv`` (a ``bytes`` made
-    by the kernel copy, framed without another) goes into the tunnel; reading pauses
+    Socket to tunnel: each time the socket is readable, ``recv`` (a ``bytes`` made by
+    the kernel copy, framed without another) goes into the tunnel, up to
+    ``READS_PER_EVENT`` times while the reads fill ``READ_SIZE``; reading pauses
     while the tunnel's backlog is over ``HIGH_WATER`` or the HBONE connection's
     transport is over its high-water mark, and resumes when they drain. Tunnel to
     socket: the stream writes each chunk straight to the socket while nothing is queued
     (:meth:`TunnelStream._feed`); what the socket does not take stays queued on the
     stream, unacknowledged (the peer's window closes), and leaves with one ``sendmsg``
-    per writable event. A half-close travels each way (``end_nowait``,
-    ``shutdown(SHUT_WR)``); a reset or a socket error ends the relay with that error.
+    per writable event (a full socket is waited for, not retried at once). A half-close
+    travels each way (``end_nowait``, ``shutdown(SHUT_WR)``); a reset or a socket error
+    ends the relay with that error.
     """
 
     def __init__(self, stream: TunnelStream, sock: socket.socket, counts: Transfer) -> None:
@@ -589,9 +586,7 @@ class _SocketRelay:
     def stop(self) -> None:
         """No more callbacks: the socket is the caller's to close."""
         self._stop_reading()
-        if self._writing:
-            self._writing = False
-            self.loop.remove_writer(self.fd)
+        self._stop_writing()
         stream = self.stream
         stream.sink = None
         stream.on_readable = None
@@ -613,6 +608,11 @@ class _SocketRelay:
         if self._reading:
             self._reading = False
             self.loop.remove_reader(self.fd)
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self._writing = False
+            self.loop.remove_writer(self.fd)
 
     def _readable(self) -> None:
         # As libuv reads its own sockets: while a read fills the buffer more is likely
@@ -701,9 +701,7 @@ class _SocketRelay:
                     self._writing = True
                     self.loop.add_writer(self.fd, self._pump)
                 return
-        if self._writing:
-            self._writing = False
-            self.loop.remove_writer(self.fd)
+        self._stop_writing()
         if stream._reset is not None:
             self.fail(
                 HboneStreamError(
