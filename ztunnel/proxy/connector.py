@@ -18,7 +18,7 @@ from ztunnel.errors import HboneError, IdentityError
 from ztunnel.identity.spiffe import SpiffeId
 from ztunnel.identity.store import IdentityStore
 from ztunnel.identity.tls import negotiated_h2, verify_peer
-from ztunnel.proxy.hbone import HboneClient, HboneSettings
+from ztunnel.proxy.hbone import HboneClient, HboneSettings, TunnelResponse
 from ztunnel.proxy.hbone_io import HboneChannel, TunnelStream
 from ztunnel.proxy.outbound import Tunnel
 from ztunnel.proxy.pool import ConnectionPool, PoolKey
@@ -35,6 +35,12 @@ class TunnelRefusedError(HboneError):
             hint="401: denied by policy there; 503: its upstream was unreachable",
         )
         self.status = status
+
+
+def require_established(response: TunnelResponse) -> None:
+    """Raise :class:`TunnelRefusedError` unless the peer's answer opened the tunnel."""
+    if not response.established:
+        raise TunnelRefusedError(response.status)
 
 
 class HboneConnector:
@@ -123,17 +129,16 @@ class HboneConnector:
         stream.on_closed = lambda: self._release(checkout.connection_id, stream)
         return stream
 
-    async def established(self, stream: TunnelStream) -> None:
+    async def established(self, stream: TunnelStream) -> TunnelResponse:
         """Wait for the peer's answer to ``stream``'s CONNECT; raise unless it is 2xx."""
         try:
             async with asyncio.timeout(self.response_timeout):
                 response = await stream.response
+            require_established(response)
         except BaseException:
             stream.reset()
             raise
-        if not response.established:
-            stream.reset()
-            raise TunnelRefusedError(response.status)
+        return response
 
     def _release(self, connection_id: int, stream: TunnelStream) -> None:
         """The tunnel is over: its stream slot goes back to the pool."""

@@ -36,7 +36,7 @@ from ztunnel.metrics import (
     connection_labels,
 )
 from ztunnel.proxy import inbound, outbound
-from ztunnel.proxy.connector import HboneConnector, TunnelRefusedError
+from ztunnel.proxy.connector import HboneConnector, TunnelRefusedError, require_established
 from ztunnel.proxy.hbone import CONNECT_ERROR, HboneServer, TunnelRequest, TunnelResponse
 from ztunnel.proxy.hbone_io import HboneChannel, Transfer, TunnelStream, relay, splice
 from ztunnel.proxy.sockets import SocketFactory
@@ -216,16 +216,13 @@ class Proxy:
 
         def answered(response: TunnelResponse) -> None:
             nonlocal opened
-            if not response.established:
-                raise TunnelRefusedError(response.status)
+            require_established(response)
             opened = True
             self.metrics.connection_opened(labels)
 
         if plan.via_waypoint:
             # Envoy answers the CONNECT before it takes the bytes.
-            await self.connector.established(stream)
-            opened = True
-            self.metrics.connection_opened(labels)
+            answered(await self.connector.established(stream))
         moved = Transfer()
         try:
             await relay(
