@@ -32,6 +32,7 @@ from ztunnel.proxy.hbone import (
     TunnelRequest,
     TunnelRequested,
     TunnelResponse,
+    malformed_fields,
     parse_baggage,
     parse_forwarded,
 )
@@ -223,6 +224,110 @@ def test_malformed_requests_get_400(
     assert rejected.status == 400 and reason in rejected.reason
     assert status_of(client_events, 1) == 400
     assert server.tunnels == 0
+
+
+def lax_h2_client() -> h2.connection.H2Connection:
+    """A raw client that sends header blocks as given, malformed ones included."""
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+    )
+    conn.initiate_connection()
+    return conn
+
+
+GOOD_CONNECT = [(b":method", b"CONNECT"), (b":authority", b"10.244.2.5:8080")]
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ([(b":method", b"CONNECT"), (b":Authority", b"10.244.2.5:8080")], "not allowed"),
+        ([*GOOD_CONNECT, (b"Forwarded", b"for=10.0.0.1")], "illegal character"),
+        ([*GOOD_CONNECT, (b"x:y", b"1")], "illegal character"),
+        ([*GOOD_CONNECT, (b"x y", b"1")], "illegal character"),
+        ([*GOOD_CONNECT, (b"", b"1")], "empty field name"),
+        ([*GOOD_CONNECT, (b"baggage", b"a=1\r\nx: y")], "value of b'baggage'"),
+        ([*GOOD_CONNECT, (b"baggage", b" a=1")], "value of b'baggage'"),
+        ([*GOOD_CONNECT, (b"baggage", b"a=1\t")], "value of b'baggage'"),
+        ([*GOOD_CONNECT, (b"connection", b"close")], "connection-specific"),
+        ([*GOOD_CONNECT, (b"te", b"gzip")], "te field"),
+        ([(b":method", b"CONNECT"), (b"x", b"1"), (b":authority", b"a:1")], "after a regular"),
+        ([*GOOD_CONNECT, (b":method", b"CONNECT")], "duplicate"),
+        ([*GOOD_CONNECT, (b":status", b"200")], "not allowed"),
+        ([(b":authority", b"10.244.2.5:8080")], "without :method"),
+        ([*GOOD_CONNECT, (b":path", b"/")], ":scheme or :path"),
+        ([(b":method", b"CONNECT")], "without :authority or host"),
+        ([*GOOD_CONNECT, (b"host", b"10.244.2.6:8080")], "differ"),
+        ([*GOOD_CONNECT, (b"host", b"10.244.2.5:8080"), (b"host", b"x")], "more than one"),
+        ([(b":method", b"GET"), (b":authority", b"a:1"), (b":scheme", b"https")], ":scheme or"),
+        (
+            [(b":method", b"GET"), (b":authority", b"a:1"), (b":scheme", b"h"), (b":path", b"")],
+            "empty :path",
+        ),
+        (
+            [(b":method", b"GET"), (b":scheme", b"h"), (b":path", b"/"), (b":protocol", b"x")],
+            ":protocol outside CONNECT",
+        ),
+    ],
+)
+def test_a_malformed_request_resets_its_stream_only(
+    fields: list[tuple[bytes, bytes]], why: str
+) -> None:
+    """RFC 9113 8.1.1: a malformed request is a stream error; other tunnels go on."""
+    server = HboneServer()
+    server.initiate()
+    conn = lax_h2_client()
+    conn.send_headers(1, fields, end_stream=False)
+    conn.send_headers(3, GOOD_CONNECT, end_stream=False)
+    server_events, client_events = exchange_raw(conn, server)
+    (rejected,) = [e for e in server_events if isinstance(e, TunnelRejected)]
+    assert rejected.stream_id == 1 and rejected.status == 0
+    assert "malformed request" in rejected.reason and why in rejected.reason
+    resets = [e for e in client_events if isinstance(e, h2.events.StreamReset)]
+    assert [(r.stream_id, r.error_code) for r in resets] == [(1, PROTOCOL_ERROR)]
+    assert [e.stream_id for e in server_events if isinstance(e, TunnelRequested)] == [3]
+    server.respond(3, 200)
+    _, client_events = exchange_raw(conn, server)
+    assert status_of(client_events, 3) == 200
+    assert server.tunnels == 1
+
+
+def test_well_formed_blocks_pass_the_field_checks() -> None:
+    def problem(fields: list[tuple[bytes, bytes]], request: bool = True) -> str | None:
+        return malformed_fields(fields, request=request)
+
+    assert problem(GOOD_CONNECT) is None
+    assert problem([*GOOD_CONNECT, (b"host", b"10.244.2.5:8080")]) is None
+    extended = [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https")]
+    assert problem([*extended, (b":path", b"/"), (b":authority", b"a")]) is None
+    assert problem([*GOOD_CONNECT, (b"te", b"Trailers"), (b"x", b"")]) is None
+    assert problem([(b":status", b"200"), (b"x-a", b"b c")], request=False) is None
+    assert "without :status" in str(problem([(b"x", b"1")], request=False))
+    assert "not allowed" in str(problem([(b":status", b"200"), (b":path", b"/")], request=False))
+
+
+def test_a_malformed_response_resets_the_tunnel_not_the_connection() -> None:
+    wire = connected()
+    first = wire.client.open_tunnel(REQUEST)
+    second = wire.client.open_tunnel(REQUEST)
+    wire.pump()
+    wire.take("server")
+    # The server's h2 sends what it is given: a 200 with an upper-case field name.
+    wire.server._h2.send_headers(first, [(b":status", b"200"), (b"X-Bad", b"1")])
+    wire.server.respond(second, 200)
+    wire.pump()
+    events = wire.take("client")
+    assert StreamReset(first, PROTOCOL_ERROR, remote=False) in events
+    assert not [e for e in events if isinstance(e, TunnelResponse) and e.stream_id == first]
+    (answer,) = [e for e in events if isinstance(e, TunnelResponse)]
+    assert answer.stream_id == second and answer.established
+    reset = [e for e in wire.take("server") if isinstance(e, StreamReset)]
+    assert reset == [StreamReset(first, PROTOCOL_ERROR, remote=True)]
 
 
 def test_invalid_traceparent_is_ignored_not_fatal() -> None:

@@ -26,6 +26,7 @@ import functools
 import ipaddress
 import re
 import struct
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +104,19 @@ def _hpack_integer(value: int, prefix_bits: int, first: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+class _SilentLog:
+    """Stands in for ``hpack``'s module logger, which logs each integer and field it
+    decodes at debug level: two ``logging`` calls apiece (about 40 per tunnel, whether
+    debug is on or not) for lines no one reads. ztunnel's own debug logs are unchanged."""
+
+    @staticmethod
+    def debug(*args: object, **kwargs: object) -> None:
+        del args, kwargs
+
+
+setattr(hpack.hpack, "log", _SilentLog())  # noqa: B010 - typed as a Logger there
 
 
 _STATIC_NAMES: dict[bytes, int] = {}
@@ -449,12 +463,35 @@ class TunnelRequest:
             out.append(
                 (b"forwarded", format_forwarded(self.forwarded_for, self.forwarded_host).encode())
             )
-        baggage = format_baggage(self.baggage)
+        baggage = _baggage_header(tuple(self.baggage.items()))
         if baggage:
-            out.append((b"baggage", baggage.encode()))
+            out.append((b"baggage", baggage))
         if self.traceparent:
             out.append((b"traceparent", self.traceparent.encode()))
         return out
+
+
+# A workload's baggage is the same on each of its connections and a peer's arrives
+# the same way each time: both are worked out once (percent-encoding is several Python
+# calls per member), not per tunnel.
+@functools.lru_cache(maxsize=1024)
+def _baggage_header(items: tuple[tuple[str, str], ...]) -> bytes:
+    return format_baggage(dict(items)).encode()
+
+
+def _baggage_of(value: str) -> Mapping[str, str]:
+    # A peer chooses the value: only short ones are kept (the cache stays small).
+    if len(value) <= _BAGGAGE_CACHED_LEN:
+        return _parsed_baggage(value)
+    return parse_baggage(value)
+
+
+_BAGGAGE_CACHED_LEN = 512
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_baggage(value: str) -> Mapping[str, str]:
+    return types.MappingProxyType(parse_baggage(value))  # shared: read-only
 
 
 # --- events ------------------------------------------------------------------
@@ -552,12 +589,17 @@ class _HboneConnection:
     def __init__(self, settings: HboneSettings, *, client_side: bool) -> None:
         self.settings = settings
         # Our own header blocks are well-formed by construction: h2 need not check and
-        # normalise them again on every tunnel (received ones are still validated).
+        # normalise them again on every tunnel. Received requests and responses are
+        # checked by malformed_fields() in one pass (h2's chain of generators and its
+        # byte-at-a-time loops were a tenth of a tunnel's HTTP/2 work); what HBONE
+        # ignores (trailers, 1xx) is not looked at. Cookies are never read: not joined.
         config = h2.config.H2Configuration(
             client_side=client_side,
             header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
         )
         self._h2: Any = _ZeroCopyH2(config)
         # Per stream: buffers not yet framed (no window yet) and their total length.
@@ -817,6 +859,100 @@ class _HboneConnection:
         return had_data
 
 
+_REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
+_RESPONSE_PSEUDO = frozenset((b":status",))
+_CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade")
+)
+# RFC 9113 8.2.1: a name has no byte in 0x00-0x20, 0x41-0x5a (upper case) or 0x7f-0xff,
+# and no colon past a pseudo-header's first byte; a value has no NUL, CR or LF and no
+# leading or trailing space or tab.
+_BAD_NAME_BYTE = re.compile(rb"[^\x21-\x39\x3b-\x40\x5b-\x7e]")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+
+
+def malformed_fields(fields: Iterable[tuple[bytes, bytes]], *, request: bool) -> str | None:
+    """Why a received request's (or response's) header block is malformed, or ``None``.
+
+    RFC 9113 sections 8.2 and 8.3, as h2 checks them: field names and values,
+    connection-specific fields, ``te``, the pseudo-header fields (known, once each,
+    before the others, those a request or a response must and must not have, the
+    CONNECT forms) and ``:authority`` against ``host``.
+    """
+    allowed = _REQUEST_PSEUDO if request else _RESPONSE_PSEUDO
+    pseudo: dict[bytes, bytes] = {}
+    hosts: list[bytes] = []
+    regular = False
+    for name, value in fields:
+        if name[:1] == b":":
+            problem = _pseudo_field_problem(name, pseudo, allowed, after_regular=regular)
+            pseudo[name] = value
+        else:
+            regular = True
+            problem = _regular_field_problem(name, value)
+            if name == b"host":
+                hosts.append(value)
+        if problem is None and value and _BAD_VALUE.search(value):
+            problem = f"illegal character or surrounding whitespace in the value of {name!r}"
+        if problem is not None:
+            return problem
+    if not request:
+        return None if b":status" in pseudo else "a response without :status"
+    return _request_form_problem(pseudo) or _authority_problem(pseudo, hosts)
+
+
+def _pseudo_field_problem(
+    name: bytes, seen: Mapping[bytes, bytes], allowed: frozenset[bytes], *, after_regular: bool
+) -> str | None:
+    if after_regular:
+        return f"pseudo-header field {name!r} after a regular field"
+    if name in seen:
+        return f"duplicate pseudo-header field {name!r}"
+    if name not in allowed:
+        return f"pseudo-header field {name!r} is not allowed here"
+    return None
+
+
+def _regular_field_problem(name: bytes, value: bytes) -> str | None:
+    if not name:
+        return "an empty field name"
+    if _BAD_NAME_BYTE.search(name):
+        return f"illegal character in field name {name!r}"
+    if name in _CONNECTION_SPECIFIC:
+        return f"connection-specific field {name!r}"
+    if name == b"te" and value.lower() != b"trailers":
+        return f"te field {value!r} (only 'trailers' is allowed)"
+    return None
+
+
+def _request_form_problem(pseudo: Mapping[bytes, bytes]) -> str | None:
+    """The pseudo-header fields a request must and must not have (its CONNECT forms too)."""
+    method = pseudo.get(b":method")
+    if method is None:
+        return "a request without :method"
+    if method == b"CONNECT" and b":protocol" not in pseudo:
+        plain = b":scheme" not in pseudo and b":path" not in pseudo
+        return None if plain else "a CONNECT with :scheme or :path"
+    if b":scheme" not in pseudo or b":path" not in pseudo:
+        return "a request without :scheme or :path"
+    if method != b"CONNECT" and b":protocol" in pseudo:
+        return ":protocol outside CONNECT"
+    if not pseudo[b":path"]:
+        return "an empty :path"
+    return None
+
+
+def _authority_problem(pseudo: Mapping[bytes, bytes], hosts: list[bytes]) -> str | None:
+    authority = pseudo.get(b":authority")
+    if len(hosts) > 1:
+        return "more than one host field"
+    if authority is None and not hosts:
+        return "a request without :authority or host"
+    if authority is not None and hosts and authority != hosts[0]:
+        return ":authority and host differ"
+    return None
+
+
 def _headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in raw:
@@ -841,6 +977,11 @@ class HboneServer(_HboneConnection):
         if len(self._tunnels) >= self.settings.max_concurrent_streams:
             self.reset_stream(stream_id, REFUSED_STREAM)
             return [TunnelRejected(stream_id, 0, "too many concurrent tunnels")]
+        problem = malformed_fields(raw.headers, request=True)
+        if problem is not None:
+            # A stream error (RFC 9113 8.1.1): the other tunnels on the connection go on.
+            self.reset_stream(stream_id, PROTOCOL_ERROR)
+            return [TunnelRejected(stream_id, 0, f"malformed request: {problem}")]
         headers = _headers(raw.headers)
         try:
             request = self._parse_request(headers, ended=raw.stream_ended is not None)
@@ -864,7 +1005,7 @@ class HboneServer(_HboneConnection):
             authority=authority,
             forwarded_for=forwarded_for,
             forwarded_host=forwarded_host,
-            baggage=parse_baggage(headers.get("baggage", "")),
+            baggage=_baggage_of(headers.get("baggage", "")),
             traceparent=traceparent if traceparent and _TRACEPARENT.match(traceparent) else None,
         )
 
@@ -925,14 +1066,17 @@ class HboneClient(_HboneConnection):
         """Send a CONNECT for ``request``; return its stream id (await :class:`TunnelResponse`)."""
         if self.closed:
             raise HboneError("the HBONE connection is closed", error_code=NO_ERROR)
-        if self.available_streams() <= 0:
+        stream_id = int(self._h2.get_next_available_stream_id())
+        try:
+            # h2 counts the open streams against the peer's limit itself (a walk over
+            # them): not counted a second time here first.
+            self._h2.send_headers(stream_id, request.headers(), end_stream=False)
+        except h2.exceptions.TooManyStreamsError as err:
             raise HboneStreamError(
                 "no stream available on this HBONE connection",
                 error_code=REFUSED_STREAM,
                 hint="the pool opens another connection when one is full",
-            )
-        stream_id = int(self._h2.get_next_available_stream_id())
-        self._h2.send_headers(stream_id, request.headers(), end_stream=False)
+            ) from err
         return stream_id
 
     def available_streams(self) -> int:
@@ -943,12 +1087,17 @@ class HboneClient(_HboneConnection):
     def _translate_headers(self, raw: object) -> list[HboneEvent]:
         if not isinstance(raw, h2.events.ResponseReceived):
             return []
+        stream_id = int(raw.stream_id)
+        problem = malformed_fields(raw.headers, request=False)
+        if problem is not None:
+            self.reset_stream(stream_id, PROTOCOL_ERROR)
+            return [StreamReset(stream_id, PROTOCOL_ERROR, remote=False)]
         headers = _headers(raw.headers)
         try:
             status = int(headers.pop(":status", "0"))
         except ValueError:
             status = 0
-        return [TunnelResponse(int(raw.stream_id), status, headers)]
+        return [TunnelResponse(stream_id, status, headers)]
 
 
 __all__ = [
@@ -972,6 +1121,7 @@ __all__ = [
     "TunnelRequested",
     "TunnelResponse",
     "format_baggage",
+    "malformed_fields",
     "parse_baggage",
     "parse_forwarded",
 ]
