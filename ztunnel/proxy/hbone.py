@@ -120,12 +120,15 @@ setattr(hpack.hpack, "log", _SilentLog())  # noqa: B010 - typed as a Logger ther
 
 
 _STATIC_NAMES: dict[bytes, int] = {}
-for _index, (_name, _) in enumerate(hpack.table.HeaderTable.STATIC_TABLE, start=1):
+_STATIC_FIELDS: dict[tuple[bytes, bytes], int] = {}
+for _index, (_name, _value) in enumerate(hpack.table.HeaderTable.STATIC_TABLE, start=1):
     _STATIC_NAMES.setdefault(_name, _index)
+    _STATIC_FIELDS.setdefault((_name, _value), _index)
 
 
 class _LiteralEncoder:
-    """HPACK that never uses the dynamic table: every field a literal without indexing.
+    """HPACK that never uses the dynamic table: every field a literal without indexing,
+    or a static-table index when the table holds the whole field (``:status: 200``).
 
     Stateless, so a block is a few byte joins (hpack's encoder searched and updated
     its table per field, a large part of a new tunnel's CPU), and the peer's decoder
@@ -154,6 +157,11 @@ class _LiteralEncoder:
                 value = value.encode()
             # Never-indexed (0001) for fields h2 marks sensitive, else without indexing.
             kind = 0x10 if isinstance(field_, hpack.NeverIndexedHeaderTuple) else 0x00
+            if not kind:
+                whole = _STATIC_FIELDS.get((name, value))
+                if whole is not None:  # ":status: 200" and the like: one byte, a static index
+                    out.append(0x80 | whole)
+                    continue
             index = _STATIC_NAMES.get(name)
             if index is not None:
                 out += _hpack_integer(index, 4, kind)

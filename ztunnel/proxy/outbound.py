@@ -9,6 +9,8 @@ and the identities the peer may present).
 from __future__ import annotations
 
 import random
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ztunnel import waypoint
@@ -79,23 +81,39 @@ def new_traceparent(rng: random.Random) -> str:
     return f"00-{trace:032x}-{span:016x}-00"
 
 
-def source_baggage(workload: Workload) -> dict[str, str]:
+_KIND_NAMES = {
+    WorkloadType.DEPLOYMENT: "deployment",
+    WorkloadType.CRONJOB: "cronjob",
+    WorkloadType.POD: "pod",
+    WorkloadType.JOB: "job",
+}
+_BAGGAGE_MEMO: dict[int, tuple[Workload, Mapping[str, str]]] = {}
+"""Per workload object (held, so its id is not reused): its baggage, asked for on every
+connection it makes. A state update brings new objects; the memo starts over when full."""
+_BAGGAGE_MEMO_SIZE = 4096
+
+
+def source_baggage(workload: Workload) -> Mapping[str, str]:
     """Istio's baggage describing the source workload (empty values are skipped later)."""
-    kind = {
-        WorkloadType.DEPLOYMENT: "deployment",
-        WorkloadType.CRONJOB: "cronjob",
-        WorkloadType.POD: "pod",
-        WorkloadType.JOB: "job",
-    }[workload.workload_type]
-    return {
-        "k8s.cluster.name": workload.cluster_id,
-        "k8s.namespace.name": workload.namespace,
-        f"k8s.{kind}.name": workload.workload_name or workload.name,
-        "service.name": workload.canonical_name,
-        "service.version": workload.canonical_revision,
-        "cloud.region": workload.locality.region,
-        "cloud.availability_zone": workload.locality.zone,
-    }
+    hit = _BAGGAGE_MEMO.get(id(workload))
+    if hit is not None and hit[0] is workload:
+        return hit[1]
+    kind = _KIND_NAMES[workload.workload_type]
+    baggage = types.MappingProxyType(
+        {
+            "k8s.cluster.name": workload.cluster_id,
+            "k8s.namespace.name": workload.namespace,
+            f"k8s.{kind}.name": workload.workload_name or workload.name,
+            "service.name": workload.canonical_name,
+            "service.version": workload.canonical_revision,
+            "cloud.region": workload.locality.region,
+            "cloud.availability_zone": workload.locality.zone,
+        }
+    )
+    if len(_BAGGAGE_MEMO) >= _BAGGAGE_MEMO_SIZE:
+        _BAGGAGE_MEMO.clear()
+    _BAGGAGE_MEMO[id(workload)] = (workload, baggage)
+    return baggage
 
 
 def _san_identities(service: Service | None) -> set[SpiffeId]:
