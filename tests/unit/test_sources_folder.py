@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,7 @@ from controlplane.errors import FolderSourceError
 from controlplane.model import ClusterState, MtlsMode, ServicePort, Severity, is_enrolled
 from controlplane.sources import FolderSource
 from controlplane.sources.documents import parse_text, read_file
+from controlplane.sources.folder import FULL_SCAN_INTERVAL
 
 GOOD = """\
 apiVersion: v1
@@ -347,6 +350,44 @@ def test_watch_yields_on_change(tmp_path: Path) -> None:
 
     seen = asyncio.run(asyncio.wait_for(scenario(), timeout=10))
     assert seen == [{"one"}, {"one", "two"}, {"two"}]
+
+
+def test_watch_catches_a_file_rewritten_in_place_without_listing_each_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small folder is polled like a big one: a stat of the folder per poll, its files'
+    stamps once per FULL_SCAN_INTERVAL (which finds a file rewritten in place: same
+    inode, so the folder's mtime does not move), never a full listing per poll."""
+    path = write(tmp_path, "ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: one}\n")
+    past = time.time_ns() - 10_000_000_000
+    os.utime(tmp_path, ns=(past, past))  # not a folder that may still be changing (racy)
+    listings = 0
+    real_scandir = os.scandir
+
+    def counting_scandir(folder: Any) -> Any:
+        nonlocal listings
+        listings += 1
+        return real_scandir(folder)
+
+    async def scenario() -> tuple[list[set[str]], float, int]:
+        seen: list[set[str]] = []
+        started = rewritten = time.monotonic()
+        async for state in FolderSource(tmp_path).watch(interval=0.02):
+            seen.append(set(state.namespaces))
+            if len(seen) == 1:
+                monkeypatch.setattr(os, "scandir", counting_scandir)
+                inode = path.stat().st_ino
+                bump(path, "apiVersion: v1\nkind: Namespace\nmetadata: {name: two}\n")
+                assert path.stat().st_ino == inode
+                rewritten = time.monotonic()
+            else:
+                return seen, time.monotonic() - rewritten, listings
+        return seen, started, listings
+
+    seen, took, listed = asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+    assert seen == [{"one"}, {"two"}]
+    assert took < FULL_SCAN_INTERVAL + 1.0
+    assert listed == 0, "the folder was listed although no file came or went"
 
 
 def test_peer_authentication_decoding(tmp_path: Path) -> None:
