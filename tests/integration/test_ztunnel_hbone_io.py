@@ -18,6 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 import uvloop
 
 from ztunnel.proxy.hbone import Authority, HboneClient, HboneServer, TunnelRequest
@@ -244,8 +245,15 @@ def test_the_200_leaves_alone_once_the_hold_is_over_if_the_pod_says_nothing() ->
     assert 0.04 <= waited < 2.0
 
 
-def test_bytes_a_client_already_sent_leave_with_its_connect() -> None:
+def test_bytes_a_client_already_sent_leave_with_its_connect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """...and the client's socket is registered with the loop only after that write."""
+    from ztunnel.proxy import hbone_io
+
     written: list[list[tuple[int, int, bytes]]] = []
+    connect_written_at_registration: list[bool] = []
+    register = hbone_io._SocketRelay.start_reading
 
     async def scenario() -> None:
         app, proxy_side = socket.socketpair()
@@ -259,6 +267,14 @@ def test_bytes_a_client_already_sent_leave_with_its_connect() -> None:
         tasks = [asyncio.create_task(server.run()), asyncio.create_task(client.run())]
         await asyncio.sleep(0.05)  # the channels have exchanged their settings
         opened: list[TunnelStream] = []
+
+        def start_reading(relayed: hbone_io._SocketRelay) -> None:
+            if relayed.sock is proxy_side and not connect_written_at_registration:
+                frames = [f for w in recorder.writes for f in _frames(w)]
+                connect_written_at_registration.append(any(k == HEADERS for k, _, _ in frames))
+            register(relayed)
+
+        monkeypatch.setattr(hbone_io._SocketRelay, "start_reading", start_reading)
 
         async def proxy() -> None:
             # As the outbound handler does: the CONNECT is queued, then the relay starts
@@ -284,6 +300,7 @@ def test_bytes_a_client_already_sent_leave_with_its_connect() -> None:
     on_stream = [(kind, data) for kind, stream, data in written[0] if stream]
     assert [kind for kind, _ in on_stream] == [HEADERS, DATA]
     assert on_stream[1][1] == b"GET / HTTP/1.1\r\n\r\n"
+    assert connect_written_at_registration == [True]
 
 
 class _CountingSocket(socket.socket):
@@ -386,8 +403,7 @@ def test_a_bulk_sender_is_read_several_times_per_event() -> None:
         stream = client.open_tunnel(TunnelRequest(Authority("127.0.0.1", 80)))
         counts = Transfer()
         relayed = _SocketRelay(stream, sock, counts)
-        relayed.start_reading()
-        relayed.read_now()  # one readable event's worth
+        relayed.read_now()  # one readable event's worth (before the socket is registered)
         forwarded.append(counts.forward)
         recvs.append(sock.recvs)
         relayed.stop()

@@ -572,7 +572,7 @@ class _SocketRelay:
         self._channel_protocol = protocol if isinstance(protocol, HboneProtocol) else None
 
     def start_reading(self) -> None:
-        if not self._reading and not self._up_ended and not self.done.done():
+        if not (self._reading or self._read_paused or self._up_ended or self.done.done()):
             self._reading = True
             self.loop.add_reader(self.fd, self._readable)
 
@@ -600,8 +600,9 @@ class _SocketRelay:
         self.stop()
 
     def read_now(self) -> None:
-        """Take what the socket holds now, if anything (one ``recv``), without waiting."""
-        if self._reading:
+        """Take what the socket holds now, if anything, before it is registered with the
+        loop (as a readable event would; a request is one ``recv``)."""
+        if not (self._reading or self._up_ended or self.done.done()):
             self._readable()
 
     def _stop_reading(self) -> None:
@@ -751,13 +752,17 @@ async def relay(
     """
     counts = transfer or Transfer()
     relayed = _SocketRelay(stream, sock, counts)
-    relayed.start_reading()
     first_flush: asyncio.TimerHandle | None = None
     if hold_first_flush > 0:
+        relayed.start_reading()
         first_flush = relayed.loop.call_later(hold_first_flush, stream.channel.flush)
     else:
-        relayed.read_now()  # a client's first bytes, already here, ride with the CONNECT
+        # A client's first bytes, already here, ride with the CONNECT; the socket is
+        # registered with the loop (four system calls under uvloop) after that write,
+        # off a new connection's path.
+        relayed.read_now()
         stream.channel.flush()
+        relayed.start_reading()
     timer: asyncio.TimerHandle | None = None
     if on_response is None:
         relayed.start_writing()

@@ -218,7 +218,9 @@ class Proxy:
             nonlocal opened
             require_established(response)
             opened = True
-            self.metrics.connection_opened(labels)
+            # Counted once the relay has handed the answer to the client (later in this
+            # loop step), not before: the client waits for those bytes, not the metric.
+            asyncio.get_running_loop().call_soon(self.metrics.connection_opened, labels)
 
         if plan.via_waypoint:
             # Envoy answers the CONNECT before it takes the bytes.
