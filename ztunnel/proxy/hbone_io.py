@@ -571,8 +571,12 @@ class _SocketRelay:
         protocol = stream.channel.writer.transport.get_protocol()
         self._channel_protocol = protocol if isinstance(protocol, HboneProtocol) else None
 
+    def _may_start_reading(self) -> bool:
+        """Not registered, not paused by backpressure, and the socket's side not over."""
+        return not (self._reading or self._read_paused or self._up_ended or self.done.done())
+
     def start_reading(self) -> None:
-        if not (self._reading or self._read_paused or self._up_ended or self.done.done()):
+        if self._may_start_reading():
             self._reading = True
             self.loop.add_reader(self.fd, self._readable)
 
@@ -602,7 +606,7 @@ class _SocketRelay:
     def read_now(self) -> None:
         """Take what the socket holds now, if anything, before it is registered with the
         loop (as a readable event would; a request is one ``recv``)."""
-        if not (self._reading or self._up_ended or self.done.done()):
+        if self._may_start_reading():
             self._readable()
 
     def _stop_reading(self) -> None:
