@@ -105,7 +105,7 @@ def tree_usage(root: int) -> Usage | None:
     if root not in parents:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
-    cpu, peak, rss = 0.0, 0, 0
+    cpu, peak, rss, largest = 0.0, 0, 0, 0
     for pid in descendants(root, parents):
         stat, status = _read(f"/proc/{pid}/stat"), _read(f"/proc/{pid}/status")
         if stat is None or status is None:
@@ -113,8 +113,10 @@ def tree_usage(root: int) -> Usage | None:
         with contextlib.suppress(ValueError, IndexError):
             cpu += parse_cpu_seconds(stat, ticks, with_children=True)
             peak += parse_peak_rss_bytes(status)
-            rss += parse_status_kb(status, "VmRSS") * 1024
-    return Usage(cpu, peak, rss)
+            resident = parse_status_kb(status, "VmRSS") * 1024
+            rss += resident
+            largest = max(largest, resident)
+    return Usage(cpu, peak, rss, largest)
 
 
 def parse_status_kb(status_text: str, field: str) -> int:
@@ -163,6 +165,8 @@ class Usage:
     peak_rss_bytes: int
     rss_bytes: int = 0
     """Resident set size when read (VmRSS)."""
+    largest_rss_bytes: int = 0
+    """The largest VmRSS of one process of the tree when read (a worker's, for ztunnel)."""
 
 
 class ProxyProcess(Protocol):
