@@ -314,11 +314,8 @@ class Ztunnel:
         *,
         transparent: bool,
         admin: bool = False,
-        pair_affinity: int = 1,
     ) -> None:
-        sock = self.sockets.listener(
-            host, port, transparent=transparent, pair_affinity=pair_affinity
-        )
+        sock = self.sockets.listener(host, port, transparent=transparent)
         server = await asyncio.start_server(handler, sock=sock)
         (self._admin_servers if admin else self._servers).append(server)
 
@@ -364,11 +361,7 @@ class Ztunnel:
         # Outbound tunnels relay the raw socket from the loop's callbacks, and HBONE picks
         # its TLS context per connection (by the pod address reached): both take raw
         # accepted sockets rather than asyncio's ready-made streams.
-        # A client-server pair's connections all reach one worker, which holds the pair's
-        # pooled HBONE connection (see ztunnel.proxy.affinity).
-        outbound = self.sockets.listener(
-            proxy_host, cfg.outbound_port, transparent=transparent, pair_affinity=cfg.workers
-        )
+        outbound = self.sockets.listener(proxy_host, cfg.outbound_port, transparent=transparent)
         self._acceptors.append(
             asyncio.create_task(accept_loop(outbound, self._tracked(self.proxy.handle_outbound)))
         )
@@ -377,7 +370,6 @@ class Ztunnel:
             cfg.inbound_plaintext_port,
             self._tracked(self.proxy.handle_plaintext),
             transparent=transparent,
-            pair_affinity=cfg.workers,
         )
         hbone = self.sockets.listener(proxy_host, cfg.hbone_port, transparent=transparent)
         self._acceptors.append(

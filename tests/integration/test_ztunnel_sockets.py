@@ -6,9 +6,6 @@
 - ``SocketFactory.connect`` returns at once when the kernel completed the handshake
   inside ``connect()`` (a local listener), waits when the SYN is still unanswered,
   and reports a refused connection as an ``OSError`` naming the address.
-- Listeners made with ``pair_affinity`` (one per worker, sharing a port) hand every
-  connection of a client-server pair to the same listener, different pairs to all of
-  them; without it the kernel spreads even one pair's connections.
 
 Loopback sockets only (127.0.0.1), no privileges needed.
 """
@@ -18,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import select
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -163,62 +159,3 @@ def test_a_refused_connect_is_an_oserror_naming_the_address() -> None:
     with pytest.raises(OSError, match=f"127.0.0.1:{port}") as raised:
         uvloop.run(scenario())
     assert raised.value.errno == errno.ECONNREFUSED
-
-
-def _accepted_by(
-    listeners: list[socket.socket], sources: list[str], per_source: int
-) -> dict[str, set[int]]:
-    """Which listeners (by index) accepted each source's connections to 127.0.0.1."""
-    port = listeners[0].getsockname()[1]
-    chosen: dict[str, set[int]] = {source: set() for source in sources}
-    for source in sources:
-        for _ in range(per_source):
-            with socket.socket() as client:
-                client.bind((source, 0))
-                client.connect(("127.0.0.1", port))
-                ready, _, _ = select.select(listeners, [], [], 5)
-                assert len(ready) == 1, "one listener, and only one, holds the connection"
-                ready[0].accept()[0].close()
-                chosen[source].add(listeners.index(ready[0]))
-    return chosen
-
-
-@pytest.mark.parametrize("affinity", [True, False])
-def test_pair_affinity_gives_a_pairs_connections_to_one_listener(affinity: bool) -> None:
-    factory = SocketFactory()
-    first = factory.listener("127.0.0.1", 0, pair_affinity=2 if affinity else 1)
-    port = first.getsockname()[1]
-    listeners = [first, factory.listener("127.0.0.1", port, pair_affinity=2 if affinity else 1)]
-    try:
-        if affinity:
-            sources = [f"127.0.0.{n}" for n in range(2, 10)]
-            chosen = _accepted_by(listeners, sources, per_source=10)
-            assert all(len(indexes) == 1 for indexes in chosen.values()), chosen
-            assert set().union(*chosen.values()) == {0, 1}, "different pairs use both listeners"
-        else:
-            # The kernel's hash of the 4-tuple: one pair's 40 connections (new client
-            # ports) meet both listeners (all on one: 2**-39).
-            chosen = _accepted_by(listeners, ["127.0.0.2"], per_source=40)
-            assert chosen == {"127.0.0.2": {0, 1}}
-    finally:
-        for listener in listeners:
-            listener.close()
-
-
-def test_a_kernel_refusing_the_affinity_program_leaves_a_working_listener(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    def refuse(_sock: socket.socket, _size: int) -> None:
-        raise PermissionError(errno.EPERM, "Operation not permitted")
-
-    monkeypatch.setattr("ztunnel.proxy.sockets.attach_pair_affinity", refuse)
-    with caplog.at_level("WARNING", logger="ztunnel.sockets"):
-        listener = SocketFactory().listener("127.0.0.1", 0, pair_affinity=2)
-    try:
-        port = listener.getsockname()[1]
-        with socket.create_connection(("127.0.0.1", port), timeout=5):
-            assert select.select([listener], [], [], 5)[0] == [listener]
-    finally:
-        listener.close()
-    assert f"port {port}: connections spread by the kernel's hash" in caplog.text
-    assert "Operation not permitted" in caplog.text

@@ -18,7 +18,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from ztunnel.proxy.affinity import attach_pair_affinity
 from ztunnel.proxy.hbone_io import HboneProtocol
 from ztunnel.state.workload import IPAddress
 
@@ -39,20 +38,8 @@ class SocketFactory:
     connect_timeout: float = 10.0
     """Seconds an upstream connect may take."""
 
-    def listener(
-        self,
-        host: str,
-        port: int,
-        *,
-        transparent: bool | None = None,
-        pair_affinity: int = 1,
-    ) -> socket.socket:
-        """A bound, listening TCP socket (reuse-port, so worker processes can share it).
-
-        With ``pair_affinity`` > 1 (the number of workers sharing the port), each
-        client-server pair's connections go to one worker (:mod:`.affinity`); where the
-        kernel refuses the program, the kernel's own spreading stays, with a warning.
-        """
+    def listener(self, host: str, port: int, *, transparent: bool | None = None) -> socket.socket:
+        """A bound, listening TCP socket (reuse-port, so worker processes can share it)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -63,19 +50,6 @@ class SocketFactory:
             sock.bind((host, port))
             sock.listen(1024)
             sock.setblocking(False)
-            if pair_affinity > 1:
-                # After listen(): the socket has joined the port's group (attached before
-                # bind, the program would give the socket a group of its own and the
-                # bind would fail).
-                try:
-                    attach_pair_affinity(sock, pair_affinity)
-                except OSError as err:
-                    log.warning(
-                        "port %d: connections spread by the kernel's hash (pair affinity "
-                        "not available: %s)",
-                        sock.getsockname()[1],
-                        err,
-                    )
         except OSError:
             sock.close()
             raise
