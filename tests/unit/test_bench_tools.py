@@ -165,6 +165,29 @@ def test_watched_process_reads_our_own_tree() -> None:
     assert gone.usage() == Usage(0.0, 0)
 
 
+def test_tree_usage_names_the_largest_process_of_the_tree() -> None:
+    import os
+    import subprocess
+    import sys
+
+    # A child that makes 80 MB resident (written, so the pages are really there).
+    child = subprocess.Popen(
+        [sys.executable, "-c", "b = b'x' * (80 << 20); print(1, flush=True); input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"1\n"
+        usage = WatchedProcess("pytest", "root", os.getpid()).usage()
+        own = WatchedProcess("child", "root", child.pid).usage()
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    assert own.largest_rss_bytes == own.rss_bytes > 80 << 20
+    # The tree's largest is one process's figure (the child's or pytest's own), not the sum.
+    assert 80 << 20 < usage.largest_rss_bytes < usage.rss_bytes
+
+
 def test_latency_consistency_follows_littles_law() -> None:
     # 1 connection, 1 s: 10,000 requests can average at most ~100 us
     assert load.latency_consistent(mean_us=95.0, requests=10_000, connections=1, duration_us=1e6)
