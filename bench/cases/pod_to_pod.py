@@ -86,12 +86,12 @@ RSS_HELD = Metric(
     higher_is_better=False,
     description="resident memory (VmRSS) of the path's proxies with the connections open",
 )
-RSS_WORKER_HELD = Metric(
+RSS_LARGEST_HELD = Metric(
     "proxy_rss_largest_mb",
     "MB",
     higher_is_better=False,
-    description="resident memory (VmRSS) of the largest single proxy process (a worker) "
-    "with the connections open",
+    description="resident memory (VmRSS) of the largest single proxy process (a ztunnel "
+    "worker, one Envoy) with the connections open",
 )
 RSS_PER_CONN = Metric(
     "rss_per_conn_kb",
@@ -135,7 +135,7 @@ PROBES = (
         f"{HOLD_COUNT} keep-alive connections opened 8 at a time (one request each, so the "
         "whole path is up), held while the proxies' memory is read, then closed; a "
         "Python client, bounded by its own timeout",
-        (HELD, RSS_HELD, RSS_WORKER_HELD, RSS_PER_CONN, *COSTS),
+        (HELD, RSS_HELD, RSS_LARGEST_HELD, RSS_PER_CONN, *COSTS),
     ),
 )
 
@@ -206,9 +206,9 @@ def _hold(count: int) -> ProbeRunner:
         )
         figures: dict[str, float] = {"held": float(result.held)}
         if live.proxies:
-            figures["proxy_rss_held_mb"] = sum(u.rss_bytes for u in result.reading) / 1e6
-            figures["proxy_rss_largest_mb"] = max(u.largest_rss_bytes for u in result.reading) / 1e6
             held_rss = sum(u.rss_bytes for u in result.reading)
+            figures["proxy_rss_held_mb"] = held_rss / 1e6
+            figures["proxy_rss_largest_mb"] = max(u.largest_rss_bytes for u in result.reading) / 1e6
             figures["rss_per_conn_kb"] = (held_rss - idle) / 1024 / max(1, result.held)
         return LoadFigures(figures, result.client_cpu_s)
 

@@ -60,6 +60,6 @@ def test_quick_run_compares_the_ztunnel_pair(tmp_path: Path) -> None:
     assert rows[("bulk-1", "proxy_cpu_s", "ztunnel")]["median"] > 0
     # both ztunnels (supervisor and workers) together: real processes, bounded memory
     assert 20 < rows[("hold-1000", "proxy_rss_held_mb", "ztunnel")]["median"] < 2000
-    # one process of them, the largest: a worker holding the pair's connections
+    # the largest single process of them (a worker): one process's figure, under the sum
     largest = rows[("hold-1000", "proxy_rss_largest_mb", "ztunnel")]["median"]
     assert 10 < largest < rows[("hold-1000", "proxy_rss_held_mb", "ztunnel")]["median"]
