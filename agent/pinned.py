@@ -47,6 +47,15 @@ def _libbpf() -> ctypes.CDLL:
     lib.bpf_map_delete_elem.restype = ctypes.c_int
     lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     lib.bpf_obj_get_info_by_fd.restype = ctypes.c_int
+    lib.bpf_map_create.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        ctypes.c_uint32,
+        ctypes.c_void_p,
+    ]
+    lib.bpf_map_create.restype = ctypes.c_int
     return lib
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,21 +161,27 @@ def load_in_child(pin_dir: Path) -> dict[str, LoadedProgram]:
     }
 
 
-def _main(argv: list[str]) -> int:
-    """``python -m agent.programs PIN_DIR``: the child of :func:`load_in_child`."""
+def run_loader_child(work: Callable[[], None]) -> int:
+    """A loader child's exit code for ``work``: 0, or 1 with the error and its hint as
+    ``error:`` and ``hint:`` lines on stderr, where the parent reads them."""
     from ambient.errors import AmbientError
 
-    if len(argv) != 1:
-        print("usage: python -m agent.programs PIN_DIR", file=sys.stderr)
-        return 2
     try:
-        compile_and_pin(Path(argv[0]))
+        work()
     except AmbientError as err:
         print(f"error: {err.message}", file=sys.stderr)
         if err.hint:
             print(f"hint: {err.hint}", file=sys.stderr)
         return 1
     return 0
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m agent.programs PIN_DIR``: the child of :func:`load_in_child`."""
+    if len(argv) != 1:
+        print("usage: python -m agent.programs PIN_DIR", file=sys.stderr)
+        return 2
+    return run_loader_child(lambda: compile_and_pin(Path(argv[0])))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import signal
+import socket
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, ParamSpec
@@ -35,6 +36,7 @@ from ztunnel.proxy.proxy import Proxy
 from ztunnel.proxy.sockets import SocketFactory, accept_loop
 from ztunnel.state.local_file import load_state_file
 from ztunnel.state.proxy_state import ProxyState
+from ztunnel.steering import SteeringError, WorkerSteering
 from ztunnel.workers import FOLLOW_INTERVAL_S, SharedLogLevel
 from ztunnel.xds.client import ControlPlaneEndpoint, XdsClient, node_id
 
@@ -83,9 +85,12 @@ class Ztunnel:
         issuer: Issuer | None = None,
         roots_pem: bytes | None = None,
         shared_log_level: SharedLogLevel | None = None,
+        steering: WorkerSteering | None = None,
     ) -> None:
         self.config = config
         self.shared_log_level = shared_log_level
+        self.steering = steering
+        """With several workers steered by load: this worker's side of the programs."""
         """With several workers: where ``/logging`` changes reach the other workers."""
         self._log_generation = 0
         # Listeners take their transparency explicitly (see _listen); the factory's own
@@ -291,9 +296,11 @@ class Ztunnel:
     # --- lifecycle ----------------------------------------------------------
 
     def _tracked(
-        self, handler: Callable[P, Coroutine[Any, Any, None]]
+        self, handler: Callable[P, Coroutine[Any, Any, None]], listener: str
     ) -> Callable[P, Coroutine[Any, Any, None]]:
-        """Wrap a connection handler so that draining can wait for it."""
+        """Wrap a connection handler of ``listener`` so that draining can wait for it, and
+        the worker steering counts the connection finished when it returns."""
+        steering = self.steering
 
         async def run(*args: P.args, **kwargs: P.kwargs) -> None:
             task = asyncio.current_task()
@@ -303,8 +310,19 @@ class Ztunnel:
                 await handler(*args, **kwargs)
             finally:
                 self._connections.discard(task)
+                if steering is not None:
+                    steering.finished(listener)
 
         return run
+
+    def _steer(self, listener: str, sock: socket.socket) -> None:
+        """Join ``sock`` to the worker steering; the kernel's hash if that fails."""
+        if self.steering is None:
+            return
+        try:
+            self.steering.join(listener, sock)
+        except SteeringError as err:
+            log.warning("%s; the kernel's hash picks the worker", err)
 
     async def _listen(
         self,
@@ -314,8 +332,11 @@ class Ztunnel:
         *,
         transparent: bool,
         admin: bool = False,
+        steered_as: str | None = None,
     ) -> None:
         sock = self.sockets.listener(host, port, transparent=transparent)
+        if steered_as is not None:
+            self._steer(steered_as, sock)
         server = await asyncio.start_server(handler, sock=sock)
         (self._admin_servers if admin else self._servers).append(server)
 
@@ -362,18 +383,23 @@ class Ztunnel:
         # its TLS context per connection (by the pod address reached): both take raw
         # accepted sockets rather than asyncio's ready-made streams.
         outbound = self.sockets.listener(proxy_host, cfg.outbound_port, transparent=transparent)
+        self._steer("outbound", outbound)
         self._acceptors.append(
-            asyncio.create_task(accept_loop(outbound, self._tracked(self.proxy.handle_outbound)))
+            asyncio.create_task(
+                accept_loop(outbound, self._tracked(self.proxy.handle_outbound, "outbound"))
+            )
         )
         await self._listen(
             proxy_host,
             cfg.inbound_plaintext_port,
-            self._tracked(self.proxy.handle_plaintext),
+            self._tracked(self.proxy.handle_plaintext, "plaintext"),
             transparent=transparent,
+            steered_as="plaintext",
         )
         hbone = self.sockets.listener(proxy_host, cfg.hbone_port, transparent=transparent)
+        self._steer("hbone", hbone)
         self._acceptors.append(
-            asyncio.create_task(accept_loop(hbone, self._tracked(self.proxy.handle_hbone)))
+            asyncio.create_task(accept_loop(hbone, self._tracked(self.proxy.handle_hbone, "hbone")))
         )
         await self._listen(
             proxy_host, cfg.metrics_port, serve_http(self._metrics), transparent=False, admin=True
@@ -440,9 +466,14 @@ class Ztunnel:
                 await task
 
 
-async def run(config: ZtunnelConfig, *, shared_log_level: SharedLogLevel | None = None) -> None:
+async def run(
+    config: ZtunnelConfig,
+    *,
+    shared_log_level: SharedLogLevel | None = None,
+    steering: WorkerSteering | None = None,
+) -> None:
     """Run a ztunnel until ``/quitquitquit`` or cancellation, then drain."""
-    ztunnel = Ztunnel(config, shared_log_level=shared_log_level)
+    ztunnel = Ztunnel(config, shared_log_level=shared_log_level, steering=steering)
     loop = asyncio.get_running_loop()
     # SIGTERM (Kubernetes, the lab, the worker supervisor) drains like /quitquitquit.
     for signum in (signal.SIGTERM, signal.SIGINT):

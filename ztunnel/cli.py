@@ -14,11 +14,17 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ambient.output import emit, output_option
+
+if TYPE_CHECKING:
+    from ztunnel.config import ZtunnelConfig
+    from ztunnel.steering import Steering
+
+log = logging.getLogger("ztunnel")
 
 LOG_LEVEL_NAMES = ("error", "warn", "info", "debug", "trace", "off")
 """The levels ``--log-level`` and ``/logging`` take (``trace`` is ``debug`` here)."""
@@ -96,6 +102,16 @@ def cli() -> None:
     default=None,
     help="Worker processes sharing the listeners (default: the number of CPUs).",
 )
+@click.option(
+    "--worker-balance",
+    type=click.Choice(["least-loaded", "kernel"]),
+    default="least-loaded",
+    show_default=True,
+    help="How workers share new connections: an eBPF program sends each to the "
+    "lowest-numbered worker with few open (sequential connections stay on one warm "
+    "worker, parallel ones spread), or the kernel's 4-tuple hash. Needs root; without "
+    "it the kernel's hash, with a warning.",
+)
 @click.option("--pool-max-streams", default=100, show_default=True, type=int)
 @click.option(
     "--access-log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
@@ -145,9 +161,17 @@ def run_cmd(**flags: Any) -> None:
     # With several workers, /logging (answered by one of them) reaches all of them.
     shared_log_level = SharedLogLevel() if config.workers > 1 else None
 
-    def serve() -> None:
+    steering = _load_steering(config)
+
+    def serve(worker: int = 0) -> None:
         with contextlib.suppress(KeyboardInterrupt), _profiled():
-            runner(run(config, shared_log_level=shared_log_level))
+            runner(
+                run(
+                    config,
+                    shared_log_level=shared_log_level,
+                    steering=steering.for_worker(worker) if steering else None,
+                )
+            )
 
     if config.workers == 1:
         serve()
@@ -159,6 +183,28 @@ def run_cmd(**flags: Any) -> None:
             shutil.rmtree(path, ignore_errors=True)
     if code:
         raise SystemExit(code)
+
+
+def _load_steering(config: ZtunnelConfig) -> Steering | None:
+    """The least-loaded worker steering, loaded before the workers fork; None (with a
+    warning when it was asked for and failed) leaves the kernel's hash."""
+    from ztunnel.steering import SteeringError, load
+
+    if config.workers < 2 or config.worker_balance != "least-loaded":
+        return None
+    try:
+        steering = load(config.workers)
+    except SteeringError as err:
+        log.warning(
+            "worker steering unavailable, the kernel's hash spreads connections over the "
+            "%d workers: %s%s",
+            config.workers,
+            err.message,
+            f" ({err.hint})" if err.hint else "",
+        )
+        return None
+    log.info("worker steering: least-loaded over %d workers (eBPF)", config.workers)
+    return steering
 
 
 def _lean_log_records() -> None:

@@ -11,6 +11,9 @@ from ztunnel.errors import ConfigError
 from ztunnel.proxy.hbone import HboneSettings
 from ztunnel.state.proxy_state import Strategy
 
+WORKER_BALANCES = ("least-loaded", "kernel")
+"""Values of ``worker_balance``."""
+
 _PORT_FIELDS = (
     "outbound_port",
     "inbound_plaintext_port",
@@ -95,6 +98,9 @@ class ZtunnelConfig:
 
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     """Worker processes sharing the listeners (SO_REUSEPORT)."""
+    worker_balance: str = "least-loaded"
+    """How workers share new connections: ``least-loaded`` (the eBPF program of
+    :mod:`ztunnel.steering`) or ``kernel`` (the kernel's hash of the 4-tuple)."""
     drain_timeout: float = 5.0
     """Seconds ``/quitquitquit`` lets open connections finish."""
     log_level: str = "info"
@@ -114,6 +120,11 @@ class ZtunnelConfig:
             )
         if self.pool_max_streams < 1 or self.workers < 1:
             raise ConfigError("pool_max_streams and workers must be at least 1")
+        if self.worker_balance not in WORKER_BALANCES:
+            raise ConfigError(
+                f"worker_balance={self.worker_balance!r} is not known",
+                hint=f"use one of {', '.join(WORKER_BALANCES)}",
+            )
         if self.pool_idle_timeout <= 0 or self.connect_timeout <= 0 or self.drain_timeout < 0:
             raise ConfigError("timeouts must be positive")
         if self.state_file is not None and self.cluster_folder is not None:

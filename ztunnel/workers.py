@@ -57,9 +57,9 @@ FOLLOW_INTERVAL_S = 0.5
 """How often a worker looks for a log level another worker was given."""
 
 
-def _worker(target: Callable[[], None]) -> int:
+def _worker(target: Callable[[int], None], index: int) -> int:
     try:
-        target()
+        target(index)
     except SystemExit as exit_:
         return int(exit_.code or 0) if isinstance(exit_.code, int) else 1
     except BaseException:
@@ -68,13 +68,14 @@ def _worker(target: Callable[[], None]) -> int:
     return 0
 
 
-def run_workers(count: int, target: Callable[[], None]) -> int:
-    """Run ``target`` in ``count`` forked processes until all end; the worst exit code."""
+def run_workers(count: int, target: Callable[[int], None]) -> int:
+    """Run ``target(index)`` in ``count`` forked processes (index 0 to count - 1) until all
+    end; the worst exit code."""
     children: list[int] = []
-    for _ in range(count):
+    for index in range(count):
         pid = os.fork()
         if pid == 0:  # in the worker: never return into the parent's code
-            os._exit(_worker(target))
+            os._exit(_worker(target, index))
         children.append(pid)
     log.info("ztunnel workers started: %s", children)
 
