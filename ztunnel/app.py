@@ -89,9 +89,9 @@ class Ztunnel:
     ) -> None:
         self.config = config
         self.shared_log_level = shared_log_level
+        """With several workers: where ``/logging`` changes reach the other workers."""
         self.steering = steering
         """With several workers steered by load: this worker's side of the programs."""
-        """With several workers: where ``/logging`` changes reach the other workers."""
         self._log_generation = 0
         # Listeners take their transparency explicitly (see _listen); the factory's own
         # flag decides only whether upstream connections carry the caller's address.

@@ -42,6 +42,9 @@ BPF_PROG_TYPE_SK_REUSEPORT = 21
 BPF_MAP_TYPE_REUSEPORT_SOCKARRAY = 20
 BPF_ANY = 0
 LOAD_TIMEOUT_S = 120.0
+ANSWER_TIMEOUT_S = 5.0
+"""How long the parent waits for the descriptors once the loader child has exited
+(they are in the socket by then, or the child's end is closed)."""
 _COUNTERS_PER_SLOT = 2  # steered (by the program), finished (by the worker)
 _FINISHED = 1
 
@@ -51,14 +54,13 @@ class SteeringError(ZtunnelError):
 
 
 def _libbpf() -> ctypes.CDLL:
+    from agent.errors import PinnedStateError
     from agent.pinned import libbpf
 
     try:
         return libbpf()
-    except ZtunnelError:
-        raise
-    except Exception as err:  # the agent's PinnedStateError: no libbpf here
-        raise SteeringError(f"libbpf is not available: {err}") from err
+    except PinnedStateError as err:  # no libbpf here
+        raise SteeringError(err.message, hint=err.hint) from err
 
 
 @dataclass
@@ -166,8 +168,13 @@ def load(workers: int, *, timeout: float = LOAD_TIMEOUT_S) -> Steering:
             errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
             reason = (errors or lines or [f"exit code {done.returncode}"])[-1]
             raise SteeringError(f"the steering program did not load: {reason}")
-        ours.settimeout(5)
-        message, fds, _flags, _addr = socket.recv_fds(ours, 4096, 2 * len(LISTENERS) + 1)
+        ours.settimeout(ANSWER_TIMEOUT_S)
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(ours, 4096, 2 * len(LISTENERS) + 1)
+        except OSError as err:
+            raise SteeringError(f"no answer from the steering loader: {err}") from err
+        if not message:
+            raise SteeringError("the steering loader exited without sending the programs")
     finally:
         theirs.close()
         ours.close()

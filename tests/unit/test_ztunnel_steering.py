@@ -93,6 +93,17 @@ def test_the_childs_error_line_is_the_reason(monkeypatch: pytest.MonkeyPatch) ->
     )
 
 
+def test_a_child_that_exits_without_answering_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def silent(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", silent)
+    with pytest.raises(SteeringError, match="exited without sending the programs"):
+        load(2)
+
+
 def test_the_child_refuses_other_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert _main(["two"]) == 2
     assert "usage: python -m ztunnel.steering WORKERS FD" in capsys.readouterr().err
