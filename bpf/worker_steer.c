@@ -10,7 +10,8 @@
  * Here a new connection goes to the lowest-numbered worker with fewer than
  * SPREAD_AT connections open on that listener; when every worker has that many, to
  * the worker with the fewest. One client's connections one after another stay on one
- * warm worker; connections in parallel spread over all of them.
+ * warm worker (a worker often takes the next one before the last is counted
+ * finished: hence two, not one); connections in parallel spread over all of them.
  *
  * A worker's open connections are counted in worker_load: `steered` by this program
  * (at the SYN, when it picks the worker), `finished` by the worker when it is done
@@ -29,10 +30,7 @@
 #define LISTENER_HBONE 2
 #define LISTENERS 3
 
-/* Captured connections are often short and sequential: a worker takes a second one
- * before the first is counted finished. Pooled HBONE connections are few and long. */
-#define SPREAD_AT_CAPTURED 2
-#define SPREAD_AT_HBONE 1
+#define SPREAD_AT 2
 
 struct worker_load {
     __u64 steered;  /* written by this program only */
@@ -43,8 +41,7 @@ struct worker_load {
 BPF_F_TABLE("array", __u32, struct worker_load, worker_load, LISTENERS * WORKERS,
             BPF_F_MMAPABLE);
 
-static __always_inline int steer(struct sk_reuseport_md *ctx, void *socks, __u32 base,
-                                 __s64 spread_at)
+static __always_inline int steer(struct sk_reuseport_md *ctx, void *socks, __u32 base)
 {
     __u32 chosen = 0;
     __s64 fewest = 0x7fffffffffffffffLL;
@@ -55,7 +52,7 @@ static __always_inline int steer(struct sk_reuseport_md *ctx, void *socks, __u32
             return SK_PASS;
         /* Negative only for connections the kernel's hash gave the worker. */
         __s64 open = (__s64)(load->steered - load->finished);
-        if (open < spread_at) {
+        if (open < SPREAD_AT) {
             chosen = worker;
             break;
         }
@@ -75,18 +72,15 @@ static __always_inline int steer(struct sk_reuseport_md *ctx, void *socks, __u32
 
 int steer_outbound(struct sk_reuseport_md *ctx)
 {
-    return steer(ctx, (void *)bpf_pseudo_fd(1, SOCKS_OUTBOUND_FD),
-                 LISTENER_OUTBOUND * WORKERS, SPREAD_AT_CAPTURED);
+    return steer(ctx, (void *)bpf_pseudo_fd(1, SOCKS_OUTBOUND_FD), LISTENER_OUTBOUND * WORKERS);
 }
 
 int steer_plaintext(struct sk_reuseport_md *ctx)
 {
-    return steer(ctx, (void *)bpf_pseudo_fd(1, SOCKS_PLAINTEXT_FD),
-                 LISTENER_PLAINTEXT * WORKERS, SPREAD_AT_CAPTURED);
+    return steer(ctx, (void *)bpf_pseudo_fd(1, SOCKS_PLAINTEXT_FD), LISTENER_PLAINTEXT * WORKERS);
 }
 
 int steer_hbone(struct sk_reuseport_md *ctx)
 {
-    return steer(ctx, (void *)bpf_pseudo_fd(1, SOCKS_HBONE_FD), LISTENER_HBONE * WORKERS,
-                 SPREAD_AT_HBONE);
+    return steer(ctx, (void *)bpf_pseudo_fd(1, SOCKS_HBONE_FD), LISTENER_HBONE * WORKERS);
 }

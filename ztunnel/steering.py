@@ -3,8 +3,8 @@
 The workers share the listeners with ``SO_REUSEPORT``; by default the kernel picks
 one by a hash of the connection's 4-tuple. :file:`bpf/worker_steer.c` picks by load
 instead: the lowest-numbered worker with fewer than two connections open on that
-listener (one for the pooled HBONE listener), else the one with the fewest. A
-client's connections one after another stay on one warm worker, parallel ones spread.
+listener, else the one with the fewest. A client's connections one after another stay
+on one warm worker, parallel ones spread.
 
 Loading, in the parent before it forks the workers (:func:`load`): a short-lived
 child (``python -m ztunnel.steering``) makes the three ``REUSEPORT_SOCKARRAY`` maps

@@ -4,8 +4,8 @@ or three "workers" inside a namespace this test creates join them, and the kerne
 hands connections to the listener the program picks:
 
 - one after another, every connection goes to worker 0 (a warm worker);
-- held open in parallel, they spread: two per worker on the captured listeners, then
-  to the least loaded; one per worker on the HBONE listener;
+- held open in parallel, they spread: two per worker, then to the least loaded;
+- each listener's connections count apart (HBONE's are not outbound's);
 - a worker whose listener is gone leaves its connections to the others;
 - ``ambient ztunnel run --workers 2`` inside the namespace loads it and says so.
 """
@@ -63,15 +63,16 @@ class Workers:
     """One listener per worker on 127.0.0.1:PORT inside the namespace, joined to ``listener``;
     the connections made and still open."""
 
-    def __init__(self, steering: Steering, listener: str, count: int) -> None:
+    def __init__(self, steering: Steering, listener: str, count: int, port: int = PORT) -> None:
         self.steering = steering
         self.listener = listener
+        self.port = port
         self.socks: list[socket.socket] = []
         self.held: list[tuple[socket.socket, socket.socket, int]] = []
         for worker in range(count):
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(("127.0.0.1", PORT))
+            sock.bind(("127.0.0.1", port))
             sock.listen(64)
             sock.setblocking(False)
             steering.for_worker(worker).join(listener, sock)
@@ -79,7 +80,7 @@ class Workers:
 
     def connect(self) -> int:
         """A new connection, held open: the worker that got it."""
-        client = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+        client = socket.create_connection(("127.0.0.1", self.port), timeout=5)
         ready, _, _ = select.select([s for s in self.socks if s.fileno() >= 0], [], [], 5)
         assert len(ready) == 1, "one listener, and only one, holds the connection"
         accepted, _ = ready[0].accept()
@@ -151,12 +152,20 @@ def test_parallel_connections_spread_two_per_worker_then_to_the_least_loaded(
     assert [steering.open_connections("plaintext", w) for w in range(3)] == [3, 3, 3]
 
 
-def test_pooled_hbone_connections_spread_one_per_worker(
-    netns: str, steerings: list[Steering]
-) -> None:
+def test_each_listener_counts_its_own_connections(netns: str, steerings: list[Steering]) -> None:
     steering = loaded(steerings, 2)
-    chosen = with_workers(netns, steering, "hbone", 2, lambda w: [w.connect() for _ in range(4)])
-    assert chosen == [0, 1, 0, 1]
+
+    def scenario(outbound: Workers) -> list[int]:
+        assert [outbound.connect() for _ in range(2)] == [0, 0]  # worker 0 has two outbound
+        hbone = Workers(steering, "hbone", 2, port=15008)
+        try:
+            return [hbone.connect() for _ in range(4)]
+        finally:
+            hbone.close()
+
+    assert with_workers(netns, steering, "outbound", 2, scenario) == [0, 0, 1, 1]
+    assert steering.open_connections("outbound", 0) == 2
+    assert [steering.open_connections("hbone", w) for w in range(2)] == [2, 2]
 
 
 def test_a_worker_without_its_listener_leaves_connections_to_the_others(
