@@ -14,6 +14,7 @@ the pinned ones, so programs and agents share one set of maps per node.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,8 +134,6 @@ def load_in_child(pin_dir: Path) -> dict[str, LoadedProgram]:
     BCC keeps LLVM (well over 100 MB) in the process that compiled, for good; the
     agent runs for the node's lifetime, so the compiler runs in a child that exits.
     """
-    import subprocess
-
     from agent.pinned import obj_get
 
     try:
@@ -151,9 +150,9 @@ def load_in_child(pin_dir: Path) -> dict[str, LoadedProgram]:
         ) from err
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip()[-3000:]
-        last = tail.splitlines()[-1] if tail else "no output"
         raise ProgramLoadError(
-            f"the capture programs did not compile or load: {last}", hint=tail or None
+            f"the capture programs did not compile or load: {loader_child_reason(done)}",
+            hint=tail or None,
         )
     return {
         name: LoadedProgram(name=name, fd=obj_get(pinned_program_path(pin_dir, name)), bpf=None)
@@ -174,6 +173,14 @@ def run_loader_child(work: Callable[[], None]) -> int:
             print(f"hint: {err.hint}", file=sys.stderr)
         return 1
     return 0
+
+
+def loader_child_reason(done: subprocess.CompletedProcess[str]) -> str:
+    """Why a loader child failed: its last ``error:`` line (:func:`run_loader_child`),
+    else its last line of output (a traceback's), else its exit code."""
+    lines = (done.stderr or done.stdout or "").strip().splitlines()
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return (errors or lines or [f"exit code {done.returncode}"])[-1]
 
 
 def _main(argv: list[str]) -> int:

@@ -164,10 +164,9 @@ def load(workers: int, *, timeout: float = LOAD_TIMEOUT_S) -> Steering:
             ) from err
         theirs.close()
         if done.returncode != 0:
-            lines = (done.stderr or done.stdout).strip().splitlines()
-            errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-            reason = (errors or lines or [f"exit code {done.returncode}"])[-1]
-            raise SteeringError(f"the steering program did not load: {reason}")
+            from agent.programs import loader_child_reason
+
+            raise SteeringError(f"the steering program did not load: {loader_child_reason(done)}")
         ours.settimeout(ANSWER_TIMEOUT_S)
         try:
             message, fds, _flags, _addr = socket.recv_fds(ours, 4096, 2 * len(LISTENERS) + 1)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agent.programs import loader_child_reason
 from ztunnel import steering as steering_module
 from ztunnel.cli import _load_steering
 from ztunnel.config import ZtunnelConfig
@@ -91,6 +92,16 @@ def test_the_childs_error_line_is_the_reason(monkeypatch: pytest.MonkeyPatch) ->
         "the steering program did not load: "
         "cannot create the outbound steering map: Operation not permitted"
     )
+
+
+def test_a_loader_childs_reason_is_its_error_line_else_its_last_line_else_its_code() -> None:
+    def failed(stderr: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(["child"], 3, "", stderr)
+
+    # The agent's capture-program child reports the same way (agent.programs).
+    assert loader_child_reason(failed("error: no headers\nhint: install them\n")) == "no headers"
+    assert loader_child_reason(failed("Traceback ...\nKeyError: 'x'\n")) == "KeyError: 'x'"
+    assert loader_child_reason(failed("")) == "exit code 3"
 
 
 def test_a_child_that_exits_without_answering_is_an_error(
