@@ -415,3 +415,78 @@ def test_a_bulk_sender_is_read_several_times_per_event() -> None:
     assert READS_PER_EVENT >= 4
     assert forwarded == [size]
     assert recvs == [4]
+
+
+END_STREAM = 0x1
+
+
+def _ends(write: bytes) -> list[int]:
+    """The streams a write half-closes (frames flagged END_STREAM)."""
+    ended, at = [], 0
+    while at + 9 <= len(write):
+        length = int.from_bytes(write[at : at + 3], "big")
+        if write[at + 3] in (HEADERS, DATA) and write[at + 4] & END_STREAM:
+            ended.append(int.from_bytes(write[at + 5 : at + 9], "big") & 0x7FFFFFFF)
+        at += 9 + length
+    return ended
+
+
+def _end_then(open_next: bool) -> tuple[list[bytes], int, int, bytes]:
+    """Tunnel 1 half-closes with ``end_nowait``; with ``open_next`` tunnel 3 opens and
+    sends in the same loop turn. The client's writes from then on, both stream ids, and
+    what the server read from tunnel 1 to its end."""
+    result: list[tuple[list[bytes], int, int, bytes]] = []
+
+    async def scenario() -> None:
+        client, server, _ = await _pair()
+        recorder = _Recorder(client._transport)
+        client._transport = recorder  # type: ignore[assignment]
+        read: list[bytes] = []
+        server_done = asyncio.Event()
+
+        async def on_request(stream: TunnelStream, request: TunnelRequest) -> None:
+            if request.authority.port == 1:
+                chunks = []
+                while chunk := await stream.read():
+                    chunks.append(bytes(chunk))
+                read.append(b"".join(chunks))
+                server_done.set()
+
+        tasks = [asyncio.create_task(server.run(on_request)), asyncio.create_task(client.run())]
+        await asyncio.sleep(0.05)  # the channels have exchanged their settings
+        first = client.open_tunnel(TunnelRequest(Authority("127.0.0.1", 1)))
+        first.send_nowait(b"first")
+        await asyncio.sleep(0.05)
+        before = len(recorder.writes)
+        first.end_nowait()  # queued: nothing is written yet
+        assert len(recorder.writes) == before
+        second_id = 0
+        if open_next:
+            second = client.open_tunnel(TunnelRequest(Authority("127.0.0.1", 2)), flush=False)
+            second.send_nowait(b"second")  # a flush: the end goes along
+            second_id = second.stream_id
+        await asyncio.wait_for(server_done.wait(), 5)  # a lone end leaves too
+        result.append((recorder.writes[before:], first.stream_id, second_id, read[0]))
+        await _close(client, server, tasks)
+
+    uvloop.run(scenario())
+    return result[0]
+
+
+def test_a_tunnels_end_leaves_with_the_next_flush_on_its_connection() -> None:
+    writes, first, second, read = _end_then(open_next=True)
+    assert read == b"first"
+    # One write: the first tunnel's END_STREAM, the second tunnel's HEADERS and data.
+    together = writes[0]
+    assert _ends(together) == [first]
+    assert [(kind, stream) for kind, stream, _ in _frames(together) if stream == second] == [
+        (HEADERS, second),
+        (DATA, second),
+    ]
+    assert not any(first in _ends(write) for write in writes[1:])  # sent once
+
+
+def test_a_tunnels_end_with_nothing_else_to_send_still_leaves_in_the_same_turn() -> None:
+    writes, first, _, read = _end_then(open_next=False)
+    assert read == b"first"  # the server saw the end: the read returned b""
+    assert [_ends(write) for write in writes] == [[first]]

@@ -235,7 +235,7 @@ class TunnelStream:
         if self._reset is None and not self._ended_locally:
             self._ended_locally = True
             self.channel.core.end_stream(self.stream_id)
-            self.channel.flush()
+            self.channel.flush_soon()
             self._maybe_closed()
 
     async def write(self, data: Buffer) -> None:
@@ -361,6 +361,7 @@ class HboneChannel:
         """Feeders paused until this connection's transport can take more (its writer drains)."""
         self._over: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self._flush_pending = False
 
     def flush(self) -> None:
         """Hand the core's pending output to the transport."""
@@ -377,6 +378,28 @@ class HboneChannel:
             # Large payloads reach the cipher without being copied first; the
             # transport encrypts the list and sends it in one write.
             transport.writelines(chunks)
+
+    def flush_soon(self) -> None:
+        """Flush once this loop turn's other work is done (frames that need not leave now).
+
+        A tunnel's end often comes just ahead of another tunnel's start on the same
+        connection (a client closes and connects again; the pod's close and its next
+        answer): queued now and flushed behind the callbacks this turn's events have
+        queued, both leave in one TLS record, one send here and one wake-up at the peer.
+        Whatever flushes first (any :meth:`flush`) takes these frames along.
+        """
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_deferred, True)
+
+    def _flush_deferred(self, requeue: bool) -> None:
+        if requeue:
+            # Queued behind what this turn's callbacks queued meanwhile (a new
+            # connection's first step among them), not ahead of it.
+            asyncio.get_running_loop().call_soon(self._flush_deferred, False)
+            return
+        self._flush_pending = False
+        self.flush()
 
     async def drain(self) -> None:
         """Flush and wait for the transport's buffer to drain (backpressure)."""
