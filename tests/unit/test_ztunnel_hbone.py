@@ -601,3 +601,51 @@ def test_large_data_frames_split_anywhere_arrive_whole(cuts: list[int]) -> None:
     assert bytes(received) == payload
     assert pieces >= 4  # frames of 1 MiB at most
     assert window_accounted(wire.server)
+
+
+def test_a_data_frame_is_handed_on_as_it_arrives_without_copies() -> None:
+    """A large DATA frame split across reads: each read's part of the payload is an
+    event at once (not held until the frame is whole), a view of the bytes read."""
+    wire = connected()
+    stream_id = open_tunnel_with_response(wire)
+    payload = bytes(range(256)) * 1024  # 256 KiB: one frame
+    wire.client.send_data(stream_id, payload)
+    raw = wire.client.data_to_send()
+    assert len(raw) == 9 + len(payload)
+    first, second = raw[: 9 + 100_000], raw[9 + 100_000 :]
+    events = wire.server.receive_data(first)
+    assert [type(e) for e in events] == [DataReceived]
+    assert isinstance(events[0], DataReceived)
+    assert events[0].data == payload[:100_000]
+    assert events[0].flow_controlled_length == 100_000
+    assert isinstance(events[0].data, memoryview) and events[0].data.obj is first
+    events += wire.server.receive_data(second)
+    assert data_of(events, stream_id) == payload
+    assert sum(e.flow_controlled_length for e in events if isinstance(e, DataReceived)) == len(
+        payload
+    )
+    for event in events:
+        assert isinstance(event, DataReceived)
+        wire.server.acknowledge(stream_id, event.flow_controlled_length)
+    assert window_accounted(wire.server)
+
+
+def test_the_rest_of_a_frame_for_a_stream_reset_meanwhile_is_dropped_and_its_window_returned() -> (
+    None
+):
+    wire = connected()
+    stream_id = open_tunnel_with_response(wire)
+    other = open_tunnel_with_response(wire)
+    payload = b"x" * (512 * 1024)
+    wire.client.send_data(stream_id, payload)
+    raw = wire.client.data_to_send()
+    events = wire.server.receive_data(raw[:1000])
+    assert data_of(events, stream_id) == payload[: 1000 - 9]
+    wire.server.acknowledge(stream_id, 1000 - 9)
+    wire.server.reset_stream(stream_id, CANCEL)
+    assert wire.server.receive_data(raw[1000:]) == []  # nothing for a reset stream
+    assert window_accounted(wire.server)
+    # The connection goes on: the other tunnel still carries bytes.
+    wire.client.send_data(other, b"still here")
+    wire.pump()
+    assert data_of(wire.take("server"), other) == b"still here"

@@ -192,16 +192,22 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
         self._rx: collections.deque[memoryview] = collections.deque()
         self._rx_len = 0
         self._preamble_left = 0 if config.client_side else 24
+        # A DATA frame whose payload is still arriving (its header checked and its
+        # windows charged): its stream and the payload bytes still to come.
+        self._payload_stream = 0
+        self._payload_left = 0
 
     def receive_data(self, data: Buffer) -> list[Any]:  # type: ignore[override]
-        """Split whole frames off ``data``: plain DATA frames bypass ``h2``'s frame buffer.
+        """Split frames off ``data``: plain DATA payloads bypass ``h2``'s frame buffer.
 
         ``h2`` buffers input in a ``bytearray`` and copies every frame body out of it
-        twice. Here a whole unpadded DATA frame on a stream is handed to ``h2``'s own
-        frame handler (windows, stream state, events exactly as usual) as a view of
-        the received buffer; every other frame (and anything odd: oversized, padded,
-        stream 0, inside a header block) goes through ``h2.receive_data`` unchanged,
-        so its checks and error codes apply as before.
+        twice. Here an unpadded DATA frame on a stream that may receive it is checked
+        and charged to the windows (as ``h2``'s own frame handler would) once its
+        header is in, and its payload is handed on as views of the received buffers as
+        they arrive: a large frame split across reads is never joined into one copy.
+        Every other frame (and anything odd: oversized, padded, END_STREAM, stream 0,
+        inside a header block, a window it would overflow) goes whole through
+        ``h2.receive_data``, so its checks and error codes apply as before.
         """
         view = memoryview(data if isinstance(data, bytes) else bytes(data))
         events: list[Any] = []
@@ -213,6 +219,8 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
         if view:
             self._rx.append(view)
             self._rx_len += len(view)
+        if self._payload_left:
+            self._payload_continues(events)
         while self._rx_len >= 9:
             header = self._peek(9)
             length = int.from_bytes(header[:3], "big")
@@ -220,10 +228,21 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
                 # Let h2 refuse it (FRAME_SIZE_ERROR) without buffering the body.
                 events.extend(super().receive_data(self._take(self._rx_len)))
                 break
-            if self._rx_len < 9 + length:
-                break
             frame_type, flags = header[3], header[4]
             stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+            if (
+                frame_type == _DATA_TYPE
+                and not flags & (_PADDED_FLAG | _END_STREAM_FLAG)
+                and stream_id
+                and not self.incoming_buffer._headers_buffer
+                and self._charge_data(stream_id, length)
+            ):
+                self._take(9)
+                self._payload_stream, self._payload_left = stream_id, length
+                self._payload_continues(events)
+                continue
+            if self._rx_len < 9 + length:
+                break
             raw = self._take(9 + length)
             if (
                 frame_type != _DATA_TYPE
@@ -233,11 +252,6 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
             ):
                 events.extend(super().receive_data(raw))
                 continue
-            if not flags & _END_STREAM_FLAG:
-                fast = self._data_received(stream_id, raw[9:], length)
-                if fast is not None:
-                    events.append(fast)
-                    continue
             frame = hyperframe.frame.DataFrame(stream_id)
             frame.data = raw[9:]  # type: ignore[assignment]  # a view: h2 only slices and len()s it
             if flags & _END_STREAM_FLAG:
@@ -249,29 +263,29 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
                 raise
         return events
 
-    def _data_received(self, stream_id: int, data: memoryview, length: int) -> Any:
-        """A DATA frame (no END_STREAM, no padding) on a stream that may receive it.
+    def _charge_data(self, stream_id: int, length: int) -> bool:
+        """Take a DATA frame's header (no END_STREAM, no padding) on the fast path.
 
         What h2's frame handler does for it (windows charged, the stream's byte count),
-        minus its two state machines' lookups and a frame object per chunk, answered
-        with our own :class:`DataReceived` (not h2's event, translated later: this is
-        every tunnel chunk's path); ``None`` sends the frame through h2 instead (an
-        empty frame, any other state, a window it would overflow, a content-length to
-        check), so every error is still h2's, with its codes.
+        minus its two state machines' lookups and a frame object per chunk; the payload
+        then arrives as our own :class:`DataReceived` events (not h2's, translated
+        later: this is every tunnel chunk's path). ``False`` leaves the whole frame to
+        h2 (an empty frame, any other state, a window it would overflow, a
+        content-length to check), so every error is still h2's, with its codes.
         """
         if not length:
-            return None
+            return False
         state = self.state_machine.state
         if state is not _CLIENT_OPEN and state is not _SERVER_OPEN:
-            return None
+            return False
         stream = self.streams.get(stream_id)
         if stream is None:
-            return None
+            return False
         machine = stream.state_machine
         if (
             machine.state is not _STREAM_OPEN and machine.state is not _STREAM_HALF_CLOSED_LOCAL
         ) or not machine.headers_received:
-            return None
+            return False
         connection_window = self._inbound_flow_control_window_manager
         stream_window = stream._inbound_window_manager
         if (
@@ -279,11 +293,42 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
             or length > stream_window.current_window_size
             or stream._expected_content_length is not None
         ):
-            return None
+            return False
         connection_window.window_consumed(length)
         stream_window.window_consumed(length)
         stream._actual_content_length += length
-        return DataReceived(stream_id, data, length)
+        return True
+
+    def _payload_continues(self, events: list[Any]) -> None:
+        """Hand on what has arrived of the current DATA frame's payload, buffer by buffer.
+
+        A frame still arriving when a read ends goes on in the next one; if its stream
+        was reset here meanwhile, the rest is dropped and given back to the connection
+        window at once (the peer charged it there; h2 does the same for DATA on a closed
+        stream).
+        """
+        stream_id = self._payload_stream
+        stream = self.streams.get(stream_id)
+        open_ = stream is not None and stream.state_machine.state in _RECEIVING
+        while self._payload_left and self._rx_len:
+            first = self._rx[0]
+            if len(first) <= self._payload_left:
+                self._rx.popleft()
+                piece = first
+            else:
+                piece = first[: self._payload_left]
+                self._rx[0] = first[self._payload_left :]
+            size = len(piece)
+            self._rx_len -= size
+            self._payload_left -= size
+            if open_:
+                events.append(DataReceived(stream_id, piece, size))
+            else:
+                increment = self._inbound_flow_control_window_manager.process_bytes(size)
+                if increment:
+                    update = hyperframe.frame.WindowUpdateFrame(0)
+                    update.window_increment = increment
+                    self._prepare_for_sending([update])
 
     def _peek(self, size: int) -> bytes:
         first = self._rx[0]
@@ -361,6 +406,7 @@ _SERVER_OPEN = h2.connection.ConnectionState.SERVER_OPEN
 _STREAM_OPEN = h2.stream.StreamState.OPEN
 _STREAM_HALF_CLOSED_REMOTE = h2.stream.StreamState.HALF_CLOSED_REMOTE
 _STREAM_HALF_CLOSED_LOCAL = h2.stream.StreamState.HALF_CLOSED_LOCAL
+_RECEIVING = (_STREAM_OPEN, _STREAM_HALF_CLOSED_LOCAL)
 
 _HTTP2_MAX_WINDOW = 2**31 - 1
 _HTTP2_DEFAULT_WINDOW = 65_535
