@@ -151,6 +151,9 @@ def run_cmd(**flags: Any) -> None:
         load_or_create_ca(flags["ca_dir"], flags["trust_domain"], utc_now())
     config = ZtunnelConfig(**flags)
     _lean_log_records()
+    from ztunnel import malloc
+
+    malloc.tune()  # before the workers fork: a relayed read's buffer from the heap
     try:
         import uvloop
     except ImportError:  # uvloop is optional: the standard loop works, only slower
