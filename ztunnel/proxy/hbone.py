@@ -209,12 +209,7 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
         inside a header block, a window it would overflow) goes whole through
         ``h2.receive_data``, so its checks and error codes apply as before.
         """
-        # A view is kept as it is (the transport's buffers are never written again);
-        # anything else mutable is copied first, so what was handed on cannot change.
-        if isinstance(data, memoryview):
-            view = data
-        else:
-            view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
         events: list[Any] = []
         if self._preamble_left:
             # The client preface is h2's to check; it is not a frame.

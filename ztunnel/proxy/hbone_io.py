@@ -45,8 +45,6 @@ READS_PER_EVENT = 4
 """Reads of a relayed socket per readable event at most, while each fills READ_SIZE."""
 _SENDMSG_MAX = 64
 """Buffers per ``sendmsg`` (far below the kernel's IOV_MAX)."""
-MIN_RECEIVE_BUFFER = 4096
-"""The smallest buffer a TLS read decrypts into (the transport's hint may be 0)."""
 COALESCE_BELOW = 16 * 1024
 """Output up to this size is joined into one buffer (one TLS record) before it is sent."""
 
@@ -294,14 +292,10 @@ class HboneProtocol(asyncio.StreamReaderProtocol):
         """The stream the writer checks for errors (the protocol itself holds it weakly)."""
         super().__init__(self.reader)
         self._receiver: HboneChannel | None = None
-        self._early: list[Buffer] = []
+        self._early: list[bytes] = []
         self._ended: BaseException | bool = False
         self.writing_paused = False
         """The transport's write buffer is over its high-water mark (feeders stop reading)."""
-
-    def for_transport(self) -> _BufferedReceiver:
-        """The protocol to give the transport: it decrypts into buffers of our own."""
-        return _BufferedReceiver(self)
 
     def attach(self, channel: HboneChannel) -> None:
         """Hand every received byte (those already here first) to ``channel``."""
@@ -312,7 +306,7 @@ class HboneProtocol(asyncio.StreamReaderProtocol):
         if self._ended:
             channel._ended(self._ended if isinstance(self._ended, BaseException) else None)
 
-    def data_received(self, data: Buffer) -> None:
+    def data_received(self, data: bytes) -> None:
         if self._receiver is None:
             self._early.append(data)
         else:
@@ -342,49 +336,6 @@ class HboneProtocol(asyncio.StreamReaderProtocol):
             self._receiver._ended(exc)
         elif not self._ended:
             self._ended = exc or True
-
-
-class _BufferedReceiver(asyncio.BufferedProtocol):
-    """What the TLS transport calls for an :class:`HboneProtocol`: decrypted bytes land in
-    a buffer made for them, handed on as a view.
-
-    With a plain protocol, uvloop's TLS transport reads each record into a new ``bytes``
-    object and joins them per readable event: a bulk tunnel's every byte was copied
-    once more before the channel saw it. Here each read gets a fresh buffer of the size
-    the transport asks for (what it holds encrypted, a little more): the records are
-    decrypted into it, and the channel's views of it are never written to again. The
-    rest (flow control, end, loss) goes to the :class:`HboneProtocol`, which the
-    ``StreamWriter`` waits on. (uvloop takes this path only for a protocol that is not
-    an ``asyncio.Protocol``, which ``StreamReaderProtocol`` is: hence two objects.)
-    """
-
-    def __init__(self, protocol: HboneProtocol) -> None:
-        self._protocol = protocol
-        self._buffer = memoryview(bytearray())
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._protocol.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._protocol.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._protocol.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._protocol.resume_writing()
-
-    def eof_received(self) -> bool:
-        return bool(self._protocol.eof_received())
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        # A view, not the bytearray: asyncio's own TLS transport (Python 3.11) slices
-        # the buffer it is given to read on into it, and a bytearray's slice is a copy.
-        self._buffer = memoryview(bytearray(max(sizehint, MIN_RECEIVE_BUFFER)))
-        return self._buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._protocol.data_received(self._buffer[:nbytes])
 
 
 class HboneChannel:
@@ -503,7 +454,7 @@ class HboneChannel:
         finally:
             self._finish()
 
-    def _received(self, data: Buffer) -> None:
+    def _received(self, data: bytes) -> None:
         """The protocol's callback: feed the core, act on its events, write its answer."""
         over = self._over
         if over is None or over.done():

@@ -115,7 +115,7 @@ class SocketFactory:
         loop = asyncio.get_running_loop()
         protocol = HboneProtocol()
         transport, _ = await loop.create_connection(
-            protocol.for_transport,
+            lambda: protocol,
             sock=sock,
             ssl=tls,
             server_hostname="",
@@ -135,7 +135,7 @@ class SocketFactory:
         loop = asyncio.get_running_loop()
         protocol = HboneProtocol()  # TLS is HBONE here: bytes go straight to the channel
         transport, _ = await loop.connect_accepted_socket(
-            protocol.for_transport, conn, ssl=tls, ssl_handshake_timeout=self.connect_timeout
+            lambda: protocol, conn, ssl=tls, ssl_handshake_timeout=self.connect_timeout
         )
         return protocol.reader, asyncio.StreamWriter(transport, protocol, protocol.reader, loop)
 
