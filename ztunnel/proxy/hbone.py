@@ -237,6 +237,16 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
                 and not self.incoming_buffer._headers_buffer
                 and self._charge_data(stream_id, length)
             ):
+                first = self._rx[0]
+                end = 9 + length
+                if len(first) >= end:  # the usual case: the whole frame in one buffer
+                    if len(first) == end:
+                        self._rx.popleft()
+                    else:
+                        self._rx[0] = first[end:]
+                    self._rx_len -= end
+                    events.append(DataReceived(stream_id, first[9:end], length))
+                    continue
                 self._take(9)
                 self._payload_stream, self._payload_left = stream_id, length
                 self._payload_continues(events)
@@ -252,15 +262,22 @@ class _ZeroCopyH2(h2.connection.H2Connection):  # type: ignore[misc]
             ):
                 events.extend(super().receive_data(raw))
                 continue
-            frame = hyperframe.frame.DataFrame(stream_id)
-            frame.data = raw[9:]  # type: ignore[assignment]  # a view: h2 only slices and len()s it
-            if flags & _END_STREAM_FLAG:
-                frame.flags.add("END_STREAM")
-            try:
-                events.extend(self._receive_frame(frame))
-            except h2.exceptions.ProtocolError as err:
-                self._terminate_connection(err.error_code)
-                raise
+            events.extend(self._data_frame_to_h2(stream_id, flags, raw[9:]))
+        return events
+
+    def _data_frame_to_h2(self, stream_id: int, flags: int, payload: memoryview) -> list[Any]:
+        """A whole DATA frame the fast path does not take (END_STREAM, a closed stream,
+        a window it would overflow...), handed to h2's frame handler: its checks, its
+        events, its error codes."""
+        frame = hyperframe.frame.DataFrame(stream_id)
+        frame.data = payload  # type: ignore[assignment]  # a view: h2 only slices and len()s it
+        if flags & _END_STREAM_FLAG:
+            frame.flags.add("END_STREAM")
+        try:
+            events: list[Any] = self._receive_frame(frame)
+        except h2.exceptions.ProtocolError as err:
+            self._terminate_connection(err.error_code)
+            raise
         return events
 
     def _charge_data(self, stream_id: int, length: int) -> bool:
