@@ -164,15 +164,20 @@ class _Recorder:
 HEADERS, DATA = 0x1, 0x0
 
 
-def _frames(write: bytes) -> list[tuple[int, int, bytes]]:
-    """(type, stream id, payload) of each HTTP/2 frame in one write."""
+def _flagged_frames(write: bytes) -> list[tuple[int, int, int, bytes]]:
+    """(type, flags, stream id, payload) of each HTTP/2 frame in one write."""
     frames, at = [], 0
     while at + 9 <= len(write):
         length = int.from_bytes(write[at : at + 3], "big")
-        kind, stream = write[at + 3], int.from_bytes(write[at + 5 : at + 9], "big") & 0x7FFFFFFF
-        frames.append((kind, stream, write[at + 9 : at + 9 + length]))
+        stream = int.from_bytes(write[at + 5 : at + 9], "big") & 0x7FFFFFFF
+        frames.append((write[at + 3], write[at + 4], stream, write[at + 9 : at + 9 + length]))
         at += 9 + length
     return frames
+
+
+def _frames(write: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, stream id, payload) of each HTTP/2 frame in one write."""
+    return [(kind, stream, payload) for kind, _, stream, payload in _flagged_frames(write)]
 
 
 def _first_write_with(
@@ -422,13 +427,11 @@ END_STREAM = 0x1
 
 def _ends(write: bytes) -> list[int]:
     """The streams a write half-closes (frames flagged END_STREAM)."""
-    ended, at = [], 0
-    while at + 9 <= len(write):
-        length = int.from_bytes(write[at : at + 3], "big")
-        if write[at + 3] in (HEADERS, DATA) and write[at + 4] & END_STREAM:
-            ended.append(int.from_bytes(write[at + 5 : at + 9], "big") & 0x7FFFFFFF)
-        at += 9 + length
-    return ended
+    return [
+        stream
+        for kind, flags, stream, _ in _flagged_frames(write)
+        if kind in (HEADERS, DATA) and flags & END_STREAM
+    ]
 
 
 def _end_then(open_next: bool) -> tuple[list[bytes], int, int, bytes]:
